@@ -1,0 +1,275 @@
+//! Configuration: defaults that work on a laptop, overridden by an optional
+//! TOML file, then by `CUSTODIAN_*` environment variables, then by flags.
+//!
+//! Flags and environment come through clap (each flag names its variable in
+//! `--help`); the file is read here and fills only what neither of them set.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Server settings as given on the command line or in the environment; any
+/// of them may be missing.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerArgs {
+    /// Optional TOML file with any of the settings below (same names, in snake_case).
+    #[arg(long, env = "CUSTODIAN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Address to serve gRPC on [default: 127.0.0.1:50051].
+    #[arg(long, env = "CUSTODIAN_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Database URL: sqlite://PATH or postgres://... [default: one SQLite file per service in the data folder].
+    #[arg(
+        long,
+        env = "CUSTODIAN_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// Folder for SQLite files and development keys [default: ./.custodian].
+    #[arg(long, env = "CUSTODIAN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Log filter, in tracing's EnvFilter syntax [default: info].
+    #[arg(long, env = "CUSTODIAN_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+
+    /// Log format [default: text].
+    #[arg(long, env = "CUSTODIAN_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// OTLP/gRPC endpoint to export traces to, e.g. http://otel-collector:4317 [default: no export].
+    #[arg(long, env = "CUSTODIAN_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Longest time one request may take [default: 10s].
+    #[arg(long, env = "CUSTODIAN_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub request_timeout: Option<Duration>,
+
+    /// Requests served at once; more are refused with RESOURCE_EXHAUSTED [default: 1024].
+    #[arg(long, env = "CUSTODIAN_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    pub max_concurrent_requests: Option<usize>,
+
+    /// Largest request message accepted, in bytes [default: 4194304].
+    #[arg(long, env = "CUSTODIAN_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+
+    /// Database connections per service [default: 16].
+    #[arg(long, env = "CUSTODIAN_DATABASE_MAX_CONNECTIONS", value_name = "N")]
+    pub database_max_connections: Option<u32>,
+
+    /// After SIGTERM, how long to keep serving while reporting NOT_SERVING, so
+    /// load balancers stop sending before the server drains [default: 0s].
+    #[arg(long, env = "CUSTODIAN_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// The same settings as read from a file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    log: Option<String>,
+    log_format: Option<LogFormat>,
+    otlp_endpoint: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+    max_concurrent_requests: Option<usize>,
+    max_message_bytes: Option<usize>,
+    database_max_connections: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
+}
+
+/// Resolved settings: every value known.
+#[derive(Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// `None` means one SQLite file per service under `data_dir`.
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub otlp_endpoint: Option<String>,
+    pub request_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub max_message_bytes: usize,
+    pub database_max_connections: u32,
+    pub shutdown_grace: Duration,
+}
+
+// The database URL may carry a password, so Debug leaves it out.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field(
+                "database",
+                &self.database_url.as_deref().map(crate::database::scheme_of),
+            )
+            .field("data_dir", &self.data_dir)
+            .field("log", &self.log)
+            .field("log_format", &self.log_format)
+            .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("request_timeout", &self.request_timeout)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("database_max_connections", &self.database_max_connections)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            database_url: None,
+            data_dir: PathBuf::from(".custodian"),
+            log: "info".to_owned(),
+            log_format: LogFormat::Text,
+            otlp_endpoint: None,
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_requests: 1024,
+            max_message_bytes: 4 * 1024 * 1024,
+            database_max_connections: 16,
+            shutdown_grace: Duration::ZERO,
+        }
+    }
+}
+
+impl Config {
+    /// Layers flags/environment over the optional file over the defaults.
+    pub fn resolve(args: ServerArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        Ok(Self {
+            listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            database_url: args.database_url.or(file.database_url),
+            data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            log: args.log.or(file.log).unwrap_or(d.log),
+            log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+            otlp_endpoint: args.otlp_endpoint.or(file.otlp_endpoint),
+            request_timeout: args
+                .request_timeout
+                .or(file.request_timeout)
+                .unwrap_or(d.request_timeout),
+            max_concurrent_requests: args
+                .max_concurrent_requests
+                .or(file.max_concurrent_requests)
+                .unwrap_or(d.max_concurrent_requests),
+            max_message_bytes: args
+                .max_message_bytes
+                .or(file.max_message_bytes)
+                .unwrap_or(d.max_message_bytes),
+            database_max_connections: args
+                .database_max_connections
+                .or(file.database_max_connections)
+                .unwrap_or(d.database_max_connections),
+            shutdown_grace: args
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(d.shutdown_grace),
+        })
+    }
+
+    /// The database URL for one service: the configured one, or that
+    /// service's own SQLite file in the data folder.
+    pub fn database_url_for(&self, service: &str) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join(format!("{service}.db")).display()
+            ),
+        }
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custodian.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\nrequest_timeout = \"3s\"\nmax_concurrent_requests = 7\n",
+        )
+        .unwrap();
+        let args = ServerArgs {
+            config: Some(path),
+            max_concurrent_requests: Some(9),
+            ..Default::default()
+        };
+        let config = Config::resolve(args).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(config.request_timeout, Duration::from_secs(3));
+        assert_eq!(config.max_concurrent_requests, 9);
+        assert_eq!(
+            config.max_message_bytes,
+            Config::default().max_message_bytes
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custodian.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:9000\"\nlisten_port = 1\n").unwrap();
+        let args = ServerArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(Config::resolve(args).is_err());
+    }
+
+    #[test]
+    fn default_database_is_a_sqlite_file_per_service() {
+        let config = Config::default();
+        assert_eq!(
+            config.database_url_for("identity"),
+            "sqlite://.custodian/identity.db?mode=rwc"
+        );
+        let debug = format!(
+            "{:?}",
+            Config {
+                database_url: Some("postgres://u:secret@db/x".into()),
+                ..Config::default()
+            }
+        );
+        assert!(!debug.contains("secret"));
+    }
+}

@@ -1,0 +1,370 @@
+//! The server every service runs in: one listener, one tower stack, health,
+//! reflection, and a graceful stop.
+//!
+//! Start-up order matters for Kubernetes: the listener is bound first and
+//! health answers NOT_SERVING while each module starts (migrations, peers);
+//! only when all are ready do health and the admission gate open. On SIGTERM
+//! or Ctrl-C health turns NOT_SERVING at once, the server keeps answering for
+//! `shutdown_grace` (so endpoints are removed before it stops), then stops
+//! accepting and drains the calls in flight.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
+};
+use tonic::{
+    body::Body, server::NamedService, service::RoutesBuilder, transport::server::TcpIncoming,
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::{Layer, Service};
+
+use crate::{config::Config, telemetry};
+
+/// Limits a module applies to the gRPC services it registers.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+}
+
+/// One service of the suite (identity, tickets, ...), as the runtime sees it.
+pub trait ServiceModule: Send + Sync {
+    /// Short name: the `--target` value, the SQLite file name and the
+    /// migrations table prefix.
+    fn name(&self) -> &'static str;
+
+    /// Full names of the gRPC services it serves, for health.
+    fn grpc_services(&self) -> Vec<&'static str>;
+
+    /// Gets ready to serve (migrations, peers). Health stays NOT_SERVING and
+    /// calls get UNAVAILABLE until every module has started.
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>>;
+
+    /// Adds its gRPC services.
+    fn register(&self, routes: &mut RoutesBuilder, limits: Limits);
+
+    /// Releases resources (database pools) after the server has drained.
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// A bound, not yet running server.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    config: Config,
+    modules: Vec<Arc<dyn ServiceModule>>,
+    ready_tx: watch::Sender<bool>,
+}
+
+impl Application {
+    /// Binds the listener (port 0 picks a free port; see [`Self::local_addr`]).
+    pub async fn bind(
+        config: Config,
+        modules: Vec<Arc<dyn ServiceModule>>,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+            config,
+            modules,
+            ready_tx: watch::channel(false).0,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Turns true once every module has started and calls are admitted.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready_tx.subscribe()
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then drains.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_with_shutdown(shutdown_signal()).await
+    }
+
+    /// Serves until `signal` completes, then drains.
+    pub async fn run_with_shutdown(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            local_addr,
+            config,
+            modules,
+            ready_tx,
+        } = self;
+
+        let health = HealthReporter::new();
+        let service_names: Vec<&'static str> =
+            modules.iter().flat_map(|m| m.grpc_services()).collect();
+        set_health(&health, &service_names, ServingStatus::NotServing).await;
+
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(health.clone()),
+        ));
+        add_reflection(&mut routes)?;
+        let limits = Limits {
+            max_message_bytes: config.max_message_bytes,
+        };
+        for module in &modules {
+            module.register(&mut routes, limits);
+        }
+
+        let admission = AdmissionLayer::new(config.max_concurrent_requests, ready_tx.subscribe());
+        // Outermost first: the trace span covers everything, including calls
+        // the admission gate refuses, so refusals are visible in traces.
+        let server = tonic::transport::Server::builder()
+            .timeout(config.request_timeout)
+            .layer(
+                tower_http::trace::TraceLayer::new_for_grpc()
+                    .make_span_with(|req: &http::Request<Body>| telemetry::grpc_span(req)),
+            )
+            .layer(admission)
+            .add_routes(routes.routes());
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut stop_rx_server = stop_rx.clone();
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serving = tokio::spawn(server.serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_rx_server.wait_for(|stop| *stop).await;
+        }));
+        tracing::info!(address = %local_addr, "listening");
+
+        // Start the modules while already answering health checks.
+        let startup = async {
+            for module in &modules {
+                module
+                    .start()
+                    .await
+                    .with_context(|| format!("starting {}", module.name()))?;
+            }
+            anyhow::Ok(())
+        };
+        let grace = config.shutdown_grace;
+        let shutdown = async {
+            signal.await;
+            tracing::info!("shutting down: reporting NOT_SERVING");
+            set_health(&health, &service_names, ServingStatus::NotServing).await;
+            if !grace.is_zero() {
+                tokio::time::sleep(grace).await;
+            }
+        };
+        tokio::pin!(shutdown);
+
+        let outcome = tokio::select! {
+            started = startup => match started {
+                Ok(()) => {
+                    set_health(&health, &service_names, ServingStatus::Serving).await;
+                    ready_tx.send_replace(true);
+                    tracing::info!(services = ?service_names, "ready");
+                    shutdown.await;
+                    Ok(())
+                }
+                Err(err) => Err(err),
+            },
+            () = &mut shutdown => Ok(()),
+        };
+
+        tracing::info!("draining in-flight calls");
+        stop_tx.send_replace(true);
+        let served = serving.await.context("server task")?;
+        for module in &modules {
+            module.stop().await;
+        }
+        served.context("serving gRPC")?;
+        tracing::info!("stopped");
+        outcome
+    }
+}
+
+async fn set_health(health: &HealthReporter, services: &[&str], status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for name in services {
+        health.set_service_status(*name, status).await;
+    }
+}
+
+fn add_reflection(routes: &mut RoutesBuilder) -> anyhow::Result<()> {
+    // grpcurl 1.8 still asks v1alpha; newer clients ask v1.
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(custodian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(custodian_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    routes.add_service(v1);
+    routes.add_service(v1alpha);
+    Ok(())
+}
+
+/// Completes on SIGTERM (Kubernetes) or Ctrl-C (a terminal).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// Paths that bypass admission: probes and tooling must keep working while
+/// the server is starting or saturated, or Kubernetes would restart a pod
+/// that is merely busy.
+fn is_exempt(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+        || path.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+/// Admits a call only when the server is ready and under its concurrency
+/// limit. Over the limit the call is shed at once with RESOURCE_EXHAUSTED
+/// rather than queued: a queue would only add latency to an overloaded
+/// server, and the caller can retry elsewhere. The limit is global (one
+/// semaphore for all connections), unlike tonic's per-connection limit.
+#[derive(Clone)]
+pub struct AdmissionLayer {
+    permits: Arc<Semaphore>,
+    ready: watch::Receiver<bool>,
+}
+
+impl AdmissionLayer {
+    pub fn new(max_concurrent: usize, ready: watch::Receiver<bool>) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max_concurrent)),
+            ready,
+        }
+    }
+}
+
+impl<S> Layer<S> for AdmissionLayer {
+    type Service = Admission<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admission {
+            inner,
+            permits: self.permits.clone(),
+            ready: self.ready.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Admission<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+    ready: watch::Receiver<bool>,
+}
+
+impl<S, B> Service<http::Request<B>> for Admission<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = AdmissionFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // The service that was polled ready is the one that must be called.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if is_exempt(request.uri().path()) {
+            return AdmissionFuture::Admitted {
+                future: Box::pin(inner.call(request)),
+                _permit: None,
+            };
+        }
+        if !*self.ready.borrow() {
+            return AdmissionFuture::Refused(Some(
+                tonic::Status::unavailable("server is starting").into_http(),
+            ));
+        }
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => AdmissionFuture::Admitted {
+                future: Box::pin(inner.call(request)),
+                _permit: Some(permit),
+            },
+            Err(_) => AdmissionFuture::Refused(Some(
+                tonic::Status::resource_exhausted("server is at its concurrency limit").into_http(),
+            )),
+        }
+    }
+}
+
+/// The response of an admitted call (holding its permit until the handler
+/// has answered), or the refusal.
+pub enum AdmissionFuture<F> {
+    Admitted {
+        future: Pin<Box<F>>,
+        _permit: Option<OwnedSemaphorePermit>,
+    },
+    Refused(Option<http::Response<Body>>),
+}
+
+impl<F, E> Future for AdmissionFuture<F>
+where
+    F: Future<Output = Result<http::Response<Body>, E>>,
+{
+    type Output = Result<http::Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Every field is either boxed or Unpin, so the enum is Unpin.
+        match self.get_mut() {
+            AdmissionFuture::Admitted { future, .. } => future.as_mut().poll(cx),
+            AdmissionFuture::Refused(response) => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
+/// Lets a module name a generated server in `grpc_services` without
+/// repeating the string.
+pub fn service_name<S: NamedService>() -> &'static str {
+    S::NAME
+}
+
+/// How long a test or tool should wait for a server to become ready.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,350 @@
+//! Test harness: starts the real server on 127.0.0.1:0 with a fresh database
+//! (a SQLite file in a temporary folder, or a new PostgreSQL database) and
+//! hands out generated tonic clients.
+//!
+//! PostgreSQL is found at `CUSTODIAN_TEST_POSTGRES_URL` (default: the local
+//! server, database `postgres`). When it cannot be reached the PostgreSQL run
+//! of a test is skipped with a message, except under `CI=true`, where it fails.
+
+use std::{str::FromStr as _, sync::Arc, time::Duration};
+
+use custodian_proto::identity::v1::{
+    contact_service_client::ContactServiceClient,
+    evaluation_signup_service_client::EvaluationSignupServiceClient,
+    tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+};
+use custodian_proto::subject::v1::subject_data_service_client::SubjectDataServiceClient;
+use custodian_runtime::{Application, Config, Database, ServiceModule};
+use sqlx::{AnyPool, Row as _};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel;
+
+pub use custodian_runtime::telemetry::init_for_tests;
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn postgres_admin_url() -> String {
+    std::env::var("CUSTODIAN_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A fresh, empty database for one test, removed when dropped.
+pub struct TestDatabase {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+impl TestDatabase {
+    /// `None` when PostgreSQL is wanted but not reachable outside CI.
+    pub async fn create(backend: Backend) -> Option<Self> {
+        sqlx::any::install_default_drivers();
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary folder");
+                let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
+                Some(Self {
+                    url,
+                    _dir: Some(dir),
+                    pg_name: None,
+                })
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_admin_url();
+                let admin = match sqlx::AnyPool::connect(&admin_url).await {
+                    Ok(pool) => pool,
+                    Err(err) if !in_ci() => {
+                        eprintln!(
+                            "skipping the PostgreSQL run: cannot reach PostgreSQL ({err}); set CUSTODIAN_TEST_POSTGRES_URL"
+                        );
+                        return None;
+                    }
+                    Err(err) => panic!("CI=true and PostgreSQL is unreachable: {err}"),
+                };
+                let name = format!("custodian_test_{}", uuid::Uuid::new_v4().simple());
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&admin)
+                    .await
+                    .expect("creating a test database");
+                admin.close().await;
+                let (base, _) = admin_url
+                    .rsplit_once('/')
+                    .expect("database URL with a database name");
+                Some(Self {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                    pg_name: Some(name),
+                })
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_name.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot be blocked on;
+        // a thread with its own runtime removes the database.
+        let admin_url = postgres_admin_url();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let admin = sqlx::AnyPool::connect(&admin_url).await.ok()?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&admin)
+                .await
+                .ok()?;
+                admin.close().await;
+                Some(())
+            })
+        })
+        .join();
+    }
+}
+
+/// A running server and a way to stop it.
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub channel: Channel,
+    pub db: TestDatabase,
+    /// A separate pool on the same database, for looking at raw rows.
+    pub raw: AnyPool,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Settings for a test server; tweak before [`spawn_with`].
+pub fn test_config(db: &TestDatabase) -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        database_url: Some(db.url.clone()),
+        database_max_connections: 4,
+        ..Config::default()
+    }
+}
+
+/// Starts identity on `backend`; `None` when that backend is unavailable
+/// (outside CI).
+pub async fn spawn(backend: Backend) -> Option<TestApp> {
+    spawn_with(backend, |_| {}).await
+}
+
+pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    init_for_tests();
+    let db = TestDatabase::create(backend).await?;
+    let mut config = test_config(&db);
+    tweak(&mut config);
+    let pool = Database::connect_lazy(&db.url, config.database_max_connections).expect("pool");
+    let modules: Vec<Arc<dyn ServiceModule>> = vec![custodian_identity::Identity::module(pool)];
+    let app = Application::bind(config, modules).await.expect("bind");
+    let addr = app.local_addr();
+    let mut ready = app.readiness();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_with_shutdown(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|r| *r))
+        .await
+        .expect("server ready within 30s")
+        .expect("server task alive");
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let raw = sqlx::pool::PoolOptions::<sqlx::Any>::new()
+        .max_connections(2)
+        .connect_with(sqlx::any::AnyConnectOptions::from_str(&db.url).expect("url"))
+        .await
+        .expect("raw pool");
+    Some(TestApp {
+        addr,
+        channel,
+        db,
+        raw,
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+impl TestApp {
+    pub fn tenants(&self) -> TenantServiceClient<Channel> {
+        TenantServiceClient::new(self.channel.clone())
+    }
+    pub fn users(&self) -> UserServiceClient<Channel> {
+        UserServiceClient::new(self.channel.clone())
+    }
+    pub fn contacts(&self) -> ContactServiceClient<Channel> {
+        ContactServiceClient::new(self.channel.clone())
+    }
+    pub fn signups(&self) -> EvaluationSignupServiceClient<Channel> {
+        EvaluationSignupServiceClient::new(self.channel.clone())
+    }
+    pub fn subjects(&self) -> SubjectDataServiceClient<Channel> {
+        SubjectDataServiceClient::new(self.channel.clone())
+    }
+
+    /// Rows in `table`, read straight from the database.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) AS n FROM {table}"
+        )))
+        .fetch_one(&self.raw)
+        .await
+        .expect("count")
+        .try_get::<i64, _>("n")
+        .expect("count column")
+    }
+
+    /// Stops the server (SIGTERM's path: NOT_SERVING, then drain) and waits.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.raw.close().await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+
+    /// Sends the stop signal without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub fn take_task(&mut self) -> Option<JoinHandle<anyhow::Result<()>>> {
+        self.task.take()
+    }
+}
+
+/// Runs a storage test once on SQLite and once on PostgreSQL:
+/// `storage_test!(name, |app| async move { ... })` makes `name::sqlite` and
+/// `name::postgres`.
+#[macro_export]
+macro_rules! storage_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                if let Some(app) = $crate::spawn($crate::Backend::Sqlite).await {
+                    ($body)(app).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) = $crate::spawn($crate::Backend::Postgres).await {
+                    ($body)(app).await;
+                }
+            }
+        }
+    };
+}
+
+/// The code of an error, and its field violations as (field, description).
+pub fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| {
+            b.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.description.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Builders for valid requests, so each test states only what it varies.
+pub mod fixtures {
+    use custodian_proto::{
+        common::v1::{PersonName, PostalAddress},
+        identity::v1::{Contact, CreateTenantRequest, EvaluationSignup, Tenant, User},
+    };
+
+    use super::TestApp;
+
+    pub fn name(given: &str, family: &str) -> Option<PersonName> {
+        Some(PersonName {
+            given_name: given.into(),
+            family_name: family.into(),
+        })
+    }
+
+    pub fn address(region: &str) -> Option<PostalAddress> {
+        Some(PostalAddress {
+            address_lines: vec!["Unter den Linden 1".into()],
+            locality: "Berlin".into(),
+            administrative_area: String::new(),
+            postal_code: "10117".into(),
+            region_code: region.into(),
+        })
+    }
+
+    pub fn user(email: &str) -> User {
+        User {
+            person_name: name("Ann", "Archer"),
+            email: email.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn contact(email: &str) -> Contact {
+        Contact {
+            person_name: name("Ben", "Baker"),
+            email: email.into(),
+            organization: "Baker & Sons".into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn signup(email: &str) -> EvaluationSignup {
+        EvaluationSignup {
+            person_name: name("Cat", "Cole"),
+            email: email.into(),
+            company: "Cole Logistics".into(),
+            nature_of_business: "freight forwarding".into(),
+            ..Default::default()
+        }
+    }
+
+    /// Creates `tenants/{id}`.
+    pub async fn tenant(app: &TestApp, id: &str) -> Tenant {
+        app.tenants()
+            .create_tenant(CreateTenantRequest {
+                tenant: Some(Tenant {
+                    display_name: format!("Tenant {id}"),
+                    ..Default::default()
+                }),
+                tenant_id: id.into(),
+                request_id: String::new(),
+            })
+            .await
+            .expect("create tenant")
+            .into_inner()
+    }
+}
