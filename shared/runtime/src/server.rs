@@ -28,6 +28,7 @@ use tonic::{
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::{Layer, Service};
+use tower_http::classify::{GrpcCode, GrpcErrorsAsFailures, SharedClassifier};
 
 use crate::{config::Config, telemetry};
 
@@ -137,7 +138,7 @@ impl Application {
         let server = tonic::transport::Server::builder()
             .timeout(config.request_timeout)
             .layer(
-                tower_http::trace::TraceLayer::new_for_grpc()
+                tower_http::trace::TraceLayer::new(SharedClassifier::new(server_faults()))
                     .make_span_with(|req: &http::Request<Body>| telemetry::grpc_span(req)),
             )
             .layer(admission)
@@ -218,6 +219,24 @@ fn add_reflection(routes: &mut RoutesBuilder) -> anyhow::Result<()> {
     routes.add_service(v1);
     routes.add_service(v1alpha);
     Ok(())
+}
+
+/// Which status codes are the server's fault and logged as failures. A
+/// caller's mistake (bad input, unknown resource, no permission) is an
+/// answer, not a failure, and logging it as an error would bury real ones.
+fn server_faults() -> GrpcErrorsAsFailures {
+    [
+        GrpcCode::InvalidArgument,
+        GrpcCode::NotFound,
+        GrpcCode::AlreadyExists,
+        GrpcCode::PermissionDenied,
+        GrpcCode::Unauthenticated,
+        GrpcCode::FailedPrecondition,
+        GrpcCode::OutOfRange,
+        GrpcCode::Aborted,
+    ]
+    .into_iter()
+    .fold(GrpcErrorsAsFailures::new(), |c, code| c.with_success(code))
 }
 
 /// Completes on SIGTERM (Kubernetes) or Ctrl-C (a terminal).
