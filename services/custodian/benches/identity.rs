@@ -1,0 +1,692 @@
+//! Throughput and latency of the identity service over real gRPC, on SQLite
+//! and on PostgreSQL: `cargo bench -p custodian --bench identity`.
+//!
+//! A fixed workload against the real server (`Application` with the identity
+//! module, the production tower stack), started in this process:
+//!
+//! - `Health/Check`: a baseline that touches no database, so it shows what
+//!   tonic, HTTP/2 and the server's layers cost by themselves;
+//! - `CreateContact`: distinct valid contacts, each with a name, email, phone,
+//!   organisation and notes;
+//! - `GetContact`: reads spread over the contacts just created.
+//!
+//! Each method gets a warm-up that is not counted, then a fixed number of
+//! requests from `CONCURRENCY` requests in flight spread over `CONNECTIONS`
+//! HTTP/2 connections (one tonic `Channel` each). Every response is checked;
+//! the bench exits non-zero when more than 0.1% of a row's requests failed.
+//!
+//! The load generator and the server share one tokio runtime with two worker
+//! threads, on a machine with two cores: the figures are for client and
+//! server together on two cores, not for a server with two cores of its own.
+//! For scale, a bare tonic echo server reaches ~120k req/s on this machine
+//! under h2load with 16 connections x 16 streams (h2load is far cheaper per
+//! request than a tonic client); `benches/h2load-get-contact.sh` measures
+//! GetContact the same way against the release `custodian` binary.
+//!
+//! No tracing subscriber is installed, so logging costs nothing here.
+//!
+//! PostgreSQL is found at `CUSTODIAN_BENCH_POSTGRES_URL` (default: the local
+//! server, database `postgres`); the bench creates a database of its own there
+//! and drops it at the end. When PostgreSQL cannot be reached, that backend is
+//! skipped with a message.
+//!
+//! For experiments only (the defaults are the workload), these variables
+//! override a setting: `CUSTODIAN_BENCH_BACKENDS` (e.g. `sqlite`),
+//! `CUSTODIAN_BENCH_CONCURRENCY`, `CUSTODIAN_BENCH_CONNECTIONS`,
+//! `CUSTODIAN_BENCH_SQLITE_MAX_CONNECTIONS`,
+//! `CUSTODIAN_BENCH_POSTGRES_MAX_CONNECTIONS`, `CUSTODIAN_BENCH_GETS`,
+//! `CUSTODIAN_BENCH_CREATES`.
+
+use std::{
+    future::Future,
+    process::ExitCode,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use custodian_proto::{
+    common::v1::PersonName,
+    identity::v1::{
+        Contact, CreateContactRequest, CreateTenantRequest, GetContactRequest, Tenant,
+        contact_service_client::ContactServiceClient, tenant_service_client::TenantServiceClient,
+    },
+};
+use custodian_runtime::{Application, Config, Database, ServiceModule, server::READY_TIMEOUT};
+use hdrhistogram::Histogram;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// Requests in flight at once.
+const CONCURRENCY: usize = 64;
+/// HTTP/2 connections the requests are spread over.
+const CONNECTIONS: usize = 4;
+/// Requests sent before each measured run, not counted.
+const WARMUP: usize = 1_000;
+const HEALTH_REQUESTS: usize = 100_000;
+const CREATE_REQUESTS: usize = 20_000;
+const GET_REQUESTS: usize = 100_000;
+
+/// Pool size on SQLite. Reads run in parallel under WAL, one per connection
+/// (each a thread of its own in sqlx), while writes take turns on SQLite's
+/// one write lock whatever the pool size; see the report of this bench for
+/// the sizes tried.
+const SQLITE_MAX_CONNECTIONS: u32 = 8;
+/// Pool size on PostgreSQL: the server's default.
+const POSTGRES_MAX_CONNECTIONS: u32 = 16;
+
+/// Above this share of failed requests in any row, the bench fails.
+const MAX_ERROR_RATE: f64 = 0.001;
+
+const TENANT: &str = "bench";
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("bench failed: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn label(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// Workload settings: the constants above, unless overridden for an
+/// experiment.
+struct Settings {
+    concurrency: usize,
+    connections: usize,
+    creates: usize,
+    gets: usize,
+    sqlite_max_connections: u32,
+    postgres_max_connections: u32,
+    backends: Vec<Backend>,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(value) => match value.parse() {
+            Ok(parsed) => {
+                println!("(override) {name}={value}");
+                parsed
+            }
+            Err(_) => {
+                eprintln!("ignoring {name}={value:?}: not a number");
+                default
+            }
+        },
+        Err(_) => default,
+    }
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let backends = match std::env::var("CUSTODIAN_BENCH_BACKENDS") {
+            Ok(list) => {
+                println!("(override) CUSTODIAN_BENCH_BACKENDS={list}");
+                let mut backends = Vec::new();
+                if list.contains("sqlite") {
+                    backends.push(Backend::Sqlite);
+                }
+                if list.contains("postgres") {
+                    backends.push(Backend::Postgres);
+                }
+                backends
+            }
+            Err(_) => vec![Backend::Sqlite, Backend::Postgres],
+        };
+        Self {
+            concurrency: env_or("CUSTODIAN_BENCH_CONCURRENCY", CONCURRENCY).max(1),
+            connections: env_or("CUSTODIAN_BENCH_CONNECTIONS", CONNECTIONS).max(1),
+            creates: env_or("CUSTODIAN_BENCH_CREATES", CREATE_REQUESTS).max(1),
+            gets: env_or("CUSTODIAN_BENCH_GETS", GET_REQUESTS),
+            sqlite_max_connections: env_or(
+                "CUSTODIAN_BENCH_SQLITE_MAX_CONNECTIONS",
+                SQLITE_MAX_CONNECTIONS,
+            ),
+            postgres_max_connections: env_or(
+                "CUSTODIAN_BENCH_POSTGRES_MAX_CONNECTIONS",
+                POSTGRES_MAX_CONNECTIONS,
+            ),
+            backends,
+        }
+    }
+}
+
+/// One line of the table.
+struct Row {
+    backend: &'static str,
+    method: &'static str,
+    requests: usize,
+    concurrency: usize,
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+    errors: usize,
+}
+
+impl Row {
+    fn error_rate(&self) -> f64 {
+        self.errors as f64 / self.requests.max(1) as f64
+    }
+}
+
+/// Runs every backend, prints the table, and says whether the error rate of
+/// every row stayed within bounds.
+async fn run() -> anyhow::Result<bool> {
+    let settings = Settings::from_env();
+    sqlx::any::install_default_drivers();
+    println!(
+        "identity bench: {} in flight over {} HTTP/2 connections; client and server share one 2-worker tokio runtime",
+        settings.concurrency, settings.connections
+    );
+    let mut rows = Vec::new();
+    for &backend in &settings.backends {
+        let Some(database) = BenchDatabase::create(backend).await? else {
+            continue;
+        };
+        let max_connections = match backend {
+            Backend::Sqlite => settings.sqlite_max_connections,
+            Backend::Postgres => settings.postgres_max_connections,
+        };
+        println!(
+            "{}: database_max_connections = {max_connections}",
+            backend.label()
+        );
+        let outcome = bench_backend(backend, &database.url, max_connections, &settings).await;
+        database.drop_database().await;
+        rows.extend(outcome?);
+    }
+
+    println!();
+    print_table(&rows);
+    let mut ok = true;
+    for row in &rows {
+        if row.errors > 0 {
+            println!(
+                "!! {} {}: {} of {} requests FAILED ({:.3}%)",
+                row.backend,
+                row.method,
+                row.errors,
+                row.requests,
+                row.error_rate() * 100.0
+            );
+        }
+        if row.error_rate() > MAX_ERROR_RATE {
+            ok = false;
+        }
+    }
+    if !ok {
+        println!(
+            "FAILED: more than {}% of a row's requests failed",
+            MAX_ERROR_RATE * 100.0
+        );
+    }
+    Ok(ok)
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<9} {:<14} {:>9} {:>12} {:>9} {:>8} {:>8} {:>7}",
+        "backend", "method", "requests", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"
+    );
+    for row in rows {
+        let ms = |q: f64| row.latency_us.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{:<9} {:<14} {:>9} {:>12} {:>9.0} {:>8.2} {:>8.2} {:>7}",
+            row.backend,
+            row.method,
+            row.requests,
+            row.concurrency,
+            row.requests as f64 / row.elapsed.as_secs_f64(),
+            ms(0.50),
+            ms(0.99),
+            row.errors
+        );
+    }
+}
+
+/// Starts a server on `url`, runs the three workloads, stops the server.
+async fn bench_backend(
+    backend: Backend,
+    url: &str,
+    max_connections: u32,
+    settings: &Settings,
+) -> anyhow::Result<Vec<Row>> {
+    let server = BenchServer::start(url, max_connections).await?;
+    let outcome = workloads(backend, &server, settings).await;
+    server.stop().await?;
+    outcome
+}
+
+async fn workloads(
+    backend: Backend,
+    server: &BenchServer,
+    settings: &Settings,
+) -> anyhow::Result<Vec<Row>> {
+    let label = backend.label();
+    let channels = server.channels(settings.connections).await?;
+    let concurrency = settings.concurrency;
+    let mut rows = Vec::new();
+
+    // Health/Check: no database, the floor of what one call costs.
+    let health = |client: HealthClient<Channel>, _n: usize| async move {
+        let mut client = client;
+        let response = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        if response.status == ServingStatus::Serving as i32 {
+            Ok(())
+        } else {
+            Err(format!("health status {}", response.status))
+        }
+    };
+    drive(&channels, WARMUP, concurrency, 0, HealthClient::new, health).await;
+    let run = drive(
+        &channels,
+        HEALTH_REQUESTS,
+        concurrency,
+        0,
+        HealthClient::new,
+        health,
+    )
+    .await;
+    rows.push(run.into_row(label, "Health/Check", HEALTH_REQUESTS, concurrency));
+
+    // CreateContact: contact n is c{n}@example.com. The warm-up creates
+    // contacts too (numbered after the measured ones); every contact
+    // created is a target of the reads below.
+    TenantServiceClient::new(channels[0].clone())
+        .create_tenant(CreateTenantRequest {
+            tenant: Some(Tenant {
+                display_name: "Bench Tenant".into(),
+                ..Default::default()
+            }),
+            tenant_id: TENANT.into(),
+            request_id: String::new(),
+        })
+        .await
+        .context("creating the bench tenant")?;
+    let creates = settings.creates;
+    let names: Arc<Vec<OnceLock<String>>> =
+        Arc::new((0..creates + WARMUP).map(|_| OnceLock::new()).collect());
+    let create = {
+        let names = names.clone();
+        move |client: ContactServiceClient<Channel>, n: usize| {
+            let names = names.clone();
+            async move {
+                let mut client = client;
+                let email = format!("c{n}@example.com");
+                let created = client
+                    .create_contact(CreateContactRequest {
+                        parent: format!("tenants/{TENANT}"),
+                        contact: Some(contact(n, &email)),
+                        request_id: String::new(),
+                    })
+                    .await
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                let prefix = format!("tenants/{TENANT}/contacts/");
+                if !created.name.starts_with(&prefix) || created.email != email {
+                    return Err(format!(
+                        "unexpected contact {:?} <{}> for {email}",
+                        created.name, created.email
+                    ));
+                }
+                let _ = names[n].set(created.name);
+                Ok(())
+            }
+        }
+    };
+    drive(
+        &channels,
+        WARMUP,
+        concurrency,
+        creates,
+        ContactServiceClient::new,
+        create.clone(),
+    )
+    .await;
+    let run = drive(
+        &channels,
+        creates,
+        concurrency,
+        0,
+        ContactServiceClient::new,
+        create,
+    )
+    .await;
+    rows.push(run.into_row(label, "CreateContact", creates, concurrency));
+
+    // GetContact over every contact created, in creation order, round and
+    // round.
+    let names: Arc<Vec<String>> = Arc::new(names.iter().filter_map(|n| n.get().cloned()).collect());
+    if names.is_empty() {
+        anyhow::bail!("no contact was created, so there is nothing to get");
+    }
+    let get = move |client: ContactServiceClient<Channel>, n: usize| {
+        let name = names[n % names.len()].clone();
+        async move {
+            let mut client = client;
+            let contact = client
+                .get_contact(GetContactRequest { name: name.clone() })
+                .await
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            if contact.name != name || !contact.email.ends_with("@example.com") {
+                return Err(format!("asked for {name}, got {:?}", contact.name));
+            }
+            Ok(())
+        }
+    };
+    drive(
+        &channels,
+        WARMUP,
+        concurrency,
+        0,
+        ContactServiceClient::new,
+        get.clone(),
+    )
+    .await;
+    let gets = settings.gets;
+    let run = drive(
+        &channels,
+        gets,
+        concurrency,
+        0,
+        ContactServiceClient::new,
+        get,
+    )
+    .await;
+    rows.push(run.into_row(label, "GetContact", gets, concurrency));
+    Ok(rows)
+}
+
+/// A valid contact, distinct for each `n`.
+fn contact(n: usize, email: &str) -> Contact {
+    Contact {
+        person_name: Some(PersonName {
+            given_name: "Bench".into(),
+            family_name: format!("Contact {n}"),
+        }),
+        email: email.to_owned(),
+        phone: "+49 30 901820".into(),
+        organization: format!("Example Supplies {}", n % 100),
+        notes: "Met at the trade fair; prefers email over calls.".into(),
+        ..Default::default()
+    }
+}
+
+/// What one measured run saw.
+struct Run {
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+    errors: usize,
+}
+
+impl Run {
+    fn into_row(
+        self,
+        backend: &'static str,
+        method: &'static str,
+        requests: usize,
+        concurrency: usize,
+    ) -> Row {
+        Row {
+            backend,
+            method,
+            requests,
+            concurrency,
+            elapsed: self.elapsed,
+            latency_us: self.latency_us,
+            errors: self.errors,
+        }
+    }
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
+/// Sends `total` requests numbered `first..first + total`, `concurrency` at
+/// a time: each of `concurrency` tasks has its own client on one of
+/// `channels` (round robin) and takes the next number when its previous call
+/// has answered. `call` sends request `n` and checks the answer.
+async fn drive<C, F, Fut>(
+    channels: &[Channel],
+    total: usize,
+    concurrency: usize,
+    first: usize,
+    make_client: fn(Channel) -> C,
+    call: F,
+) -> Run
+where
+    C: Clone + Send + 'static,
+    F: Fn(C, usize) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let tasks: Vec<JoinHandle<(Histogram<u64>, usize, Option<String>)>> = (0..concurrency)
+        .map(|task| {
+            let client = make_client(channels[task % channels.len()].clone());
+            let next = next.clone();
+            let call = call.clone();
+            tokio::spawn(async move {
+                let mut latency = histogram();
+                let mut errors = 0;
+                let mut first_error = None;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    let sent = Instant::now();
+                    let outcome = call(client.clone(), first + i).await;
+                    let micros = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    latency.saturating_record(micros.max(1));
+                    if let Err(err) = outcome {
+                        errors += 1;
+                        first_error.get_or_insert(err);
+                    }
+                }
+                (latency, errors, first_error)
+            })
+        })
+        .collect();
+    let mut latency_us = histogram();
+    let mut errors = 0;
+    for task in tasks {
+        match task.await {
+            Ok((task_latency, task_errors, first_error)) => {
+                latency_us
+                    .add(&task_latency)
+                    .expect("histograms with equal bounds");
+                if let Some(err) = first_error {
+                    eprintln!("error (first of its task): {err}");
+                }
+                errors += task_errors;
+            }
+            Err(err) => {
+                eprintln!("a load task failed: {err}");
+                errors += 1;
+            }
+        }
+    }
+    Run {
+        elapsed: started.elapsed(),
+        latency_us,
+        errors,
+    }
+}
+
+/// The server under test, running in this process.
+struct BenchServer {
+    addr: std::net::SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl BenchServer {
+    async fn start(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let config = Config {
+            listen: "127.0.0.1:0".parse()?,
+            database_url: Some(url.to_owned()),
+            database_max_connections: max_connections,
+            ..Config::default()
+        };
+        let db = Database::connect_lazy(url, max_connections)?;
+        let modules: Vec<Arc<dyn ServiceModule>> = vec![custodian_identity::Identity::module(db)];
+        let app = Application::bind(config, modules).await?;
+        let addr = app.local_addr();
+        let mut ready = app.readiness();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_with_shutdown(async move {
+            let _ = stopped.await;
+        }));
+        tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r))
+            .await
+            .context("server not ready in time")?
+            .context("server stopped while starting")?;
+        Ok(Self { addr, stop, task })
+    }
+
+    /// `n` separate HTTP/2 connections to the server.
+    async fn channels(&self, n: usize) -> anyhow::Result<Vec<Channel>> {
+        let mut channels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let channel = Endpoint::from_shared(format!("http://{}", self.addr))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .context("connecting to the bench server")?;
+            channels.push(channel);
+        }
+        Ok(channels)
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.context("server task")?
+    }
+}
+
+/// A fresh database: a SQLite file in a temporary folder, or a new
+/// PostgreSQL database.
+struct BenchDatabase {
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<(String, String)>,
+}
+
+fn postgres_admin_url() -> String {
+    std::env::var("CUSTODIAN_BENCH_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into())
+}
+
+impl BenchDatabase {
+    /// `None` when PostgreSQL is wanted but cannot be reached.
+    async fn create(backend: Backend) -> anyhow::Result<Option<Self>> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().context("temporary folder")?;
+                let url = format!(
+                    "sqlite://{}?mode=rwc",
+                    dir.path().join("identity.db").display()
+                );
+                Ok(Some(Self {
+                    url,
+                    _dir: Some(dir),
+                    postgres: None,
+                }))
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_admin_url();
+                let admin = match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    sqlx::AnyPool::connect(&admin_url),
+                )
+                .await
+                {
+                    Ok(Ok(pool)) => pool,
+                    Ok(Err(err)) => {
+                        println!(
+                            "postgres: skipped, cannot reach PostgreSQL ({err}); set CUSTODIAN_BENCH_POSTGRES_URL"
+                        );
+                        return Ok(None);
+                    }
+                    Err(_) => {
+                        println!(
+                            "postgres: skipped, no answer from PostgreSQL within 5s; set CUSTODIAN_BENCH_POSTGRES_URL"
+                        );
+                        return Ok(None);
+                    }
+                };
+                let name = format!("custodian_bench_{}", uuid::Uuid::new_v4().simple());
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&admin)
+                    .await
+                    .context("creating the bench database")?;
+                admin.close().await;
+                let (base, _) = admin_url
+                    .rsplit_once('/')
+                    .context("CUSTODIAN_BENCH_POSTGRES_URL must name a database")?;
+                Ok(Some(Self {
+                    url: format!("{base}/{name}"),
+                    _dir: None,
+                    postgres: Some((admin_url, name)),
+                }))
+            }
+        }
+    }
+
+    /// Drops the PostgreSQL database (the SQLite folder goes with `self`).
+    async fn drop_database(self) {
+        let Some((admin_url, name)) = &self.postgres else {
+            return;
+        };
+        let dropped = async {
+            let admin = sqlx::AnyPool::connect(admin_url).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await?;
+            admin.close().await;
+            anyhow::Ok(())
+        };
+        if let Err(err) = dropped.await {
+            eprintln!("could not drop the bench database {name}: {err:#}");
+        }
+    }
+}
