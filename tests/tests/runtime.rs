@@ -9,11 +9,15 @@ use custodian_tests::{Backend, TestDatabase, fixtures, spawn, spawn_with, test_c
 use futures::future::BoxFuture;
 use tokio_stream::StreamExt as _;
 use tonic::{Code, transport::Channel};
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 async fn health(channel: &Channel, service: &str) -> ServingStatus {
     let response = HealthClient::new(channel.clone())
-        .check(HealthCheckRequest { service: service.into() })
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -31,10 +35,16 @@ async fn health_reports_every_service_serving() {
         "custodian.identity.v1.EvaluationSignupService",
         "custodian.subject.v1.SubjectDataService",
     ] {
-        assert_eq!(health(&app.channel, service).await, ServingStatus::Serving, "{service:?}");
+        assert_eq!(
+            health(&app.channel, service).await,
+            ServingStatus::Serving,
+            "{service:?}"
+        );
     }
     let unknown = HealthClient::new(app.channel.clone())
-        .check(HealthCheckRequest { service: "custodian.nothing.v1.Nope".into() })
+        .check(HealthCheckRequest {
+            service: "custodian.nothing.v1.Nope".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
@@ -48,17 +58,31 @@ async fn reflection_v1_lists_the_contracts() {
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let app = spawn(Backend::Sqlite).await.unwrap();
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
     let mut responses = ServerReflectionClient::new(app.channel.clone())
         .server_reflection_info(tokio_stream::iter([request]))
         .await
         .unwrap()
         .into_inner();
-    let Some(Ok(response)) = responses.next().await else { panic!("no reflection answer") };
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("not a service list") };
+    let Some(Ok(response)) = responses.next().await else {
+        panic!("no reflection answer")
+    };
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("not a service list")
+    };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in ["custodian.identity.v1.ContactService", "custodian.subject.v1.SubjectDataService", "grpc.health.v1.Health"] {
-        assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+    for expected in [
+        "custodian.identity.v1.ContactService",
+        "custodian.subject.v1.SubjectDataService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} in {names:?}"
+        );
     }
     app.stop().await.unwrap();
 }
@@ -66,22 +90,38 @@ async fn reflection_v1_lists_the_contracts() {
 #[tokio::test]
 async fn over_the_concurrency_limit_calls_are_shed_but_probes_answer() {
     // No permits at all: every admitted call would exceed the limit.
-    let app = spawn_with(Backend::Sqlite, |c| c.max_concurrent_requests = 0).await.unwrap();
-    let err = app.tenants().list_tenants(ListTenantsRequest::default()).await.unwrap_err();
+    let app = spawn_with(Backend::Sqlite, |c| c.max_concurrent_requests = 0)
+        .await
+        .unwrap();
+    let err = app
+        .tenants()
+        .list_tenants(ListTenantsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
-    assert_eq!(health(&app.channel, "").await, ServingStatus::Serving, "health bypasses admission");
+    assert_eq!(
+        health(&app.channel, "").await,
+        ServingStatus::Serving,
+        "health bypasses admission"
+    );
     app.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn oversized_messages_are_refused() {
-    let app = spawn_with(Backend::Sqlite, |c| c.max_message_bytes = 2048).await.unwrap();
+    let app = spawn_with(Backend::Sqlite, |c| c.max_message_bytes = 2048)
+        .await
+        .unwrap();
     fixtures::tenant(&app, "acme").await;
     let mut contact = fixtures::contact("ben@example.com");
     contact.notes = "n".repeat(4096);
     let err = app
         .contacts()
-        .create_contact(CreateContactRequest { parent: "tenants/acme".into(), contact: Some(contact), request_id: String::new() })
+        .create_contact(CreateContactRequest {
+            parent: "tenants/acme".into(),
+            contact: Some(contact),
+            request_id: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
@@ -116,7 +156,10 @@ async fn not_serving_until_started_then_draining_on_shutdown() {
     config.shutdown_grace = std::time::Duration::from_secs(2);
     let release = Arc::new(tokio::sync::Notify::new());
     let pool = Database::connect_lazy(&db.url, 2).unwrap();
-    let modules: Vec<Arc<dyn ServiceModule>> = vec![Arc::new(SlowStart(release.clone())), custodian_identity::Identity::module(pool)];
+    let modules: Vec<Arc<dyn ServiceModule>> = vec![
+        Arc::new(SlowStart(release.clone())),
+        custodian_identity::Identity::module(pool),
+    ];
     let app = Application::bind(config, modules).await.unwrap();
     let addr = app.local_addr();
     let mut ready = app.readiness();
@@ -124,29 +167,74 @@ async fn not_serving_until_started_then_draining_on_shutdown() {
     let task = tokio::spawn(app.run_with_shutdown(async move {
         let _ = stop_rx.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    let mut tenants = custodian_proto::identity::v1::tenant_service_client::TenantServiceClient::new(channel.clone());
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut tenants =
+        custodian_proto::identity::v1::tenant_service_client::TenantServiceClient::new(
+            channel.clone(),
+        );
 
     // Starting: probes answer NOT_SERVING and calls are turned away.
     assert_eq!(health(&channel, "").await, ServingStatus::NotServing);
-    assert_eq!(health(&channel, "custodian.identity.v1.TenantService").await, ServingStatus::NotServing);
-    assert_eq!(tenants.list_tenants(ListTenantsRequest::default()).await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(
+        health(&channel, "custodian.identity.v1.TenantService").await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(
+        tenants
+            .list_tenants(ListTenantsRequest::default())
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unavailable
+    );
 
     release.notify_one();
     ready.wait_for(|r| *r).await.unwrap();
     assert_eq!(health(&channel, "").await, ServingStatus::Serving);
-    tenants.list_tenants(ListTenantsRequest::default()).await.unwrap();
+    tenants
+        .list_tenants(ListTenantsRequest::default())
+        .await
+        .unwrap();
 
     // Stopping: NOT_SERVING at once, while calls are still answered during
     // the grace period (load balancers are still catching up).
-    let mut watch = HealthClient::new(channel.clone()).watch(HealthCheckRequest { service: String::new() }).await.unwrap().into_inner();
-    assert_eq!(watch.next().await.unwrap().unwrap().status, ServingStatus::Serving as i32);
+    let mut watch = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
     stop_tx.send(()).unwrap();
-    assert_eq!(watch.next().await.unwrap().unwrap().status, ServingStatus::NotServing as i32);
-    tenants.list_tenants(ListTenantsRequest::default()).await.unwrap();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    tenants
+        .list_tenants(ListTenantsRequest::default())
+        .await
+        .unwrap();
     drop(watch);
 
     // Then it drains and stops cleanly; the port no longer accepts calls.
-    tokio::time::timeout(std::time::Duration::from_secs(30), task).await.expect("stops after the grace period").unwrap().unwrap();
-    assert!(Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.is_err());
+    tokio::time::timeout(std::time::Duration::from_secs(30), task)
+        .await
+        .expect("stops after the grace period")
+        .unwrap()
+        .unwrap();
+    assert!(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .is_err()
+    );
 }

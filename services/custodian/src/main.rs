@@ -3,7 +3,9 @@
 
 use clap::Parser;
 use custodian::Target;
-use custodian_runtime::{Application, Config, config::ServerArgs, telemetry};
+use custodian_runtime::{
+    Application, Config, config::ServerArgs, server::shutdown_signal, telemetry,
+};
 
 /// Custodian keeps a SaaS privacy policy's promises as running services.
 ///
@@ -29,10 +31,11 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init(&config, &format!("custodian-{}", services.join("-")))?;
     tracing::debug!(?config, "configuration");
 
+    let stopped = shutdown_signal()?;
     let modules = custodian::modules(cli.target, &config)?;
     let app = Application::bind(config.clone(), modules).await?;
     print_welcome(&app, &config, &services, cli.target);
-    app.run_until_stopped().await
+    app.run_with_shutdown(stopped).await
 }
 
 /// Tells a newcomer how to reach the server, with commands that work as

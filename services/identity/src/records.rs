@@ -75,10 +75,10 @@ pub fn validate_person(
     }
 
     let email_required = kind != crate::model::CONTACTS;
-    if !data.email.trim().is_empty() || email_required {
-        if let Some(email) = v.check(&f("email"), validate::normalize_email(&data.email)) {
-            data.email = email;
-        }
+    if (!data.email.trim().is_empty() || email_required)
+        && let Some(email) = v.check(&f("email"), validate::normalize_email(&data.email))
+    {
+        data.email = email;
     }
     if !data.phone.trim().is_empty() {
         let region = data.postal_address.as_ref().map(|a| a.region_code.as_str());

@@ -148,7 +148,9 @@ impl TenantService for Tenants {
         let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
         match paths.as_slice() {
             [] => {
-                return Err(ApiError::invalid("update_mask", "must name at least one field").into());
+                return Err(
+                    ApiError::invalid("update_mask", "must name at least one field").into(),
+                );
             }
             paths if paths.iter().any(|p| p != "display_name") => {
                 return Err(

@@ -97,11 +97,6 @@ impl Application {
         self.ready_tx.subscribe()
     }
 
-    /// Serves until SIGTERM or Ctrl-C, then drains.
-    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_with_shutdown(shutdown_signal()).await
-    }
-
     /// Serves until `signal` completes, then drains.
     pub async fn run_with_shutdown(
         self,
@@ -239,27 +234,29 @@ fn server_faults() -> GrpcErrorsAsFailures {
     .fold(GrpcErrorsAsFailures::new(), |c, code| c.with_success(code))
 }
 
-/// Completes on SIGTERM (Kubernetes) or Ctrl-C (a terminal).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Completes on SIGTERM (Kubernetes) or Ctrl-C (a terminal). The handlers
+/// are installed when this is called, not when the future is first polled:
+/// call it before announcing the server, or a SIGTERM that arrives in between
+/// would kill the process instead of stopping it gracefully.
+pub fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = terminate.recv() => {},
+                _ = interrupt.recv() => {},
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
+        })
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
     }
 }
 
