@@ -8,16 +8,21 @@
 
 use std::{str::FromStr as _, sync::Arc, time::Duration};
 
-use custodian_proto::identity::v1::{
-    contact_service_client::ContactServiceClient,
-    evaluation_signup_service_client::EvaluationSignupServiceClient,
-    tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+use custodian_privacy::{Purpose, keys::KeyFile, token::TokenIssuer};
+use custodian_proto::{
+    audit::v1::audit_service_client::AuditServiceClient,
+    identity::v1::{
+        contact_service_client::ContactServiceClient,
+        evaluation_signup_service_client::EvaluationSignupServiceClient,
+        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+    },
+    retention::v1::retention_service_client::RetentionServiceClient,
+    subject::v1::subject_data_service_client::SubjectDataServiceClient,
 };
-use custodian_proto::subject::v1::subject_data_service_client::SubjectDataServiceClient;
-use custodian_runtime::{Application, Config, Database, ServiceModule};
+use custodian_runtime::{Application, Config, time::ManualClock};
 use sqlx::{AnyPool, Row as _};
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel;
+use tonic::{codegen::InterceptedService, transport::Channel};
 
 pub use custodian_runtime::telemetry::init_for_tests;
 
@@ -126,6 +131,12 @@ pub struct TestApp {
     pub db: TestDatabase,
     /// A separate pool on the same database, for looking at raw rows.
     pub raw: AnyPool,
+    /// The server's keys (a fresh set per test).
+    pub keys: KeyFile,
+    /// The clock retention and audit read; tests move it instead of sleeping.
+    pub clock: Arc<ManualClock>,
+    /// A token with every purpose and no tenant limit.
+    pub root_token: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -136,12 +147,19 @@ pub fn test_config(db: &TestDatabase) -> Config {
         listen: "127.0.0.1:0".parse().expect("address"),
         database_url: Some(db.url.clone()),
         database_max_connections: 4,
+        // Tests sweep on demand, at the times they choose.
+        retention_sweep_interval: Duration::ZERO,
         ..Config::default()
     }
 }
 
-/// Starts identity on `backend`; `None` when that backend is unavailable
-/// (outside CI).
+/// A fresh key file (master key, blind-index key, token key pair).
+pub fn test_keys() -> KeyFile {
+    KeyFile::generate("mk-test-1", custodian_privacy::token::generate_key_pair())
+}
+
+/// Starts the whole suite on `backend`; `None` when that backend is
+/// unavailable (outside CI).
 pub async fn spawn(backend: Backend) -> Option<TestApp> {
     spawn_with(backend, |_| {}).await
 }
@@ -151,9 +169,13 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Op
     let db = TestDatabase::create(backend).await?;
     let mut config = test_config(&db);
     tweak(&mut config);
-    let pool = Database::connect_lazy(&db.url, config.database_max_connections).expect("pool");
-    let modules: Vec<Arc<dyn ServiceModule>> = vec![custodian_identity::Identity::module(pool)];
-    let app = Application::bind(config, modules).await.expect("bind");
+    let keys = test_keys();
+    let clock = Arc::new(ManualClock::new(custodian_runtime::time::now_micros()));
+    let suite =
+        custodian::suite(custodian::Target::All, &config, &keys, clock.clone()).expect("suite");
+    let app = Application::bind(config, suite.modules, suite.authenticator)
+        .await
+        .expect("bind");
     let addr = app.local_addr();
     let mut ready = app.readiness();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -174,31 +196,103 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Op
         .connect_with(sqlx::any::AnyConnectOptions::from_str(&db.url).expect("url"))
         .await
         .expect("raw pool");
+    let root_token = issue(&keys, "test:root", &Purpose::ALL, None);
     Some(TestApp {
         addr,
         channel,
         db,
         raw,
+        keys,
+        clock,
+        root_token,
         stop: Some(stop),
         task: Some(task),
     })
 }
 
+/// A token signed with `keys`, valid for an hour.
+pub fn issue(keys: &KeyFile, subject: &str, purposes: &[Purpose], tenant: Option<&str>) -> String {
+    TokenIssuer::from_pem(keys.token_signing_key.as_deref().expect("signing key"))
+        .expect("issuer")
+        .issue(subject, purposes, tenant, Duration::from_secs(3600))
+        .expect("token")
+}
+
+/// Adds a bearer token (and optionally a purpose) to every call.
+#[derive(Clone)]
+pub struct Bearer {
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    purpose: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Bearer {
+    /// `None` sends no token at all.
+    pub fn new(token: Option<&str>) -> Self {
+        Self {
+            token: token.map(|t| format!("Bearer {t}").parse().expect("ascii token")),
+            purpose: None,
+        }
+    }
+
+    pub fn with_purpose(mut self, purpose: Purpose) -> Self {
+        self.purpose = Some(purpose.as_str().parse().expect("ascii"));
+        self
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.token {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        if let Some(purpose) = &self.purpose {
+            request
+                .metadata_mut()
+                .insert("custodian-purpose", purpose.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+macro_rules! clients {
+    ($($name:ident, $as_name:ident => $client:ident;)*) => {
+        impl TestApp {
+            $(
+                /// A client calling with the root token.
+                pub fn $name(&self) -> $client<Authed> {
+                    $client::with_interceptor(self.channel.clone(), Bearer::new(Some(&self.root_token)))
+                }
+
+                /// A client calling with `bearer`'s credentials.
+                pub fn $as_name(&self, bearer: Bearer) -> $client<Authed> {
+                    $client::with_interceptor(self.channel.clone(), bearer)
+                }
+            )*
+        }
+    };
+}
+
+clients! {
+    tenants, tenants_as => TenantServiceClient;
+    users, users_as => UserServiceClient;
+    contacts, contacts_as => ContactServiceClient;
+    signups, signups_as => EvaluationSignupServiceClient;
+    subjects, subjects_as => SubjectDataServiceClient;
+    retention, retention_as => RetentionServiceClient;
+    audit, audit_as => AuditServiceClient;
+}
+
 impl TestApp {
-    pub fn tenants(&self) -> TenantServiceClient<Channel> {
-        TenantServiceClient::new(self.channel.clone())
-    }
-    pub fn users(&self) -> UserServiceClient<Channel> {
-        UserServiceClient::new(self.channel.clone())
-    }
-    pub fn contacts(&self) -> ContactServiceClient<Channel> {
-        ContactServiceClient::new(self.channel.clone())
-    }
-    pub fn signups(&self) -> EvaluationSignupServiceClient<Channel> {
-        EvaluationSignupServiceClient::new(self.channel.clone())
-    }
-    pub fn subjects(&self) -> SubjectDataServiceClient<Channel> {
-        SubjectDataServiceClient::new(self.channel.clone())
+    /// A token for this server.
+    pub fn token(&self, purposes: &[Purpose], tenant: Option<&str>) -> String {
+        issue(&self.keys, "test:caller", purposes, tenant)
     }
 
     /// Rows in `table`, read straight from the database.
@@ -223,17 +317,6 @@ impl TestApp {
             Some(task) => task.await?,
             None => Ok(()),
         }
-    }
-
-    /// Sends the stop signal without waiting.
-    pub fn signal_stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
-
-    pub fn take_task(&mut self) -> Option<JoinHandle<anyhow::Result<()>>> {
-        self.task.take()
     }
 }
 

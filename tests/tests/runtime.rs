@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
+use custodian_privacy::Purpose;
 use custodian_proto::identity::v1::{CreateContactRequest, ListTenantsRequest};
-use custodian_runtime::{Application, Database, ServiceModule, server::Limits};
-use custodian_tests::{Backend, TestDatabase, fixtures, spawn, spawn_with, test_config};
+use custodian_runtime::{Application, ServiceModule, server::Limits, time::SystemClock};
+use custodian_tests::{
+    Backend, Bearer, TestDatabase, fixtures, issue, spawn, spawn_with, test_config, test_keys,
+};
 use futures::future::BoxFuture;
 use tokio_stream::StreamExt as _;
 use tonic::{Code, transport::Channel};
@@ -155,12 +158,25 @@ async fn not_serving_until_started_then_draining_on_shutdown() {
     let mut config = test_config(&db);
     config.shutdown_grace = std::time::Duration::from_secs(2);
     let release = Arc::new(tokio::sync::Notify::new());
-    let pool = Database::connect_lazy(&db.url, 2).unwrap();
-    let modules: Vec<Arc<dyn ServiceModule>> = vec![
-        Arc::new(SlowStart(release.clone())),
-        custodian_identity::Identity::module(pool),
-    ];
-    let app = Application::bind(config, modules).await.unwrap();
+    let keys = test_keys();
+    let suite = custodian::suite(
+        custodian::Target::All,
+        &config,
+        &keys,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let mut modules: Vec<Arc<dyn ServiceModule>> = vec![Arc::new(SlowStart(release.clone()))];
+    modules.extend(suite.modules);
+    let app = Application::bind(config, modules, suite.authenticator)
+        .await
+        .unwrap();
+    let bearer = Bearer::new(Some(&issue(
+        &keys,
+        "test:ops",
+        &[Purpose::Administration],
+        None,
+    )));
     let addr = app.local_addr();
     let mut ready = app.readiness();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -173,8 +189,9 @@ async fn not_serving_until_started_then_draining_on_shutdown() {
         .await
         .unwrap();
     let mut tenants =
-        custodian_proto::identity::v1::tenant_service_client::TenantServiceClient::new(
+        custodian_proto::identity::v1::tenant_service_client::TenantServiceClient::with_interceptor(
             channel.clone(),
+            bearer,
         );
 
     // Starting: probes answer NOT_SERVING and calls are turned away.

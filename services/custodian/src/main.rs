@@ -1,46 +1,137 @@
 //! `custodian`: runs every Custodian service in one process, or one of them
-//! with `--target`.
+//! with `--target`; issues tokens and manages keys.
 
-use clap::Parser;
-use custodian::Target;
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use custodian::{Target, load_keys, save_keys, suite};
+use custodian_privacy::{Purpose, crypto::is_valid_key_id, token::TokenIssuer};
 use custodian_runtime::{
-    Application, Config, config::ServerArgs, server::shutdown_signal, telemetry,
+    Application, Config, config::ServerArgs, server::shutdown_signal, telemetry, time::SystemClock,
 };
 
 /// Custodian keeps a SaaS privacy policy's promises as running services.
 ///
 /// With no arguments it runs every service on 127.0.0.1:50051 with SQLite
-/// files under ./.custodian: nothing else to install. Every flag can also be
-/// set by the environment variable named in brackets.
+/// files and a development key file under ./.custodian: nothing else to
+/// install. Every flag can also be set by the environment variable named in
+/// brackets.
 #[derive(Debug, Parser)]
 #[command(name = "custodian", version)]
 struct Cli {
-    /// Which service(s) to run.
-    #[arg(long, env = "CUSTODIAN_TARGET", value_enum, default_value_t = Target::All)]
+    /// Which service(s) to run, or whose keys a `keys` command handles.
+    #[arg(long, global = true, env = "CUSTODIAN_TARGET", value_enum, default_value_t = Target::All)]
     target: Target,
 
     #[command(flatten)]
     server: ServerArgs,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints a signed bearer token, for operators and grpcurl.
+    Token {
+        /// Who the caller is, e.g. "ops:alice" or "svc:dsr".
+        #[arg(long)]
+        subject: String,
+        /// A purpose the caller may act for (repeat for several): service_delivery,
+        /// support, dsr_fulfilment, security_investigation, product_analytics, audit,
+        /// administration.
+        #[arg(long = "purpose", required = true)]
+        purposes: Vec<Purpose>,
+        /// Limits the caller to one tenant (its id, e.g. "acme").
+        #[arg(long)]
+        tenant: Option<String>,
+        /// How long the token is valid.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+    /// Master-key rotation, without downtime. See the README.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Step 1: adds a new master key, not yet active. Roll it out to every server.
+    Add {
+        /// The new key's id, e.g. "mk-2026-12".
+        id: String,
+    },
+    /// Step 2: makes a master key the one new data keys are wrapped with. Roll out.
+    Activate { id: String },
+    /// Step 3: rewraps every data key under the active master key, in batches,
+    /// while the servers keep running.
+    Rewrap,
+    /// Step 4: removes a master key that no data key uses any more.
+    Retire { id: String },
+    /// Shows which master key wraps how many data keys.
+    Status,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::resolve(cli.server)?;
-    let services = custodian::service_names(cli.target);
+    match cli.command {
+        None => serve(cli.target, config).await,
+        Some(Command::Token {
+            subject,
+            purposes,
+            tenant,
+            ttl,
+        }) => {
+            let (keys, _, _) = load_keys(cli.target, &config)?;
+            let issuer = signing_key(&keys)?;
+            println!(
+                "{}",
+                issuer.issue(&subject, &purposes, tenant.as_deref(), ttl)?
+            );
+            Ok(())
+        }
+        Some(Command::Keys(command)) => keys(cli.target, &config, command).await,
+    }
+}
+
+fn signing_key(keys: &custodian_privacy::keys::KeyFile) -> anyhow::Result<TokenIssuer> {
+    let pem = keys
+        .token_signing_key
+        .as_deref()
+        .context("this key file has no token_signing_key: tokens are issued where it is")?;
+    Ok(TokenIssuer::from_pem(pem)?)
+}
+
+async fn serve(target: Target, config: Config) -> anyhow::Result<()> {
+    let services = custodian::service_names(target);
     let _telemetry = telemetry::init(&config, &format!("custodian-{}", services.join("-")))?;
     tracing::debug!(?config, "configuration");
-
     let stopped = shutdown_signal()?;
-    let modules = custodian::modules(cli.target, &config)?;
-    let app = Application::bind(config.clone(), modules).await?;
-    print_welcome(&app, &config, &services, cli.target);
+    let (keys, key_path, created) = load_keys(target, &config)?;
+    if created {
+        println!(
+            "custodian: created a development key file at {} (keep it secret)",
+            key_path.display()
+        );
+    }
+    let suite = suite(target, &config, &keys, Arc::new(SystemClock))?;
+    let app = Application::bind(config.clone(), suite.modules, suite.authenticator).await?;
+    print_welcome(&app, &config, &services, target, &keys);
     app.run_with_shutdown(stopped).await
 }
 
 /// Tells a newcomer how to reach the server, with commands that work as
-/// printed.
-fn print_welcome(app: &Application, config: &Config, services: &[&str], target: Target) {
+/// printed: in development, with a ready token.
+fn print_welcome(
+    app: &Application,
+    config: &Config,
+    services: &[&str],
+    target: Target,
+    keys: &custodian_privacy::keys::KeyFile,
+) {
     let addr = app.local_addr();
     let storage = match &config.database_url {
         Some(url) => format!("database: {}", custodian_runtime::database::scheme_of(url)),
@@ -50,12 +141,90 @@ fn print_welcome(app: &Application, config: &Config, services: &[&str], target: 
         "custodian: serving {} on {addr} ({storage})",
         services.join(", ")
     );
-    if target == Target::All {
-        println!("try:");
-        println!("  grpcurl -plaintext {addr} list");
-        println!("  grpcurl -plaintext {addr} grpc.health.v1.Health/Check");
+    if target != Target::All {
+        return;
+    }
+    let token = signing_key(keys).and_then(|issuer| {
+        Ok(issuer.issue(
+            "dev:newcomer",
+            &Purpose::ALL,
+            None,
+            Duration::from_secs(12 * 60 * 60),
+        )?)
+    });
+    if let Ok(token) = token {
         println!(
-            "  grpcurl -plaintext -d '{{\"tenant\": {{\"display_name\": \"Acme\"}}, \"tenant_id\": \"acme\"}}' {addr} custodian.identity.v1.TenantService/CreateTenant"
+            "try (a development token with every purpose, valid 12 hours; `custodian token --help` makes others):"
+        );
+        println!("  export TOKEN='{token}'");
+        println!("  grpcurl -plaintext {addr} list");
+        println!(
+            "  grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" -d '{{\"tenant\": {{\"display_name\": \"Acme\"}}, \"tenant_id\": \"acme\"}}' {addr} custodian.identity.v1.TenantService/CreateTenant"
         );
     }
+}
+
+async fn keys(target: Target, config: &Config, command: KeysCommand) -> anyhow::Result<()> {
+    let (mut keys, path, _) = load_keys(target, config)?;
+    match command {
+        KeysCommand::Add { id } => {
+            anyhow::ensure!(
+                is_valid_key_id(&id),
+                "a key id is 1-64 letters, digits, '-' or '_'"
+            );
+            anyhow::ensure!(
+                !keys.master_keys.contains_key(&id),
+                "{id} is already in the key file"
+            );
+            // Added inactive: servers still on the old file must be able to
+            // unwrap what servers on the new one wrap, so activation waits
+            // until every server has the key.
+            let active = keys.active_master_key.clone();
+            keys.add_master_key(&id)?;
+            keys.active_master_key = active;
+            save_keys(&path, &keys)?;
+            println!(
+                "added master key {id} (not active); roll the key file out, then `custodian keys activate {id}`"
+            );
+        }
+        KeysCommand::Activate { id } => {
+            anyhow::ensure!(
+                keys.master_keys.contains_key(&id),
+                "{id} is not in the key file"
+            );
+            keys.active_master_key = id.clone();
+            save_keys(&path, &keys)?;
+            println!("{id} is now active; roll the key file out, then `custodian keys rewrap`");
+        }
+        KeysCommand::Rewrap => {
+            let suite = suite(target, config, &keys, Arc::new(SystemClock))?;
+            for vault in &suite.vaults {
+                let n = vault.rewrap_all(500).await?;
+                println!("rewrapped {n} data keys under {}", keys.active_master_key);
+            }
+        }
+        KeysCommand::Retire { id } => {
+            let suite = suite(target, config, &keys, Arc::new(SystemClock))?;
+            for vault in &suite.vaults {
+                if let Some((_, n)) = vault.key_usage().await?.into_iter().find(|(k, _)| *k == id) {
+                    anyhow::bail!(
+                        "{id} still wraps {n} data keys: run `custodian keys rewrap` first"
+                    );
+                }
+            }
+            keys.retire_master_key(&id)?;
+            save_keys(&path, &keys)?;
+            println!("retired {id}");
+        }
+        KeysCommand::Status => {
+            let suite = suite(target, config, &keys, Arc::new(SystemClock))?;
+            println!("active master key: {}", keys.active_master_key);
+            for vault in &suite.vaults {
+                for (key, n) in vault.key_usage().await? {
+                    println!("  {key}: {n} data keys");
+                }
+            }
+        }
+    }
+    Ok(())
 }

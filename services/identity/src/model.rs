@@ -204,6 +204,9 @@ fn is_zero(n: &i32) -> bool {
 pub struct Record {
     pub tenant_id: String,
     pub id: String,
+    /// The data subject whose key seals this record; also the opaque
+    /// subject reference of its audit events.
+    pub subject_id: String,
     pub data: PersonData,
     pub attrs: Attrs,
     pub create_time: i64,

@@ -1,6 +1,7 @@
 //! The three person-record services, each a thin adapter from its proto
-//! messages to [`crate::records`].
+//! messages to [`crate::records`]: authorise, act, answer.
 
+use custodian_privacy::Access;
 use custodian_proto::identity::v1::{
     Contact, CreateContactRequest, CreateEvaluationSignupRequest, CreateUserRequest,
     DeleteContactRequest, DeleteEvaluationSignupRequest, DeleteUserRequest, EvaluationSignup,
@@ -13,8 +14,9 @@ use custodian_proto::identity::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
+    access::*,
     model::{Attrs, CONTACTS, PersonData, SIGNUPS, USERS},
-    records::{self, idempotency, parent_tenant, request_hash},
+    records::{self, idempotency, parent_tenant, request_hash, respond},
     store::Store,
 };
 
@@ -27,6 +29,30 @@ pub struct People {
 impl People {
     pub fn new(store: Store) -> Self {
         Self { store }
+    }
+
+    async fn authorize<T>(
+        &self,
+        request: &Request<T>,
+        method: custodian_privacy::Method,
+    ) -> Result<Access, Status> {
+        self.store.privacy().authorize(request, method).await
+    }
+
+    /// Evaluation sign-ups are the company's own records: a caller limited
+    /// to one tenant has no business with them.
+    async fn authorize_company<T>(
+        &self,
+        request: &Request<T>,
+        method: custodian_privacy::Method,
+    ) -> Result<Access, Status> {
+        let access = self.authorize(request, method).await?;
+        if access.tenant_limit().is_some() {
+            return Err(Status::permission_denied(
+                "evaluation sign-ups are held by the company; a token limited to a tenant cannot use them",
+            ));
+        }
+        Ok(access)
     }
 }
 
@@ -43,13 +69,15 @@ impl UserService for People {
         &self,
         request: Request<CreateUserRequest>,
     ) -> Result<Response<User>, Status> {
+        let access = self.authorize(&request, CREATE_USER).await?;
         let mut req = request.into_inner();
         let request_id = std::mem::take(&mut req.request_id);
         let tenant = parent_tenant(USERS, &req.parent)?;
         let idem = idempotency("CreateUser", &req.parent, &request_id, request_hash(&req))?;
         let user = req.user.unwrap_or_default();
-        let record = records::create(
+        let (record, withheld) = records::create(
             &self.store,
+            &access,
             USERS,
             &tenant,
             PersonData::from_user(&user),
@@ -57,21 +85,25 @@ impl UserService for People {
             idem,
         )
         .await?;
-        Ok(Response::new(record.into_user()))
+        Ok(respond(record.into_user(), &withheld))
     }
 
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
-        let record = records::get(&self.store, USERS, &request.get_ref().name).await?;
-        Ok(Response::new(record.into_user()))
+        let access = self.authorize(&request, GET_USER).await?;
+        let (record, withheld) =
+            records::get(&self.store, &access, USERS, &request.get_ref().name).await?;
+        Ok(respond(record.into_user(), &withheld))
     }
 
     async fn list_users(
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<ListUsersResponse>, Status> {
+        let access = self.authorize(&request, LIST_USERS).await?;
         let req = request.into_inner();
-        let (rows, next_page_token) = records::list(
+        let (rows, next_page_token, withheld) = records::list(
             &self.store,
+            &access,
             USERS,
             &req.parent,
             req.page_size,
@@ -79,20 +111,26 @@ impl UserService for People {
             &req.email,
         )
         .await?;
-        Ok(Response::new(ListUsersResponse {
-            users: rows.into_iter().map(|r| r.into_user()).collect(),
-            next_page_token,
-        }))
+        let users = rows.into_iter().map(|r| r.into_user()).collect();
+        Ok(respond(
+            ListUsersResponse {
+                users,
+                next_page_token,
+            },
+            &withheld,
+        ))
     }
 
     async fn update_user(
         &self,
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<User>, Status> {
+        let access = self.authorize(&request, UPDATE_USER).await?;
         let req = request.into_inner();
         let user = req.user.unwrap_or_default();
-        let record = records::update(
+        let (record, withheld) = records::update(
             &self.store,
+            &access,
             USERS,
             &user.name,
             req.update_mask,
@@ -100,14 +138,15 @@ impl UserService for People {
             user_attrs(&user),
         )
         .await?;
-        Ok(Response::new(record.into_user()))
+        Ok(respond(record.into_user(), &withheld))
     }
 
     async fn delete_user(
         &self,
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<()>, Status> {
-        records::delete(&self.store, USERS, &request.get_ref().name).await?;
+        let access = self.authorize(&request, DELETE_USER).await?;
+        records::delete(&self.store, &access, USERS, &request.get_ref().name).await?;
         Ok(Response::new(()))
     }
 }
@@ -118,6 +157,7 @@ impl ContactService for People {
         &self,
         request: Request<CreateContactRequest>,
     ) -> Result<Response<Contact>, Status> {
+        let access = self.authorize(&request, CREATE_CONTACT).await?;
         let mut req = request.into_inner();
         let request_id = std::mem::take(&mut req.request_id);
         let tenant = parent_tenant(CONTACTS, &req.parent)?;
@@ -128,8 +168,9 @@ impl ContactService for People {
             request_hash(&req),
         )?;
         let contact = req.contact.unwrap_or_default();
-        let record = records::create(
+        let (record, withheld) = records::create(
             &self.store,
+            &access,
             CONTACTS,
             &tenant,
             PersonData::from_contact(&contact),
@@ -137,24 +178,28 @@ impl ContactService for People {
             idem,
         )
         .await?;
-        Ok(Response::new(record.into_contact()))
+        Ok(respond(record.into_contact(), &withheld))
     }
 
     async fn get_contact(
         &self,
         request: Request<GetContactRequest>,
     ) -> Result<Response<Contact>, Status> {
-        let record = records::get(&self.store, CONTACTS, &request.get_ref().name).await?;
-        Ok(Response::new(record.into_contact()))
+        let access = self.authorize(&request, GET_CONTACT).await?;
+        let (record, withheld) =
+            records::get(&self.store, &access, CONTACTS, &request.get_ref().name).await?;
+        Ok(respond(record.into_contact(), &withheld))
     }
 
     async fn list_contacts(
         &self,
         request: Request<ListContactsRequest>,
     ) -> Result<Response<ListContactsResponse>, Status> {
+        let access = self.authorize(&request, LIST_CONTACTS).await?;
         let req = request.into_inner();
-        let (rows, next_page_token) = records::list(
+        let (rows, next_page_token, withheld) = records::list(
             &self.store,
+            &access,
             CONTACTS,
             &req.parent,
             req.page_size,
@@ -162,20 +207,26 @@ impl ContactService for People {
             &req.email,
         )
         .await?;
-        Ok(Response::new(ListContactsResponse {
-            contacts: rows.into_iter().map(|r| r.into_contact()).collect(),
-            next_page_token,
-        }))
+        let contacts = rows.into_iter().map(|r| r.into_contact()).collect();
+        Ok(respond(
+            ListContactsResponse {
+                contacts,
+                next_page_token,
+            },
+            &withheld,
+        ))
     }
 
     async fn update_contact(
         &self,
         request: Request<UpdateContactRequest>,
     ) -> Result<Response<Contact>, Status> {
+        let access = self.authorize(&request, UPDATE_CONTACT).await?;
         let req = request.into_inner();
         let contact = req.contact.unwrap_or_default();
-        let record = records::update(
+        let (record, withheld) = records::update(
             &self.store,
+            &access,
             CONTACTS,
             &contact.name,
             req.update_mask,
@@ -183,14 +234,15 @@ impl ContactService for People {
             Attrs::default(),
         )
         .await?;
-        Ok(Response::new(record.into_contact()))
+        Ok(respond(record.into_contact(), &withheld))
     }
 
     async fn delete_contact(
         &self,
         request: Request<DeleteContactRequest>,
     ) -> Result<Response<()>, Status> {
-        records::delete(&self.store, CONTACTS, &request.get_ref().name).await?;
+        let access = self.authorize(&request, DELETE_CONTACT).await?;
+        records::delete(&self.store, &access, CONTACTS, &request.get_ref().name).await?;
         Ok(Response::new(()))
     }
 }
@@ -201,6 +253,7 @@ impl EvaluationSignupService for People {
         &self,
         request: Request<CreateEvaluationSignupRequest>,
     ) -> Result<Response<EvaluationSignup>, Status> {
+        let access = self.authorize_company(&request, CREATE_SIGNUP).await?;
         let mut req = request.into_inner();
         let request_id = std::mem::take(&mut req.request_id);
         let idem = idempotency(
@@ -210,8 +263,9 @@ impl EvaluationSignupService for People {
             request_hash(&req),
         )?;
         let signup = req.evaluation_signup.unwrap_or_default();
-        let record = records::create(
+        let (record, withheld) = records::create(
             &self.store,
+            &access,
             SIGNUPS,
             "",
             PersonData::from_signup(&signup),
@@ -219,24 +273,28 @@ impl EvaluationSignupService for People {
             idem,
         )
         .await?;
-        Ok(Response::new(record.into_signup()))
+        Ok(respond(record.into_signup(), &withheld))
     }
 
     async fn get_evaluation_signup(
         &self,
         request: Request<GetEvaluationSignupRequest>,
     ) -> Result<Response<EvaluationSignup>, Status> {
-        let record = records::get(&self.store, SIGNUPS, &request.get_ref().name).await?;
-        Ok(Response::new(record.into_signup()))
+        let access = self.authorize_company(&request, GET_SIGNUP).await?;
+        let (record, withheld) =
+            records::get(&self.store, &access, SIGNUPS, &request.get_ref().name).await?;
+        Ok(respond(record.into_signup(), &withheld))
     }
 
     async fn list_evaluation_signups(
         &self,
         request: Request<ListEvaluationSignupsRequest>,
     ) -> Result<Response<ListEvaluationSignupsResponse>, Status> {
+        let access = self.authorize_company(&request, LIST_SIGNUPS).await?;
         let req = request.into_inner();
-        let (rows, next_page_token) = records::list(
+        let (rows, next_page_token, withheld) = records::list(
             &self.store,
+            &access,
             SIGNUPS,
             "",
             req.page_size,
@@ -244,20 +302,26 @@ impl EvaluationSignupService for People {
             &req.email,
         )
         .await?;
-        Ok(Response::new(ListEvaluationSignupsResponse {
-            evaluation_signups: rows.into_iter().map(|r| r.into_signup()).collect(),
-            next_page_token,
-        }))
+        let evaluation_signups = rows.into_iter().map(|r| r.into_signup()).collect();
+        Ok(respond(
+            ListEvaluationSignupsResponse {
+                evaluation_signups,
+                next_page_token,
+            },
+            &withheld,
+        ))
     }
 
     async fn update_evaluation_signup(
         &self,
         request: Request<UpdateEvaluationSignupRequest>,
     ) -> Result<Response<EvaluationSignup>, Status> {
+        let access = self.authorize_company(&request, UPDATE_SIGNUP).await?;
         let req = request.into_inner();
         let signup = req.evaluation_signup.unwrap_or_default();
-        let record = records::update(
+        let (record, withheld) = records::update(
             &self.store,
+            &access,
             SIGNUPS,
             &signup.name,
             req.update_mask,
@@ -265,14 +329,15 @@ impl EvaluationSignupService for People {
             Attrs::default(),
         )
         .await?;
-        Ok(Response::new(record.into_signup()))
+        Ok(respond(record.into_signup(), &withheld))
     }
 
     async fn delete_evaluation_signup(
         &self,
         request: Request<DeleteEvaluationSignupRequest>,
     ) -> Result<Response<()>, Status> {
-        records::delete(&self.store, SIGNUPS, &request.get_ref().name).await?;
+        let access = self.authorize_company(&request, DELETE_SIGNUP).await?;
+        records::delete(&self.store, &access, SIGNUPS, &request.get_ref().name).await?;
         Ok(Response::new(()))
     }
 }

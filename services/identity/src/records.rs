@@ -3,10 +3,12 @@
 //! updates, idempotent creates and paging. Each tonic service is a thin
 //! adapter over these functions.
 
-use custodian_proto::identity::v1::user;
+use custodian_privacy::{Access, Purpose, policy};
+use custodian_proto::{audit::v1::AuditOutcome, identity::v1::user};
 use custodian_runtime::{ApiError, error::Violations, paging::Page};
 use prost::Message;
 use sha2::{Digest as _, Sha256};
+use tonic::Status;
 
 use crate::{
     model::{Attrs, Kind, PersonData, Record, USERS, parse_tenant_name},
@@ -210,47 +212,191 @@ pub fn parse_name(kind: Kind, name: &str) -> Result<(String, String), ApiError> 
         })
 }
 
+/// The personal fields of a record that hold a value, by resource field name.
+fn present_fields(record: &Record) -> Vec<&'static str> {
+    let d = &record.data;
+    let mut fields = Vec::new();
+    let mut add = |name: &'static str, present: bool| {
+        if present {
+            fields.push(name);
+        }
+    };
+    add(
+        "person_name",
+        !d.given_name.is_empty() || !d.family_name.is_empty(),
+    );
+    add("email", !d.email.is_empty());
+    add("phone", !d.phone.is_empty());
+    add("postal_address", d.postal_address.is_some());
+    add("organization", !d.organization.is_empty());
+    add("job_title", !d.job_title.is_empty());
+    add("notes", !d.notes.is_empty());
+    add("company", !d.company.is_empty());
+    add("nature_of_business", !d.nature_of_business.is_empty());
+    add("role", record.attrs.role != 0);
+    add("state", record.attrs.state != 0);
+    fields
+}
+
+/// A record as the caller's purpose may see it: fields the purpose does not
+/// need are cleared. Returns the fields shown and the fields withheld.
+pub fn redact(
+    kind: Kind,
+    purpose: Purpose,
+    record: &mut Record,
+) -> (Vec<&'static str>, Vec<&'static str>) {
+    let visible = policy::visible_fields(purpose, kind.category);
+    let (shown, withheld): (Vec<_>, Vec<_>) = present_fields(record)
+        .into_iter()
+        .partition(|f| visible.contains(f));
+    let d = &mut record.data;
+    for field in &withheld {
+        match *field {
+            "person_name" => {
+                d.given_name.clear();
+                d.family_name.clear();
+            }
+            "email" => d.email.clear(),
+            "phone" => d.phone.clear(),
+            "postal_address" => d.postal_address = None,
+            "organization" => d.organization.clear(),
+            "job_title" => d.job_title.clear(),
+            "notes" => d.notes.clear(),
+            "company" => d.company.clear(),
+            "nature_of_business" => d.nature_of_business.clear(),
+            "role" => record.attrs.role = 0,
+            "state" => record.attrs.state = 0,
+            _ => {}
+        }
+    }
+    (shown, withheld)
+}
+
+/// Metadata naming the fields a purpose withheld, so a caller can tell an
+/// empty field from a hidden one.
+pub const REDACTED_HEADER: &str = "custodian-redacted-fields";
+
+/// Wraps a response, naming withheld fields in metadata.
+pub fn respond<T>(message: T, withheld: &[&str]) -> tonic::Response<T> {
+    let mut response = tonic::Response::new(message);
+    if !withheld.is_empty()
+        && let Ok(value) = withheld.join(",").parse()
+    {
+        response.metadata_mut().insert(REDACTED_HEADER, value);
+    }
+    response
+}
+
+/// Refuses records the caller may not see as if they did not exist (and
+/// audits the attempt).
+async fn visible(
+    store: &Store,
+    access: &Access,
+    kind: Kind,
+    tenant: &str,
+    name: &str,
+) -> Result<(), Status> {
+    if access.sees_tenant(tenant) {
+        Ok(())
+    } else {
+        let _ = kind;
+        Err(store.privacy().not_found(access, name).await)
+    }
+}
+
+/// Maps a NOT_FOUND from the store to an audited one.
+async fn audit_not_found<T>(
+    store: &Store,
+    access: &Access,
+    name: &str,
+    result: Result<T, ApiError>,
+) -> Result<T, Status> {
+    match result {
+        Err(ApiError::NotFound(_)) => Err(store.privacy().not_found(access, name).await),
+        other => other.map_err(Status::from),
+    }
+}
+
 /// Creates a record (after validation) and returns it, or returns the record
 /// an earlier call with the same idempotency key created.
 pub async fn create(
     store: &Store,
+    access: &Access,
     kind: Kind,
     tenant_id: &str,
     mut data: PersonData,
     attrs: Attrs,
     idem: Option<Idempotency>,
-) -> Result<Record, ApiError> {
+) -> Result<(Record, Vec<&'static str>), Status> {
+    if kind.tenant_scoped {
+        visible(
+            store,
+            access,
+            kind,
+            tenant_id,
+            &format!("tenants/{tenant_id}"),
+        )
+        .await?;
+    }
     let attrs = default_attrs(kind, attrs);
     validate_person(kind, kind.message_field, &mut data, &attrs)?;
-    match store
-        .create_record(kind, new_record(tenant_id, data, attrs), idem.as_ref())
+    let mut record = new_record(tenant_id, data, attrs);
+    let template =
+        store
+            .privacy()
+            .event(access, "", "", &present_fields(&record), AuditOutcome::Ok);
+    record = match store
+        .create_record(kind, record, idem.as_ref(), &template)
         .await?
     {
-        Created::New(record) => Ok(record),
+        Created::New(record) => record,
         Created::Replayed(name) => {
             let (tenant, id) = parse_name(kind, &name)?;
             store.get_record(kind, &tenant, &id).await.map_err(|_| {
                 ApiError::FailedPrecondition(format!(
                     "request_id was used to create {name}, which has since been deleted"
                 ))
-            })
+            })?
         }
-    }
+    };
+    let (_, withheld) = redact(kind, access.purpose, &mut record);
+    Ok((record, withheld))
 }
 
-pub async fn get(store: &Store, kind: Kind, name: &str) -> Result<Record, ApiError> {
+/// Reads one record, cut down to what the purpose may see; the read is
+/// audited before it is answered.
+pub async fn get(
+    store: &Store,
+    access: &Access,
+    kind: Kind,
+    name: &str,
+) -> Result<(Record, Vec<&'static str>), Status> {
     let (tenant, id) = parse_name(kind, name)?;
-    store.get_record(kind, &tenant, &id).await
+    visible(store, access, kind, &tenant, name).await?;
+    let mut record = audit_not_found(
+        store,
+        access,
+        name,
+        store.get_record(kind, &tenant, &id).await,
+    )
+    .await?;
+    let (shown, withheld) = redact(kind, access.purpose, &mut record);
+    let event = store
+        .privacy()
+        .event(access, name, &record.subject_id, &shown, AuditOutcome::Ok);
+    store.privacy().audit.record(event).await?;
+    Ok((record, withheld))
 }
 
 pub async fn list(
     store: &Store,
+    access: &Access,
     kind: Kind,
     parent: &str,
     page_size: i32,
     page_token: &str,
     email: &str,
-) -> Result<(Vec<Record>, String), ApiError> {
+) -> Result<(Vec<Record>, String, Vec<&'static str>), Status> {
     let tenant = parent_tenant(kind, parent)?;
     let email = if email.trim().is_empty() {
         None
@@ -264,13 +410,31 @@ pub async fn list(
         &format!("{}|{tenant}|{}", kind.table, email.as_deref().unwrap_or("")),
     )?;
     if kind.tenant_scoped {
+        let parent_name = format!("tenants/{tenant}");
+        visible(store, access, kind, &tenant, &parent_name).await?;
         // An unknown parent is NOT_FOUND, not an empty list.
-        store.get_tenant(&tenant).await?;
+        audit_not_found(store, access, &parent_name, store.get_tenant(&tenant).await).await?;
     }
     let rows = store
         .list_records(kind, &tenant, email.as_deref(), &page)
         .await?;
-    Ok(page.finish(rows, |r| r.id.as_str()))
+    let (mut rows, next) = page.finish(rows, |r| r.id.as_str());
+    let mut events = Vec::with_capacity(rows.len());
+    let mut withheld_all = std::collections::BTreeSet::new();
+    for record in &mut rows {
+        let (shown, withheld) = redact(kind, access.purpose, record);
+        withheld_all.extend(withheld);
+        let name = kind.resource_name(&record.tenant_id, &record.id);
+        events.push(store.privacy().event(
+            access,
+            &name,
+            &record.subject_id,
+            &shown,
+            AuditOutcome::Ok,
+        ));
+    }
+    store.privacy().record_all(events).await?;
+    Ok((rows, next, withheld_all.into_iter().collect()))
 }
 
 /// Copies the fields named by `path` from `patch` into `record`.
@@ -299,14 +463,16 @@ fn apply_path(record: &mut Record, path: &str, patch: &PersonData, patch_attrs: 
 
 /// Applies a FieldMask update (AIP-134): only the named fields change, then
 /// the whole record is validated again.
+#[allow(clippy::too_many_arguments)] // one per part of an AIP-134 update
 pub async fn update(
     store: &Store,
+    access: &Access,
     kind: Kind,
     name: &str,
     mask: Option<prost_types::FieldMask>,
     patch: PersonData,
     patch_attrs: Attrs,
-) -> Result<Record, ApiError> {
+) -> Result<(Record, Vec<&'static str>), Status> {
     let prefix = kind.message_field;
     let (tenant, id) = parse_name(kind, name).map_err(|_| {
         ApiError::invalid(
@@ -316,10 +482,7 @@ pub async fn update(
     })?;
     let paths = mask.map(|m| m.paths).unwrap_or_default();
     if paths.is_empty() {
-        return Err(ApiError::invalid(
-            "update_mask",
-            "must name at least one field",
-        ));
+        return Err(ApiError::invalid("update_mask", "must name at least one field").into());
     }
     let allowed = kind.updatable;
     let mut v = Violations::new();
@@ -335,17 +498,30 @@ pub async fn update(
         }
     }
     v.finish()?;
-    store
-        .update_record(kind, &tenant, &id, |record| {
+    visible(store, access, kind, &tenant, name).await?;
+    let template = store.privacy().event(access, "", "", &[], AuditOutcome::Ok);
+    let updated = store
+        .update_record(kind, &tenant, &id, &template, |record| {
             for path in &paths {
                 apply_path(record, path, &patch, &patch_attrs);
             }
             validate_person(kind, prefix, &mut record.data, &record.attrs)
         })
-        .await
+        .await;
+    let mut record = audit_not_found(store, access, name, updated).await?;
+    let (_, withheld) = redact(kind, access.purpose, &mut record);
+    Ok((record, withheld))
 }
 
-pub async fn delete(store: &Store, kind: Kind, name: &str) -> Result<(), ApiError> {
+pub async fn delete(store: &Store, access: &Access, kind: Kind, name: &str) -> Result<(), Status> {
     let (tenant, id) = parse_name(kind, name)?;
-    store.delete_record(kind, &tenant, &id).await
+    visible(store, access, kind, &tenant, name).await?;
+    let template = store.privacy().event(access, "", "", &[], AuditOutcome::Ok);
+    audit_not_found(
+        store,
+        access,
+        name,
+        store.delete_record(kind, &tenant, &id, &template).await,
+    )
+    .await
 }

@@ -4,7 +4,9 @@
 
 use std::pin::Pin;
 
+use custodian_privacy::Access;
 use custodian_proto::{
+    audit::v1::AuditOutcome,
     common::v1::{SubjectIdentifier, subject_identifier},
     identity::v1::user,
     subject::v1::{
@@ -20,9 +22,10 @@ use prost_types::{Struct, Value, value::Kind as ValueKind};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    access::*,
     model::{ALL_KINDS, Kind, Record, USERS},
     records::validate_person,
-    store::Store,
+    store::{Store, next_update_time},
     validate,
 };
 
@@ -36,7 +39,19 @@ impl SubjectData {
     }
 
     /// Every record of the subject, of every kind.
+    /// Every record of the subject that the caller may see, of every kind.
     async fn locate(
+        &self,
+        access: &Access,
+        subject: Option<SubjectIdentifier>,
+    ) -> Result<Vec<(Kind, Record)>, ApiError> {
+        let mut found = self.locate_all(subject).await?;
+        // A caller limited to a tenant acts only on what is held for it.
+        found.retain(|(_, record)| access.sees_tenant(&record.tenant_id));
+        Ok(found)
+    }
+
+    async fn locate_all(
         &self,
         subject: Option<SubjectIdentifier>,
     ) -> Result<Vec<(Kind, Record)>, ApiError> {
@@ -71,6 +86,32 @@ impl SubjectData {
                 }
             }
         }
+    }
+}
+
+impl SubjectData {
+    /// One event per record located or exported, stored before answering.
+    async fn audit_each(
+        &self,
+        access: &Access,
+        found: &[(Kind, Record)],
+        with_fields: bool,
+    ) -> Result<(), ApiError> {
+        let privacy = self.store.privacy();
+        let events = found
+            .iter()
+            .map(|(kind, record)| {
+                let fields = if with_fields { kind.updatable } else { &[] };
+                privacy.event(
+                    access,
+                    &kind.resource_name(&record.tenant_id, &record.id),
+                    &record.subject_id,
+                    fields,
+                    AuditOutcome::Ok,
+                )
+            })
+            .collect();
+        privacy.record_all(events).await
     }
 }
 
@@ -219,7 +260,13 @@ impl SubjectDataService for SubjectData {
         &self,
         request: Request<LocateSubjectDataRequest>,
     ) -> Result<Response<LocateSubjectDataResponse>, Status> {
-        let found = self.locate(request.into_inner().subject).await?;
+        let access = self
+            .store
+            .privacy()
+            .authorize(&request, LOCATE_SUBJECT)
+            .await?;
+        let found = self.locate(&access, request.into_inner().subject).await?;
+        self.audit_each(&access, &found, false).await?;
         Ok(Response::new(LocateSubjectDataResponse {
             records: found.iter().map(|(k, r)| reference(*k, r)).collect(),
         }))
@@ -231,7 +278,14 @@ impl SubjectDataService for SubjectData {
         &self,
         request: Request<ExportSubjectDataRequest>,
     ) -> Result<Response<Self::ExportSubjectDataStream>, Status> {
-        let found = self.locate(request.into_inner().subject).await?;
+        let access = self
+            .store
+            .privacy()
+            .authorize(&request, EXPORT_SUBJECT)
+            .await?;
+        let found = self.locate(&access, request.into_inner().subject).await?;
+        // Audited before anything is sent.
+        self.audit_each(&access, &found, true).await?;
         let items: Vec<Result<ExportSubjectDataResponse, Status>> = found
             .into_iter()
             .map(|(kind, record)| export(kind, record).map_err(Status::from))
@@ -243,9 +297,14 @@ impl SubjectDataService for SubjectData {
         &self,
         request: Request<RectifySubjectDataRequest>,
     ) -> Result<Response<RectifySubjectDataResponse>, Status> {
+        let access = self
+            .store
+            .privacy()
+            .authorize(&request, RECTIFY_SUBJECT)
+            .await?;
         let req = request.into_inner();
         check_corrections(&req.corrections)?;
-        let found = self.locate(req.subject).await?;
+        let found = self.locate(&access, req.subject).await?;
         for (i, c) in req.corrections.iter().enumerate() {
             if !c.resource.is_empty() {
                 match found
@@ -265,9 +324,9 @@ impl SubjectDataService for SubjectData {
             }
         }
         let mut changed = Vec::new();
-        for (kind, mut record) in found {
-            let name = kind.resource_name(&record.tenant_id, &record.id);
-            let previous = record.update_time;
+        for (kind, before) in found {
+            let name = kind.resource_name(&before.tenant_id, &before.id);
+            let mut record = before.clone();
             let mut touched = false;
             for c in &req.corrections {
                 let applies = if c.resource.is_empty() {
@@ -282,17 +341,21 @@ impl SubjectDataService for SubjectData {
             }
             if touched {
                 validate_person(kind, kind.message_field, &mut record.data, &record.attrs)?;
-                record.update_time = custodian_runtime::time::now_micros().max(previous + 1);
-                changed.push((kind, record, previous));
+                record.update_time = next_update_time(before.update_time);
+                changed.push((kind, before, record));
             }
         }
-        if !self.store.replace_records(&changed).await? {
+        let template = self
+            .store
+            .privacy()
+            .event(&access, "", "", &[], AuditOutcome::Ok);
+        if !self.store.replace_records(&changed, &template).await? {
             return Err(Status::aborted(
                 "a record changed while it was being corrected; retry",
             ));
         }
         Ok(Response::new(RectifySubjectDataResponse {
-            rectified: changed.iter().map(|(k, r, _)| reference(*k, r)).collect(),
+            rectified: changed.iter().map(|(k, _, r)| reference(*k, r)).collect(),
         }))
     }
 
@@ -300,8 +363,17 @@ impl SubjectDataService for SubjectData {
         &self,
         request: Request<EraseSubjectDataRequest>,
     ) -> Result<Response<EraseSubjectDataResponse>, Status> {
-        let found = self.locate(request.into_inner().subject).await?;
-        self.store.erase_records(&found).await?;
+        let access = self
+            .store
+            .privacy()
+            .authorize(&request, ERASE_SUBJECT)
+            .await?;
+        let found = self.locate(&access, request.into_inner().subject).await?;
+        let template = self
+            .store
+            .privacy()
+            .event(&access, "", "", &[], AuditOutcome::Ok);
+        self.store.erase_records(&found, &template).await?;
         Ok(Response::new(EraseSubjectDataResponse {
             erased: found.iter().map(|(k, r)| reference(*k, r)).collect(),
         }))

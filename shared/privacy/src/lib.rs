@@ -1,10 +1,35 @@
 //! The privacy kernel: what every Custodian service needs to keep the SaaS
-//! privacy policy.
+//! privacy policy, so that each service gets it by construction.
 //!
-//! [`guard`] is the sensitive-data guard: it refuses free-text values that
-//! contain personal data the policy asks customers not to send (payment card
-//! numbers, US Social Security numbers, IBANs, UK National Insurance numbers).
+//! - [`guard`]: the sensitive-data guard refuses free-text values containing
+//!   data the policy asks customers not to send (payment card numbers, US
+//!   Social Security numbers, IBANs, UK National Insurance numbers).
+//! - [`token`] and [`access`]: every call is authenticated by a signed
+//!   bearer token; each method serves declared purposes; a caller limited to
+//!   a tenant sees only that tenant.
+//! - [`policy`]: which fields each purpose may see, in one table.
+//! - [`audit`] and [`audit_api`]: every access to personal data is written to
+//!   a hash-chained audit trail.
+//! - [`crypto`], [`keys`] and [`vault`]: personal fields are encrypted at rest
+//!   under per-subject data keys; lookups use keyed blind indexes; erasure
+//!   destroys the key.
+//! - [`retention`]: how long each category is kept, and the sweep schedule.
+//!
+//! A service holds one [`Privacy`] and declares its methods as [`Method`]s.
 
+pub mod access;
+pub mod audit;
+pub mod audit_api;
+pub mod context;
+pub mod crypto;
 pub mod guard;
+pub mod keys;
+pub mod policy;
+pub mod retention;
+pub mod token;
+pub mod vault;
 
+pub use access::{Access, Caller, Method, TokenAuthenticator};
+pub use context::Privacy;
 pub use guard::{Finding, SensitiveKind, check, check_fields, scan};
+pub use token::Purpose;

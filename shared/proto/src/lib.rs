@@ -24,3 +24,15 @@ pub mod subject {
         tonic::include_proto!("custodian.subject.v1");
     }
 }
+
+pub mod audit {
+    pub mod v1 {
+        tonic::include_proto!("custodian.audit.v1");
+    }
+}
+
+pub mod retention {
+    pub mod v1 {
+        tonic::include_proto!("custodian.retention.v1");
+    }
+}

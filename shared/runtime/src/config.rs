@@ -29,11 +29,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ServerArgs {
     /// Optional TOML file with any of the settings below (same names, in snake_case).
-    #[arg(long, env = "CUSTODIAN_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "CUSTODIAN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Address to serve gRPC on [default: 127.0.0.1:50051].
-    #[arg(long, env = "CUSTODIAN_LISTEN", value_name = "ADDR")]
+    #[arg(long, global = true, env = "CUSTODIAN_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
 
     /// Database URL: sqlite://PATH or postgres://... [default: one SQLite file per service in the data folder].
@@ -46,41 +46,76 @@ pub struct ServerArgs {
     pub database_url: Option<String>,
 
     /// Folder for SQLite files and development keys [default: ./.custodian].
-    #[arg(long, env = "CUSTODIAN_DATA_DIR", value_name = "DIR")]
+    #[arg(long, global = true, env = "CUSTODIAN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// Log filter, in tracing's EnvFilter syntax [default: info].
-    #[arg(long, env = "CUSTODIAN_LOG", value_name = "FILTER")]
+    #[arg(long, global = true, env = "CUSTODIAN_LOG", value_name = "FILTER")]
     pub log: Option<String>,
 
     /// Log format [default: text].
-    #[arg(long, env = "CUSTODIAN_LOG_FORMAT", value_name = "FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
     pub log_format: Option<LogFormat>,
 
     /// OTLP/gRPC endpoint to export traces to, e.g. http://otel-collector:4317 [default: no export].
-    #[arg(long, env = "CUSTODIAN_OTLP_ENDPOINT", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
     pub otlp_endpoint: Option<String>,
 
     /// Longest time one request may take [default: 10s].
-    #[arg(long, env = "CUSTODIAN_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "CUSTODIAN_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub request_timeout: Option<Duration>,
 
     /// Requests served at once; more are refused with RESOURCE_EXHAUSTED [default: 1024].
-    #[arg(long, env = "CUSTODIAN_MAX_CONCURRENT_REQUESTS", value_name = "N")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_MAX_CONCURRENT_REQUESTS",
+        value_name = "N"
+    )]
     pub max_concurrent_requests: Option<usize>,
 
     /// Largest request message accepted, in bytes [default: 4194304].
-    #[arg(long, env = "CUSTODIAN_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_MAX_MESSAGE_BYTES",
+        value_name = "BYTES"
+    )]
     pub max_message_bytes: Option<usize>,
 
     /// Database connections per service [default: 16].
-    #[arg(long, env = "CUSTODIAN_DATABASE_MAX_CONNECTIONS", value_name = "N")]
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_DATABASE_MAX_CONNECTIONS",
+        value_name = "N"
+    )]
     pub database_max_connections: Option<u32>,
 
     /// After SIGTERM, how long to keep serving while reporting NOT_SERVING, so
     /// load balancers stop sending before the server drains [default: 0s].
-    #[arg(long, env = "CUSTODIAN_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "CUSTODIAN_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
+
+    /// Key file: master keys, blind-index key, token keys [default with no
+    /// --target: DATA_DIR/keys.toml, created on first start; required with --target].
+    #[arg(long, global = true, env = "CUSTODIAN_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// How often each service deletes expired data by itself; 0s turns the
+    /// schedule off (SweepExpired still works) [default: 1h].
+    #[arg(long, global = true, env = "CUSTODIAN_RETENTION_SWEEP_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub retention_sweep_interval: Option<Duration>,
 }
 
 /// The same settings as read from a file.
@@ -100,6 +135,9 @@ struct FileConfig {
     database_max_connections: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
+    key_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    retention_sweep_interval: Option<Duration>,
 }
 
 /// Resolved settings: every value known.
@@ -117,6 +155,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub database_max_connections: u32,
     pub shutdown_grace: Duration,
+    pub key_file: Option<PathBuf>,
+    pub retention_sweep_interval: Duration,
 }
 
 // The database URL may carry a password, so Debug leaves it out.
@@ -137,6 +177,8 @@ impl std::fmt::Debug for Config {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("database_max_connections", &self.database_max_connections)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("key_file", &self.key_file)
+            .field("retention_sweep_interval", &self.retention_sweep_interval)
             .finish()
     }
 }
@@ -155,6 +197,8 @@ impl Default for Config {
             max_message_bytes: 4 * 1024 * 1024,
             database_max_connections: 16,
             shutdown_grace: Duration::ZERO,
+            key_file: None,
+            retention_sweep_interval: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -194,6 +238,11 @@ impl Config {
                 .shutdown_grace
                 .or(file.shutdown_grace)
                 .unwrap_or(d.shutdown_grace),
+            key_file: args.key_file.or(file.key_file),
+            retention_sweep_interval: args
+                .retention_sweep_interval
+                .or(file.retention_sweep_interval)
+                .unwrap_or(d.retention_sweep_interval),
         })
     }
 

@@ -60,12 +60,27 @@ pub trait ServiceModule: Send + Sync {
     }
 }
 
+/// Decides who is calling, before any handler runs. The privacy kernel
+/// provides the implementation (bearer tokens); the runtime only places it
+/// in the stack, so it cannot be forgotten by a service.
+pub trait Authenticate: Send + Sync + 'static {
+    /// Accepts the call (recording the caller in `extensions`, where
+    /// handlers find it) or refuses it with the status to answer.
+    #[allow(clippy::result_large_err)] // a refusal is answered as is, once
+    fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        extensions: &mut http::Extensions,
+    ) -> Result<(), tonic::Status>;
+}
+
 /// A bound, not yet running server.
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     config: Config,
     modules: Vec<Arc<dyn ServiceModule>>,
+    authenticator: Arc<dyn Authenticate>,
     ready_tx: watch::Sender<bool>,
 }
 
@@ -74,6 +89,7 @@ impl Application {
     pub async fn bind(
         config: Config,
         modules: Vec<Arc<dyn ServiceModule>>,
+        authenticator: Arc<dyn Authenticate>,
     ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.listen)
             .await
@@ -84,6 +100,7 @@ impl Application {
             local_addr,
             config,
             modules,
+            authenticator,
             ready_tx: watch::channel(false).0,
         })
     }
@@ -107,6 +124,7 @@ impl Application {
             local_addr,
             config,
             modules,
+            authenticator,
             ready_tx,
         } = self;
 
@@ -127,7 +145,11 @@ impl Application {
             module.register(&mut routes, limits);
         }
 
-        let admission = AdmissionLayer::new(config.max_concurrent_requests, ready_tx.subscribe());
+        let admission = AdmissionLayer::new(
+            config.max_concurrent_requests,
+            ready_tx.subscribe(),
+            authenticator,
+        );
         // Outermost first: the trace span covers everything, including calls
         // the admission gate refuses, so refusals are visible in traces.
         let server = tonic::transport::Server::builder()
@@ -269,8 +291,8 @@ fn is_exempt(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
-/// Admits a call only when the server is ready and under its concurrency
-/// limit. Over the limit the call is shed at once with RESOURCE_EXHAUSTED
+/// Admits a call only when the server is ready, the caller is
+/// authenticated, and the server is under its concurrency limit. Over the limit the call is shed at once with RESOURCE_EXHAUSTED
 /// rather than queued: a queue would only add latency to an overloaded
 /// server, and the caller can retry elsewhere. The limit is global (one
 /// semaphore for all connections), unlike tonic's per-connection limit.
@@ -278,13 +300,19 @@ fn is_exempt(path: &str) -> bool {
 pub struct AdmissionLayer {
     permits: Arc<Semaphore>,
     ready: watch::Receiver<bool>,
+    authenticator: Arc<dyn Authenticate>,
 }
 
 impl AdmissionLayer {
-    pub fn new(max_concurrent: usize, ready: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        max_concurrent: usize,
+        ready: watch::Receiver<bool>,
+        authenticator: Arc<dyn Authenticate>,
+    ) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max_concurrent)),
             ready,
+            authenticator,
         }
     }
 }
@@ -297,6 +325,7 @@ impl<S> Layer<S> for AdmissionLayer {
             inner,
             permits: self.permits.clone(),
             ready: self.ready.clone(),
+            authenticator: self.authenticator.clone(),
         }
     }
 }
@@ -306,6 +335,7 @@ pub struct Admission<S> {
     inner: S,
     permits: Arc<Semaphore>,
     ready: watch::Receiver<bool>,
+    authenticator: Arc<dyn Authenticate>,
 }
 
 impl<S, B> Service<http::Request<B>> for Admission<S>
@@ -322,7 +352,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         // The service that was polled ready is the one that must be called.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -336,6 +366,16 @@ where
             return AdmissionFuture::Refused(Some(
                 tonic::Status::unavailable("server is starting").into_http(),
             ));
+        }
+        // Before the permit: an unauthenticated caller must not be able to
+        // take capacity from authenticated ones.
+        let mut extensions = std::mem::take(request.extensions_mut());
+        let verdict = self
+            .authenticator
+            .authenticate(request.headers(), &mut extensions);
+        *request.extensions_mut() = extensions;
+        if let Err(status) = verdict {
+            return AdmissionFuture::Refused(Some(status.into_http()));
         }
         match self.permits.clone().try_acquire_owned() {
             Ok(permit) => AdmissionFuture::Admitted {

@@ -1,0 +1,118 @@
+//! What a service holds to keep the privacy promises: its audit trail, its
+//! vault, and the checks every handler starts with. Adopting the kernel in a
+//! service is one [`Privacy`] in its state and, per method, one
+//! [`Method`] constant and one `authorize` call.
+
+use custodian_proto::audit::v1::AuditOutcome;
+use custodian_runtime::{ApiError, Database};
+use tonic::Status;
+
+use crate::{
+    access::{self, Access, Caller, Method, Refusal},
+    audit::{AuditLog, Event},
+    vault::Vault,
+};
+
+/// A service's privacy context.
+#[derive(Clone, Debug)]
+pub struct Privacy {
+    pub audit: AuditLog,
+    pub vault: Vault,
+}
+
+/// Runs the kernel's migrations in a service's database, recorded under
+/// `{service}_privacy_migrations`.
+pub async fn migrate(db: &Database, service: &'static str) -> anyhow::Result<()> {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.dangerous_set_table_name(format!("{service}_privacy_migrations"));
+    migrator.run(db.pool()).await?;
+    Ok(())
+}
+
+impl Privacy {
+    pub fn new(audit: AuditLog, vault: Vault) -> Self {
+        Self { audit, vault }
+    }
+
+    /// Runs the migrations and starts the audit writer.
+    pub async fn start(&self, db: &Database) -> anyhow::Result<()> {
+        migrate(db, self.audit.service()).await?;
+        self.audit.start().await
+    }
+
+    /// Checks that the caller's token allows a purpose of `method`. A
+    /// refusal is PERMISSION_DENIED and is itself audited.
+    pub async fn authorize<T>(
+        &self,
+        request: &tonic::Request<T>,
+        method: Method,
+    ) -> Result<Access, Status> {
+        match access::authorize(request.extensions().get::<Caller>(), method) {
+            Ok(access) => Ok(access),
+            Err(Refusal::NoCaller) => Err(Status::unauthenticated("no authenticated caller")),
+            Err(Refusal::Purpose { caller }) => {
+                let event = Event {
+                    caller: caller.subject.clone(),
+                    on_behalf_of: caller.on_behalf_of.clone().unwrap_or_default(),
+                    purpose: caller
+                        .requested_purpose
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    method: method.path.to_owned(),
+                    ..Event::new(method.action, AuditOutcome::Denied)
+                };
+                self.audit.record(event).await?;
+                let purposes: Vec<&str> = method.purposes.iter().map(|p| p.as_str()).collect();
+                Err(Status::permission_denied(format!(
+                    "{} serves the purposes {}; the token allows none of them{}",
+                    method.path,
+                    purposes.join(", "),
+                    if caller.requested_purpose.is_some() {
+                        " (or not the one requested)"
+                    } else {
+                        ""
+                    }
+                )))
+            }
+        }
+    }
+
+    /// An event of `access` on one resource.
+    pub fn event(
+        &self,
+        access: &Access,
+        resource: &str,
+        subject_ref: &str,
+        fields: &[&str],
+        outcome: AuditOutcome,
+    ) -> Event {
+        Event {
+            caller: access.caller.subject.clone(),
+            on_behalf_of: access.caller.on_behalf_of.clone().unwrap_or_default(),
+            purpose: access.purpose.to_string(),
+            method: access.method.path.to_owned(),
+            resource: resource.to_owned(),
+            subject_ref: subject_ref.to_owned(),
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            ..Event::new(access.method.action, outcome)
+        }
+    }
+
+    /// Records events of reads (group-committed), returning once stored.
+    pub async fn record_all(&self, events: Vec<Event>) -> Result<(), ApiError> {
+        let stored =
+            futures::future::join_all(events.into_iter().map(|e| self.audit.record(e))).await;
+        stored.into_iter().collect()
+    }
+
+    /// Records that `resource` was not found (or not visible to the caller)
+    /// and returns the NOT_FOUND to answer. Another tenant's resource looks
+    /// exactly like a missing one.
+    pub async fn not_found(&self, access: &Access, resource: &str) -> Status {
+        let event = self.event(access, resource, "", &[], AuditOutcome::NotFound);
+        match self.audit.record(event).await {
+            Ok(()) => ApiError::not_found(resource).into(),
+            Err(err) => err.into(),
+        }
+    }
+}

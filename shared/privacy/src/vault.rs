@@ -1,0 +1,199 @@
+//! Encryption at rest for a service's personal fields: one data key per
+//! data subject, wrapped by the active master key, and keyed blind indexes
+//! for exact-match lookups.
+//!
+//! A service stores each record's personal fields sealed under its
+//! subject's data key (with the record's resource name as associated data,
+//! so a sealed value copied to another row does not open), and looks records
+//! up by blind index, never by plaintext. Erasure deletes the rows and then
+//! the subject's key: every other copy of the sealed fields — replicas,
+//! backups — becomes unreadable.
+
+use std::sync::Arc;
+
+use custodian_runtime::{ApiError, Database, time::now_micros};
+use sqlx::Row as _;
+
+use crate::crypto::{self, BlindIndexKey, CryptoError, DataKey, Keyring, WrappedKey};
+
+/// Blind-index domains: equal strings in different domains index apart.
+pub const EMAIL: &str = "email";
+pub const PHONE: &str = "phone";
+
+fn crypto_error(err: CryptoError) -> ApiError {
+    // The error names no plaintext, key or ciphertext.
+    ApiError::internal(anyhow::anyhow!("encryption: {err}"))
+}
+
+/// One service's keys and key store.
+#[derive(Clone)]
+pub struct Vault {
+    service: &'static str,
+    db: Database,
+    keyring: Arc<Keyring>,
+    index: Arc<BlindIndexKey>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    pub fn new(
+        service: &'static str,
+        db: Database,
+        keyring: Arc<Keyring>,
+        index: Arc<BlindIndexKey>,
+    ) -> Self {
+        Self {
+            service,
+            db,
+            keyring,
+            index,
+        }
+    }
+
+    /// The keyed blind index of a normalised value.
+    pub fn blind_index(&self, domain: &str, normalized: &str) -> String {
+        self.index.index(domain, normalized)
+    }
+
+    fn aad(&self, subject_id: &str) -> Vec<u8> {
+        format!("{}/{subject_id}", self.service).into_bytes()
+    }
+
+    /// The data key of the subject known by `email_index`, made on first
+    /// use; a subject with no email gets a key of its own. Runs inside the
+    /// caller's transaction, write first (see the identity store).
+    pub async fn subject_key(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        email_index: Option<&str>,
+    ) -> Result<(String, DataKey), ApiError> {
+        let id = uuid::Uuid::now_v7().to_string();
+        let fresh = DataKey::generate();
+        let wrapped = self.keyring.wrap(&fresh, &self.aad(&id));
+        let inserted = sqlx::query(
+            "INSERT INTO subject_keys (service, id, email_index, wrapped_key, master_key_id, create_time) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, email_index) DO NOTHING",
+        )
+        .bind(self.service)
+        .bind(&id)
+        .bind(email_index)
+        .bind(wrapped.to_text())
+        .bind(&wrapped.master_key_id)
+        .bind(now_micros())
+        .execute(&mut **tx)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok((id, fresh));
+        }
+        let row = sqlx::query(
+            "SELECT id, wrapped_key FROM subject_keys WHERE service = $1 AND email_index = $2",
+        )
+        .bind(self.service)
+        .bind(email_index)
+        .fetch_one(&mut **tx)
+        .await?;
+        let id: String = row.try_get("id")?;
+        let key = self.unwrap(&id, &row.try_get::<String, _>("wrapped_key")?)?;
+        Ok((id, key))
+    }
+
+    /// Opens a wrapped key read together with a record.
+    pub fn unwrap(&self, subject_id: &str, wrapped_text: &str) -> Result<DataKey, ApiError> {
+        let wrapped = WrappedKey::from_text(wrapped_text).map_err(crypto_error)?;
+        self.keyring
+            .unwrap(&wrapped, &self.aad(subject_id))
+            .map_err(crypto_error)
+    }
+
+    pub fn seal(&self, key: &DataKey, plaintext: &[u8], aad: &str) -> String {
+        crypto::encrypt(key, plaintext, aad.as_bytes())
+    }
+
+    pub fn open(&self, key: &DataKey, sealed: &str, aad: &str) -> Result<Vec<u8>, ApiError> {
+        crypto::decrypt(key, sealed, aad.as_bytes()).map_err(crypto_error)
+    }
+
+    /// Destroys a subject's data key (crypto-shredding). The caller decides
+    /// when no record needs it any more.
+    pub async fn destroy_key(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        subject_id: &str,
+    ) -> Result<(), ApiError> {
+        sqlx::query("DELETE FROM subject_keys WHERE service = $1 AND id = $2")
+            .bind(self.service)
+            .bind(subject_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// Rewraps every data key still under an older master key with the
+    /// active one, `batch` at a time; returns how many were rewrapped. Safe
+    /// while serving: each row is replaced only if it did not change.
+    pub async fn rewrap_all(&self, batch: i64) -> Result<u64, ApiError> {
+        let active = self.keyring.active_id().to_owned();
+        let mut total = 0;
+        loop {
+            let rows = sqlx::query(
+                "SELECT id, wrapped_key FROM subject_keys WHERE service = $1 AND master_key_id <> $2 LIMIT $3",
+            )
+            .bind(self.service)
+            .bind(&active)
+            .bind(batch)
+            .fetch_all(self.db.pool())
+            .await?;
+            if rows.is_empty() {
+                return Ok(total);
+            }
+            let mut progressed = false;
+            for row in rows {
+                let id: String = row.try_get("id")?;
+                let old: String = row.try_get("wrapped_key")?;
+                let wrapped = WrappedKey::from_text(&old).map_err(crypto_error)?;
+                let new = self
+                    .keyring
+                    .rewrap(&wrapped, &self.aad(&id))
+                    .map_err(crypto_error)?;
+                let done = sqlx::query(
+                    "UPDATE subject_keys SET wrapped_key = $1, master_key_id = $2 \
+                     WHERE service = $3 AND id = $4 AND wrapped_key = $5",
+                )
+                .bind(new.to_text())
+                .bind(&new.master_key_id)
+                .bind(self.service)
+                .bind(&id)
+                .bind(&old)
+                .execute(self.db.pool())
+                .await?;
+                if done.rows_affected() == 1 {
+                    total += 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// How many data keys each master key wraps, for operators.
+    pub async fn key_usage(&self) -> Result<Vec<(String, i64)>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT master_key_id, COUNT(*) AS n FROM subject_keys WHERE service = $1 GROUP BY master_key_id ORDER BY master_key_id",
+        )
+        .bind(self.service)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("master_key_id")?, r.try_get("n")?)))
+            .collect()
+    }
+}
