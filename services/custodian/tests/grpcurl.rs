@@ -40,9 +40,10 @@ fn grpcurl_drives_custodian_through_reflection() {
         return;
     };
     let mut server = Server::start();
-    let g = Grpcurl {
+    let mut g = Grpcurl {
         path: grpcurl,
         addr: server.addr.to_string(),
+        token: None,
     };
 
     // Health: NOT_SERVING until every module has started, then SERVING.
@@ -109,6 +110,17 @@ fn grpcurl_drives_custodian_through_reflection() {
         bad_request.contains("google.rpc.BadRequest is a message:"),
         "{bad_request}"
     );
+
+    // Without a token, nothing but health and reflection answers.
+    let refused = g.run(&[], &["custodian.identity.v1.TenantService/ListTenants"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Code: Unauthenticated"),
+        "{}",
+        describe_output(&refused)
+    );
+    // `custodian token` signs one with the server's development key.
+    g.token = Some(server.token(&["service_delivery", "administration"]));
 
     // CreateTenant, with a generated id.
     let tenant = g.call(
@@ -324,7 +336,7 @@ struct Server {
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<JoinHandle<()>>,
     // Dropped after the process is gone.
-    _data_dir: tempfile::TempDir,
+    data_dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -351,7 +363,7 @@ impl Server {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             stderr_reader: Some(drain_stderr(stderr, Arc::clone(&stderr_text))),
             stderr: stderr_text,
-            _data_dir: data_dir,
+            data_dir,
         };
 
         // Lines arrive on a channel so they can be awaited with a deadline;
@@ -389,6 +401,23 @@ impl Server {
         };
         assert_ne!(server.addr.port(), 0, "custodian reported port 0");
         server
+    }
+
+    /// A token from `custodian token`, signed with this server's key file.
+    fn token(&self, purposes: &[&str]) -> String {
+        let mut command = Command::new(BIN);
+        command
+            .env_clear()
+            .arg("token")
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(["--subject", "test:grpcurl"]);
+        for purpose in purposes {
+            command.args(["--purpose", purpose]);
+        }
+        let output = command.output().expect("running custodian token");
+        assert!(output.status.success(), "{}", describe_output(&output));
+        String::from_utf8(output.stdout).expect("UTF-8").trim().to_owned()
     }
 
     /// Sends SIGTERM and waits, bounded, for the process to exit.
@@ -464,12 +493,17 @@ fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus
 struct Grpcurl {
     path: PathBuf,
     addr: String,
+    /// Sent as `authorization: Bearer ...` when set.
+    token: Option<String>,
 }
 
 impl Grpcurl {
     fn run(&self, flags: &[&str], args: &[&str]) -> Output {
+        let auth = self.token.as_ref().map(|t| format!("authorization: Bearer {t}"));
+        let auth_flags = auth.as_deref().map(|h| vec!["-H", h]).unwrap_or_default();
         Command::new(&self.path)
             .args(["-plaintext", "-max-time", GRPCURL_MAX_TIME])
+            .args(auth_flags)
             .args(flags)
             .arg(&self.addr)
             .args(args)

@@ -37,6 +37,15 @@ impl AuditApi {
         logs.sort_by_key(|l| l.service());
         Self { privacy, logs }
     }
+
+    /// The trail spans every tenant, so a caller limited to one may not read it.
+    async fn authorize<T>(&self, request: &Request<T>, method: Method) -> Result<(), Status> {
+        let access = self.privacy.authorize(request, method).await?;
+        if access.tenant_limit().is_some() {
+            return Err(Status::permission_denied("the audit trail spans every tenant; a token limited to one cannot read it"));
+        }
+        Ok(())
+    }
 }
 
 fn to_proto(e: StoredEvent) -> AuditEvent {
@@ -72,7 +81,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
-        self.privacy.authorize(&request, LIST).await?;
+        self.authorize(&request, LIST).await?;
         let req = request.into_inner();
         let filter = Filter {
             resource: req.resource,
@@ -131,7 +140,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<VerifyAuditChainRequest>,
     ) -> Result<Response<VerifyAuditChainResponse>, Status> {
-        self.privacy.authorize(&request, VERIFY).await?;
+        self.authorize(&request, VERIFY).await?;
         let mut chains = Vec::new();
         for log in &self.logs {
             chains.push(log.verify().await?);
