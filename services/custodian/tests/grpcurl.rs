@@ -417,7 +417,10 @@ impl Server {
         }
         let output = command.output().expect("running custodian token");
         assert!(output.status.success(), "{}", describe_output(&output));
-        String::from_utf8(output.stdout).expect("UTF-8").trim().to_owned()
+        String::from_utf8(output.stdout)
+            .expect("UTF-8")
+            .trim()
+            .to_owned()
     }
 
     /// Sends SIGTERM and waits, bounded, for the process to exit.
@@ -499,7 +502,10 @@ struct Grpcurl {
 
 impl Grpcurl {
     fn run(&self, flags: &[&str], args: &[&str]) -> Output {
-        let auth = self.token.as_ref().map(|t| format!("authorization: Bearer {t}"));
+        let auth = self
+            .token
+            .as_ref()
+            .map(|t| format!("authorization: Bearer {t}"));
         let auth_flags = auth.as_deref().map(|h| vec!["-H", h]).unwrap_or_default();
         Command::new(&self.path)
             .args(["-plaintext", "-max-time", GRPCURL_MAX_TIME])

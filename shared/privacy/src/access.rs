@@ -220,3 +220,42 @@ mod tests {
         assert!(matches!(authorize(None, GET), Err(Refusal::NoCaller)));
     }
 }
+
+/// Credentials for a call one service makes to another for its caller: the
+/// calling service's own token, the purpose the original call was made for,
+/// who it acts for, and the trace context — so the callee authorises the
+/// service, audits the person behind it, and joins the same trace.
+#[derive(Clone)]
+pub struct Forward {
+    authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    purpose: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    on_behalf_of: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Forward {
+    pub fn new(service_token: &str, access: &Access) -> Result<Self, Status> {
+        let invalid = |_| Status::internal("credentials not representable as metadata");
+        let origin = access
+            .caller
+            .on_behalf_of
+            .as_deref()
+            .unwrap_or(&access.caller.subject);
+        Ok(Self {
+            authorization: format!("Bearer {service_token}").parse().map_err(invalid)?,
+            purpose: access.purpose.as_str().parse().map_err(invalid)?,
+            on_behalf_of: origin.parse().ok(),
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Forward {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let metadata = request.metadata_mut();
+        metadata.insert("authorization", self.authorization.clone());
+        metadata.insert(PURPOSE_HEADER, self.purpose.clone());
+        if let Some(origin) = &self.on_behalf_of {
+            metadata.insert(ON_BEHALF_OF_HEADER, origin.clone());
+        }
+        custodian_runtime::telemetry::inject_trace_context(request)
+    }
+}

@@ -42,7 +42,9 @@ impl AuditApi {
     async fn authorize<T>(&self, request: &Request<T>, method: Method) -> Result<(), Status> {
         let access = self.privacy.authorize(request, method).await?;
         if access.tenant_limit().is_some() {
-            return Err(Status::permission_denied("the audit trail spans every tenant; a token limited to one cannot read it"));
+            return Err(Status::permission_denied(
+                "the audit trail spans every tenant; a token limited to one cannot read it",
+            ));
         }
         Ok(())
     }

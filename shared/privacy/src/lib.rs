@@ -29,7 +29,7 @@ pub mod retention;
 pub mod token;
 pub mod vault;
 
-pub use access::{Access, Caller, Method, TokenAuthenticator};
+pub use access::{Access, Caller, Forward, Method, TokenAuthenticator};
 pub use context::Privacy;
 pub use guard::{Finding, SensitiveKind, check, check_fields, scan};
 pub use token::Purpose;
