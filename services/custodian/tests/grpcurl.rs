@@ -583,3 +583,21 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
         .and_then(Value::as_str)
         .unwrap_or_else(|| panic!("no string at {pointer} in {value}"))
 }
+
+#[test]
+fn a_production_target_refuses_to_start_without_a_key_file() {
+    let data_dir = tempfile::tempdir().expect("creating a data folder");
+    let output = Command::new(BIN)
+        .env_clear()
+        .args(["--target", "identity", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir.path())
+        .output()
+        .expect("running custodian");
+    assert!(!output.status.success(), "{}", describe_output(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--key-file"), "{stderr}");
+    assert!(
+        !data_dir.path().join("keys.toml").exists(),
+        "no key file is made for production"
+    );
+}
