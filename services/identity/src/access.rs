@@ -6,9 +6,9 @@ use custodian_privacy::{Method, Purpose as P};
 use custodian_proto::audit::v1::AuditAction as A;
 
 macro_rules! method {
-    ($name:ident, $service:literal, $method:literal, $action:expr, [$($p:expr),+ $(,)?]) => {
+    ($name:ident, $path:literal, $action:expr, [$($p:expr),+ $(,)?]) => {
         pub const $name: Method = Method {
-            path: concat!("/custodian.identity.v1.", $service, "/", $method),
+            path: $path,
             action: $action,
             purposes: &[$($p),+],
         };
@@ -19,36 +19,31 @@ macro_rules! method {
 // reading them is part of delivering and supporting the service.
 method!(
     CREATE_TENANT,
-    "TenantService",
-    "CreateTenant",
+    "/custodian.identity.v1.TenantService/CreateTenant",
     A::Create,
     [P::Administration]
 );
 method!(
     GET_TENANT,
-    "TenantService",
-    "GetTenant",
+    "/custodian.identity.v1.TenantService/GetTenant",
     A::Read,
     [P::Administration, P::ServiceDelivery, P::Support]
 );
 method!(
     LIST_TENANTS,
-    "TenantService",
-    "ListTenants",
+    "/custodian.identity.v1.TenantService/ListTenants",
     A::Read,
     [P::Administration, P::ServiceDelivery, P::Support]
 );
 method!(
     UPDATE_TENANT,
-    "TenantService",
-    "UpdateTenant",
+    "/custodian.identity.v1.TenantService/UpdateTenant",
     A::Update,
     [P::Administration]
 );
 method!(
     DELETE_TENANT,
-    "TenantService",
-    "DeleteTenant",
+    "/custodian.identity.v1.TenantService/DeleteTenant",
     A::Delete,
     [P::Administration]
 );
@@ -56,15 +51,13 @@ method!(
 // Authorized users: the tenant's own administration, and the Platform.
 method!(
     CREATE_USER,
-    "UserService",
-    "CreateUser",
+    "/custodian.identity.v1.UserService/CreateUser",
     A::Create,
     [P::ServiceDelivery, P::Administration]
 );
 method!(
     GET_USER,
-    "UserService",
-    "GetUser",
+    "/custodian.identity.v1.UserService/GetUser",
     A::Read,
     [
         P::ServiceDelivery,
@@ -76,8 +69,7 @@ method!(
 );
 method!(
     LIST_USERS,
-    "UserService",
-    "ListUsers",
+    "/custodian.identity.v1.UserService/ListUsers",
     A::Read,
     [
         P::ServiceDelivery,
@@ -89,15 +81,13 @@ method!(
 );
 method!(
     UPDATE_USER,
-    "UserService",
-    "UpdateUser",
+    "/custodian.identity.v1.UserService/UpdateUser",
     A::Update,
     [P::ServiceDelivery, P::Administration]
 );
 method!(
     DELETE_USER,
-    "UserService",
-    "DeleteUser",
+    "/custodian.identity.v1.UserService/DeleteUser",
     A::Delete,
     [P::ServiceDelivery, P::Administration]
 );
@@ -105,15 +95,13 @@ method!(
 // Contacts: placed by the tenant on the Platform; support may read them.
 method!(
     CREATE_CONTACT,
-    "ContactService",
-    "CreateContact",
+    "/custodian.identity.v1.ContactService/CreateContact",
     A::Create,
     [P::ServiceDelivery]
 );
 method!(
     GET_CONTACT,
-    "ContactService",
-    "GetContact",
+    "/custodian.identity.v1.ContactService/GetContact",
     A::Read,
     [
         P::ServiceDelivery,
@@ -124,8 +112,7 @@ method!(
 );
 method!(
     LIST_CONTACTS,
-    "ContactService",
-    "ListContacts",
+    "/custodian.identity.v1.ContactService/ListContacts",
     A::Read,
     [
         P::ServiceDelivery,
@@ -136,15 +123,13 @@ method!(
 );
 method!(
     UPDATE_CONTACT,
-    "ContactService",
-    "UpdateContact",
+    "/custodian.identity.v1.ContactService/UpdateContact",
     A::Update,
     [P::ServiceDelivery]
 );
 method!(
     DELETE_CONTACT,
-    "ContactService",
-    "DeleteContact",
+    "/custodian.identity.v1.ContactService/DeleteContact",
     A::Delete,
     [P::ServiceDelivery]
 );
@@ -152,15 +137,13 @@ method!(
 // Evaluation sign-ups: the company's own records.
 method!(
     CREATE_SIGNUP,
-    "EvaluationSignupService",
-    "CreateEvaluationSignup",
+    "/custodian.identity.v1.EvaluationSignupService/CreateEvaluationSignup",
     A::Create,
     [P::ServiceDelivery]
 );
 method!(
     GET_SIGNUP,
-    "EvaluationSignupService",
-    "GetEvaluationSignup",
+    "/custodian.identity.v1.EvaluationSignupService/GetEvaluationSignup",
     A::Read,
     [
         P::ServiceDelivery,
@@ -171,8 +154,7 @@ method!(
 );
 method!(
     LIST_SIGNUPS,
-    "EvaluationSignupService",
-    "ListEvaluationSignups",
+    "/custodian.identity.v1.EvaluationSignupService/ListEvaluationSignups",
     A::Read,
     [
         P::ServiceDelivery,
@@ -183,49 +165,53 @@ method!(
 );
 method!(
     UPDATE_SIGNUP,
-    "EvaluationSignupService",
-    "UpdateEvaluationSignup",
+    "/custodian.identity.v1.EvaluationSignupService/UpdateEvaluationSignup",
     A::Update,
     [P::ServiceDelivery]
 );
 method!(
     DELETE_SIGNUP,
-    "EvaluationSignupService",
-    "DeleteEvaluationSignup",
+    "/custodian.identity.v1.EvaluationSignupService/DeleteEvaluationSignup",
     A::Delete,
     [P::ServiceDelivery]
 );
 
 // Data-subject rights: only for fulfilling a request of the person.
-pub const LOCATE_SUBJECT: Method = Method {
-    path: "/custodian.subject.v1.SubjectDataService/LocateSubjectData",
-    action: A::Locate,
-    purposes: &[P::DsrFulfilment],
-};
-pub const EXPORT_SUBJECT: Method = Method {
-    path: "/custodian.subject.v1.SubjectDataService/ExportSubjectData",
-    action: A::Export,
-    purposes: &[P::DsrFulfilment],
-};
-pub const RECTIFY_SUBJECT: Method = Method {
-    path: "/custodian.subject.v1.SubjectDataService/RectifySubjectData",
-    action: A::Rectify,
-    purposes: &[P::DsrFulfilment],
-};
-pub const ERASE_SUBJECT: Method = Method {
-    path: "/custodian.subject.v1.SubjectDataService/EraseSubjectData",
-    action: A::Erase,
-    purposes: &[P::DsrFulfilment],
-};
+method!(
+    LOCATE_SUBJECT,
+    "/custodian.subject.v1.SubjectDataService/LocateSubjectData",
+    A::Locate,
+    [P::DsrFulfilment]
+);
+method!(
+    EXPORT_SUBJECT,
+    "/custodian.subject.v1.SubjectDataService/ExportSubjectData",
+    A::Export,
+    [P::DsrFulfilment]
+);
+method!(
+    RECTIFY_SUBJECT,
+    "/custodian.subject.v1.SubjectDataService/RectifySubjectData",
+    A::Rectify,
+    [P::DsrFulfilment]
+);
+method!(
+    ERASE_SUBJECT,
+    "/custodian.subject.v1.SubjectDataService/EraseSubjectData",
+    A::Erase,
+    [P::DsrFulfilment]
+);
 
 // Retention and legal holds: administration of the whole installation.
-pub const SWEEP: Method = Method {
-    path: "/custodian.retention.v1.RetentionService/SweepExpired",
-    action: A::Sweep,
-    purposes: &[P::Administration],
-};
-pub const MANAGE_HOLDS: Method = Method {
-    path: "/custodian.retention.v1.RetentionService/LegalHolds",
-    action: A::Update,
-    purposes: &[P::Administration],
-};
+method!(
+    SWEEP,
+    "/custodian.retention.v1.RetentionService/SweepExpired",
+    A::Sweep,
+    [P::Administration]
+);
+method!(
+    MANAGE_HOLDS,
+    "/custodian.retention.v1.RetentionService/LegalHolds",
+    A::Update,
+    [P::Administration]
+);
