@@ -589,7 +589,13 @@ fn a_production_target_refuses_to_start_without_a_key_file() {
     let data_dir = tempfile::tempdir().expect("creating a data folder");
     let output = Command::new(BIN)
         .env_clear()
-        .args(["--target", "identity", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--target",
+            "identity",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir.path())
         .output()
         .expect("running custodian");
