@@ -23,6 +23,11 @@
 //! request than a tonic client); `benches/h2load-get-contact.sh` measures
 //! GetContact the same way against the release `custodian` binary.
 //!
+//! Besides req/s and latency, the table gives `cpu us/req`: CPU time of this
+//! process (client and server; not PostgreSQL's own processes) per request.
+//! On a shared machine req/s moves with whatever else runs, CPU per request
+//! much less.
+//!
 //! No tracing subscriber is installed, so logging costs nothing here.
 //!
 //! PostgreSQL is found at `CUSTODIAN_BENCH_POSTGRES_URL` (default: the local
@@ -48,6 +53,11 @@ use std::{
 };
 
 use anyhow::Context as _;
+use custodian_privacy::{
+    Purpose,
+    keys::KeyFile,
+    token::{TokenIssuer, generate_key_pair},
+};
 use custodian_proto::{
     common::v1::PersonName,
     identity::v1::{
@@ -55,10 +65,14 @@ use custodian_proto::{
         contact_service_client::ContactServiceClient, tenant_service_client::TenantServiceClient,
     },
 };
-use custodian_runtime::{Application, Config, Database, ServiceModule, server::READY_TIMEOUT};
+use custodian_runtime::{Application, Config, server::READY_TIMEOUT, time::SystemClock};
 use hdrhistogram::Histogram;
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -189,6 +203,8 @@ struct Row {
     elapsed: Duration,
     latency_us: Histogram<u64>,
     errors: usize,
+    /// CPU time of this whole process (client and server), if known.
+    cpu: Option<Duration>,
 }
 
 impl Row {
@@ -253,13 +269,30 @@ async fn run() -> anyhow::Result<bool> {
 
 fn print_table(rows: &[Row]) {
     println!(
-        "{:<9} {:<14} {:>9} {:>12} {:>9} {:>8} {:>8} {:>7}",
-        "backend", "method", "requests", "concurrency", "req/s", "p50 ms", "p99 ms", "errors"
+        "{:<9} {:<14} {:>9} {:>12} {:>9} {:>8} {:>8} {:>7} {:>11}",
+        "backend",
+        "method",
+        "requests",
+        "concurrency",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "cpu us/req"
     );
     for row in rows {
         let ms = |q: f64| row.latency_us.value_at_quantile(q) as f64 / 1000.0;
+        let cpu = row.cpu.map_or_else(
+            || "-".to_owned(),
+            |cpu| {
+                format!(
+                    "{:.0}",
+                    cpu.as_secs_f64() * 1e6 / row.requests.max(1) as f64
+                )
+            },
+        );
         println!(
-            "{:<9} {:<14} {:>9} {:>12} {:>9.0} {:>8.2} {:>8.2} {:>7}",
+            "{:<9} {:<14} {:>9} {:>12} {:>9.0} {:>8.2} {:>8.2} {:>7} {:>11}",
             row.backend,
             row.method,
             row.requests,
@@ -267,7 +300,8 @@ fn print_table(rows: &[Row]) {
             row.requests as f64 / row.elapsed.as_secs_f64(),
             ms(0.50),
             ms(0.99),
-            row.errors
+            row.errors,
+            cpu
         );
     }
 }
@@ -296,7 +330,7 @@ async fn workloads(
     let mut rows = Vec::new();
 
     // Health/Check: no database, the floor of what one call costs.
-    let health = |client: HealthClient<Channel>, _n: usize| async move {
+    let health = |client: HealthClient<Authed>, _n: usize| async move {
         let mut client = client;
         let response = client
             .check(HealthCheckRequest {
@@ -342,7 +376,7 @@ async fn workloads(
         Arc::new((0..creates + WARMUP).map(|_| OnceLock::new()).collect());
     let create = {
         let names = names.clone();
-        move |client: ContactServiceClient<Channel>, n: usize| {
+        move |client: ContactServiceClient<Authed>, n: usize| {
             let names = names.clone();
             async move {
                 let mut client = client;
@@ -394,7 +428,7 @@ async fn workloads(
     if names.is_empty() {
         anyhow::bail!("no contact was created, so there is nothing to get");
     }
-    let get = move |client: ContactServiceClient<Channel>, n: usize| {
+    let get = move |client: ContactServiceClient<Authed>, n: usize| {
         let name = names[n % names.len()].clone();
         async move {
             let mut client = client;
@@ -452,6 +486,7 @@ struct Run {
     elapsed: Duration,
     latency_us: Histogram<u64>,
     errors: usize,
+    cpu: Option<Duration>,
 }
 
 impl Run {
@@ -470,6 +505,7 @@ impl Run {
             elapsed: self.elapsed,
             latency_us: self.latency_us,
             errors: self.errors,
+            cpu: self.cpu,
         }
     }
 }
@@ -483,12 +519,15 @@ fn histogram() -> Histogram<u64> {
 /// a time: each of `concurrency` tasks has its own client on one of
 /// `channels` (round robin) and takes the next number when its previous call
 /// has answered. `call` sends request `n` and checks the answer.
+/// One load task's latencies, error count and first error.
+type TaskOutcome = (Histogram<u64>, usize, Option<String>);
+
 async fn drive<C, F, Fut>(
-    channels: &[Channel],
+    channels: &[Authed],
     total: usize,
     concurrency: usize,
     first: usize,
-    make_client: fn(Channel) -> C,
+    make_client: fn(Authed) -> C,
     call: F,
 ) -> Run
 where
@@ -497,8 +536,9 @@ where
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = process_cpu_time();
     let started = Instant::now();
-    let tasks: Vec<JoinHandle<(Histogram<u64>, usize, Option<String>)>> = (0..concurrency)
+    let tasks: Vec<JoinHandle<TaskOutcome>> = (0..concurrency)
         .map(|task| {
             let client = make_client(channels[task % channels.len()].clone());
             let next = next.clone();
@@ -544,11 +584,33 @@ where
             }
         }
     }
+    let elapsed = started.elapsed();
+    let cpu = process_cpu_time()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     Run {
-        elapsed: started.elapsed(),
+        elapsed,
         latency_us,
         errors,
+        cpu,
     }
+}
+
+/// User plus system CPU time of this process so far, from /proc (Linux;
+/// `None` elsewhere).
+fn process_cpu_time() -> Option<Duration> {
+    // Clock ticks: USER_HZ, which is 100 on every mainstream Linux build.
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold
+    // spaces: state is field 3, utime 14, stime 15.
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis(
+        (utime + stime) * 1000 / TICKS_PER_SECOND,
+    ))
 }
 
 /// The server under test, running in this process.
@@ -556,7 +618,27 @@ struct BenchServer {
     addr: std::net::SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<anyhow::Result<()>>,
+    authorization: MetadataValue<Ascii>,
 }
+
+/// Sends the bench's token with every call, as any client must.
+#[derive(Clone)]
+struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A connection that authenticates its calls.
+type Authed = InterceptedService<Channel, Bearer>;
 
 impl BenchServer {
     async fn start(url: &str, max_connections: u32) -> anyhow::Result<Self> {
@@ -566,9 +648,24 @@ impl BenchServer {
             database_max_connections: max_connections,
             ..Config::default()
         };
-        let db = Database::connect_lazy(url, max_connections)?;
-        let modules: Vec<Arc<dyn ServiceModule>> = vec![custodian_identity::Identity::module(db)];
-        let app = Application::bind(config, modules).await?;
+        // The production stack: tokens verified, every access audited,
+        // personal fields encrypted.
+        let keys = KeyFile::generate("mk-bench", generate_key_pair());
+        let suite = custodian::suite(
+            custodian::Target::Identity,
+            &config,
+            &keys,
+            Arc::new(SystemClock),
+        )?;
+        let token =
+            TokenIssuer::from_pem(keys.token_signing_key.as_deref().context("signing key")?)?
+                .issue(
+                    "bench:client",
+                    &Purpose::ALL,
+                    None,
+                    Duration::from_secs(3600),
+                )?;
+        let app = Application::bind(config, suite.modules, suite.authenticator).await?;
         let addr = app.local_addr();
         let mut ready = app.readiness();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -579,11 +676,16 @@ impl BenchServer {
             .await
             .context("server not ready in time")?
             .context("server stopped while starting")?;
-        Ok(Self { addr, stop, task })
+        Ok(Self {
+            addr,
+            stop,
+            task,
+            authorization: format!("Bearer {token}").parse()?,
+        })
     }
 
     /// `n` separate HTTP/2 connections to the server.
-    async fn channels(&self, n: usize) -> anyhow::Result<Vec<Channel>> {
+    async fn channels(&self, n: usize) -> anyhow::Result<Vec<Authed>> {
         let mut channels = Vec::with_capacity(n);
         for _ in 0..n {
             let channel = Endpoint::from_shared(format!("http://{}", self.addr))?
@@ -591,7 +693,10 @@ impl BenchServer {
                 .connect()
                 .await
                 .context("connecting to the bench server")?;
-            channels.push(channel);
+            channels.push(InterceptedService::new(
+                channel,
+                Bearer(self.authorization.clone()),
+            ));
         }
         Ok(channels)
     }
