@@ -62,26 +62,28 @@ pub struct StoredEvent {
     pub hash: String,
 }
 
-/// The hash of `event` at `seq`, following `prev`. JSON of an array makes
-/// the encoding unambiguous whatever the values contain.
+/// The hash of `event` at `seq`, following `prev`. Every text is prefixed
+/// by its length, so the encoding is unambiguous whatever the values hold.
 fn chain_hash(prev: &str, service: &str, seq: i64, e: &Event) -> String {
-    let canonical = serde_json::json!([
-        prev,
-        service,
-        seq,
-        e.time,
-        e.caller,
-        e.on_behalf_of,
-        e.purpose,
-        e.action,
-        e.method,
-        e.resource,
-        e.subject_ref,
-        e.fields,
-        e.outcome,
-        e.detail
-    ]);
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    let mut h = Sha256::new();
+    let mut text = |t: &str| {
+        h.update((t.len() as u64).to_le_bytes());
+        h.update(t.as_bytes());
+    };
+    text(prev);
+    text(service);
+    text(&e.caller);
+    text(&e.on_behalf_of);
+    text(&e.purpose);
+    text(&e.method);
+    text(&e.resource);
+    text(&e.subject_ref);
+    text(&e.fields.join(","));
+    text(&e.detail);
+    for n in [seq, e.time, i64::from(e.action), i64::from(e.outcome)] {
+        h.update(n.to_le_bytes());
+    }
+    hex::encode(h.finalize())
 }
 
 struct Pending {
