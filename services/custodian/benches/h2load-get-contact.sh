@@ -5,10 +5,12 @@
 #   bash services/custodian/benches/h2load-get-contact.sh
 #
 # Needs h2load (Debian: nghttp2-client), grpcurl and jq. Builds the release
-# binary, starts it on 127.0.0.1:$PORT, creates a tenant and one contact with
-# grpcurl, hand-builds the gRPC frame of GetContactRequest{name}, runs a
-# bounded h2load warm-up and then the measured run, and stops the server it
-# started. h2load counts HTTP statuses only (a gRPC error is still HTTP 200),
+# binary, starts it on 127.0.0.1:$PORT (every service, development key file in
+# the temporary data folder), signs a token with `custodian token`, creates a
+# tenant and one contact with grpcurl, hand-builds the gRPC frame of
+# GetContactRequest{name}, runs a bounded h2load warm-up and then the
+# measured run (tokens, audit and encryption all in play), and stops the
+# server it started. h2load counts HTTP statuses only (a gRPC error is still HTTP 200),
 # so the script also checks the frame with one grpcurl call and checks that
 # the responses carried a Contact's worth of data each.
 #
@@ -50,7 +52,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-CUSTODIAN_LOG=warn "$BIN" --target identity --data-dir "$WORK/data" --listen "$ADDR" \
+CUSTODIAN_LOG=warn "$BIN" --data-dir "$WORK/data" --listen "$ADDR" \
     >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 
@@ -69,9 +71,13 @@ if [[ -z "$serving" ]]; then
     exit 1
 fi
 
-grpcurl -plaintext -d '{"tenant": {"display_name": "Bench"}, "tenant_id": "bench"}' \
+TOKEN="$("$BIN" token --data-dir "$WORK/data" --subject bench:h2load \
+    --purpose service_delivery --purpose administration)"
+AUTH="authorization: Bearer ${TOKEN}"
+
+grpcurl -plaintext -H "$AUTH" -d '{"tenant": {"display_name": "Bench"}, "tenant_id": "bench"}' \
     "$ADDR" custodian.identity.v1.TenantService/CreateTenant >/dev/null
-NAME="$(grpcurl -plaintext -d '{
+NAME="$(grpcurl -plaintext -H "$AUTH" -d '{
       "parent": "tenants/bench",
       "contact": {
         "person_name": {"given_name": "Bench", "family_name": "Contact"},
@@ -83,7 +89,7 @@ NAME="$(grpcurl -plaintext -d '{
     }' "$ADDR" custodian.identity.v1.ContactService/CreateContact | jq -r .name)"
 echo "contact: $NAME"
 # The frame below is right only if GetContact answers for this name.
-grpcurl -plaintext -d "{\"name\": \"$NAME\"}" "$ADDR" \
+grpcurl -plaintext -H "$AUTH" -d "{\"name\": \"$NAME\"}" "$ADDR" \
     custodian.identity.v1.ContactService/GetContact | jq -e --arg n "$NAME" '.name == $n' >/dev/null
 
 # One gRPC frame: flag 0 (not compressed), big-endian u32 length, then the
@@ -115,7 +121,7 @@ LEN=$(stat -c %s "$WORK/message.bin")
 URL="http://${ADDR}/custodian.identity.v1.ContactService/GetContact"
 run_h2load() {
     h2load -n "$1" -c "$CLIENTS" -m "$STREAMS" \
-        -H 'content-type: application/grpc' -H 'te: trailers' \
+        -H 'content-type: application/grpc' -H 'te: trailers' -H "$AUTH" \
         -d "$WORK/frame.bin" "$URL"
 }
 
