@@ -22,8 +22,23 @@ use sqlx::{AssertSqlSafe, Row as _, any::AnyRow};
 use tokio::sync::{mpsc, oneshot};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-/// Events per INSERT statement: well under both backends' parameter limits.
-const ROWS_PER_INSERT: usize = 64;
+/// Rows per INSERT statement, largest first: a group is cut into these
+/// sizes only, so a connection prepares at most this many distinct
+/// statements (well under both backends' parameter limits).
+const INSERT_SIZES: [usize; 3] = [32, 8, 1];
+
+/// Cuts `rows` into slices of the sizes in [`INSERT_SIZES`].
+fn chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    for size in INSERT_SIZES {
+        while rows.len() >= size {
+            let (head, tail) = rows.split_at(size);
+            out.push(head);
+            rows = tail;
+        }
+    }
+    out
+}
 /// Reads waiting for one group commit, at most.
 const MAX_GROUP: usize = 512;
 
@@ -151,7 +166,11 @@ impl AuditLog {
         Ok(())
     }
 
+    /// The writer keeps one connection of its own, outside the pool: it
+    /// never waits behind requests for a connection, and the statements it
+    /// repeats stay prepared on it.
     async fn write_groups(self, mut receiver: mpsc::Receiver<Pending>) {
+        let mut connection: Option<sqlx::AnyConnection> = None;
         while let Some(first) = receiver.recv().await {
             let mut group = vec![first];
             while group.len() < MAX_GROUP {
@@ -162,12 +181,20 @@ impl AuditLog {
             }
             let events: Vec<Event> = group.iter().map(|p| p.event.clone()).collect();
             let outcome = async {
-                let mut tx = self.db.pool().begin().await?;
+                let conn = match connection.as_mut() {
+                    Some(conn) => conn,
+                    None => connection.insert(self.db.pool().acquire().await?.detach()),
+                };
+                let mut tx = sqlx::Connection::begin(conn).await?;
                 self.append_in_tx(&mut tx, &events).await?;
                 tx.commit().await?;
                 Ok::<_, ApiError>(())
             }
             .await;
+            if outcome.is_err() {
+                // A fresh connection next time, in case this one broke.
+                connection = None;
+            }
             if let Err(err) = &outcome {
                 tracing::error!(service = self.service, error = %err, events = events.len(), "audit write failed");
             }
@@ -235,7 +262,7 @@ impl AuditLog {
             prev.clone_from(&hash);
             rows.push((seq, event, hash));
         }
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
+        for chunk in chunks(&rows) {
             let placeholders: Vec<String> = (0..chunk.len())
                 .map(|r| {
                     let b = r * 14;
@@ -470,6 +497,15 @@ fn stored_from_row(row: &AnyRow) -> Result<StoredEvent, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn groups_are_cut_into_few_statement_sizes() {
+        let rows: Vec<usize> = (0..75).collect();
+        let sizes: Vec<usize> = chunks(&rows).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [32, 32, 8, 1, 1, 1]);
+        assert_eq!(chunks(&rows).concat(), rows, "in order, nothing lost");
+        assert!(chunks::<usize>(&[]).is_empty());
+    }
 
     #[test]
     fn the_hash_covers_every_field_and_the_previous_hash() {
