@@ -289,17 +289,10 @@ pub fn respond<T>(message: T, withheld: &[&str]) -> tonic::Response<T> {
 
 /// Refuses records the caller may not see as if they did not exist (and
 /// audits the attempt).
-async fn visible(
-    store: &Store,
-    access: &Access,
-    kind: Kind,
-    tenant: &str,
-    name: &str,
-) -> Result<(), Status> {
+async fn visible(store: &Store, access: &Access, tenant: &str, name: &str) -> Result<(), Status> {
     if access.sees_tenant(tenant) {
         Ok(())
     } else {
-        let _ = kind;
         Err(store.privacy().not_found(access, name).await)
     }
 }
@@ -329,14 +322,7 @@ pub async fn create(
     idem: Option<Idempotency>,
 ) -> Result<(Record, Vec<&'static str>), Status> {
     if kind.tenant_scoped {
-        visible(
-            store,
-            access,
-            kind,
-            tenant_id,
-            &format!("tenants/{tenant_id}"),
-        )
-        .await?;
+        visible(store, access, tenant_id, &format!("tenants/{tenant_id}")).await?;
     }
     let attrs = default_attrs(kind, attrs);
     validate_person(kind, kind.message_field, &mut data, &attrs)?;
@@ -372,7 +358,7 @@ pub async fn get(
     name: &str,
 ) -> Result<(Record, Vec<&'static str>), Status> {
     let (tenant, id) = parse_name(kind, name)?;
-    visible(store, access, kind, &tenant, name).await?;
+    visible(store, access, &tenant, name).await?;
     let mut record = audit_not_found(
         store,
         access,
@@ -411,7 +397,7 @@ pub async fn list(
     )?;
     if kind.tenant_scoped {
         let parent_name = format!("tenants/{tenant}");
-        visible(store, access, kind, &tenant, &parent_name).await?;
+        visible(store, access, &tenant, &parent_name).await?;
         // An unknown parent is NOT_FOUND, not an empty list.
         audit_not_found(store, access, &parent_name, store.get_tenant(&tenant).await).await?;
     }
@@ -498,7 +484,7 @@ pub async fn update(
         }
     }
     v.finish()?;
-    visible(store, access, kind, &tenant, name).await?;
+    visible(store, access, &tenant, name).await?;
     let template = store.privacy().event(access, "", "", &[], AuditOutcome::Ok);
     let updated = store
         .update_record(kind, &tenant, &id, &template, |record| {
@@ -515,7 +501,7 @@ pub async fn update(
 
 pub async fn delete(store: &Store, access: &Access, kind: Kind, name: &str) -> Result<(), Status> {
     let (tenant, id) = parse_name(kind, name)?;
-    visible(store, access, kind, &tenant, name).await?;
+    visible(store, access, &tenant, name).await?;
     let template = store.privacy().event(access, "", "", &[], AuditOutcome::Ok);
     audit_not_found(
         store,
