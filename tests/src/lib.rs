@@ -307,6 +307,18 @@ impl TestApp {
         .expect("count column")
     }
 
+    /// Sends the stop signal without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// The server task, to await it after [`Self::signal_stop`].
+    pub fn take_task(&mut self) -> Option<JoinHandle<anyhow::Result<()>>> {
+        self.task.take()
+    }
+
     /// Stops the server (SIGTERM's path: NOT_SERVING, then drain) and waits.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.raw.close().await;

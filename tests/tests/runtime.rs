@@ -255,3 +255,31 @@ async fn not_serving_until_started_then_draining_on_shutdown() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn an_open_stream_cannot_hold_the_drain_forever() {
+    let mut app = spawn_with(Backend::Sqlite, |c| {
+        c.request_timeout = std::time::Duration::from_secs(1)
+    })
+    .await
+    .unwrap();
+    // A health Watch never ends by itself.
+    let mut watch = HealthClient::new(app.channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+    app.signal_stop();
+    let task = app.take_task().unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(20), task)
+        .await
+        .expect("the drain is bounded")
+        .unwrap()
+        .unwrap();
+}

@@ -206,7 +206,22 @@ impl Application {
 
         tracing::info!("draining in-flight calls");
         stop_tx.send_replace(true);
-        let served = serving.await.context("server task")?;
+        // Unary calls end within the request timeout; a stream a client
+        // keeps open (a health Watch, say) would hold the drain forever, so
+        // whatever is still open after that long is cut.
+        let drain = config.request_timeout + Duration::from_secs(1);
+        let mut serving = serving;
+        let served = match tokio::time::timeout(drain, &mut serving).await {
+            Ok(joined) => joined.context("server task")?,
+            Err(_) => {
+                tracing::warn!(
+                    ?drain,
+                    "calls still open after the drain limit; closing them"
+                );
+                serving.abort();
+                Ok(())
+            }
+        };
         for module in &modules {
             module.stop().await;
         }

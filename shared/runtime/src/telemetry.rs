@@ -70,14 +70,17 @@ pub fn init(config: &Config, service_name: &str) -> anyhow::Result<TelemetryGuar
         }
         None => None,
     };
+    // The log filter applies to log lines only: a quiet log must not switch
+    // off the RPC spans that traces are made of.
     let otel = provider.as_ref().map(|p| {
         global::set_tracer_provider(p.clone());
-        tracing_opentelemetry::layer().with_tracer(p.tracer("custodian"))
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("custodian"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
 
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init()?;
     Ok(TelemetryGuard { provider })

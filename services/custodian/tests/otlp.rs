@@ -1,0 +1,242 @@
+//! Traces leave the process over OTLP when an endpoint is configured, and a
+//! call's W3C `traceparent` makes its span part of the caller's trace. The
+//! built binary exports to a stand-in collector served by this test.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use custodian_proto::{
+    common::v1::PersonName,
+    identity::v1::{
+        Contact, CreateContactRequest, CreateTenantRequest, ListTenantsRequest, Tenant,
+        contact_service_client::ContactServiceClient, tenant_service_client::TenantServiceClient,
+    },
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::{TraceService, TraceServiceServer},
+};
+use tokio_stream::wrappers::TcpListenerStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_custodian");
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+/// Keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Collector(Arc<Mutex<Vec<ExportTraceServiceRequest>>>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Kills the server if the test ends early.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_with_the_callers_trace_id() {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut server = Child(
+        Command::new(BIN)
+            .env_clear()
+            .args(["--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+            .arg(data_dir.path())
+            .arg("--otlp-endpoint")
+            .arg(format!("http://{collector_addr}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = BufReader::new(server.0.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr: SocketAddr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the serving line");
+        if let Some(rest) = line.strip_prefix("custodian: serving ") {
+            break rest
+                .split(" on ")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+    };
+    let token = String::from_utf8(
+        Command::new(BIN)
+            .env_clear()
+            .args([
+                "token",
+                "--subject",
+                "test:otlp",
+                "--purpose",
+                "administration",
+                "--purpose",
+                "service_delivery",
+                "--data-dir",
+            ])
+            .arg(data_dir.path())
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // Wait for SERVING: the health stream reports each change.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while health
+        .message()
+        .await
+        .unwrap()
+        .expect("health stream open")
+        .status
+        != tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    {}
+    drop(health);
+    let mut request = tonic::Request::new(ListTenantsRequest::default());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", token.trim()).parse().unwrap(),
+    );
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    TenantServiceClient::new(channel.clone())
+        .list_tenants(request)
+        .await
+        .unwrap();
+
+    // A call carrying personal data, whose spans must not.
+    let bearer = format!("Bearer {}", token.trim());
+    let mut create = tonic::Request::new(CreateTenantRequest {
+        tenant: Some(Tenant {
+            display_name: "Acme".into(),
+            ..Default::default()
+        }),
+        tenant_id: "acme".into(),
+        request_id: String::new(),
+    });
+    create
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    TenantServiceClient::new(channel.clone())
+        .create_tenant(create)
+        .await
+        .unwrap();
+    let mut contact = tonic::Request::new(CreateContactRequest {
+        parent: "tenants/acme".into(),
+        contact: Some(Contact {
+            person_name: Some(PersonName {
+                given_name: "Annika".into(),
+                family_name: "Zwiebelbaum".into(),
+            }),
+            email: "annika@example.com".into(),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    });
+    contact
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    ContactServiceClient::new(channel)
+        .create_contact(contact)
+        .await
+        .unwrap();
+
+    // Stopping flushes the exporter.
+    let pid = server.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let exported = collector.0.lock().unwrap().clone();
+    let spans: Vec<_> = exported
+        .iter()
+        .flat_map(|r| &r.resource_spans)
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    let ours = spans
+        .iter()
+        .find(|s| hex(&s.trace_id) == TRACE_ID)
+        .unwrap_or_else(|| panic!("no span in the caller's trace among {} spans", spans.len()));
+    assert_eq!(
+        ours.name,
+        "/custodian.identity.v1.TenantService/ListTenants"
+    );
+    assert_eq!(
+        hex(&ours.parent_span_id),
+        "00f067aa0ba902b7",
+        "the caller's span is the parent"
+    );
+    assert!(spans.iter().any(|s| s.name.ends_with("/CreateContact")));
+    let everything = format!("{exported:?}");
+    for secret in ["annika", "Zwiebelbaum", token.trim()] {
+        assert!(
+            !everything.contains(secret),
+            "exported traces carry a personal value or the token"
+        );
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
