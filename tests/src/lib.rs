@@ -295,6 +295,19 @@ impl TestApp {
         issue(&self.keys, "test:caller", purposes, tenant)
     }
 
+    /// The whole audit trail (up to 1000 events), as the AuditService lists it.
+    pub async fn audit_events(&self) -> Vec<custodian_proto::audit::v1::AuditEvent> {
+        self.audit()
+            .list_audit_events(custodian_proto::audit::v1::ListAuditEventsRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("listing the audit trail")
+            .into_inner()
+            .events
+    }
+
     /// Rows in `table`, read straight from the database.
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -564,16 +564,7 @@ storage_test!(
         );
 
         // Refusals for purpose were audited.
-        let denied = app
-            .audit()
-            .list_audit_events(ListAuditEventsRequest {
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .events;
+        let denied = app.audit_events().await;
         let denied: Vec<_> = denied
             .into_iter()
             .filter(|e| e.outcome == AuditOutcome::Denied as i32)

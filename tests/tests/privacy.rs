@@ -47,18 +47,6 @@ async fn create_contact(app: &TestApp, tenant: &str, contact: Contact) -> Contac
         .into_inner()
 }
 
-async fn events(app: &TestApp) -> Vec<custodian_proto::audit::v1::AuditEvent> {
-    app.audit()
-        .list_audit_events(ListAuditEventsRequest {
-            page_size: 1000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events
-}
-
 storage_test!(
     responses_are_cut_down_to_the_purpose,
     |app: TestApp| async move {
@@ -130,7 +118,7 @@ storage_test!(
                 .iter()
                 .all(|c| c.email.is_empty() && c.phone.is_empty())
         );
-        let trail = events(&app).await;
+        let trail = app.audit_events().await;
         let analytics_reads: Vec<_> = trail
             .iter()
             .filter(|e| e.purpose == "product_analytics")
@@ -187,7 +175,7 @@ storage_test!(
             .await
             .unwrap();
 
-        let trail = events(&app).await;
+        let trail = app.audit_events().await;
         let of_contact: Vec<_> = trail
             .iter()
             .filter(|e| e.resource == created.name)
@@ -432,7 +420,8 @@ storage_test!(
             2,
             "one key per person, shared across their records"
         );
-        let subject_ref = events(&app)
+        let subject_ref = app
+            .audit_events()
             .await
             .into_iter()
             .find(|e| e.resource == first.name)
@@ -468,7 +457,7 @@ storage_test!(
         assert_eq!(key_rows, 0);
 
         // The trail keeps the erasure, by an opaque reference only.
-        let trail = events(&app).await;
+        let trail = app.audit_events().await;
         let erasures: Vec<_> = trail
             .iter()
             .filter(|e| e.action == AuditAction::Erase as i32)
@@ -646,7 +635,8 @@ storage_test!(
         );
 
         // Each sweep is in the audit trail, as counts only.
-        let sweeps: Vec<_> = events(&app)
+        let sweeps: Vec<_> = app
+            .audit_events()
             .await
             .into_iter()
             .filter(|e| e.action == AuditAction::Sweep as i32)
@@ -669,7 +659,7 @@ storage_test!(
             .sweep_expired(SweepExpiredRequest {})
             .await
             .unwrap();
-        let trail = events(&app).await;
+        let trail = app.audit_events().await;
         assert!(
             trail
                 .iter()

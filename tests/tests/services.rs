@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use custodian_privacy::{Access, Caller, Forward, Method, Purpose, keys::KeyFile, vault::Vault};
 use custodian_proto::{
-    audit::v1::{AuditAction, ListAuditEventsRequest},
+    audit::v1::AuditAction,
     common::v1::{SubjectIdentifier, subject_identifier},
     identity::v1::{CreateContactRequest, GetContactRequest},
     subject::v1::{
@@ -66,16 +66,7 @@ storage_test!(
             .into_inner()
             .records;
         assert_eq!(found.len(), 1);
-        let events = app
-            .audit()
-            .list_audit_events(ListAuditEventsRequest {
-                page_size: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .events;
+        let events = app.audit_events().await;
         let locate = events
             .iter()
             .find(|e| e.action == AuditAction::Locate as i32)

@@ -27,8 +27,6 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a SIGTERM'd server may take to drain and exit.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Health polling: this many attempts, this far apart at most.
-const HEALTH_ATTEMPTS: u32 = 50;
-const HEALTH_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Passed to every grpcurl call as `-max-time`, in seconds.
 const GRPCURL_MAX_TIME: &str = "10";
 
@@ -332,6 +330,9 @@ fn clear_custodian_env(cmd: &mut Command) {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// Lines of stdout as they come; disconnected once the process has
+    /// closed stdout, which is how its exit is awaited without polling.
+    stdout_lines: mpsc::Receiver<String>,
     /// Everything the server wrote to stderr so far.
     stderr: Arc<Mutex<String>>,
     stderr_reader: Option<JoinHandle<()>>,
@@ -358,28 +359,31 @@ impl Server {
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
         let stderr_text = Arc::new(Mutex::new(String::new()));
-        let mut server = Self {
-            child,
-            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-            stderr_reader: Some(drain_stderr(stderr, Arc::clone(&stderr_text))),
-            stderr: stderr_text,
-            data_dir,
-        };
-
         // Lines arrive on a channel so they can be awaited with a deadline;
         // the reader keeps draining stdout after the address is known.
-        let (tx, rx) = mpsc::channel();
+        let (tx, stdout_lines) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let _ = tx.send(line);
             }
         });
+        let mut server = Self {
+            child,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            stdout_lines,
+            stderr_reader: Some(drain_stderr(stderr, Arc::clone(&stderr_text))),
+            stderr: stderr_text,
+            data_dir,
+        };
 
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         let mut seen = Vec::new();
         server.addr = loop {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            match server
+                .stdout_lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
                 Ok(line) => match serving_addr(&line) {
                     Some(addr) => break addr,
                     None => seen.push(line),
@@ -390,7 +394,7 @@ impl Server {
                     server.stderr_so_far()
                 ),
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = wait_with_deadline(&mut server.child, Duration::from_secs(5));
+                    let status = server.wait_for_exit(Duration::from_secs(5));
                     panic!(
                         "custodian closed stdout before serving (exit: {status:?}); \
                          stdout: {seen:?}; stderr:\n{}",
@@ -431,12 +435,28 @@ impl Server {
             .status()
             .expect("running kill");
         assert!(kill.success(), "kill -TERM {pid} failed: {kill}");
-        wait_with_deadline(&mut self.child, SHUTDOWN_TIMEOUT).unwrap_or_else(|| {
+        self.wait_for_exit(SHUTDOWN_TIMEOUT).unwrap_or_else(|| {
             panic!(
                 "custodian still running {SHUTDOWN_TIMEOUT:?} after SIGTERM; stderr:\n{}",
                 self.stderr_so_far()
             )
         })
+    }
+
+    /// Waits, bounded, until the process closes stdout (it exits), then
+    /// reaps it. `None` if it is still running at the deadline.
+    fn wait_for_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self
+                .stdout_lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Disconnected) => return self.child.wait().ok(),
+                Err(RecvTimeoutError::Timeout) => return None,
+            }
+        }
     }
 
     /// What the server wrote to stderr so far (for failure messages).
@@ -478,18 +498,6 @@ fn serving_addr(line: &str) -> Option<SocketAddr> {
     let rest = line.strip_prefix("custodian: serving ")?;
     let (_, after) = rest.split_once(" on ")?;
     after.split_whitespace().next()?.parse().ok()
-}
-
-/// Polls `try_wait` until the child exits or `timeout` passes.
-fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            _ => return None,
-        }
-    }
 }
 
 /// `grpcurl -plaintext -max-time 10 [FLAGS] ADDR [ARGS]` against one server.
@@ -538,29 +546,33 @@ impl Grpcurl {
             .unwrap_or_else(|e| panic!("{method} printed no JSON ({e}):\n{stdout}"))
     }
 
-    /// Polls the health check (bounded attempts) until it reports SERVING.
+    /// Waits until health reports SERVING: `Health/Watch` streams every
+    /// change of status, so the first SERVING line ends the wait, and
+    /// `-max-time` bounds it.
     fn wait_until_serving(&self, server: &Server) {
-        let mut last = String::new();
-        for attempt in 1..=HEALTH_ATTEMPTS {
-            let output = self.run(&[], &["grpc.health.v1.Health/Check"]);
-            if output.status.success() {
-                let reply: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-                    panic!(
-                        "health check printed no JSON ({e}):\n{}",
-                        describe_output(&output)
-                    )
-                });
-                if reply["status"] == "SERVING" {
-                    return;
-                }
+        let mut watch = Command::new(&self.path)
+            .args(["-plaintext", "-max-time", GRPCURL_MAX_TIME, "-d", "{}"])
+            .arg(&self.addr)
+            .arg("grpc.health.v1.Health/Watch")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("running {}: {e}", self.path.display()));
+        let stdout = BufReader::new(watch.stdout.take().expect("piped stdout"));
+        let mut seen = String::new();
+        for line in stdout.lines().map_while(Result::ok) {
+            if line.contains("\"status\": \"SERVING\"") {
+                let _ = watch.kill();
+                let _ = watch.wait();
+                return;
             }
-            last = describe_output(&output);
-            if attempt < HEALTH_ATTEMPTS {
-                thread::sleep(HEALTH_RETRY_DELAY);
-            }
+            seen.push_str(&line);
+            seen.push('\n');
         }
+        let _ = watch.wait();
         panic!(
-            "health check not SERVING after {HEALTH_ATTEMPTS} attempts; last:\n{last}\n\
+            "health did not report SERVING within {GRPCURL_MAX_TIME}s; the watch printed:\n{seen}\n\
              server stderr:\n{}",
             server.stderr_so_far()
         );

@@ -3,12 +3,13 @@
 //! built binary exports to a stand-in collector served by this test.
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
+
+use tokio::io::AsyncBufReadExt as _;
 
 use custodian_proto::{
     common::v1::PersonName,
@@ -41,16 +42,6 @@ impl TraceService for Collector {
     }
 }
 
-/// Kills the server if the test ends early.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_with_the_callers_trace_id() {
     let collector = Collector::default();
@@ -63,29 +54,25 @@ async fn spans_are_exported_with_the_callers_trace_id() {
     );
 
     let data_dir = tempfile::tempdir().unwrap();
-    let mut server = Child(
-        Command::new(BIN)
-            .env_clear()
-            .args(["--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
-            .arg(data_dir.path())
-            .arg("--otlp-endpoint")
-            .arg(format!("http://{collector_addr}"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = BufReader::new(server.0.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    // Killed if the test ends early; its exit can be awaited.
+    let mut server = tokio::process::Command::new(BIN)
+        .env_clear()
+        .args(["--listen", "127.0.0.1:0", "--log", "warn", "--data-dir"])
+        .arg(data_dir.path())
+        .arg("--otlp-endpoint")
+        .arg(format!("http://{collector_addr}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(server.stdout.take().unwrap()).lines();
     let addr: SocketAddr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the serving line");
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the serving line within 30s")
+            .unwrap()
+            .expect("stdout open");
         if let Some(rest) = line.strip_prefix("custodian: serving ") {
             break rest
                 .split(" on ")
@@ -194,7 +181,7 @@ async fn spans_are_exported_with_the_callers_trace_id() {
         .unwrap();
 
     // Stopping flushes the exporter.
-    let pid = server.0.id().to_string();
+    let pid = server.id().expect("running").to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -202,10 +189,11 @@ async fn spans_are_exported_with_the_callers_trace_id() {
             .unwrap()
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while server.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = tokio::time::timeout(Duration::from_secs(20), server.wait())
+        .await
+        .expect("stops within 20s of SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status}");
 
     let exported = collector.0.lock().unwrap().clone();
     let spans: Vec<_> = exported
