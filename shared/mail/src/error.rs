@@ -46,6 +46,11 @@ pub enum MailError {
 
     #[error("could not write to the outbox ({0})")]
     Outbox(io::ErrorKind),
+
+    #[error("inbound mail is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("input is not a mail message (no headers)")]
+    NotAMail,
 }
 
 impl MailError {

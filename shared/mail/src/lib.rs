@@ -1,6 +1,6 @@
 //! Mail for Custodian services: sending plain-text messages (agent replies,
 //! verification codes) over SMTP or, in the all-in-one development mode, into
-//! an outbox folder of `.eml` files.
+//! an outbox folder of `.eml` files; and reading inbound mail.
 //!
 //! A service takes an `Arc<dyn Mailer>` from [`mailer`], built from the
 //! operator's `--smtp-url` (when given) and the data folder:
@@ -34,11 +34,13 @@ use anyhow::Context as _;
 use futures::future::BoxFuture;
 
 mod error;
+mod inbound;
 mod outbox;
 mod outgoing;
 mod smtp;
 
 pub use error::MailError;
+pub use inbound::{InboundMail, MAX_INBOUND_BYTES, parse_inbound};
 pub use outbox::OutboxMailer;
 pub use outgoing::{Mailbox, OutgoingMail, new_message_id};
 pub use smtp::SmtpMailer;
