@@ -14,29 +14,69 @@
 //!   The number must not be part of a longer digit run (so long references and
 //!   phone numbers starting with `+` are ignored), except that a short trailing
 //!   group of at most three digits (an expiry or CVV pasted after a card) is
-//!   split off.
-//! - **US Social Security numbers**: only the grouped `AAA-GG-SSSS` form
-//!   (hyphens or spaces), excluding ranges the SSA never issues. Nine bare
-//!   digits are *not* flagged: SSNs carry no checksum, and nine-digit order
-//!   numbers, tracking codes, routing numbers and subscriber numbers are far
-//!   more common in business notes than SSNs, so the range exclusions alone
-//!   would refuse many legitimate notes.
+//!   split off. Dots and slashes (`4111.1111.1111.1111`, `4111/1111/...`)
+//!   count as group separators only when the whole number is laid out like a
+//!   printed card (blocks of four, or Amex's 4-6-5 and Diners' 4-6-4) with one
+//!   separator throughout, so dates, versions, IP addresses and amounts stay
+//!   clean. A `+` marks a phone number only where it starts a token: in
+//!   `ann+4111...@example.com` it is an email sub-address, and `@` ends the
+//!   local part like any other token boundary.
+//! - **US Social Security numbers**: the grouped `AAA-GG-SSSS` form (hyphens
+//!   or spaces), excluding ranges the SSA never issues. Nine bare digits
+//!   (`123456789`) are flagged only when a context word stands shortly
+//!   before them (ending at most 40 bytes before): `ssn`, `social security`, `soc. sec`,
+//!   `ss#` or `tin`, case-insensitively, as whole words. SSNs carry no
+//!   checksum, and nine-digit order numbers, tracking codes, routing numbers
+//!   and subscriber numbers are far more common in business notes than SSNs,
+//!   so the range exclusions alone would refuse many legitimate notes
+//!   (`Order 123456789`); a context word after the number does not count.
 //! - **IBANs**: country code, check digits and BBAN, compact or in groups of
-//!   four, any case, validated with `iban_validate` (mod-97 and the
-//!   country's BBAN format). Digits inside a validated IBAN are attributed to
-//!   the IBAN, never re-reported as a card or another number.
+//!   four separated by spaces or hyphens, any case, validated with
+//!   `iban_validate` (mod-97 and the country's BBAN format). Digits inside a
+//!   validated IBAN are attributed to the IBAN, never re-reported as a card
+//!   or another number.
 //! - **UK National Insurance numbers**: HMRC's prefix rules, six digits and an
 //!   `A`–`D` suffix. Spacing is accepted in upper case only: lower-case
 //!   spaced forms (`ab 12 34 56 c`) collide with ordinary prose.
 //!
+//! # Folding before scanning
+//!
+//! The detectors read ASCII. So that a value cannot slip past them by its
+//! spelling, text containing anything but plain ASCII is first folded
+//! (ASCII text is folded only when it has a control character, or white
+//! space other than one plain space between two digits; otherwise it is
+//! scanned as is, which keeps the common case fast):
+//!
+//! - NFKC: full-width and other compatibility forms become ASCII
+//!   (`４１１１` is `4111`), no-break and other fixed-width spaces become
+//!   spaces;
+//! - invisible characters are removed: format characters (Cf: zero-width
+//!   space and joiners, soft hyphen, BOM, bidirectional controls, ...),
+//!   other default-ignorable code points and control characters, as listed
+//!   at [`crate::normalize`]'s `is_invisible`;
+//! - every Unicode dash and hyphen (`‐ ‑ ‒ – — ―`, minus sign, ...) becomes
+//!   `-`, and every space separator (Zs) a space;
+//! - dot-like (`·`, `。`, dot operators) and slash-like (division and
+//!   fraction slashes) characters become `.` and `/`;
+//! - decimal digits of other scripts (Arabic-Indic, Devanagari, ...) become
+//!   ASCII digits;
+//! - combining marks on a digit are removed;
+//! - a run of white space (spaces, tabs, line breaks) between two digits
+//!   becomes one space, so a number broken over lines is one number.
+//!
 //! Nothing here ever copies a matched value into a [`Finding`], an error, a
 //! log line or a panic message: a finding names the kind and nothing else.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::sync::LazyLock;
 
 use regex::Regex;
+use unicode_normalization::UnicodeNormalization as _;
+use unicode_normalization::char::is_combining_mark;
+
+use crate::normalize::is_invisible;
 
 /// The kind of sensitive data found. Display gives a human phrase ("payment
 /// card number").
@@ -135,16 +175,28 @@ const SSN_DIGITS: usize = 9;
 const CARD_MIN_DIGITS: usize = 13;
 const CARD_MAX_DIGITS: usize = 19;
 const IBAN_MAX_LEN: usize = 34;
+/// How far before nine bare digits an SSN context word may stand, in bytes.
+const SSN_CONTEXT_WINDOW: usize = 40;
+/// Longer than any SSN context word ("social security" with some spacing).
+const SSN_CONTEXT_MAX_WORD: usize = 24;
 
 // The regexes spell ASCII classes out instead of using `\d`, `\b` or `(?i)`:
 // Unicode digits and case folding (the Kelvin sign folds to `k`) would let
 // non-ASCII text through to checks written for ASCII.
 static IBAN_SHAPE: LazyLock<Regex> = LazyLock::new(|| {
     compile(
-        r"[A-Za-z]{2}[0-9]{2}(?:[A-Za-z0-9]{11,30}|(?: [A-Za-z0-9]{4}){2,7}(?: [A-Za-z0-9]{1,3})?)",
+        r"[A-Za-z]{2}[0-9]{2}(?:[A-Za-z0-9]{11,30}|(?:[ -][A-Za-z0-9]{4}){2,7}(?:[ -][A-Za-z0-9]{1,3})?)",
     )
 });
 static DIGIT_RUN: LazyLock<Regex> = LazyLock::new(|| compile(r"[0-9]+(?:[ -][0-9]+)*"));
+// Digits grouped by dots or slashes: a card only in a card's layout.
+static SEPARATED_RUN: LazyLock<Regex> = LazyLock::new(|| compile(r"[0-9]+(?:[./][0-9]+)+"));
+// Words that announce an SSN, matched on bytes in ASCII case-insensitive
+// mode; word boundaries are checked in code against the whole text.
+static SSN_CONTEXT: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
+    regex::bytes::Regex::new(r"(?i-u)ssns?|tins?|ss#|social[\s-]*security|soc\.?\s*sec(?:urity)?")
+        .expect("guard regex pattern is valid")
+});
 // HMRC never issues D, F, I, Q, U, V as the first prefix letter, nor those
 // and O as the second; the forbidden pairs are checked in code.
 static NINO_SHAPE: LazyLock<Regex> = LazyLock::new(|| {
@@ -172,6 +224,8 @@ impl KindSet {
 }
 
 fn detect(text: &str) -> KindSet {
+    let folded = fold(text);
+    let text = folded.as_ref();
     let mut found = KindSet::default();
     let digits = text.bytes().filter(u8::is_ascii_digit).count();
     if digits < IBAN_MIN_DIGITS {
@@ -187,10 +241,167 @@ fn detect(text: &str) -> KindSet {
     if digits >= SSN_DIGITS {
         scan_digit_runs(text, &ibans, digits >= CARD_MIN_DIGITS, &mut found);
     }
+    if digits >= CARD_MIN_DIGITS
+        && !found.contains(SensitiveKind::PaymentCard)
+        && contains_separated_card(text, &ibans)
+    {
+        found.insert(SensitiveKind::PaymentCard);
+    }
     if digits >= NINO_DIGITS && contains_nino(text, &ibans) {
         found.insert(SensitiveKind::UkNationalInsuranceNumber);
     }
     found
+}
+
+/// Folds the spellings that hide a value from the ASCII detectors (see the
+/// module documentation). Plain ASCII text without a control character or
+/// unusual spacing between digits is returned as is.
+fn fold(text: &str) -> Cow<'_, str> {
+    if text.is_ascii() {
+        if ascii_needs_fold(text.as_bytes()) {
+            Cow::Owned(fold_chars(text.chars(), text.len()))
+        } else {
+            Cow::Borrowed(text)
+        }
+    } else {
+        Cow::Owned(fold_chars(text.nfkc(), text.len()))
+    }
+}
+
+fn is_ascii_blank(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r')
+}
+
+/// Whether [`fold_chars`] would change ASCII text: it drops control
+/// characters other than white space, and turns white space between two
+/// digits into one space.
+fn ascii_needs_fold(bytes: &[u8]) -> bool {
+    let mut i = 0;
+    while i < bytes.len() {
+        if is_ascii_blank(bytes[i]) {
+            let start = i;
+            while i < bytes.len() && is_ascii_blank(bytes[i]) {
+                i += 1;
+            }
+            let between_digits = start > 0
+                && bytes[start - 1].is_ascii_digit()
+                && bytes.get(i).is_some_and(u8::is_ascii_digit);
+            if between_digits && &bytes[start..i] != b" " {
+                return true;
+            }
+        } else if bytes[i].is_ascii_control() {
+            return true;
+        } else {
+            i += 1;
+        }
+    }
+    false
+}
+
+/// White space after [`fold_char`]: spaces, tabs and line breaks.
+fn is_blank(c: char) -> bool {
+    c.is_ascii() && is_ascii_blank(c as u8)
+}
+
+/// Folds characters (already NFKC for non-ASCII text) into what the
+/// detectors read, and joins digits separated by white space with one space.
+fn fold_chars(chars: impl Iterator<Item = char>, capacity: usize) -> String {
+    let mut out = String::with_capacity(capacity);
+    // The white space seen since the last other character.
+    let mut blanks = String::new();
+    for c in chars.filter_map(fold_char) {
+        if is_blank(c) {
+            blanks.push(c);
+            continue;
+        }
+        // A combining mark on a digit (`4\u{301}`, a keycap `4\u{20E3}`)
+        // would split the number into one-digit tokens.
+        if blanks.is_empty()
+            && !c.is_ascii()
+            && is_combining_mark(c)
+            && out.ends_with(|p: char| p.is_ascii_digit())
+        {
+            continue;
+        }
+        if !blanks.is_empty() {
+            if c.is_ascii_digit() && out.ends_with(|p: char| p.is_ascii_digit()) {
+                out.push(' ');
+            } else {
+                out.push_str(&blanks);
+            }
+            blanks.clear();
+        }
+        out.push(c);
+    }
+    out.push_str(&blanks);
+    out
+}
+
+/// One character as the detectors should read it; `None` drops it.
+fn fold_char(c: char) -> Option<char> {
+    Some(match c {
+        '\t' | '\n' | '\x0b' | '\x0c' | '\r' => c,
+        '\u{85}' | '\u{2028}' | '\u{2029}' => '\n',
+        c if is_invisible(c) => return None,
+        c if c.is_ascii() => c,
+        // Unicode's Dash characters (hyphens, dashes, minus signs) and the
+        // other Pd punctuation, as left by NFKC.
+        '\u{058A}'
+        | '\u{05BE}'
+        | '\u{1400}'
+        | '\u{1806}'
+        | '\u{2010}'..='\u{2015}'
+        | '\u{2053}'
+        | '\u{207B}'
+        | '\u{208B}'
+        | '\u{2212}'
+        | '\u{2E17}'
+        | '\u{2E1A}'
+        | '\u{2E3A}'
+        | '\u{2E3B}'
+        | '\u{2E40}'
+        | '\u{2E5D}'
+        | '\u{301C}'
+        | '\u{3030}'
+        | '\u{30A0}'
+        | '\u{FE31}'
+        | '\u{FE32}'
+        | '\u{FE58}'
+        | '\u{FE63}'
+        | '\u{FF0D}'
+        | '\u{10EAD}' => '-',
+        // Space separators (Zs) that NFKC leaves as they are.
+        '\u{A0}' | '\u{1680}' | '\u{2000}'..='\u{200A}' | '\u{202F}' | '\u{205F}' | '\u{3000}' => {
+            ' '
+        }
+        // Middle dots, dot operators, the ideographic full stop.
+        '\u{B7}' | '\u{2027}' | '\u{2219}' | '\u{22C5}' | '\u{30FB}' | '\u{3002}' => '.',
+        // Fraction, division and big solidus.
+        '\u{2044}' | '\u{2215}' | '\u{29F8}' => '/',
+        c => decimal_digit(c).unwrap_or(c),
+    })
+}
+
+/// The zero of each block of ten decimal digits (general category Nd)
+/// outside ASCII, from the Unicode Character Database; each block holds the
+/// digits 0 to 9 in order. Blocks that NFKC already folds (full-width,
+/// mathematical, segmented) are listed too, for text that skipped it.
+const DIGIT_ZEROS: [u32; 65] = [
+    0x660, 0x6F0, 0x7C0, 0x966, 0x9E6, 0xA66, 0xAE6, 0xB66, 0xBE6, 0xC66, 0xCE6, 0xD66, 0xDE6,
+    0xE50, 0xED0, 0xF20, 0x1040, 0x1090, 0x17E0, 0x1810, 0x1946, 0x19D0, 0x1A80, 0x1A90, 0x1B50,
+    0x1BB0, 0x1C40, 0x1C50, 0xA620, 0xA8D0, 0xA900, 0xA9D0, 0xA9F0, 0xAA50, 0xABF0, 0xFF10,
+    0x104A0, 0x10D30, 0x11066, 0x110F0, 0x11136, 0x111D0, 0x112F0, 0x11450, 0x114D0, 0x11650,
+    0x116C0, 0x11730, 0x118E0, 0x11950, 0x11C50, 0x11D50, 0x11DA0, 0x16A60, 0x16AC0, 0x16B50,
+    0x1D7CE, 0x1D7D8, 0x1D7E2, 0x1D7EC, 0x1D7F6, 0x1E140, 0x1E2F0, 0x1E950, 0x1FBF0,
+];
+
+/// The ASCII digit for a decimal digit of another script.
+fn decimal_digit(c: char) -> Option<char> {
+    let code = u32::from(c);
+    let block = DIGIT_ZEROS.partition_point(|&zero| zero <= code);
+    let zero = *DIGIT_ZEROS.get(block.checked_sub(1)?)?;
+    let value = code - zero;
+    (value < 10).then(|| char::from(b'0' + value as u8))
 }
 
 fn overlaps_any(spans: &[Range<usize>], range: &Range<usize>) -> bool {
@@ -218,8 +429,9 @@ fn is_whole_token(bytes: &[u8], start: usize, end: usize) -> bool {
 }
 
 /// Whether a maximal digit run stands on its own as a number: not a token
-/// fragment, not an international phone number (`+...`), and not one side of
-/// a decimal or thousands separator.
+/// fragment, not an international phone number (`+...`, where the `+` starts
+/// a token: after a word, as in `ann+4111...@`, it is an email sub-address),
+/// and not one side of a decimal or thousands separator.
 fn digit_run_stands_alone(bytes: &[u8], start: usize, end: usize) -> bool {
     if !is_whole_token(bytes, start, end) {
         return false;
@@ -232,7 +444,8 @@ fn digit_run_stands_alone(bytes: &[u8], start: usize, end: usize) -> bool {
     let joins_number = |sep: Option<u8>, digit: Option<u8>| {
         matches!(sep, Some(b'.' | b',')) && digit.is_some_and(|d| d.is_ascii_digit())
     };
-    before != Some(b'+') && !joins_number(before, before2) && !joins_number(after, after2)
+    let phone_prefix = before == Some(b'+') && starts_token(bytes, start - 1);
+    !phone_prefix && !joins_number(before, before2) && !joins_number(after, after2)
 }
 
 /// Byte ranges of every valid IBAN in `text`.
@@ -266,7 +479,7 @@ fn longest_valid_iban(bytes: &[u8], shape: Range<usize>) -> Option<usize> {
     let group_ends = bytes[shape.clone()]
         .iter()
         .enumerate()
-        .filter(|&(_, &b)| b == b' ')
+        .filter(|&(_, &b)| is_group_separator(b))
         .map(|(i, _)| start + i)
         .skip(1) // The first space only ends the check digits.
         .chain(std::iter::once(shape.end));
@@ -276,10 +489,14 @@ fn longest_valid_iban(bytes: &[u8], shape: Range<usize>) -> Option<usize> {
         .find(|&end| ends_token(bytes, end) && is_valid_iban(&bytes[start..end]))
 }
 
+fn is_group_separator(byte: u8) -> bool {
+    byte == b' ' || byte == b'-'
+}
+
 fn is_valid_iban(candidate: &[u8]) -> bool {
     let mut electronic = [0u8; IBAN_MAX_LEN];
     let mut len = 0;
-    for &byte in candidate.iter().filter(|&&b| b != b' ') {
+    for &byte in candidate.iter().filter(|&&b| !is_group_separator(b)) {
         let Some(slot) = electronic.get_mut(len) else {
             return false;
         };
@@ -301,7 +518,7 @@ fn scan_digit_runs(text: &str, ibans: &[Range<usize>], cards: bool, found: &mut 
             continue;
         }
         let run = DigitRun::parse(m.as_str());
-        if run.is_ssn() {
+        if run.is_ssn() || (run.is_bare_ssn() && has_ssn_context(bytes, m.start())) {
             found.insert(SensitiveKind::UsSocialSecurityNumber);
         }
         if cards && run.has_card() {
@@ -359,12 +576,23 @@ impl<'t> DigitRun<'t> {
         self.groups.len() == 3
             && [0, 1, 2].map(|i| self.group_len(i)) == [3, 2, 4]
             && self.uniform(3)
-            && {
-                let [area, group, serial] = [0, 1, 2].map(|i| self.group_value(i));
-                // The SSA never issues area 000, 666 or 900-999, group 00 or
-                // serial 0000.
-                area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
-            }
+            && is_issued_ssn(
+                self.group_value(0),
+                self.group_value(1),
+                self.group_value(2),
+            )
+    }
+
+    /// Nine digits in one group, in the ranges the SSA issues.
+    fn is_bare_ssn(&self) -> bool {
+        self.groups.len() == 1 && self.group_len(0) == SSN_DIGITS && {
+            let digits = self.text.as_bytes();
+            is_issued_ssn(
+                digits_value(digits[..3].iter().copied()),
+                digits_value(digits[3..5].iter().copied()),
+                digits_value(digits[5..9].iter().copied()),
+            )
+        }
     }
 
     fn has_card(&self) -> bool {
@@ -404,6 +632,52 @@ impl<'t> DigitRun<'t> {
             && has_known_issuer(candidate, digits)
             && luhn::valid(candidate)
     }
+}
+
+/// The SSA never issues area 000, 666 or 900-999, group 00 or serial 0000.
+fn is_issued_ssn(area: u32, group: u32, serial: u32) -> bool {
+    area != 0 && area != 666 && area < 900 && group != 0 && serial != 0
+}
+
+/// Whether an SSN context word, as a whole word, ends at most
+/// [`SSN_CONTEXT_WINDOW`] bytes before `start`.
+fn has_ssn_context(bytes: &[u8], start: usize) -> bool {
+    // Look a little further back, so that a long phrase ("social security")
+    // ending inside the window is found whole.
+    let from = start.saturating_sub(SSN_CONTEXT_WINDOW + SSN_CONTEXT_MAX_WORD);
+    SSN_CONTEXT.find_iter(&bytes[from..start]).any(|m| {
+        let (word_start, word_end) = (from + m.start(), from + m.end());
+        if word_end + SSN_CONTEXT_WINDOW < start {
+            return false;
+        }
+        // "ss#" ends in punctuation, so only words ending in a letter need
+        // a boundary after them.
+        let ends_word = bytes[word_end - 1] == b'#' || ends_token(bytes, word_end);
+        starts_token(bytes, word_start) && ends_word
+    })
+}
+
+/// Whether a run of digits grouped by dots or slashes is a payment card laid
+/// out like a printed one: one separator throughout, blocks of four (or the
+/// 4-6-5 / 4-6-4 layouts), standing alone. Dates (`01/05/2024`), versions
+/// (`1.2.3.4`), IP addresses and amounts never have that layout.
+fn contains_separated_card(text: &str, ibans: &[Range<usize>]) -> bool {
+    let bytes = text.as_bytes();
+    SEPARATED_RUN.find_iter(text).any(|m| {
+        // The shortest card layout, 4-4-4-1, takes 16 bytes.
+        if m.len() < CARD_MIN_DIGITS + 3
+            || overlaps_any(ibans, &m.range())
+            || !digit_run_stands_alone(bytes, m.start(), m.end())
+        {
+            return false;
+        }
+        let run = DigitRun::parse(m.as_str());
+        let count = run.groups.len();
+        count <= CARD_MAX_DIGITS
+            && run.uniform(count)
+            && run.card_layout(count)
+            && run.is_card(count)
+    })
 }
 
 fn digits_value(digits: impl Iterator<Item = u8>) -> u32 {
@@ -772,6 +1046,255 @@ mod tests {
     }
 
     #[test]
+    fn flags_cards_hidden_by_unicode_formatting() {
+        assert_only(
+            SensitiveKind::PaymentCard,
+            &[
+                // Full-width digits, with ASCII or ideographic spaces.
+                "４１１１ １１１１ １１１１ １１１１",
+                "４１１１\u{3000}１１１１\u{3000}１１１１\u{3000}１１１１",
+                "４１１１１１１１１１１１１１１１",
+                // Zero-width and other invisible characters inside.
+                "4111\u{200B}1111 1111 1111",
+                "4111 1111\u{200C} 1111 1111",
+                "4\u{200D}1\u{2060}1\u{FEFF}1111111111111",
+                "4111\u{AD}1111\u{AD}1111\u{AD}1111",
+                "card \u{202E}4111 1111 1111 1111",
+                "4111\u{0}1111\u{7}1111 1111",
+                // No-break and other fixed-width spaces as separators.
+                "4111\u{A0}1111\u{A0}1111\u{A0}1111",
+                "4111\u{202F}1111\u{202F}1111\u{202F}1111",
+                "4111\u{2007}1111\u{2009}1111\u{2002}1111",
+                // Unicode dashes as separators.
+                "4111\u{2013}1111\u{2013}1111\u{2013}1111",
+                "4111\u{2011}1111\u{2011}1111\u{2011}1111",
+                "4111\u{FF0D}1111\u{FF0D}1111\u{FF0D}1111",
+                // Digits of other scripts and mathematical digits.
+                "\u{664}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661} \u{661}\u{661}\u{661}\u{661}",
+                "\u{1D7F0}\u{1D7ED}\u{1D7ED}\u{1D7ED}111111111111",
+                // Combining marks on the digits.
+                "4\u{301}1\u{301}1\u{301}1\u{301} 1111 1111 1111",
+                "4\u{20E3}1\u{20E3}1\u{20E3}1\u{20E3}111111111111",
+            ],
+        );
+    }
+
+    #[test]
+    fn flags_cards_grouped_by_dots_slashes_or_line_breaks() {
+        assert_only(
+            SensitiveKind::PaymentCard,
+            &[
+                "4111.1111.1111.1111",
+                "card 4111.1111.1111.1111.",
+                "4111/1111/1111/1111",
+                "(4111/1111/1111/1111)",
+                "amex 3782.822463.10005",
+                "diners 3056/930902/5904",
+                "4222.2222.2222.2",
+                "4111 1111\n1111 1111",
+                "4111 1111\r\n1111 1111",
+                "4111\n1111\n1111\n1111",
+                "4111 1111 \n 1111 1111",
+                "4111  1111\t1111   1111",
+                "4111\u{2028}1111\u{2029}1111\u{85}1111",
+                "4111\u{B7}1111\u{B7}1111\u{B7}1111",
+                "4111\u{2215}1111\u{2215}1111\u{2215}1111",
+                "４１１１．１１１１．１１１１．１１１１",
+                "４１１１／１１１１／１１１１／１１１１",
+            ],
+        );
+    }
+
+    #[test]
+    fn flags_cards_inside_email_addresses() {
+        assert_only(
+            SensitiveKind::PaymentCard,
+            &[
+                "4111111111111111@example.com",
+                "mail 4111-1111-1111-1111@example.com",
+                "ann.4111111111111111@example.com",
+                "ann+4111111111111111@example.com",
+                "ann+4111 1111 1111 1111",
+                "４１１１１１１１１１１１１１１１＠example.com",
+            ],
+        );
+    }
+
+    #[test]
+    fn flags_ssns_hidden_by_unicode_dashes() {
+        assert_only(
+            SensitiveKind::UsSocialSecurityNumber,
+            &[
+                "123\u{2010}45\u{2010}6789",
+                "123\u{2011}45\u{2011}6789",
+                "123\u{2012}45\u{2012}6789",
+                "123\u{2013}45\u{2013}6789",
+                "123\u{2014}45\u{2014}6789",
+                "123\u{2212}45\u{2212}6789",
+                "123\u{FF0D}45\u{FF0D}6789",
+                "123\u{FE63}45\u{FE63}6789",
+                "１２３－４５－６７８９",
+                "123\u{A0}45\u{A0}6789",
+                "123-45\u{200B}-6789",
+            ],
+        );
+    }
+
+    #[test]
+    fn flags_bare_ssns_after_a_context_word() {
+        assert_only(
+            SensitiveKind::UsSocialSecurityNumber,
+            &[
+                "SSN 123456789",
+                "ssn: 123456789",
+                "SSNs on file: 123456789",
+                "my social security number is 123456789",
+                "Social-Security 123456789",
+                "Soc. Sec. No. 123456789",
+                "soc sec 123456789",
+                "Soc. Security 123456789",
+                "SS# 123456789",
+                "ss#123456789",
+                "TIN 123456789",
+                "tin: １２３４５６７８９",
+                "SSN\n123456789",
+                // The phrase ends within the window, though it starts before.
+                "Social   Security: the number on the card is 123456789",
+            ],
+        );
+    }
+
+    #[test]
+    fn ignores_bare_nine_digits_without_context() {
+        assert_clean(&[
+            "Order 123456789",
+            "tracking 123456789 shipped",
+            "routing 021000021",
+            "123456789",
+            // The context word must come before, as a whole word.
+            "123456789 is my ssn",
+            "Martin 123456789",
+            "meeting 123456789",
+            "classn 123456789",
+            "assn 123456789",
+            // Too far before.
+            "SSN requested, but the customer sent order number 123456789",
+            // Never-issued ranges even with context.
+            "SSN 000123456",
+            "SSN 666123456",
+            "SSN 900123456",
+            "SSN 123006789",
+            "SSN 123450000",
+            // Not nine digits, or part of a longer number.
+            "SSN 12345678",
+            "SSN 1234567890",
+            "SSN +123456789",
+            "SSN 123456789.50",
+        ]);
+    }
+
+    #[test]
+    fn flags_ibans_with_dashes_and_unicode_formatting() {
+        assert_only(
+            SensitiveKind::Iban,
+            &[
+                "DE89-3704-0044-0532-0130-00",
+                "iban: de89-3704-0044-0532-0130-00.",
+                "GB29-NWBK-6016-1331-9268-19",
+                "DE89\u{2011}3704\u{2011}0044\u{2011}0532\u{2011}0130\u{2011}00",
+                "DE89\u{A0}3704\u{A0}0044\u{A0}0532\u{A0}0130\u{A0}00",
+                "ＤＥ８９ ３７０４ ００４４ ０５３２ ０１３０ ００",
+                "DE89\u{200B}370400440532013000",
+            ],
+        );
+    }
+
+    #[test]
+    fn flags_national_insurance_numbers_in_full_width() {
+        assert_only(
+            SensitiveKind::UkNationalInsuranceNumber,
+            &[
+                "ＡＢ１２３４５６Ｃ",
+                "AB\u{200B}123456C",
+                "AB\u{A0}12\u{A0}34\u{A0}56\u{A0}C",
+            ],
+        );
+    }
+
+    #[test]
+    fn ignores_dates_versions_and_numbers_with_the_new_separators() {
+        assert_clean(&[
+            "1.2.3.4",
+            "version 1.2.3.4",
+            "v2024.05.01",
+            "2024.05.01",
+            "12/05/2024 10:30",
+            "01/05/2024",
+            "01.05.2024 – 31.05.2024",
+            "1/2/3/4",
+            "2024/2025/2026/2027",
+            "192.168.100.200",
+            "10.0.0.1/24",
+            "EUR 1.234.567,89",
+            "EUR 4.111.111.111.111",
+            "3.14159265358979",
+            "+49 30 1234 5678",
+            "+49\u{A0}30\u{A0}1234\u{A0}5678",
+            "Tel. 030/1234567",
+            "Tel.: 0049 (0)30/1234-5678",
+            "Fax 030 / 1234 567",
+            "ISBN 978\u{2011}3\u{2011}16\u{2011}148410\u{2011}0",
+            "order 12345678, shipped 2024\u{2013}05\u{2013}01",
+            // Card-like layouts that fail Luhn, or have no issuer.
+            "4111.1111.1111.1112",
+            "4111/1111/1111/1112",
+            "1234.5678.9012.3456",
+            // Card layout but part of a longer dotted run or a decimal.
+            "4111.1111.1111.1111.1111",
+            "1.4111.1111.1111.1111",
+            "4111.1111.1111.1111,50",
+            // Mixed separators read as separate numbers.
+            "4111.1111/1111.1111",
+            "4111.1111.1111/1111",
+            // Dotted, but not a card layout (a Luhn-valid Visa number).
+            "41.11111111111111",
+            "411111.1111111111",
+            // IBAN-like but invalid, with dashes.
+            "DE88-3704-0044-0532-0130-00",
+            "XX89-3704-0044-0532-0130-00",
+            "AB12-3456-7890-1234-5678",
+            // Unicode text without sensitive data.
+            "Grüße aus München, Straße 5",
+            "Ｏｒｄｅｒ １２３４５６７８",
+            "会議は2024年5月1日です",
+            "Price: ٤٥٠ EUR",
+            "\u{FEFF}Head of Engineering",
+            "",
+        ]);
+    }
+
+    #[test]
+    fn folding_only_touches_what_it_must() {
+        assert!(matches!(fold("plain ascii 4111 1111"), Cow::Borrowed(_)));
+        assert!(matches!(
+            fold("line\nbreak away from digits"),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(fold("1.2.3 and 4/5"), Cow::Borrowed(_)));
+        assert_eq!(fold("4111\n1111"), "4111 1111");
+        assert_eq!(fold("4111 \r\n 1111"), "4111 1111");
+        assert_eq!(fold("a\n\nb 1\n"), "a\n\nb 1\n");
+        assert_eq!(fold("x\u{0}y"), "xy");
+        assert_eq!(fold("１２３‐４５"), "123-45");
+        assert_eq!(fold("a\u{A0}b\u{200B}c"), "a bc");
+        assert_eq!(fold("\u{966}\u{96F}"), "09");
+        assert_eq!(decimal_digit('a'), None);
+        assert_eq!(decimal_digit('\u{65F}'), None);
+        assert_eq!(decimal_digit('\u{66A}'), None);
+        assert_eq!(decimal_digit('\u{1FBF9}'), Some('9'));
+    }
+
+    #[test]
     fn large_near_miss_text_finds_nothing() {
         // Speed is measured by the guard benchmark, not here; this checks that
         // 64 KiB of near misses of every detector stay near misses.
@@ -782,6 +1305,19 @@ mod tests {
         // One enormous digit run, and many IBAN-shaped near misses.
         text.push_str(&"1 ".repeat(8 * 1024));
         text.push_str(&"AB12 CDEF GHIJ KLMN ".repeat(16 * 1024 / 20));
+        assert_eq!(kinds(&text), []);
+    }
+
+    #[test]
+    fn large_unicode_near_miss_text_finds_nothing() {
+        // The same for text that takes the folding path: near misses spelled
+        // with full-width digits, Unicode dashes and spaces, invisible
+        // characters, dots and slashes.
+        let unit = "ＡＢ１２ ３４５６ ７８９０ １２３４ ５６７８ ９０１２ ３４ ab 12 34 56 z \
+                    ４１１１\u{A0}１１１１\u{A0}１１１１\u{A0}１１１２ １２３‐４５‐６７８ \
+                    4111\u{200B}1111.1111.1112 DE88\u{2011}3704\u{2011}0044\u{2011}0532\u{2011}0130\u{2011}00 \
+                    Order 123456789 12/05/2024 v1.2.3.4 +49\u{202F}30\u{202F}123456 ";
+        let text = unit.repeat(64 * 1024 / unit.len() + 1);
         assert_eq!(kinds(&text), []);
     }
 }

@@ -4,6 +4,8 @@
 //! - [`guard`]: the sensitive-data guard refuses free-text values containing
 //!   data the policy asks customers not to send (payment card numbers, US
 //!   Social Security numbers, IBANs, UK National Insurance numbers).
+//! - [`normalize`]: one normalisation of email addresses, phone numbers,
+//!   free text and identifiers, for every service and every blind index.
 //! - [`token`] and [`access`]: every call is authenticated by a signed
 //!   bearer token; each method serves declared purposes; a caller limited to
 //!   a tenant sees only that tenant.
@@ -24,6 +26,7 @@ pub mod context;
 pub mod crypto;
 pub mod guard;
 pub mod keys;
+pub mod normalize;
 pub mod policy;
 pub mod retention;
 pub mod token;
