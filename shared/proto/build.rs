@@ -1,9 +1,8 @@
 //! Compiles every contract under `../../proto` with `protox` (no system `protoc`
-//! needed) and writes the encoded descriptor set for server reflection.
+//! needed) and writes the encoded descriptor set for server reflection and for
+//! the privacy declarations the service kit reads at run time.
 
 use std::{env, fs, path::PathBuf};
-
-use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
@@ -19,16 +18,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     collect_protos(&third_party, &mut files)?;
     files.sort();
 
-    let fds = protox::compile(&files, [&root, &third_party])?;
+    let mut compiler = protox::Compiler::new([&root, &third_party])?;
+    compiler.include_imports(true).include_source_info(true);
+    compiler.open_files(&files)?;
+    let fds = compiler.file_descriptor_set();
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    // `compile_fds` does not write the descriptor set, and reflection needs it.
-    fs::write(out.join("custodian_descriptor.bin"), fds.encode_to_vec())?;
+    // `compile_fds` does not write the descriptor set, and reflection and
+    // the kit need it with the custom options (the privacy declarations),
+    // which prost's own descriptor types drop.
+    fs::write(
+        out.join("custodian_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
 
-    tonic_prost_build::configure()
+    let mut builder = tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .extern_path(".google.rpc", "::tonic_types")
-        .compile_fds(fds)?;
+        .extern_path(".google.rpc", "::tonic_types");
+    // Every Custodian message knows its own descriptor, so the kit can read
+    // its privacy declarations and walk its fields generically.
+    for file in &fds.file {
+        let package = file.package();
+        if !package.starts_with("custodian.") {
+            continue;
+        }
+        let mut stack: Vec<(String, &prost_types::DescriptorProto)> = file
+            .message_type
+            .iter()
+            .map(|m| (format!("{package}.{}", m.name()), m))
+            .collect();
+        while let Some((full_name, message)) = stack.pop() {
+            if message.options.as_ref().is_some_and(|o| o.map_entry()) {
+                continue;
+            }
+            builder = builder.message_attribute(
+                format!(".{full_name}"),
+                format!(
+                    "#[derive(::prost_reflect::ReflectMessage)] \
+                     #[prost_reflect(descriptor_pool = \"crate::DESCRIPTOR_POOL\", message_name = \"{full_name}\")]"
+                ),
+            );
+            stack.extend(
+                message
+                    .nested_type
+                    .iter()
+                    .map(|m| (format!("{full_name}.{}", m.name()), m)),
+            );
+        }
+    }
+    builder.compile_fds(fds)?;
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use custodian_proto::{
     retention::v1::retention_service_client::RetentionServiceClient,
     subject::v1::subject_data_service_client::SubjectDataServiceClient,
 };
-use custodian_runtime::{Application, Config, time::ManualClock};
+use custodian_runtime::{Config, time::ManualClock};
 use sqlx::{AnyPool, Row as _};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{codegen::InterceptedService, transport::Channel};
@@ -173,9 +173,7 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Op
     let clock = Arc::new(ManualClock::new(custodian_runtime::time::now_micros()));
     let suite =
         custodian::suite(custodian::Target::All, &config, &keys, clock.clone()).expect("suite");
-    let app = Application::bind(config, suite.modules, suite.authenticator)
-        .await
-        .expect("bind");
+    let app = custodian::bind(config, suite).await.expect("bind");
     let addr = app.local_addr();
     let mut ready = app.readiness();
     let (stop, stopped) = oneshot::channel::<()>();

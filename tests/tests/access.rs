@@ -448,11 +448,11 @@ fn other_tenant_code(m: M) -> Option<Code> {
 async fn state(app: &TestApp, n: &Names) -> Vec<String> {
     let mut out = Vec::new();
     for table in [
-        "tenants",
-        "users",
-        "contacts",
-        "evaluation_signups",
-        "legal_holds",
+        "identity_tenants",
+        "identity_users",
+        "identity_contacts",
+        "identity_evaluation_signups",
+        "identity_legal_holds",
         "subject_keys",
     ] {
         out.push(format!("{table}={}", app.count(table).await));

@@ -160,7 +160,7 @@ storage_test!(users_every_method, |app: TestApp| async move {
             .code(),
         Code::NotFound
     );
-    assert_eq!(app.count("users").await, 1);
+    assert_eq!(app.count("identity_users").await, 1);
     app.stop().await.unwrap();
 });
 
@@ -184,7 +184,7 @@ storage_test!(
             !err.message().to_lowercase().contains("ann@"),
             "the email is not echoed"
         );
-        assert_eq!(app.count("users").await, 1);
+        assert_eq!(app.count("identity_users").await, 1);
 
         // Another tenant may hold the same person.
         users
@@ -335,7 +335,7 @@ storage_test!(
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::NotFound);
-        assert_eq!(app.count("users").await, 0);
+        assert_eq!(app.count("identity_users").await, 0);
         app.stop().await.unwrap();
     }
 );
@@ -402,7 +402,7 @@ storage_test!(
             .create_contact(create_contact("acme", fine))
             .await
             .unwrap();
-        assert_eq!(app.count("contacts").await, 1);
+        assert_eq!(app.count("identity_contacts").await, 1);
 
         // Updates are guarded too, and leave the record as it was.
         let signup = app
@@ -549,7 +549,7 @@ storage_test!(
         assert_eq!(after, updated, "failed updates changed nothing");
 
         let missing = Contact {
-            name: "tenants/acme/contacts/nope".into(),
+            name: "tenants/acme/contacts/0190f3c4-5b6a-7c8d-9e0f-000000000000".into(),
             ..Default::default()
         };
         assert_eq!(
@@ -578,7 +578,7 @@ storage_test!(
                 .code(),
             Code::NotFound
         );
-        assert_eq!(app.count("contacts").await, 1);
+        assert_eq!(app.count("identity_contacts").await, 1);
         app.stop().await.unwrap();
     }
 );
@@ -689,7 +689,7 @@ storage_test!(idempotent_creates, |app: TestApp| async move {
         .unwrap()
         .into_inner();
     assert_eq!(first, retry);
-    assert_eq!(app.count("contacts").await, 1);
+    assert_eq!(app.count("identity_contacts").await, 1);
 
     // Concurrent retries still create one record.
     let key2 = uuid::Uuid::new_v4().to_string();
@@ -711,7 +711,7 @@ storage_test!(idempotent_creates, |app: TestApp| async move {
     }
     names.dedup();
     assert_eq!(names.len(), 1);
-    assert_eq!(app.count("contacts").await, 2);
+    assert_eq!(app.count("identity_contacts").await, 2);
 
     let mut different = request.clone();
     different.contact.as_mut().unwrap().notes = "changed".into();
@@ -729,7 +729,7 @@ storage_test!(idempotent_creates, |app: TestApp| async move {
         err.is_ok(),
         "the deleted record's key went with it, so this is a new create"
     );
-    assert_eq!(app.count("contacts").await, 2);
+    assert_eq!(app.count("identity_contacts").await, 2);
 
     let user_key = uuid::Uuid::new_v4().to_string();
     let user_request = CreateUserRequest {
@@ -768,7 +768,7 @@ storage_test!(idempotent_creates, |app: TestApp| async move {
         .unwrap()
         .into_inner();
     assert_eq!(a, b);
-    assert_eq!(app.count("evaluation_signups").await, 1);
+    assert_eq!(app.count("identity_evaluation_signups").await, 1);
     app.stop().await.unwrap();
 });
 
@@ -840,7 +840,7 @@ storage_test!(evaluation_signups_every_method, |app: TestApp| async move {
         .await
         .unwrap_err();
     assert!(has_violation(&err, "evaluation_signup.email"));
-    assert_eq!(app.count("evaluation_signups").await, 2);
+    assert_eq!(app.count("identity_evaluation_signups").await, 2);
 
     signups
         .delete_evaluation_signup(DeleteEvaluationSignupRequest {

@@ -157,7 +157,7 @@ storage_test!(
             })
             .await
             .unwrap();
-        let missing = "tenants/acme/contacts/nope";
+        let missing = "tenants/acme/contacts/0190f3c4-5b6a-7c8d-9e0f-000000000000";
         assert_eq!(
             app.contacts()
                 .get_contact(GetContactRequest {
@@ -305,12 +305,12 @@ async fn raw_database(app: &TestApp, backend: Backend) -> String {
         Backend::Postgres => {
             let mut text = String::new();
             for table in [
-                "tenants",
-                "users",
-                "contacts",
-                "evaluation_signups",
-                "idempotency_keys",
-                "legal_holds",
+                "identity_tenants",
+                "identity_users",
+                "identity_contacts",
+                "identity_evaluation_signups",
+                "kit_idempotency",
+                "identity_legal_holds",
                 "audit_events",
                 "subject_keys",
             ] {
@@ -442,7 +442,7 @@ storage_test!(
             .into_inner()
             .erased;
         assert_eq!(erased.len(), 2);
-        assert_eq!(app.count("contacts").await, 1, "Bob stays");
+        assert_eq!(app.count("identity_contacts").await, 1, "Bob stays");
         assert_eq!(
             app.count("subject_keys").await,
             1,
@@ -560,7 +560,7 @@ storage_test!(
         // Day 29: nothing has expired.
         app.clock.advance(29 * DAY);
         assert_eq!(sweep(&app).await, []);
-        assert_eq!(app.count("contacts").await, 4);
+        assert_eq!(app.count("identity_contacts").await, 4);
 
         // Day 31: acme's own 30 days are up; the held subject stays; globex keeps its default.
         app.clock.advance(2 * DAY);
@@ -568,7 +568,7 @@ storage_test!(
             sweep(&app).await,
             [(DataCategory::BusinessContact as i32, 2)]
         );
-        assert_eq!(app.count("contacts").await, 2);
+        assert_eq!(app.count("identity_contacts").await, 2);
         app.contacts()
             .get_contact(GetContactRequest {
                 name: held.name.clone(),
@@ -599,8 +599,8 @@ storage_test!(
         );
         assert_eq!(
             (
-                app.count("evaluation_signups").await,
-                app.count("users").await
+                app.count("identity_evaluation_signups").await,
+                app.count("identity_users").await
             ),
             (0, 1)
         );
@@ -608,7 +608,7 @@ storage_test!(
         // Four years: globex is still held, the held subject too.
         app.clock.advance(3 * 365 * DAY);
         assert_eq!(sweep(&app).await, []);
-        assert_eq!(app.count("contacts").await, 2);
+        assert_eq!(app.count("identity_contacts").await, 2);
 
         // Holds lifted: both go, with their keys.
         app.retention()
@@ -627,7 +627,7 @@ storage_test!(
             sweep(&app).await,
             [(DataCategory::BusinessContact as i32, 2)]
         );
-        assert_eq!(app.count("contacts").await, 0);
+        assert_eq!(app.count("identity_contacts").await, 0);
         assert_eq!(
             app.count("subject_keys").await,
             1,

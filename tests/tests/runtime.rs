@@ -111,7 +111,7 @@ async fn over_the_concurrency_limit_calls_are_shed_but_probes_answer() {
 }
 
 #[tokio::test]
-async fn oversized_messages_are_refused() {
+async fn oversized_messages_are_resource_exhausted() {
     let app = spawn_with(Backend::Sqlite, |c| c.max_message_bytes = 2048)
         .await
         .unwrap();
@@ -127,8 +127,11 @@ async fn oversized_messages_are_refused() {
         })
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::OutOfRange);
-    assert_eq!(app.count("contacts").await, 0);
+    // A message over the limit is RESOURCE_EXHAUSTED, as gRPC convention
+    // has it, and says only the limit.
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(!err.message().contains("nnnn"));
+    assert_eq!(app.count("identity_contacts").await, 0);
     app.stop().await.unwrap();
 }
 
@@ -168,7 +171,7 @@ async fn not_serving_until_started_then_draining_on_shutdown() {
     .unwrap();
     let mut modules: Vec<Arc<dyn ServiceModule>> = vec![Arc::new(SlowStart(release.clone()))];
     modules.extend(suite.modules);
-    let app = Application::bind(config, modules, suite.authenticator)
+    let app = Application::bind(config, modules, suite.gate)
         .await
         .unwrap();
     let bearer = Bearer::new(Some(&issue(

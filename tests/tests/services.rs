@@ -12,7 +12,7 @@ use custodian_proto::{
         LocateSubjectDataRequest, subject_data_service_client::SubjectDataServiceClient,
     },
 };
-use custodian_runtime::{Application, time::SystemClock};
+use custodian_runtime::time::SystemClock;
 use custodian_tests::{
     Backend, TestApp, TestDatabase, fixtures, storage_test, test_config, test_keys,
 };
@@ -37,6 +37,7 @@ storage_test!(
                 tenant: None,
                 requested_purpose: None,
                 on_behalf_of: None,
+                service: false,
             },
             purpose: Purpose::DsrFulfilment,
             method: Method {
@@ -45,15 +46,19 @@ storage_test!(
                 purposes: &[Purpose::DsrFulfilment],
             },
         };
-        let service_token = custodian_tests::issue(
-            &app.keys,
+        let service_token = custodian_privacy::token::TokenIssuer::from_pem(
+            app.keys.token_signing_key.as_deref().unwrap(),
+        )
+        .unwrap()
+        .issue_service(
             "svc:dsr",
             &[Purpose::DsrFulfilment, Purpose::Support],
-            None,
-        );
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
         let mut client = SubjectDataServiceClient::with_interceptor(
             app.channel.clone(),
-            Forward::new(&service_token, &operator).unwrap(),
+            Forward::new(&service_token, &operator, None).unwrap(),
         );
         let found = client
             .locate_subject_data(LocateSubjectDataRequest {
@@ -93,14 +98,10 @@ type Running = (
 /// Serves the suite on `db` with `keys`, as a restarted server would.
 async fn serve(db: &TestDatabase, keys: &KeyFile) -> Running {
     let config = test_config(db);
-    let custodian::Suite {
-        modules,
-        authenticator,
-        vaults,
-    } = custodian::suite(custodian::Target::All, &config, keys, Arc::new(SystemClock)).unwrap();
-    let app = Application::bind(config, modules, authenticator)
-        .await
-        .unwrap();
+    let suite =
+        custodian::suite(custodian::Target::All, &config, keys, Arc::new(SystemClock)).unwrap();
+    let vaults = suite.vaults.clone();
+    let app = custodian::bind(config, suite).await.unwrap();
     let addr = format!("http://{}", app.local_addr());
     let mut ready = app.readiness();
     let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -173,6 +174,7 @@ async fn master_keys_rotate_without_losing_data() {
 
     // A new master key becomes active; the old one still opens old data.
     keys.add_master_key("mk-test-2").unwrap();
+    keys.activate_master_key("mk-test-2").unwrap();
     let (addr, stop, task, vaults) = serve(&db, &keys).await;
     assert_eq!(
         get_contact(&addr, &keys, &name).await.unwrap(),

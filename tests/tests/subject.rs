@@ -290,7 +290,7 @@ storage_test!(rectify_corrects_all_or_nothing, |app: TestApp| async move {
         (vec![correct(&user, "company", "X")], Code::InvalidArgument),
         (
             vec![correct(
-                "tenants/acme/users/other",
+                "tenants/acme/users/0190f3c4-5b6a-7c8d-9e0f-000000000000",
                 "email",
                 "x@example.com",
             )],
@@ -354,9 +354,9 @@ storage_test!(
         let mut expected = vec![user.clone(), contact, signup];
         expected.sort();
         assert_eq!(names, expected);
-        assert_eq!(app.count("users").await, 0);
-        assert_eq!(app.count("contacts").await, 1, "Bob stays");
-        assert_eq!(app.count("evaluation_signups").await, 0);
+        assert_eq!(app.count("identity_users").await, 0);
+        assert_eq!(app.count("identity_contacts").await, 1, "Bob stays");
+        assert_eq!(app.count("identity_evaluation_signups").await, 0);
         assert_eq!(
             app.users()
                 .get_user(GetUserRequest { name: user })

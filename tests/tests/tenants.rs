@@ -87,7 +87,7 @@ storage_test!(create_get_list_update_delete, |app: TestApp| async move {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    assert_eq!(app.count("tenants").await, 1);
+    assert_eq!(app.count("identity_tenants").await, 1);
     app.stop().await.unwrap();
 });
 
@@ -119,7 +119,7 @@ storage_test!(
                 "the refused value is not echoed"
             );
         }
-        assert_eq!(app.count("tenants").await, 0);
+        assert_eq!(app.count("identity_tenants").await, 0);
 
         let err = tenants
             .get_tenant(GetTenantRequest {
@@ -174,7 +174,7 @@ storage_test!(
             .unwrap()
             .into_inner();
         assert_eq!(first, retry, "a retry returns the first result");
-        assert_eq!(app.count("tenants").await, 2);
+        assert_eq!(app.count("identity_tenants").await, 2);
 
         let err = tenants
             .create_tenant(create("Different", "", &key))
@@ -185,7 +185,7 @@ storage_test!(
             Code::InvalidArgument,
             "a key reused for another request"
         );
-        assert_eq!(app.count("tenants").await, 2);
+        assert_eq!(app.count("identity_tenants").await, 2);
         app.stop().await.unwrap();
     }
 );
@@ -260,9 +260,9 @@ storage_test!(delete_with_people_needs_force, |app: TestApp| async move {
     assert!(!err.message().contains("example.com"));
     assert_eq!(
         (
-            app.count("tenants").await,
-            app.count("users").await,
-            app.count("contacts").await
+            app.count("identity_tenants").await,
+            app.count("identity_users").await,
+            app.count("identity_contacts").await
         ),
         (1, 1, 1)
     );
@@ -276,9 +276,9 @@ storage_test!(delete_with_people_needs_force, |app: TestApp| async move {
         .unwrap();
     assert_eq!(
         (
-            app.count("tenants").await,
-            app.count("users").await,
-            app.count("contacts").await
+            app.count("identity_tenants").await,
+            app.count("identity_users").await,
+            app.count("identity_contacts").await
         ),
         (0, 0, 0)
     );

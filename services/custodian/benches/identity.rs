@@ -65,7 +65,7 @@ use custodian_proto::{
         contact_service_client::ContactServiceClient, tenant_service_client::TenantServiceClient,
     },
 };
-use custodian_runtime::{Application, Config, server::READY_TIMEOUT, time::SystemClock};
+use custodian_runtime::{Config, server::READY_TIMEOUT, time::SystemClock};
 use hdrhistogram::Histogram;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{
@@ -671,7 +671,7 @@ impl BenchServer {
                     None,
                     Duration::from_secs(3600),
                 )?;
-        let app = Application::bind(config, suite.modules, suite.authenticator).await?;
+        let app = custodian::bind(config, suite).await?;
         let addr = app.local_addr();
         let mut ready = app.readiness();
         let (stop, stopped) = oneshot::channel::<()>();

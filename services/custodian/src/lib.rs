@@ -1,18 +1,28 @@
 //! What the `custodian` binary runs: the list of services, which of them a
-//! `--target` selects, and the keys they need.
+//! `--target` selects, the keys they need, and the key commands that must
+//! see every service's database.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
+use custodian_kit::{
+    Context, KitService,
+    peers::{Credential, Peers},
+};
 use custodian_privacy::{
-    Privacy, TokenAuthenticator,
+    Privacy, Purpose, TokenAuthenticator,
     audit::AuditLog,
-    audit_api::AuditModule,
     keys::KeyFile,
-    token::{TokenVerifier, generate_key_pair},
+    token::{TokenIssuer, TokenVerifier, generate_key_pair},
     vault::Vault,
 };
-use custodian_runtime::{Config, Database, ServiceModule, server::Authenticate, time::Clock};
+use custodian_runtime::{Application, Config, Database, ServiceModule, time::Clock};
+use sqlx::Row as _;
 
 /// Which services one process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,44 +33,51 @@ pub enum Target {
     Identity,
 }
 
-type Constructor =
-    fn(Database, Privacy, Arc<dyn Clock>, Option<Duration>) -> Arc<dyn ServiceModule>;
+/// One service of the suite.
+struct Service {
+    target: Target,
+    name: &'static str,
+    construct: fn(Context) -> Arc<dyn KitService>,
+    /// What its service credential may do when it calls others.
+    peer_purposes: &'static [Purpose],
+}
 
-fn identity(
-    db: Database,
-    privacy: Privacy,
-    clock: Arc<dyn Clock>,
-    sweep: Option<Duration>,
-) -> Arc<dyn ServiceModule> {
-    Arc::new(custodian_identity::Identity::new(db, privacy, clock, sweep))
+fn identity(context: Context) -> Arc<dyn KitService> {
+    Arc::new(custodian_identity::Identity::new(context))
 }
 
 /// Every service of the suite, by `--target` name. A new service is one
-/// more line here.
-const SERVICES: &[(Target, &str, Constructor)] =
-    &[(Target::Identity, custodian_identity::NAME, identity)];
+/// more entry here.
+const SERVICES: &[Service] = &[Service {
+    target: Target::Identity,
+    name: custodian_identity::NAME,
+    construct: identity,
+    peer_purposes: custodian_identity::PEER_PURPOSES,
+}];
 
-fn selected(target: Target) -> impl Iterator<Item = &'static (Target, &'static str, Constructor)> {
+fn selected(target: Target) -> impl Iterator<Item = &'static Service> {
     SERVICES
         .iter()
-        .filter(move |(t, _, _)| target == Target::All || *t == target)
+        .filter(move |s| target == Target::All || s.target == target)
 }
 
 /// Short names of the services `target` runs.
 pub fn service_names(target: Target) -> Vec<&'static str> {
-    selected(target).map(|(_, name, _)| *name).collect()
+    selected(target).map(|s| s.name).collect()
 }
 
-/// The services to run and the authenticator in front of them.
+/// The services to run and the gate in front of them.
 pub struct Suite {
     pub modules: Vec<Arc<dyn ServiceModule>>,
-    pub authenticator: Arc<dyn Authenticate>,
+    pub gate: Arc<dyn custodian_runtime::Gate>,
     pub vaults: Vec<Vault>,
+    pub peers: Vec<Peers>,
+    pub names: Vec<&'static str>,
+    pub data_map: custodian_proto::privacy::v1::DataMap,
 }
 
 /// Builds the services for `target`, each with its own database pool (its
-/// own SQLite file by default), audit trail and vault, and one AuditService
-/// over all their trails.
+/// own SQLite file by default), audit trail, vault, peers and credential.
 pub fn suite(
     target: Target,
     config: &Config,
@@ -72,33 +89,71 @@ pub fn suite(
     let verifier =
         TokenVerifier::from_public_pems(keys.token_public_keys.iter().map(String::as_str))
             .context("the key file's token_public_keys")?;
+    let issuer = keys
+        .token_signing_key
+        .as_deref()
+        .map(TokenIssuer::from_pem)
+        .transpose()
+        .context("the key file's token_signing_key")?;
     let sweep =
         (!config.retention_sweep_interval.is_zero()).then_some(config.retention_sweep_interval);
-    let mut modules = Vec::new();
+    let mailer =
+        custodian_mail::mailer(config.smtp_url.as_deref(), &config.data_dir.join("outbox"))?;
+    let mut services = Vec::new();
     let mut vaults = Vec::new();
-    let mut logs = Vec::new();
-    let mut first: Option<Privacy> = None;
-    for (_, name, constructor) in selected(target) {
+    let mut all_peers = Vec::new();
+    for service in selected(target) {
+        let name = service.name;
         let db = Database::connect_lazy(
             &config.database_url_for(name),
             config.database_max_connections,
         )?;
         let audit = AuditLog::new(name, db.clone(), clock.clone());
         let vault = Vault::new(name, db.clone(), keyring.clone(), index.clone());
-        let privacy = Privacy::new(audit.clone(), vault.clone());
-        first.get_or_insert_with(|| privacy.clone());
-        logs.push(audit);
+        let credential = match (&config.service_token_file, &issuer) {
+            (Some(path), _) => Credential::File(path.clone()),
+            (None, Some(issuer)) => Credential::Mint {
+                issuer: issuer.clone(),
+                subject: format!("svc:{name}"),
+                purposes: service.peer_purposes.to_vec(),
+            },
+            (None, None) => Credential::None,
+        };
+        let peers = Peers::new(config.peers.clone(), credential);
+        let context = Context {
+            name,
+            db,
+            privacy: Privacy::new(audit, vault.clone()),
+            clock: clock.clone(),
+            peers: peers.clone(),
+            mailer: mailer.clone(),
+            config: config.clone(),
+        };
         vaults.push(vault);
-        modules.push(constructor(db, privacy, clock.clone(), sweep));
+        all_peers.push(peers);
+        services.push(((service.construct)(context.clone()), context));
     }
-    if let Some(privacy) = first {
-        modules.push(Arc::new(AuditModule::new(privacy, logs)));
-    }
+    let names = services.iter().map(|(s, _)| s.name()).collect();
+    let assembled =
+        custodian_kit::module::assemble(services, TokenAuthenticator::new(verifier), sweep, clock)?;
     Ok(Suite {
-        modules,
-        authenticator: TokenAuthenticator::new(verifier),
+        modules: assembled.modules,
+        gate: assembled.gate,
         vaults,
+        peers: all_peers,
+        names,
+        data_map: assembled.data_map,
     })
+}
+
+/// Binds the listener and tells every service where this process serves,
+/// so a peer run here is called through this process's own port.
+pub async fn bind(config: Config, suite: Suite) -> anyhow::Result<Application> {
+    let app = Application::bind(config, suite.modules, suite.gate).await?;
+    for peers in &suite.peers {
+        peers.set_local(app.local_addr(), suite.names.clone());
+    }
+    Ok(app)
 }
 
 /// Where the key file is: the configured one, or (all-in-one only) the
@@ -114,12 +169,23 @@ pub fn key_file_path(target: Target, config: &Config) -> anyhow::Result<(PathBuf
 }
 
 /// Loads the key file; for development (no --target, no --key-file) makes
-/// one on first use. Returns the keys and whether they were just created.
-pub fn load_keys(target: Target, config: &Config) -> anyhow::Result<(KeyFile, PathBuf, bool)> {
+/// one on first use, but only while there is no encrypted data it would
+/// orphan. Returns the keys, the path and whether they were just created.
+pub async fn load_keys(
+    target: Target,
+    config: &Config,
+) -> anyhow::Result<(KeyFile, PathBuf, bool)> {
     let (path, development) = key_file_path(target, config)?;
     if development && !path.exists() {
-        std::fs::create_dir_all(&config.data_dir)
-            .with_context(|| format!("creating {}", config.data_dir.display()))?;
+        let held = data_keys_held(config).await?;
+        anyhow::ensure!(
+            held.is_empty(),
+            "{} is missing, but the databases of {} hold encrypted data made with a key file: \
+             restore that key file (new keys would leave the data unreadable); refusing to start",
+            path.display(),
+            held.join(", ")
+        );
+        custodian_runtime::database::create_private_dir(&config.data_dir)?;
         let id = format!("dev-{}", uuid::Uuid::now_v7().simple());
         let keys = KeyFile::generate(&id, generate_key_pair());
         keys.write_new(&path)?;
@@ -130,8 +196,95 @@ pub fn load_keys(target: Target, config: &Config) -> anyhow::Result<(KeyFile, Pa
 
 /// Replaces a key file: written beside it with mode 0600, then renamed over
 /// it, so a reader never sees half a file.
-pub fn save_keys(path: &std::path::Path, keys: &KeyFile) -> anyhow::Result<()> {
+pub fn save_keys(path: &Path, keys: &KeyFile) -> anyhow::Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::now_v7().simple()));
     keys.write_new(&tmp)?;
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
+
+/// The database of every service of the suite (whatever the target: a key
+/// file is shared), each once.
+fn all_databases(config: &Config) -> Vec<(Vec<&'static str>, String)> {
+    let mut out: Vec<(Vec<&'static str>, String)> = Vec::new();
+    for service in SERVICES {
+        let url = config.database_url_for(service.name);
+        match out.iter_mut().find(|(_, u)| *u == url) {
+            Some((names, _)) => names.push(service.name),
+            None => out.push((vec![service.name], url)),
+        }
+    }
+    out
+}
+
+/// A SQLite database that was never created holds nothing; opening it
+/// would create it.
+fn never_created(url: &str) -> bool {
+    let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return false;
+    };
+    let path = path.split('?').next().unwrap_or_default();
+    !path.is_empty() && path != ":memory:" && !Path::new(path).exists()
+}
+
+/// Per master key, how many data keys of which service wrap under it, in
+/// every database of the suite. A database that cannot be read is an
+/// error: a key command must not decide on a partial view.
+pub async fn key_usage(config: &Config) -> anyhow::Result<Vec<(String, String, i64)>> {
+    let mut usage = Vec::new();
+    for (names, url) in all_databases(config) {
+        if never_created(&url) {
+            continue;
+        }
+        let db = Database::connect_lazy(&url, 1)?;
+        let rows = sqlx::query(
+            "SELECT service, master_key_id, COUNT(*) AS n FROM subject_keys GROUP BY service, master_key_id",
+        )
+        .fetch_all(db.pool())
+        .await;
+        db.close().await;
+        match rows {
+            Ok(rows) => {
+                for row in rows {
+                    usage.push((
+                        row.try_get::<String, _>("master_key_id")?,
+                        row.try_get::<String, _>("service")?,
+                        row.try_get::<i64, _>("n")?,
+                    ));
+                }
+            }
+            // A database the kernel never migrated holds no data key.
+            Err(sqlx::Error::Database(e)) if is_missing_table(e.message()) => {}
+            Err(err) => {
+                return Err(anyhow::anyhow!(err)).with_context(|| {
+                    format!(
+                        "reading the data keys of {} ({} database)",
+                        names.join(", "),
+                        custodian_runtime::database::scheme_of(&url)
+                    )
+                });
+            }
+        }
+    }
+    usage.sort();
+    Ok(usage)
+}
+
+fn is_missing_table(message: &str) -> bool {
+    message.contains("no such table") || message.contains("does not exist")
+}
+
+/// Services whose databases hold data keys at all.
+async fn data_keys_held(config: &Config) -> anyhow::Result<Vec<String>> {
+    let services: BTreeSet<String> = key_usage(config)
+        .await?
+        .into_iter()
+        .map(|(_, service, _)| service)
+        .collect();
+    Ok(services.into_iter().collect())
+}
+
+/// How long a development token lives.
+pub const DEV_TOKEN_TTL: Duration = Duration::from_secs(12 * 60 * 60);

@@ -5,8 +5,12 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use custodian::{Target, load_keys, save_keys, suite};
-use custodian_privacy::{Purpose, crypto::is_valid_key_id, token::TokenIssuer};
+use custodian::{Target, key_usage, load_keys, save_keys, suite};
+use custodian_privacy::{
+    Purpose,
+    crypto::is_valid_key_id,
+    token::{TokenIssuer, generate_key_pair},
+};
 use custodian_runtime::{
     Application, Config, config::ServerArgs, server::shutdown_signal, telemetry, time::SystemClock,
 };
@@ -53,6 +57,14 @@ enum Command {
     /// Master-key rotation, without downtime. See the README.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Prints the record of processing (GDPR Art. 30) derived from the
+    /// running code's declarations: what each service holds, for whom, for
+    /// which purposes, for how long.
+    Datamap {
+        /// markdown (tables for people) or json (the DataMapService message).
+        #[arg(long, default_value = "markdown", value_parser = ["markdown", "json"])]
+        format: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -64,12 +76,13 @@ enum KeysCommand {
     },
     /// Step 2: makes a master key the one new data keys are wrapped with. Roll out.
     Activate { id: String },
-    /// Step 3: rewraps every data key under the active master key, in batches,
-    /// while the servers keep running.
+    /// Step 3: rewraps every data key of the target's services under the
+    /// active master key, in batches, while the servers keep running.
     Rewrap,
-    /// Step 4: removes a master key that no data key uses any more.
+    /// Step 4: removes a master key that no data key of any service uses any
+    /// more (every service's database is checked, whatever the target).
     Retire { id: String },
-    /// Shows which master key wraps how many data keys.
+    /// Shows which master key wraps how many data keys, per service.
     Status,
 }
 
@@ -85,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
             tenant,
             ttl,
         }) => {
-            let (keys, _, _) = load_keys(cli.target, &config)?;
+            let (keys, _, _) = load_keys(cli.target, &config).await?;
             let issuer = signing_key(&keys)?;
             println!(
                 "{}",
@@ -94,6 +107,17 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Keys(command)) => keys(cli.target, &config, command).await,
+        Some(Command::Datamap { format }) => {
+            // The map is the declarations: no keys or database are needed,
+            // so throwaway ones are used.
+            let keys = custodian_privacy::keys::KeyFile::generate("datamap", generate_key_pair());
+            let suite = suite(cli.target, &config, &keys, Arc::new(SystemClock))?;
+            match format.as_str() {
+                "json" => println!("{}", custodian_kit::datamap::to_json(&suite.data_map)),
+                _ => print!("{}", custodian_kit::datamap::to_markdown(&suite.data_map)),
+            }
+            Ok(())
+        }
     }
 }
 
@@ -110,7 +134,7 @@ async fn serve(target: Target, config: Config) -> anyhow::Result<()> {
     let _telemetry = telemetry::init(&config, &format!("custodian-{}", services.join("-")))?;
     tracing::debug!(?config, "configuration");
     let stopped = shutdown_signal()?;
-    let (keys, key_path, created) = load_keys(target, &config)?;
+    let (keys, key_path, created) = load_keys(target, &config).await?;
     if created {
         println!(
             "custodian: created a development key file at {} (keep it secret)",
@@ -118,8 +142,8 @@ async fn serve(target: Target, config: Config) -> anyhow::Result<()> {
         );
     }
     let suite = suite(target, &config, &keys, Arc::new(SystemClock))?;
-    let app = Application::bind(config.clone(), suite.modules, suite.authenticator).await?;
-    print_welcome(&app, &config, &services, target, &keys);
+    let app = custodian::bind(config.clone(), suite).await?;
+    print_welcome(&app, &config, &services, target, &keys, created);
     app.run_with_shutdown(stopped).await
 }
 
@@ -131,6 +155,7 @@ fn print_welcome(
     services: &[&str],
     target: Target,
     keys: &custodian_privacy::keys::KeyFile,
+    created: bool,
 ) {
     let addr = app.local_addr();
     let storage = match &config.database_url {
@@ -141,7 +166,12 @@ fn print_welcome(
         "custodian: serving {} on {addr} ({storage})",
         services.join(", ")
     );
-    if target != Target::All {
+    // A ready token only when the development key file was just made: a
+    // token printed on every start would end up in every log collector.
+    if target != Target::All || !created {
+        if target == Target::All {
+            println!("  tokens: custodian token --subject ops:me --purpose <purpose> (see --help)");
+        }
         return;
     }
     let token = signing_key(keys).and_then(|issuer| {
@@ -149,7 +179,7 @@ fn print_welcome(
             "dev:newcomer",
             &Purpose::ALL,
             None,
-            Duration::from_secs(12 * 60 * 60),
+            custodian::DEV_TOKEN_TTL,
         )?)
     });
     if let Ok(token) = token {
@@ -165,34 +195,24 @@ fn print_welcome(
 }
 
 async fn keys(target: Target, config: &Config, command: KeysCommand) -> anyhow::Result<()> {
-    let (mut keys, path, _) = load_keys(target, config)?;
+    let (mut keys, path, _) = load_keys(target, config).await?;
     match command {
         KeysCommand::Add { id } => {
             anyhow::ensure!(
                 is_valid_key_id(&id),
                 "a key id is 1-64 letters, digits, '-' or '_'"
             );
-            anyhow::ensure!(
-                !keys.master_keys.contains_key(&id),
-                "{id} is already in the key file"
-            );
             // Added inactive: servers still on the old file must be able to
             // unwrap what servers on the new one wrap, so activation waits
             // until every server has the key.
-            let active = keys.active_master_key.clone();
             keys.add_master_key(&id)?;
-            keys.active_master_key = active;
             save_keys(&path, &keys)?;
             println!(
                 "added master key {id} (not active); roll the key file out, then `custodian keys activate {id}`"
             );
         }
         KeysCommand::Activate { id } => {
-            anyhow::ensure!(
-                keys.master_keys.contains_key(&id),
-                "{id} is not in the key file"
-            );
-            keys.active_master_key = id.clone();
+            keys.activate_master_key(&id)?;
             save_keys(&path, &keys)?;
             println!("{id} is now active; roll the key file out, then `custodian keys rewrap`");
         }
@@ -200,29 +220,36 @@ async fn keys(target: Target, config: &Config, command: KeysCommand) -> anyhow::
             let suite = suite(target, config, &keys, Arc::new(SystemClock))?;
             for vault in &suite.vaults {
                 let n = vault.rewrap_all(500).await?;
-                println!("rewrapped {n} data keys under {}", keys.active_master_key);
+                println!(
+                    "{}: rewrapped {n} data keys under {}",
+                    vault.service(),
+                    keys.active_master_key
+                );
             }
         }
         KeysCommand::Retire { id } => {
-            let suite = suite(target, config, &keys, Arc::new(SystemClock))?;
-            for vault in &suite.vaults {
-                if let Some((_, n)) = vault.key_usage().await?.into_iter().find(|(k, _)| *k == id) {
-                    anyhow::bail!(
-                        "{id} still wraps {n} data keys: run `custodian keys rewrap` first"
-                    );
-                }
-            }
+            // Every service's database, whatever the target: the key file
+            // is shared, and a key another service still needs must stay.
+            let users: Vec<String> = key_usage(config)
+                .await?
+                .into_iter()
+                .filter(|(key, _, n)| *key == id && *n > 0)
+                .map(|(_, service, n)| format!("{service} ({n})"))
+                .collect();
+            anyhow::ensure!(
+                users.is_empty(),
+                "{id} still wraps data keys of {}: run `custodian keys rewrap` for {} first",
+                users.join(", "),
+                if users.len() == 1 { "it" } else { "each" }
+            );
             keys.retire_master_key(&id)?;
             save_keys(&path, &keys)?;
             println!("retired {id}");
         }
         KeysCommand::Status => {
-            let suite = suite(target, config, &keys, Arc::new(SystemClock))?;
             println!("active master key: {}", keys.active_master_key);
-            for vault in &suite.vaults {
-                for (key, n) in vault.key_usage().await? {
-                    println!("  {key}: {n} data keys");
-                }
+            for (key, service, n) in key_usage(config).await? {
+                println!("  {key}: {n} data keys of {service}");
             }
         }
     }

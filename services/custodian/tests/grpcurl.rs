@@ -80,7 +80,16 @@ fn grpcurl_drives_custodian_through_reflection() {
     assert!(
         service.contains(
             "rpc CreateContact ( .custodian.identity.v1.CreateContactRequest ) \
-             returns ( .custodian.identity.v1.Contact );"
+             returns ( .custodian.identity.v1.Contact ) {"
+        ),
+        "{service}"
+    );
+    // The declarations travel with the contract: an operator sees which
+    // purposes a method serves without reading the code.
+    assert!(
+        service.contains(
+            "option (.custodian.privacy.v1.method) = { purposes:PURPOSE_SERVICE_DELIVERY \
+             action:AUDIT_ACTION_CREATE scope:SCOPE_TENANT };"
         ),
         "{service}"
     );
@@ -93,12 +102,14 @@ fn grpcurl_drives_custodian_through_reflection() {
         message.contains("custodian.identity.v1.Contact is a message:"),
         "{message}"
     );
+    // Each field with its declaration: who sees it, how it is checked.
     for field in [
-        "string email = 3;",
-        "string phone = 4;",
-        "string notes = 8;",
-        ".custodian.common.v1.Controller controller = 9;",
-        ".custodian.common.v1.DataCategory data_category = 10;",
+        "string email = 3 [(.custodian.privacy.v1.field) = { personal:true",
+        "format:FORMAT_EMAIL lookup:LOOKUP_EMAIL }];",
+        "string phone = 4 [",
+        "string notes = 8 [",
+        ".custodian.common.v1.Controller controller = 9 [",
+        ".custodian.privacy.v1.DataCategory data_category = 10 [",
     ] {
         assert!(message.contains(field), "lacks `{field}`:\n{message}");
     }

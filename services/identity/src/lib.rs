@@ -1,76 +1,89 @@
 //! Identity & contacts: tenants (customer organisations), their authorized
 //! users, other individuals' business contact information, and sign-ups for
-//! the free Workflow Evaluation. Implements the subject-data contract and
-//! retention for all of them.
+//! the free Workflow Evaluation. Owns tenants' retention rules and legal
+//! holds, which every other service asks it for.
+//!
+//! What is personal, who sees it, how it is checked and what erasure does
+//! is declared on the contracts (`proto/custodian/identity/v1`); the service
+//! kit applies it. This crate holds what only identity knows: tenants, the
+//! rules a person record must meet, and the retention facts.
 
-mod access;
-mod model;
+mod holds;
 mod people;
-mod records;
-mod retention;
-mod store;
-mod subject;
 mod tenants;
-pub mod validate;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use custodian_privacy::Privacy;
-use custodian_proto::{
-    identity::v1::{
-        contact_service_server::ContactServiceServer,
-        evaluation_signup_service_server::EvaluationSignupServiceServer,
-        tenant_service_server::TenantServiceServer, user_service_server::UserServiceServer,
-    },
-    retention::v1::retention_service_server::RetentionServiceServer,
-    subject::v1::subject_data_service_server::SubjectDataServiceServer,
+use custodian_kit::{
+    Binding, Context, KitService, Store,
+    retention::{OwnerPolicy, RetentionOwner, StoreSweep, Sweep},
+    subject::{StoreSubjectData, SubjectData},
 };
-use custodian_runtime::{
-    Database, ServiceModule,
-    server::{Limits, service_name},
-    time::Clock,
+use custodian_proto::identity::v1::{
+    Contact, EvaluationSignup, User, contact_service_server::ContactServiceServer,
+    evaluation_signup_service_server::EvaluationSignupServiceServer,
+    tenant_service_server::TenantServiceServer, user_service_server::UserServiceServer,
 };
+use custodian_runtime::server::{Limits, service_name};
 use futures::future::BoxFuture;
 use tonic::service::RoutesBuilder;
 
-pub use model::{CONTACTS, Kind, SIGNUPS, USERS};
-pub use records::REDACTED_HEADER;
+pub use custodian_kit::call::REDACTED_HEADER;
 
 /// The `--target` name of this service.
 pub const NAME: &str = "identity";
 
-/// The identity service, ready to be handed to the runtime.
+/// What identity's service credential may do when it calls others: nothing
+/// yet, it only answers.
+pub const PEER_PURPOSES: &[custodian_privacy::Purpose] = &[];
+
+/// The identity service, ready to be handed to the kit.
 pub struct Identity {
-    db: Database,
-    store: store::Store,
-    retention: retention::IdentityRetention,
-    clock: Arc<dyn Clock>,
-    sweep_every: Option<Duration>,
-    sweeping: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    context: Context,
+    store: Store,
+    people: people::People,
+    holds: Arc<holds::Holds>,
 }
 
 impl Identity {
-    /// `sweep_every`: how often retention runs by itself (`None`: only on
-    /// demand).
-    pub fn new(
-        db: Database,
-        privacy: Privacy,
-        clock: Arc<dyn Clock>,
-        sweep_every: Option<Duration>,
-    ) -> Self {
-        let store = store::Store::new(db.clone(), privacy);
+    pub fn new(context: Context) -> Self {
+        let users = Binding::of::<User>(
+            "identity_users",
+            service_name::<UserServiceServer<people::People>>(),
+            None,
+        );
+        let contacts = Binding::of::<Contact>(
+            "identity_contacts",
+            service_name::<ContactServiceServer<people::People>>(),
+            None,
+        );
+        let signups = Binding::of::<EvaluationSignup>(
+            "identity_evaluation_signups",
+            service_name::<EvaluationSignupServiceServer<people::People>>(),
+            None,
+        );
+        let store = Store::new(
+            context.db.clone(),
+            context.privacy.clone(),
+            context.clock.clone(),
+            vec![users.clone(), contacts.clone(), signups.clone()],
+        );
+        let people = people::People::new(
+            store.records(&users),
+            store.records(&contacts),
+            store.records(&signups),
+        );
+        let holds = Arc::new(holds::Holds::new(store.clone()));
         Self {
-            retention: retention::IdentityRetention::new(store.clone(), clock.clone()),
+            context,
             store,
-            db,
-            clock,
-            sweep_every,
-            sweeping: std::sync::Mutex::new(None),
+            people,
+            holds,
         }
     }
 }
 
-impl ServiceModule for Identity {
+impl KitService for Identity {
     fn name(&self) -> &'static str {
         NAME
     }
@@ -81,59 +94,56 @@ impl ServiceModule for Identity {
             service_name::<UserServiceServer<people::People>>(),
             service_name::<ContactServiceServer<people::People>>(),
             service_name::<EvaluationSignupServiceServer<people::People>>(),
-            service_name::<SubjectDataServiceServer<subject::SubjectData>>(),
-            service_name::<RetentionServiceServer<retention::IdentityRetention>>(),
         ]
-    }
-
-    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
-        Box::pin(async move {
-            self.db
-                .migrate(NAME, sqlx::migrate!("./migrations"))
-                .await?;
-            self.store.privacy().start(&self.db).await?;
-            if let Some(every) = self.sweep_every
-                && let Ok(mut slot) = self.sweeping.lock()
-            {
-                let sweeper: Arc<dyn custodian_privacy::retention::Sweeper> =
-                    Arc::new(self.retention.clone());
-                *slot = Some(custodian_privacy::retention::schedule(
-                    sweeper,
-                    self.clock.clone(),
-                    every,
-                ));
-            }
-            Ok(())
-        })
     }
 
     fn register(&self, routes: &mut RoutesBuilder, limits: Limits) {
         let max = limits.max_message_bytes;
-        let people = people::People::new(self.store.clone());
         routes.add_service(
             TenantServiceServer::new(tenants::Tenants::new(self.store.clone()))
                 .max_decoding_message_size(max),
         );
-        routes.add_service(UserServiceServer::new(people.clone()).max_decoding_message_size(max));
-        routes
-            .add_service(ContactServiceServer::new(people.clone()).max_decoding_message_size(max));
-        routes
-            .add_service(EvaluationSignupServiceServer::new(people).max_decoding_message_size(max));
         routes.add_service(
-            SubjectDataServiceServer::new(subject::SubjectData::new(self.store.clone()))
-                .max_decoding_message_size(max),
+            UserServiceServer::new(self.people.clone()).max_decoding_message_size(max),
         );
         routes.add_service(
-            RetentionServiceServer::new(self.retention.clone()).max_decoding_message_size(max),
+            ContactServiceServer::new(self.people.clone()).max_decoding_message_size(max),
+        );
+        routes.add_service(
+            EvaluationSignupServiceServer::new(self.people.clone()).max_decoding_message_size(max),
         );
     }
 
-    fn stop(&self) -> BoxFuture<'_, ()> {
+    fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            if let Some(task) = self.sweeping.lock().ok().and_then(|mut t| t.take()) {
-                task.abort();
-            }
-            self.db.close().await;
+            self.context
+                .db
+                .migrate(NAME, sqlx::migrate!("./migrations"))
+                .await
         })
+    }
+
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn subject_data(&self) -> Arc<dyn SubjectData> {
+        Arc::new(
+            StoreSubjectData::new(self.store.clone())
+                .with_check::<User>(people::check_user)
+                .with_check::<Contact>(people::check_contact)
+                .with_check::<EvaluationSignup>(people::check_signup),
+        )
+    }
+
+    fn sweeper(&self) -> Arc<dyn Sweep> {
+        Arc::new(StoreSweep::new(
+            self.store.clone(),
+            Arc::new(OwnerPolicy(self.holds.clone())),
+        ))
+    }
+
+    fn retention_owner(&self) -> Option<Arc<dyn RetentionOwner>> {
+        Some(self.holds.clone())
     }
 }

@@ -1,41 +1,54 @@
 //! Who is calling, and why: authentication of every call by bearer token,
 //! and authorisation of each method by purpose and tenant.
 //!
-//! The runtime runs [`TokenAuthenticator`] before any handler, so an
-//! unauthenticated call never reaches service code. Each service declares
-//! its methods as [`Method`] constants (the purposes each serves, in one
-//! table per service) and starts every handler with
-//! [`crate::Guard::authorize`].
+//! The service kit runs [`TokenAuthenticator`] and [`authorize`] in the tower
+//! stack before any handler, with each method's purposes read from its
+//! declaration in the contracts, so an unauthenticated or unauthorised call
+//! never reaches service code.
+//!
+//! A call between services carries the calling service's own credential (a
+//! token of kind `service`) and, in metadata, the original caller
+//! ([`ON_BEHALF_OF_HEADER`]), the one purpose of the original call and the
+//! original caller's tenant limit ([`TENANT_LIMIT_HEADER`]). Only a service
+//! credential may send the first and the last: from any other token they are
+//! refused, so nobody can forge whom the audit trail names or escape a limit.
 
 use std::sync::Arc;
 
 use custodian_proto::audit::v1::AuditAction;
-use custodian_runtime::server::Authenticate;
 use tonic::Status;
 
-use crate::token::{Claims, Purpose, TokenError, TokenVerifier, bearer};
+use crate::token::{Claims, Purpose, TokenError, TokenKind, TokenVerifier, bearer};
 
 /// Metadata naming the purpose of this call, when the token allows several.
 pub const PURPOSE_HEADER: &str = "custodian-purpose";
-/// Metadata naming who a service acts for (the original caller).
+/// Metadata naming who a service acts for (the original caller). Service
+/// credentials only.
 pub const ON_BEHALF_OF_HEADER: &str = "custodian-on-behalf-of";
+/// Metadata carrying the original caller's tenant limit on a forwarded call.
+/// Service credentials only; the callee never widens it.
+pub const TENANT_LIMIT_HEADER: &str = "custodian-tenant-limit";
 
-/// The authenticated caller, as its token says.
+/// The authenticated caller, as its token (and, for a service, the call it
+/// forwards) says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// The token's `sub`.
     pub subject: String,
     /// Purposes the token allows.
     pub purposes: Vec<Purpose>,
-    /// The one tenant the caller is limited to (an id, not "tenants/x").
+    /// The one tenant the caller is limited to (an id, not "tenants/x"). On
+    /// a forwarded call, the original caller's limit.
     pub tenant: Option<String>,
     /// The purpose the call says it is made for, if it says.
     pub requested_purpose: Option<Purpose>,
     /// Who a service says it acts for.
     pub on_behalf_of: Option<String>,
+    /// The token is a service credential.
+    pub service: bool,
 }
 
-/// Verifies bearer tokens and records the [`Caller`] for handlers.
+/// Verifies bearer tokens and tells who is calling.
 ///
 /// An Ed25519 verification costs tens of microseconds, more than the rest
 /// of a typical call, and a client sends the same token for many calls: the
@@ -50,6 +63,9 @@ pub struct TokenAuthenticator {
 /// Verified tokens kept at most; past this the memory is simply cleared,
 /// which costs one verification per token in use.
 const VERIFIED_CAPACITY: usize = 10_000;
+
+/// The longest on-behalf-of value kept: it names a caller, not a document.
+const MAX_ON_BEHALF_OF: usize = 200;
 
 impl TokenAuthenticator {
     pub fn new(verifier: TokenVerifier) -> Arc<Self> {
@@ -83,19 +99,10 @@ impl TokenAuthenticator {
         }
         Ok(claims)
     }
-}
 
-fn unauthenticated(err: &TokenError) -> Status {
-    // Reasons are the token error's fixed texts; the token itself never.
-    Status::unauthenticated(format!("bearer token refused: {err}"))
-}
-
-impl Authenticate for TokenAuthenticator {
-    fn authenticate(
-        &self,
-        headers: &http::HeaderMap,
-        extensions: &mut http::Extensions,
-    ) -> Result<(), Status> {
+    /// The caller of a request with these headers, or the refusal to answer.
+    #[allow(clippy::result_large_err)] // a refusal is answered as is, once
+    pub fn caller(&self, headers: &http::HeaderMap) -> Result<Caller, Status> {
         let value = headers
             .get(http::header::AUTHORIZATION)
             .ok_or_else(|| unauthenticated(&TokenError::Missing))?;
@@ -116,23 +123,60 @@ impl Authenticate for TokenAuthenticator {
                     })?,
             ),
         };
-        let on_behalf_of = headers
-            .get(ON_BEHALF_OF_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.chars().take(200).collect());
-        extensions.insert(Caller {
+        let service = claims.kind == TokenKind::Service;
+        let forwarded = |name: &str| -> Result<Option<String>, Status> {
+            let Some(value) = headers.get(name) else {
+                return Ok(None);
+            };
+            if !service {
+                return Err(Status::permission_denied(format!(
+                    "{name} may only be sent with a service credential"
+                )));
+            }
+            let value = value
+                .to_str()
+                .ok()
+                .filter(|v| !v.is_empty() && v.len() <= MAX_ON_BEHALF_OF)
+                .ok_or_else(|| Status::invalid_argument(format!("{name} is malformed")))?;
+            Ok(Some(value.to_owned()))
+        };
+        let on_behalf_of = forwarded(ON_BEHALF_OF_HEADER)?;
+        let forwarded_limit = forwarded(TENANT_LIMIT_HEADER)?;
+        // A forwarded limit narrows the credential's own; two different
+        // tenants leave nothing to see, which is refused outright.
+        let tenant = match (claims.tenant, forwarded_limit) {
+            (Some(own), Some(limit)) if own != limit => {
+                return Err(Status::permission_denied(
+                    "the forwarded tenant limit contradicts the credential's own",
+                ));
+            }
+            (own, limit) => limit.or(own),
+        };
+        if service && requested_purpose.is_none() {
+            // A service always says which of its purposes it acts for, so
+            // it never acts with more than the call it serves.
+            return Err(Status::invalid_argument(format!(
+                "a service credential must name the purpose in {PURPOSE_HEADER}"
+            )));
+        }
+        Ok(Caller {
             subject: claims.sub,
             purposes: claims.purposes,
-            tenant: claims.tenant,
+            tenant,
             requested_purpose,
             on_behalf_of,
-        });
-        Ok(())
+            service,
+        })
     }
 }
 
+fn unauthenticated(err: &TokenError) -> Status {
+    // Reasons are the token error's fixed texts; the token itself never.
+    Status::unauthenticated(format!("bearer token refused: {err}"))
+}
+
 /// A method that touches personal data: what it does and which purposes it
-/// serves, in order of preference.
+/// serves, in order of preference. Read from the method's declaration.
 #[derive(Debug, Clone, Copy)]
 pub struct Method {
     /// gRPC path, "/package.Service/Method".
@@ -223,6 +267,7 @@ mod tests {
             tenant: None,
             requested_purpose: requested,
             on_behalf_of: None,
+            service: false,
         }
     }
 
@@ -256,9 +301,7 @@ mod tests {
             )
             .unwrap();
         for _ in 0..2 {
-            let mut ext = http::Extensions::new();
-            auth.authenticate(&headers(&token), &mut ext).unwrap();
-            let caller = ext.get::<Caller>().unwrap();
+            let caller = auth.caller(&headers(&token)).unwrap();
             assert_eq!(
                 (caller.subject.as_str(), caller.tenant.as_deref()),
                 ("ops:a", Some("acme"))
@@ -267,19 +310,58 @@ mod tests {
         assert_eq!(auth.verified.lock().unwrap().len(), 1);
 
         // A refused token is never remembered.
-        let mut ext = http::Extensions::new();
-        assert!(auth.authenticate(&headers("a.b.c"), &mut ext).is_err());
+        assert!(auth.caller(&headers("a.b.c")).is_err());
         assert_eq!(auth.verified.lock().unwrap().len(), 1);
 
         // A remembered token past its expiry is refused, and forgotten.
         for claims in auth.verified.lock().unwrap().values_mut() {
             claims.exp = 0;
         }
-        let err = auth
-            .authenticate(&headers(&token), &mut http::Extensions::new())
-            .unwrap_err();
+        let err = auth.caller(&headers(&token)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
         assert!(auth.verified.lock().unwrap().is_empty());
+    }
+
+    fn with(token: &str, extra: &[(&'static str, &str)]) -> http::HeaderMap {
+        let mut h = headers(token);
+        for (k, v) in extra {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn only_service_credentials_may_forward_a_caller_or_a_limit() {
+        let (auth, issuer) = authenticator();
+        let hour = std::time::Duration::from_secs(3600);
+        let person = issuer
+            .issue("ops:mallory", &[Purpose::Support], None, hour)
+            .unwrap();
+        for header in [ON_BEHALF_OF_HEADER, TENANT_LIMIT_HEADER] {
+            let err = auth
+                .caller(&with(&person, &[(header, "acme")]))
+                .unwrap_err();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{header}");
+        }
+        let service = issuer
+            .issue_service("svc:dsr", &[Purpose::DsrFulfilment], hour)
+            .unwrap();
+        let caller = auth
+            .caller(&with(
+                &service,
+                &[
+                    (ON_BEHALF_OF_HEADER, "ops:alice"),
+                    (TENANT_LIMIT_HEADER, "acme"),
+                    (PURPOSE_HEADER, "dsr_fulfilment"),
+                ],
+            ))
+            .unwrap();
+        assert!(caller.service);
+        assert_eq!(caller.on_behalf_of.as_deref(), Some("ops:alice"));
+        assert_eq!(caller.tenant.as_deref(), Some("acme"));
+        // A service must say which purpose it acts for.
+        let err = auth.caller(&headers(&service)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
     }
 
     #[test]
@@ -314,18 +396,29 @@ mod tests {
 }
 
 /// Credentials for a call one service makes to another for its caller: the
-/// calling service's own token, the purpose the original call was made for,
-/// who it acts for, and the trace context — so the callee authorises the
-/// service, audits the person behind it, and joins the same trace.
+/// calling service's own credential, the one purpose the original call was
+/// made for, who it acts for, the original caller's tenant limit, what is
+/// left of its deadline (as `grpc-timeout`) and the trace context. The
+/// callee authorises the service for that purpose only, audits the person
+/// behind it, keeps the caller's tenant limit and joins the same trace: a
+/// forwarded call can never do more than the call it serves.
 #[derive(Clone)]
 pub struct Forward {
     authorization: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     purpose: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     on_behalf_of: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    tenant_limit: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    deadline: Option<std::time::Instant>,
 }
 
 impl Forward {
-    pub fn new(service_token: &str, access: &Access) -> Result<Self, Status> {
+    /// For a call made while serving `access`, which must end by `deadline`.
+    #[allow(clippy::result_large_err)] // answered as is
+    pub fn new(
+        credential: &str,
+        access: &Access,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<Self, Status> {
         let invalid = |_| Status::internal("credentials not representable as metadata");
         let origin = access
             .caller
@@ -333,20 +426,54 @@ impl Forward {
             .as_deref()
             .unwrap_or(&access.caller.subject);
         Ok(Self {
-            authorization: format!("Bearer {service_token}").parse().map_err(invalid)?,
+            authorization: format!("Bearer {credential}").parse().map_err(invalid)?,
             purpose: access.purpose.as_str().parse().map_err(invalid)?,
-            on_behalf_of: origin.parse().ok(),
+            on_behalf_of: Some(origin.parse().map_err(invalid)?),
+            tenant_limit: access
+                .caller
+                .tenant
+                .as_deref()
+                .map(|t| t.parse())
+                .transpose()
+                .map_err(invalid)?,
+            deadline,
+        })
+    }
+
+    /// For a service's own work (a scheduled sweep): no caller behind it.
+    #[allow(clippy::result_large_err)] // answered as is
+    pub fn own(credential: &str, purpose: Purpose) -> Result<Self, Status> {
+        let invalid = |_| Status::internal("credentials not representable as metadata");
+        Ok(Self {
+            authorization: format!("Bearer {credential}").parse().map_err(invalid)?,
+            purpose: purpose.as_str().parse().map_err(invalid)?,
+            on_behalf_of: None,
+            tenant_limit: None,
+            deadline: None,
         })
     }
 }
 
 impl tonic::service::Interceptor for Forward {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(Status::deadline_exceeded(
+                    "the deadline passed before the call to another service",
+                ));
+            }
+            // The callee stops when the original caller stops waiting.
+            request.set_timeout(left);
+        }
         let metadata = request.metadata_mut();
         metadata.insert("authorization", self.authorization.clone());
         metadata.insert(PURPOSE_HEADER, self.purpose.clone());
         if let Some(origin) = &self.on_behalf_of {
             metadata.insert(ON_BEHALF_OF_HEADER, origin.clone());
+        }
+        if let Some(limit) = &self.tenant_limit {
+            metadata.insert(TENANT_LIMIT_HEADER, limit.clone());
         }
         custodian_runtime::telemetry::inject_trace_context(request)
     }

@@ -58,6 +58,11 @@ pub struct Event {
     pub detail: String,
 }
 
+/// The longest text any field of a stored event keeps. Events name callers,
+/// methods and resource names, all bounded long before they get here; this
+/// is the last line, so no caller's input can bloat the six-year trail.
+const MAX_EVENT_TEXT: usize = 512;
+
 impl Event {
     pub fn new(action: AuditAction, outcome: AuditOutcome) -> Self {
         Self {
@@ -66,6 +71,37 @@ impl Event {
             ..Self::default()
         }
     }
+
+    /// The event as it can always be stored: control characters (a NUL
+    /// byte fails a PostgreSQL commit) replaced, every text bounded.
+    fn storable(mut self) -> Self {
+        for text in [
+            &mut self.caller,
+            &mut self.on_behalf_of,
+            &mut self.purpose,
+            &mut self.method,
+            &mut self.resource,
+            &mut self.subject_ref,
+            &mut self.detail,
+        ] {
+            clean(text);
+        }
+        for field in &mut self.fields {
+            clean(field);
+        }
+        self
+    }
+}
+
+fn clean(text: &mut String) {
+    if text.len() <= MAX_EVENT_TEXT && !text.chars().any(char::is_control) {
+        return;
+    }
+    *text = text
+        .chars()
+        .take(MAX_EVENT_TEXT)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
 }
 
 /// A stored event.
@@ -180,30 +216,49 @@ impl AuditLog {
                 }
             }
             let events: Vec<Event> = group.iter().map(|p| p.event.clone()).collect();
-            let outcome = async {
-                let conn = match connection.as_mut() {
-                    Some(conn) => conn,
-                    None => connection.insert(self.db.pool().acquire().await?.detach()),
-                };
-                let mut tx = sqlx::Connection::begin(conn).await?;
-                self.append_in_tx(&mut tx, &events).await?;
-                tx.commit().await?;
-                Ok::<_, ApiError>(())
+            if self.commit(&mut connection, &events).await.is_ok() {
+                for pending in group {
+                    let _ = pending.done.send(Ok(()));
+                }
+                continue;
             }
-            .await;
-            if outcome.is_err() {
-                // A fresh connection next time, in case this one broke.
-                connection = None;
-            }
-            if let Err(err) = &outcome {
-                tracing::error!(service = self.service, error = %err, events = events.len(), "audit write failed");
-            }
+            // One bad event must not fail the reads of every other caller
+            // in its group: each is tried alone, and only what fails alone
+            // is refused.
             for pending in group {
-                let _ = pending
-                    .done
-                    .send(outcome.as_ref().map(|_| ()).map_err(|_| ()));
+                let alone = self
+                    .commit(&mut connection, std::slice::from_ref(&pending.event))
+                    .await;
+                if let Err(err) = &alone {
+                    tracing::error!(service = self.service, error = %err, "audit write failed");
+                }
+                let _ = pending.done.send(alone.map_err(|_| ()));
             }
         }
+    }
+
+    /// Appends `events` in one transaction on the writer's own connection.
+    async fn commit(
+        &self,
+        connection: &mut Option<sqlx::AnyConnection>,
+        events: &[Event],
+    ) -> Result<(), ApiError> {
+        let outcome = async {
+            let conn = match connection.as_mut() {
+                Some(conn) => conn,
+                None => connection.insert(self.db.pool().acquire().await?.detach()),
+            };
+            let mut tx = sqlx::Connection::begin(conn).await?;
+            self.append_in_tx(&mut tx, events).await?;
+            tx.commit().await?;
+            Ok::<_, ApiError>(())
+        }
+        .await;
+        if outcome.is_err() {
+            // A fresh connection next time, in case this one broke.
+            *connection = None;
+        }
+        outcome
     }
 
     /// Stores an event outside any transaction of the caller's, sharing a
@@ -253,7 +308,7 @@ impl AuditLog {
 
         let mut rows = Vec::with_capacity(events.len());
         for (i, event) in events.iter().enumerate() {
-            let mut event = event.clone();
+            let mut event = event.clone().storable();
             if event.time == 0 {
                 event.time = now;
             }
@@ -497,6 +552,21 @@ fn stored_from_row(row: &AnyRow) -> Result<StoredEvent, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_made_storable() {
+        let event = Event {
+            resource: format!("tenants/ac\0me/{}", "x".repeat(5000)),
+            caller: "ops:a".into(),
+            fields: vec!["e\u{1}mail".into()],
+            ..Event::new(AuditAction::Read, AuditOutcome::Ok)
+        }
+        .storable();
+        assert!(!event.resource.contains('\0'));
+        assert_eq!(event.resource.chars().count(), MAX_EVENT_TEXT);
+        assert_eq!(event.fields, ["e\u{FFFD}mail"]);
+        assert_eq!(event.caller, "ops:a");
+    }
 
     #[test]
     fn groups_are_cut_into_few_statement_sizes() {

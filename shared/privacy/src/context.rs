@@ -1,14 +1,13 @@
-//! What a service holds to keep the privacy promises: its audit trail, its
-//! vault, and the checks every handler starts with. Adopting the kernel in a
-//! service is one [`Privacy`] in its state and, per method, one
-//! [`Method`] constant and one `authorize` call.
+//! What a service holds to keep the privacy promises: its audit trail and
+//! its vault, and the events every access records. Whether a call may run at
+//! all is decided before any handler, in the service kit's stack.
 
 use custodian_proto::audit::v1::AuditOutcome;
 use custodian_runtime::{ApiError, Database};
 use tonic::Status;
 
 use crate::{
-    access::{self, Access, Caller, Method, Refusal},
+    access::{Access, Caller, Method},
     audit::{AuditLog, Event},
     vault::Vault,
 };
@@ -34,46 +33,30 @@ impl Privacy {
         Self { audit, vault }
     }
 
-    /// Runs the migrations and starts the audit writer.
+    pub fn service(&self) -> &'static str {
+        self.audit.service()
+    }
+
+    /// Runs the migrations and starts the audit writer. The service kit
+    /// calls this for every service before the service itself starts, so no
+    /// service can forget it.
     pub async fn start(&self, db: &Database) -> anyhow::Result<()> {
         migrate(db, self.audit.service()).await?;
         self.audit.start().await
     }
 
-    /// Checks that the caller's token allows a purpose of `method`. A
-    /// refusal is PERMISSION_DENIED and is itself audited.
-    pub async fn authorize<T>(
-        &self,
-        request: &tonic::Request<T>,
-        method: Method,
-    ) -> Result<Access, Status> {
-        match access::authorize(request.extensions().get::<Caller>(), method) {
-            Ok(access) => Ok(access),
-            Err(Refusal::NoCaller) => Err(Status::unauthenticated("no authenticated caller")),
-            Err(Refusal::Purpose { caller }) => {
-                let event = Event {
-                    caller: caller.subject.clone(),
-                    on_behalf_of: caller.on_behalf_of.clone().unwrap_or_default(),
-                    purpose: caller
-                        .requested_purpose
-                        .map(|p| p.to_string())
-                        .unwrap_or_default(),
-                    method: method.path.to_owned(),
-                    ..Event::new(method.action, AuditOutcome::Denied)
-                };
-                self.audit.record(event).await?;
-                let purposes: Vec<&str> = method.purposes.iter().map(|p| p.as_str()).collect();
-                Err(Status::permission_denied(format!(
-                    "{} serves the purposes {}; the token allows none of them{}",
-                    method.path,
-                    purposes.join(", "),
-                    if caller.requested_purpose.is_some() {
-                        " (or not the one requested)"
-                    } else {
-                        ""
-                    }
-                )))
-            }
+    /// The event of a refused call: the caller's token allows none of the
+    /// method's purposes.
+    pub fn denied(&self, caller: &Caller, method: Method) -> Event {
+        Event {
+            caller: caller.subject.clone(),
+            on_behalf_of: caller.on_behalf_of.clone().unwrap_or_default(),
+            purpose: caller
+                .requested_purpose
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            method: method.path.to_owned(),
+            ..Event::new(method.action, AuditOutcome::Denied)
         }
     }
 

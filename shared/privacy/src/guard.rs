@@ -167,6 +167,97 @@ pub fn check_fields<'a>(fields: &[(&'a str, &str)]) -> Vec<(&'a str, SensitiveKi
         .collect()
 }
 
+/// The longest line whose sensitive values are cut out one by one; a longer
+/// line with a finding is replaced whole. Over-redacting is safe, and it
+/// keeps the search (scans of windows of a line) bounded whatever the text.
+const MAX_REDACT_LINE: usize = 4096;
+
+/// Removes sensitive values from text that cannot be refused (mail that has
+/// already arrived): each value is replaced by "[redacted <kind>]". Returns
+/// the text and the kinds removed; text without any is returned unchanged.
+/// A redacted text is returned in its folded spelling (NFKC, unified
+/// separators), which is how the values were found.
+pub fn redact(text: &str) -> (String, Vec<SensitiveKind>) {
+    let kinds: Vec<SensitiveKind> = scan(text).into_iter().map(|f| f.kind).collect();
+    if kinds.is_empty() {
+        return (text.to_owned(), kinds);
+    }
+    let folded = fold(text).into_owned();
+    let lines: Vec<String> = folded
+        .split('\n')
+        .map(|line| {
+            if check(line).is_ok() {
+                line.to_owned()
+            } else if line.len() > MAX_REDACT_LINE {
+                format!("[redacted {}]", scan(line)[0].kind)
+            } else {
+                redact_line(line)
+            }
+        })
+        .collect();
+    let mut out = lines.join("\n");
+    // A value split over lines in a way folding did not join is caught
+    // here: what is left is redacted whole.
+    if check(&out).is_err() {
+        out = format!("[redacted {}]", scan(&out)[0].kind);
+    }
+    (out, kinds)
+}
+
+/// Cuts each sensitive value out of one line: the smallest window of words
+/// that still holds a finding is replaced, until none is left.
+fn redact_line(line: &str) -> String {
+    let mut line = line.to_owned();
+    for _ in 0..64 {
+        let Err(finding) = check(&line) else {
+            return line;
+        };
+        let words: Vec<(usize, usize)> = word_spans(&line);
+        // The shortest prefix of words that holds a finding ends the window.
+        let end = words
+            .iter()
+            .map(|&(_, end)| end)
+            .find(|&end| check(&line[..end]).is_err())
+            .unwrap_or(line.len());
+        // Then drop words from the front while the finding stays.
+        let start = words
+            .iter()
+            .map(|&(start, _)| start)
+            .filter(|&start| start < end)
+            .take_while(|&start| check(&line[start..end]).is_err())
+            .last()
+            .unwrap_or(0);
+        let kind = check(&line[start..end])
+            .err()
+            .map_or(finding.kind, |f| f.kind);
+        line.replace_range(start..end, &format!("[redacted {kind}]"));
+    }
+    if check(&line).is_err() {
+        return format!("[redacted {}]", scan(&line)[0].kind);
+    }
+    line
+}
+
+/// Byte ranges of the space-separated words of a line.
+fn word_spans(line: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut start = None;
+    for (i, c) in line.char_indices() {
+        match (c == ' ', start) {
+            (true, Some(s)) => {
+                spans.push((s, i));
+                start = None;
+            }
+            (false, None) => start = Some(i),
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        spans.push((s, line.len()));
+    }
+    spans
+}
+
 // Fewest ASCII digits each detector needs; counting digits is far cheaper
 // than running the regexes, and most free text has few.
 const IBAN_MIN_DIGITS: usize = 2; // Only the check digits are always numeric.
@@ -773,6 +864,32 @@ mod tests {
                 "maestro 6759 6498 2643 8453",
             ],
         );
+    }
+
+    #[test]
+    fn redaction_cuts_out_the_values_and_keeps_the_words() {
+        let (text, kinds) = redact(
+            "Hello,\nmy card 4111 1111 1111 1111 was charged twice.\nIBAN DE89 3704 0044 0532 0130 00 please.\nThanks, Ann",
+        );
+        assert_eq!(kinds, [SensitiveKind::PaymentCard, SensitiveKind::Iban]);
+        assert!(!text.contains("4111") && !text.contains("3704"), "{text}");
+        assert!(
+            text.contains("my card [redacted payment card number] was charged twice."),
+            "{text}"
+        );
+        assert!(text.contains("Thanks, Ann"), "{text}");
+        assert!(check(&text).is_ok());
+        // A card broken over lines and written in full-width digits.
+        let (text, kinds) = redact("card ４１１１ １１１１\n１１１１ １１１１ end");
+        assert_eq!(kinds, [SensitiveKind::PaymentCard]);
+        assert!(check(&text).is_ok() && text.contains("end"), "{text}");
+        // Nothing to redact: the text as it was, spelling and all.
+        let clean = "Order ４２ shipped";
+        assert_eq!(redact(clean), (clean.to_owned(), vec![]));
+        // A huge line is replaced whole, quickly.
+        let huge = format!("{} 4111111111111111", "word ".repeat(2000));
+        let (text, _) = redact(&huge);
+        assert_eq!(text, "[redacted payment card number]");
     }
 
     #[test]

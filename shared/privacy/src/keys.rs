@@ -17,13 +17,14 @@
 //! "mk-2026-01-01" = "<base64 of 32 bytes>"   # kept until every data key is rewrapped
 //! ```
 //!
-//! Master key rotation, using [`KeyFile::add_master_key`] and
-//! [`KeyFile::retire_master_key`]:
+//! Master key rotation, using [`KeyFile::add_master_key`],
+//! [`KeyFile::activate_master_key`] and [`KeyFile::retire_master_key`]:
 //!
-//! 1. add a new master key, which becomes active, and deploy the file;
-//! 2. run the rewrap job ([`crate::crypto::Keyring::rewrap`]) over every
-//!    stored wrapped data key;
-//! 3. retire the old key and deploy again.
+//! 1. add a new master key (not active yet) and deploy the file everywhere;
+//! 2. activate it and deploy again;
+//! 3. run the rewrap job ([`crate::crypto::Keyring::rewrap`]) over every
+//!    stored wrapped data key of every service;
+//! 4. retire the old key and deploy again.
 //!
 //! Errors name the file and the problem but never echo a value from it: a typo
 //! next to a key must not put the key into a log.
@@ -214,7 +215,10 @@ impl KeyFile {
         Ok(())
     }
 
-    /// Rotation step 1: adds a new random master key `id` and makes it active.
+    /// Rotation step 1: adds a new random master key `id`, not yet active:
+    /// servers still on the old file must be able to unwrap what servers on
+    /// the new one wrap, so a key is activated ([`Self::activate_master_key`])
+    /// only once every server has it.
     pub fn add_master_key(&mut self, id: &str) -> anyhow::Result<()> {
         if !is_valid_key_id(id) {
             bail!(
@@ -225,6 +229,15 @@ impl KeyFile {
             bail!("master key {id:?} already exists");
         }
         self.master_keys.insert(id.to_owned(), random_key_text());
+        Ok(())
+    }
+
+    /// Rotation step 2: makes master key `id` the one new data keys are
+    /// wrapped with.
+    pub fn activate_master_key(&mut self, id: &str) -> anyhow::Result<()> {
+        if !self.master_keys.contains_key(id) {
+            bail!("no master key {id:?}");
+        }
         self.active_master_key = id.to_owned();
         Ok(())
     }
@@ -656,8 +669,14 @@ token_public_keys = ["-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\
         let old = file.keyring().unwrap().wrap(&dk, b"row");
 
         file.add_master_key("mk-2027-01-01").unwrap();
-        assert_eq!(file.active_master_key, "mk-2027-01-01");
+        // Added, not active: servers still on the old file must be able to
+        // unwrap what is wrapped with the new key before anything is.
+        assert_eq!(file.active_master_key, "mk-2026-11-29");
         assert_eq!(file.master_keys.len(), 2);
+        assert!(!file.keyring().unwrap().needs_rewrap(&old));
+        assert!(file.activate_master_key("mk-nope").is_err());
+        file.activate_master_key("mk-2027-01-01").unwrap();
+        assert_eq!(file.active_master_key, "mk-2027-01-01");
         let ring = file.keyring().unwrap();
         assert!(ring.needs_rewrap(&old));
         let new = ring.rewrap(&old, b"row").unwrap();

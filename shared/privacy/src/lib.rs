@@ -9,30 +9,30 @@
 //! - [`token`] and [`access`]: every call is authenticated by a signed
 //!   bearer token; each method serves declared purposes; a caller limited to
 //!   a tenant sees only that tenant.
-//! - [`policy`]: which fields each purpose may see, in one table.
-//! - [`audit`] and [`audit_api`]: every access to personal data is written to
-//!   a hash-chained audit trail.
+//! - [`audit`]: every access to personal data is written to a hash-chained
+//!   audit trail.
 //! - [`crypto`], [`keys`] and [`vault`]: personal fields are encrypted at rest
 //!   under per-subject data keys; lookups use keyed blind indexes; erasure
 //!   destroys the key.
 //! - [`retention`]: how long each category is kept, and the sweep schedule.
 //!
-//! A service holds one [`Privacy`] and declares its methods as [`Method`]s.
+//! A service holds one [`Privacy`]; which fields a purpose sees, and which
+//! purposes a method serves, are declared on the contracts and applied by
+//! the service kit (`custodian-kit`). The kernel knows no service's fields.
 
 pub mod access;
 pub mod audit;
-pub mod audit_api;
 pub mod context;
 pub mod crypto;
 pub mod guard;
 pub mod keys;
 pub mod normalize;
-pub mod policy;
 pub mod retention;
 pub mod token;
 pub mod vault;
 
 pub use access::{Access, Caller, Forward, Method, TokenAuthenticator};
 pub use context::Privacy;
-pub use guard::{Finding, SensitiveKind, check, check_fields, scan};
+pub use guard::{Finding, SensitiveKind, check, check_fields, redact, scan};
 pub use token::Purpose;
+pub use token::TokenKind;

@@ -87,6 +87,27 @@ impl Purpose {
     }
 }
 
+impl Purpose {
+    /// The purpose as the contracts declare it.
+    pub fn to_proto(self) -> custodian_proto::privacy::v1::Purpose {
+        use custodian_proto::privacy::v1::Purpose as P;
+        match self {
+            Purpose::ServiceDelivery => P::ServiceDelivery,
+            Purpose::Support => P::Support,
+            Purpose::DsrFulfilment => P::DsrFulfilment,
+            Purpose::SecurityInvestigation => P::SecurityInvestigation,
+            Purpose::ProductAnalytics => P::ProductAnalytics,
+            Purpose::Audit => P::Audit,
+            Purpose::Administration => P::Administration,
+        }
+    }
+
+    /// The purpose a contract declares; `None` for PURPOSE_UNSPECIFIED.
+    pub fn from_proto(purpose: custodian_proto::privacy::v1::Purpose) -> Option<Purpose> {
+        Purpose::ALL.into_iter().find(|p| p.to_proto() == purpose)
+    }
+}
+
 impl fmt::Display for Purpose {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -135,6 +156,27 @@ pub struct Claims {
     pub exp: u64,
     /// Random token id, so a single token can be named in audit records.
     pub jti: String,
+    /// What holds the token. Only a service credential may say whom it
+    /// acts for and pass on a caller's tenant limit (see `access`).
+    #[serde(default, skip_serializing_if = "TokenKind::is_caller")]
+    pub kind: TokenKind,
+}
+
+/// Who holds a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// A person or a tool acting for itself (operators, grpcurl, clients).
+    #[default]
+    Caller,
+    /// One of the suite's services, calling another for its own caller.
+    Service,
+}
+
+impl TokenKind {
+    fn is_caller(&self) -> bool {
+        *self == TokenKind::Caller
+    }
 }
 
 /// Why a token could not be issued or was refused. Messages never contain
@@ -153,6 +195,12 @@ pub enum TokenError {
     /// Past `exp` (plus leeway).
     #[error("token has expired")]
     Expired,
+    /// Issued in the future (beyond the leeway).
+    #[error("token is not valid yet")]
+    NotYetValid,
+    /// Claims a lifetime longer than any issuer grants.
+    #[error("token lifetime exceeds the maximum")]
+    LifetimeTooLong,
     /// Signed by a trusted key, but for another issuer or audience.
     #[error("token has the wrong issuer or audience")]
     WrongIssuerOrAudience,
@@ -213,6 +261,23 @@ impl TokenIssuer {
         self.issue_at(unix_now(), sub, purposes, tenant, ttl)
     }
 
+    /// Issues a service credential: a token only the suite's own services
+    /// hold, which may forward a caller's identity and tenant limit. Its
+    /// subject must name a service ("svc:tickets").
+    pub fn issue_service(
+        &self,
+        service: &str,
+        purposes: &[Purpose],
+        ttl: Duration,
+    ) -> Result<String, TokenError> {
+        if !service.starts_with("svc:") {
+            return Err(TokenError::Invalid(
+                "a service credential's subject starts with \"svc:\"",
+            ));
+        }
+        self.sign(unix_now(), service, purposes, None, ttl, TokenKind::Service)
+    }
+
     /// Same, at a given "now" (unix seconds) — for tests of expiry without sleeping.
     ///
     /// # Panics
@@ -224,6 +289,18 @@ impl TokenIssuer {
         purposes: &[Purpose],
         tenant: Option<&str>,
         ttl: Duration,
+    ) -> Result<String, TokenError> {
+        self.sign(now, sub, purposes, tenant, ttl, TokenKind::Caller)
+    }
+
+    fn sign(
+        &self,
+        now: u64,
+        sub: &str,
+        purposes: &[Purpose],
+        tenant: Option<&str>,
+        ttl: Duration,
+        kind: TokenKind,
     ) -> Result<String, TokenError> {
         if ttl.as_secs() == 0 || ttl > MAX_TTL {
             return Err(TokenError::Invalid("ttl must be 1 second to 30 days"));
@@ -258,6 +335,7 @@ impl TokenIssuer {
             iat: now,
             exp,
             jti: hex(&random_bytes::<16>()),
+            kind,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key)
             .map_err(|_| TokenError::Key("signing with the Ed25519 private key failed".to_owned()))
@@ -316,6 +394,7 @@ impl TokenVerifier {
         // jsonwebtoken reads the system clock for exp; ours is injectable.
         validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        // `iat` is required too: `Claims` has no default for it.
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
         Ok(Self { keys, validation })
@@ -336,6 +415,15 @@ impl TokenVerifier {
         let claims = self.decode(token)?;
         if now > claims.exp.saturating_add(LEEWAY_SECS) {
             return Err(TokenError::Expired);
+        }
+        // A signed token is still refused if it claims a life no issuer
+        // grants, or to have been issued in the future: a stolen signing
+        // key's forgeries, or a clock gone wrong, must not live forever.
+        if claims.iat > now.saturating_add(LEEWAY_SECS) {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.exp.saturating_sub(claims.iat) > MAX_TTL.as_secs() || claims.exp < claims.iat {
+            return Err(TokenError::LifetimeTooLong);
         }
         if claims.sub.trim().is_empty() {
             return Err(TokenError::Malformed);
@@ -488,7 +576,60 @@ mod tests {
             iat: now,
             exp: now + 3600,
             jti: "test".to_owned(),
+            kind: TokenKind::Caller,
         }
+    }
+
+    #[test]
+    fn signed_tokens_with_impossible_lifetimes_are_refused() {
+        let p = pair();
+        let v = verifier(&[&p.public_pem]);
+        for exp in [9_999_999_999, u64::MAX, T0 + MAX_TTL.as_secs() + 1] {
+            let mut claims = claims_at(T0);
+            claims.exp = exp;
+            let token = sign_raw(&p.private_pem, &claims);
+            assert!(
+                matches!(v.verify_at(&token, T0), Err(TokenError::LifetimeTooLong)),
+                "exp {exp} accepted"
+            );
+        }
+        let mut future = claims_at(T0 + 3600);
+        future.exp = T0 + 7200;
+        let token = sign_raw(&p.private_pem, &future);
+        assert!(matches!(
+            v.verify_at(&token, T0),
+            Err(TokenError::NotYetValid)
+        ));
+        // Within the leeway, a slightly fast issuer clock is tolerated.
+        let skewed = claims_at(T0 + LEEWAY_SECS);
+        assert!(v.verify_at(&sign_raw(&p.private_pem, &skewed), T0).is_ok());
+        // The longest lifetime an issuer grants still verifies.
+        let token = p
+            .issuer
+            .issue_at(T0, "s", &[Purpose::Audit], None, MAX_TTL)
+            .unwrap();
+        assert!(v.verify_at(&token, T0).is_ok());
+    }
+
+    #[test]
+    fn service_credentials_say_so_and_callers_do_not() {
+        let p = pair();
+        let v = verifier(&[&p.public_pem]);
+        let service = p
+            .issuer
+            .issue_service("svc:tickets", &[Purpose::Support], HOUR)
+            .unwrap();
+        assert_eq!(v.verify(&service).unwrap().kind, TokenKind::Service);
+        let caller = p
+            .issuer
+            .issue("ops:a", &[Purpose::Support], None, HOUR)
+            .unwrap();
+        assert_eq!(v.verify(&caller).unwrap().kind, TokenKind::Caller);
+        assert!(
+            p.issuer
+                .issue_service("ops:a", &[Purpose::Support], HOUR)
+                .is_err()
+        );
     }
 
     /// Signs arbitrary claims with EdDSA, bypassing the issuer's checks.
@@ -975,6 +1116,23 @@ mod tests {
         assert_eq!(bearer("Bearerabc"), None);
         assert_eq!(bearer("abc.def.ghi"), None);
         assert_eq!(bearer(""), None);
+    }
+
+    #[test]
+    fn every_declared_purpose_is_a_token_purpose() {
+        use custodian_proto::privacy::v1::Purpose as P;
+        for number in 1..=7 {
+            let declared = P::try_from(number).unwrap();
+            let purpose = Purpose::from_proto(declared).unwrap();
+            assert_eq!(purpose.to_proto(), declared);
+            // The same name in both places, in its own spelling.
+            assert_eq!(
+                declared.as_str_name(),
+                format!("PURPOSE_{}", purpose.as_str().to_uppercase())
+            );
+        }
+        assert!(P::try_from(8).is_err(), "a purpose the tokens do not know");
+        assert_eq!(Purpose::from_proto(P::Unspecified), None);
     }
 
     #[test]

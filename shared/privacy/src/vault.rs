@@ -57,6 +57,10 @@ impl Vault {
         }
     }
 
+    pub fn service(&self) -> &'static str {
+        self.service
+    }
+
     /// The keyed blind index of a normalised value.
     pub fn blind_index(&self, domain: &str, normalized: &str) -> String {
         self.index.index(domain, normalized)
@@ -195,5 +199,27 @@ impl Vault {
         rows.iter()
             .map(|r| Ok((r.try_get("master_key_id")?, r.try_get("n")?)))
             .collect()
+    }
+}
+
+impl Vault {
+    /// Master keys that wrap this service's data keys but are missing from
+    /// the key file: its data could not be read, located or erased.
+    pub async fn missing_master_keys(&self) -> Result<Vec<String>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT master_key_id FROM subject_keys WHERE service = $1 ORDER BY master_key_id",
+        )
+        .bind(self.service)
+        .fetch_all(self.db.pool())
+        .await?;
+        let known: Vec<&str> = self.keyring.key_ids().collect();
+        let mut missing = Vec::new();
+        for row in rows {
+            let id: String = row.try_get("master_key_id")?;
+            if !known.contains(&id.as_str()) {
+                missing.push(id);
+            }
+        }
+        Ok(missing)
     }
 }

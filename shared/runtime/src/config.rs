@@ -116,6 +116,59 @@ pub struct ServerArgs {
     /// schedule off (SweepExpired still works) [default: 1h].
     #[arg(long, global = true, env = "CUSTODIAN_RETENTION_SWEEP_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub retention_sweep_interval: Option<Duration>,
+
+    /// Where another service is served, NAME=URL (repeat), e.g.
+    /// identity=http://identity:50051; also CUSTODIAN_PEER_<NAME>=URL. A
+    /// service run in this process is called through this process's own
+    /// port [default: none].
+    #[arg(long = "peer", global = true, value_name = "NAME=URL", value_parser = parse_peer)]
+    pub peers: Vec<(String, String)>,
+
+    /// A service credential to call other services with, when the key file
+    /// holds no token signing key (a Secret in Kubernetes) [default: minted
+    /// from the key file's signing key].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_SERVICE_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub service_token_file: Option<PathBuf>,
+
+    /// SMTP server for outgoing mail: smtp://host:port, or
+    /// smtps://user:password@host:465, or smtp://user:password@host:587?tls=required
+    /// [default: .eml files in DATA_DIR/outbox].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_SMTP_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub smtp_url: Option<String>,
+
+    /// The sender of outgoing mail [default: support@custodian.localhost].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_MAIL_FROM",
+        value_name = "ADDRESS"
+    )]
+    pub mail_from: Option<String>,
+}
+
+/// "NAME=URL".
+fn parse_peer(raw: &str) -> Result<(String, String), String> {
+    let (name, url) = raw
+        .split_once('=')
+        .ok_or_else(|| "expected NAME=URL".to_owned())?;
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err("the name is a service name, e.g. identity".to_owned());
+    }
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err("the URL starts with http:// or https://".to_owned());
+    }
+    Ok((name.to_owned(), url.to_owned()))
 }
 
 /// The same settings as read from a file.
@@ -138,6 +191,11 @@ struct FileConfig {
     key_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     retention_sweep_interval: Option<Duration>,
+    #[serde(default)]
+    peers: std::collections::BTreeMap<String, String>,
+    service_token_file: Option<PathBuf>,
+    smtp_url: Option<String>,
+    mail_from: Option<String>,
 }
 
 /// Resolved settings: every value known.
@@ -157,6 +215,12 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub key_file: Option<PathBuf>,
     pub retention_sweep_interval: Duration,
+    /// Service name to URL.
+    pub peers: std::collections::BTreeMap<String, String>,
+    pub service_token_file: Option<PathBuf>,
+    /// May carry a password: never shown.
+    pub smtp_url: Option<String>,
+    pub mail_from: String,
 }
 
 // The database URL may carry a password, so Debug leaves it out.
@@ -179,6 +243,13 @@ impl std::fmt::Debug for Config {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("key_file", &self.key_file)
             .field("retention_sweep_interval", &self.retention_sweep_interval)
+            .field("peers", &self.peers)
+            .field("service_token_file", &self.service_token_file)
+            .field(
+                "smtp",
+                &self.smtp_url.as_deref().map(crate::database::scheme_of),
+            )
+            .field("mail_from", &self.mail_from)
             .finish()
     }
 }
@@ -199,6 +270,10 @@ impl Default for Config {
             shutdown_grace: Duration::ZERO,
             key_file: None,
             retention_sweep_interval: Duration::from_secs(60 * 60),
+            peers: Default::default(),
+            service_token_file: None,
+            smtp_url: None,
+            mail_from: "support@custodian.localhost".to_owned(),
         }
     }
 }
@@ -243,6 +318,22 @@ impl Config {
                 .retention_sweep_interval
                 .or(file.retention_sweep_interval)
                 .unwrap_or(d.retention_sweep_interval),
+            peers: {
+                // File, then CUSTODIAN_PEER_<NAME>, then flags.
+                let mut peers = file.peers;
+                for (key, url) in std::env::vars() {
+                    if let Some(name) = key.strip_prefix("CUSTODIAN_PEER_") {
+                        let (name, url) = parse_peer(&format!("{}={url}", name.to_lowercase()))
+                            .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+                        peers.insert(name, url);
+                    }
+                }
+                peers.extend(args.peers);
+                peers
+            },
+            service_token_file: args.service_token_file.or(file.service_token_file),
+            smtp_url: args.smtp_url.or(file.smtp_url),
+            mail_from: args.mail_from.or(file.mail_from).unwrap_or(d.mail_from),
         })
     }
 

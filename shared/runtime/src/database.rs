@@ -49,7 +49,7 @@ impl Database {
             other => anyhow::bail!("unsupported database URL scheme {other:?}"),
         };
         if backend == Backend::Sqlite {
-            create_parent_dir(url)?;
+            prepare_sqlite_file(url)?;
         }
         let options = AnyConnectOptions::from_str(url)
             .with_context(|| format!("invalid {} database URL", scheme_of(url)))?;
@@ -110,7 +110,11 @@ impl Database {
     }
 }
 
-fn create_parent_dir(url: &str) -> anyhow::Result<()> {
+/// Makes the folder of a SQLite database and the file itself readable by
+/// their owner only: the folder 0700, the file 0600 (SQLite gives its WAL
+/// and shared-memory files the database file's mode). Sealed data is
+/// still data about people, and blind indexes are in clear.
+fn prepare_sqlite_file(url: &str) -> anyhow::Result<()> {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:")
@@ -120,13 +124,38 @@ fn create_parent_dir(url: &str) -> anyhow::Result<()> {
     if path.is_empty() || path == ":memory:" {
         return Ok(());
     }
-    if let Some(dir) = Path::new(path)
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating database folder {}", dir.display()))?;
+    let path = Path::new(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        create_private_dir(dir)?;
     }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .with_context(|| format!("creating database file {}", path.display()))?;
+    #[cfg(unix)]
+    for file in [
+        path.to_path_buf(),
+        path.with_extension("db-wal"),
+        path.with_extension("db-shm"),
+    ] {
+        if file.exists() {
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .with_context(|| format!("restricting {}", file.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) readable by its owner only, and
+/// restricts it if it already exists.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating folder {}", dir.display()))?;
+    #[cfg(unix)]
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .with_context(|| format!("restricting folder {}", dir.display()))?;
     Ok(())
 }
 

@@ -22,6 +22,9 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A concurrent change won; the caller may retry.
+    #[error("{0}")]
+    Aborted(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -71,6 +74,7 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(msg) => Status::already_exists(msg),
             ApiError::FailedPrecondition(msg) => Status::failed_precondition(msg),
             ApiError::Unavailable(msg) => Status::unavailable(msg),
+            ApiError::Aborted(msg) => Status::aborted(msg),
             ApiError::Internal(err) => {
                 // sqlx and anyhow messages describe the failure, not row values;
                 // the status the caller sees carries nothing at all.

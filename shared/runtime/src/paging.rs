@@ -50,6 +50,11 @@ impl Page {
         self.size + 1
     }
 
+    /// The token of the page that starts after `last_id`.
+    pub fn token_after(&self, last_id: &str) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}:{last_id}", self.scope))
+    }
+
     /// Cuts the fetched rows to the page and returns the next token.
     pub fn finish<T>(&self, mut rows: Vec<T>, id_of: impl Fn(&T) -> &str) -> (Vec<T>, String) {
         let more = rows.len() as i64 > self.size;

@@ -11,7 +11,6 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -21,7 +20,7 @@ use anyhow::Context as _;
 use futures::future::BoxFuture;
 use tokio::{
     net::TcpListener,
-    sync::{OwnedSemaphorePermit, Semaphore, watch},
+    sync::{Semaphore, watch},
 };
 use tonic::{
     body::Body, server::NamedService, service::RoutesBuilder, transport::server::TcpIncoming,
@@ -60,19 +59,46 @@ pub trait ServiceModule: Send + Sync {
     }
 }
 
-/// Decides who is calling, before any handler runs. The privacy kernel
-/// provides the implementation (bearer tokens); the runtime only places it
-/// in the stack, so it cannot be forgotten by a service.
-pub trait Authenticate: Send + Sync + 'static {
-    /// Accepts the call (recording the caller in `extensions`, where
-    /// handlers find it) or refuses it with the status to answer.
-    #[allow(clippy::result_large_err)] // a refusal is answered as is, once
-    fn authenticate(
+/// Decides, before any handler runs, whether a call may run at all. The
+/// service kit provides the implementation (bearer tokens, declared
+/// purposes, tenant scope, the hygiene of every value); the runtime only
+/// places it in the stack, so no service can forget it.
+pub trait Gate: Send + Sync + 'static {
+    /// Accepts the call (recording what handlers need in `extensions`) or
+    /// refuses it.
+    fn admit(
         &self,
+        path: &str,
         headers: &http::HeaderMap,
         extensions: &mut http::Extensions,
+    ) -> Verdict;
+
+    /// Whether the request message of `path` is checked before its handler.
+    fn checks_body(&self, path: &str) -> bool;
+
+    /// Checks one request message (uncompressed, without its frame header).
+    #[allow(clippy::result_large_err)] // a refusal is answered as is, once
+    fn check_body(
+        &self,
+        path: &str,
+        message: &[u8],
+        extensions: &http::Extensions,
     ) -> Result<(), tonic::Status>;
 }
+
+/// What a [`Gate`] decided.
+pub enum Verdict {
+    Admit,
+    Refuse(tonic::Status),
+    /// Refused once the future has run (a refusal that is itself audited).
+    RefuseAfter(BoxFuture<'static, tonic::Status>),
+}
+
+/// When the caller of the request stops waiting: its `grpc-timeout`, or the
+/// server's request timeout, whichever comes first. Calls to other services
+/// carry what is left of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline(pub std::time::Instant);
 
 /// A bound, not yet running server.
 pub struct Application {
@@ -80,7 +106,7 @@ pub struct Application {
     local_addr: SocketAddr,
     config: Config,
     modules: Vec<Arc<dyn ServiceModule>>,
-    authenticator: Arc<dyn Authenticate>,
+    gate: Arc<dyn Gate>,
     ready_tx: watch::Sender<bool>,
 }
 
@@ -89,7 +115,7 @@ impl Application {
     pub async fn bind(
         config: Config,
         modules: Vec<Arc<dyn ServiceModule>>,
-        authenticator: Arc<dyn Authenticate>,
+        gate: Arc<dyn Gate>,
     ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(config.listen)
             .await
@@ -100,7 +126,7 @@ impl Application {
             local_addr,
             config,
             modules,
-            authenticator,
+            gate,
             ready_tx: watch::channel(false).0,
         })
     }
@@ -124,7 +150,7 @@ impl Application {
             local_addr,
             config,
             modules,
-            authenticator,
+            gate,
             ready_tx,
         } = self;
 
@@ -148,7 +174,9 @@ impl Application {
         let admission = AdmissionLayer::new(
             config.max_concurrent_requests,
             ready_tx.subscribe(),
-            authenticator,
+            gate,
+            config.max_message_bytes,
+            config.request_timeout,
         );
         // Outermost first: the trace span covers everything, including calls
         // the admission gate refuses, so refusals are visible in traces.
@@ -156,7 +184,8 @@ impl Application {
             .timeout(config.request_timeout)
             .layer(
                 tower_http::trace::TraceLayer::new(SharedClassifier::new(server_faults()))
-                    .make_span_with(|req: &http::Request<Body>| telemetry::grpc_span(req)),
+                    .make_span_with(|req: &http::Request<Body>| telemetry::grpc_span(req))
+                    .on_failure(telemetry::OnServerFault),
             )
             .layer(admission)
             .add_routes(routes.routes());
@@ -253,19 +282,27 @@ fn add_reflection(routes: &mut RoutesBuilder) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Which status codes are the server's fault and logged as failures. A
-/// caller's mistake (bad input, unknown resource, no permission) is an
-/// answer, not a failure, and logging it as an error would bury real ones.
+/// Which status codes are the server's fault and logged as failures:
+/// INTERNAL, UNKNOWN and DATA_LOSS. A caller's mistake (bad input, unknown
+/// resource, no permission), a shed call (RESOURCE_EXHAUSTED), a server
+/// still starting (UNAVAILABLE) or a caller's deadline is an answer, not a
+/// failure: those are counted (see `telemetry::refused`), and logging each
+/// as an error would bury real ones and fill the disk under attack.
 fn server_faults() -> GrpcErrorsAsFailures {
     [
+        GrpcCode::Cancelled,
         GrpcCode::InvalidArgument,
+        GrpcCode::DeadlineExceeded,
         GrpcCode::NotFound,
         GrpcCode::AlreadyExists,
         GrpcCode::PermissionDenied,
-        GrpcCode::Unauthenticated,
+        GrpcCode::ResourceExhausted,
         GrpcCode::FailedPrecondition,
-        GrpcCode::OutOfRange,
         GrpcCode::Aborted,
+        GrpcCode::OutOfRange,
+        GrpcCode::Unimplemented,
+        GrpcCode::Unavailable,
+        GrpcCode::Unauthenticated,
     ]
     .into_iter()
     .fold(GrpcErrorsAsFailures::new(), |c, code| c.with_success(code))
@@ -306,28 +343,36 @@ fn is_exempt(path: &str) -> bool {
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
 }
 
-/// Admits a call only when the server is ready, the caller is
-/// authenticated, and the server is under its concurrency limit. Over the limit the call is shed at once with RESOURCE_EXHAUSTED
-/// rather than queued: a queue would only add latency to an overloaded
-/// server, and the caller can retry elsewhere. The limit is global (one
-/// semaphore for all connections), unlike tonic's per-connection limit.
+/// Admits a call only when the server is ready, the gate accepts it, the
+/// server is under its concurrency limit and, for the methods the gate
+/// checks, the request message passes. Over the limit the call is shed at
+/// once with RESOURCE_EXHAUSTED rather than queued: a queue would only add
+/// latency to an overloaded server, and the caller can retry elsewhere. The
+/// limit is global (one semaphore for all connections), unlike tonic's
+/// per-connection limit.
 #[derive(Clone)]
 pub struct AdmissionLayer {
     permits: Arc<Semaphore>,
     ready: watch::Receiver<bool>,
-    authenticator: Arc<dyn Authenticate>,
+    gate: Arc<dyn Gate>,
+    max_message_bytes: usize,
+    request_timeout: Duration,
 }
 
 impl AdmissionLayer {
     pub fn new(
         max_concurrent: usize,
         ready: watch::Receiver<bool>,
-        authenticator: Arc<dyn Authenticate>,
+        gate: Arc<dyn Gate>,
+        max_message_bytes: usize,
+        request_timeout: Duration,
     ) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max_concurrent)),
             ready,
-            authenticator,
+            gate,
+            max_message_bytes,
+            request_timeout,
         }
     }
 }
@@ -338,9 +383,7 @@ impl<S> Layer<S> for AdmissionLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Admission {
             inner,
-            permits: self.permits.clone(),
-            ready: self.ready.clone(),
-            authenticator: self.authenticator.clone(),
+            config: self.clone(),
         }
     }
 }
@@ -348,87 +391,152 @@ impl<S> Layer<S> for AdmissionLayer {
 #[derive(Clone)]
 pub struct Admission<S> {
     inner: S,
-    permits: Arc<Semaphore>,
-    ready: watch::Receiver<bool>,
-    authenticator: Arc<dyn Authenticate>,
+    config: AdmissionLayer,
 }
 
-impl<S, B> Service<http::Request<B>> for Admission<S>
+/// A refusal, counted and answered.
+fn refuse(status: tonic::Status) -> http::Response<Body> {
+    telemetry::refused(status.code());
+    status.into_http()
+}
+
+/// The deadline a `grpc-timeout` header asks for ("100m", "5S", ...).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl<S> Service<http::Request<Body>> for Admission<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = AdmissionFuture<S::Future>;
+    type Future = BoxFuture<'static, Result<http::Response<Body>, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         // The service that was polled ready is the one that must be called.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if is_exempt(request.uri().path()) {
-            return AdmissionFuture::Admitted {
-                future: Box::pin(inner.call(request)),
-                _permit: None,
-            };
+        let path = request.uri().path().to_owned();
+        if is_exempt(&path) {
+            return Box::pin(inner.call(request));
         }
-        if !*self.ready.borrow() {
-            return AdmissionFuture::Refused(Some(
-                tonic::Status::unavailable("server is starting").into_http(),
-            ));
+        let config = &self.config;
+        if !*config.ready.borrow() {
+            let refusal = refuse(tonic::Status::unavailable("server is starting"));
+            return Box::pin(async move { Ok(refusal) });
         }
         // Before the permit: an unauthenticated caller must not be able to
         // take capacity from authenticated ones.
         let mut extensions = std::mem::take(request.extensions_mut());
-        let verdict = self
-            .authenticator
-            .authenticate(request.headers(), &mut extensions);
-        *request.extensions_mut() = extensions;
-        if let Err(status) = verdict {
-            return AdmissionFuture::Refused(Some(status.into_http()));
-        }
-        match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => AdmissionFuture::Admitted {
-                future: Box::pin(inner.call(request)),
-                _permit: Some(permit),
-            },
-            Err(_) => AdmissionFuture::Refused(Some(
-                tonic::Status::resource_exhausted("server is at its concurrency limit").into_http(),
-            )),
-        }
-    }
-}
-
-/// The response of an admitted call (holding its permit until the handler
-/// has answered), or the refusal.
-pub enum AdmissionFuture<F> {
-    Admitted {
-        future: Pin<Box<F>>,
-        _permit: Option<OwnedSemaphorePermit>,
-    },
-    Refused(Option<http::Response<Body>>),
-}
-
-impl<F, E> Future for AdmissionFuture<F>
-where
-    F: Future<Output = Result<http::Response<Body>, E>>,
-{
-    type Output = Result<http::Response<Body>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // Every field is either boxed or Unpin, so the enum is Unpin.
-        match self.get_mut() {
-            AdmissionFuture::Admitted { future, .. } => future.as_mut().poll(cx),
-            AdmissionFuture::Refused(response) => {
-                Poll::Ready(Ok(response.take().expect("polled after completion")))
+        match config.gate.admit(&path, request.headers(), &mut extensions) {
+            Verdict::Admit => {}
+            Verdict::Refuse(status) => {
+                let refusal = refuse(status);
+                return Box::pin(async move { Ok(refusal) });
+            }
+            Verdict::RefuseAfter(status) => {
+                return Box::pin(async move { Ok(refuse(status.await)) });
             }
         }
+        let Ok(permit) = config.permits.clone().try_acquire_owned() else {
+            let refusal = refuse(tonic::Status::resource_exhausted(
+                "server is at its concurrency limit",
+            ));
+            return Box::pin(async move { Ok(refusal) });
+        };
+        let timeout = grpc_timeout(request.headers())
+            .map_or(config.request_timeout, |t| t.min(config.request_timeout));
+        extensions.insert(Deadline(std::time::Instant::now() + timeout));
+        *request.extensions_mut() = extensions;
+        if !config.gate.checks_body(&path) {
+            return Box::pin(async move {
+                let response = inner.call(request).await;
+                drop(permit);
+                response
+            });
+        }
+        let gate = config.gate.clone();
+        let limit = config.max_message_bytes;
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let message = match read_message(body, limit).await {
+                Ok(message) => message,
+                Err(status) => return Ok(refuse(status)),
+            };
+            if let Err(status) = gate.check_body(&path, &message[5..], &parts.extensions) {
+                return Ok(refuse(status));
+            }
+            let request =
+                http::Request::from_parts(parts, Body::new(http_body_util::Full::new(message)));
+            let response = inner.call(request).await;
+            drop(permit);
+            response
+        })
     }
+}
+
+/// Reads the one framed message of a unary request: over the limit is
+/// RESOURCE_EXHAUSTED, anything but one uncompressed frame INVALID_ARGUMENT,
+/// and neither says more than that.
+async fn read_message(body: Body, limit: usize) -> Result<bytes::Bytes, tonic::Status> {
+    use http_body_util::BodyExt as _;
+    let too_large = || {
+        tonic::Status::resource_exhausted(format!(
+            "the request message is larger than the limit of {limit} bytes"
+        ))
+    };
+    let collected = http_body_util::Limited::new(body, limit + 5)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                tonic::Status::cancelled("the request ended before its message")
+            }
+        })?;
+    let bytes = collected.to_bytes();
+    if bytes.len() < 5 {
+        return Err(tonic::Status::invalid_argument(
+            "the request is not one gRPC message",
+        ));
+    }
+    if bytes[0] != 0 {
+        return Err(tonic::Status::unimplemented(
+            "compressed requests are not accepted",
+        ));
+    }
+    let length = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    if length > limit {
+        return Err(too_large());
+    }
+    if bytes.len() != length + 5 {
+        return Err(tonic::Status::invalid_argument(
+            "the request is not one gRPC message",
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Lets a module name a generated server in `grpc_services` without

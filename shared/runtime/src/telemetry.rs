@@ -22,9 +22,10 @@ use tracing_subscriber::{
 
 use crate::config::{Config, LogFormat};
 
-/// Flushes and stops trace export when dropped.
+/// Flushes and stops trace and metric export when dropped.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    meters: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
 }
 
 impl Drop for TelemetryGuard {
@@ -33,6 +34,11 @@ impl Drop for TelemetryGuard {
             && let Err(err) = provider.shutdown()
         {
             eprintln!("trace export did not shut down cleanly: {err}");
+        }
+        if let Some(meters) = self.meters.take()
+            && let Err(err) = meters.shutdown()
+        {
+            eprintln!("metric export did not shut down cleanly: {err}");
         }
     }
 }
@@ -51,6 +57,26 @@ pub fn init(config: &Config, service_name: &str) -> anyhow::Result<TelemetryGuar
             .boxed(),
     };
 
+    // Counters (refused calls, server faults) go out by OTLP with the traces.
+    let meters = match &config.otlp_endpoint {
+        Some(endpoint) => {
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()?;
+            let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+                .with_periodic_exporter(exporter)
+                .with_resource(
+                    Resource::builder()
+                        .with_service_name(service_name.to_owned())
+                        .build(),
+                )
+                .build();
+            global::set_meter_provider(meters.clone());
+            Some(meters)
+        }
+        None => None,
+    };
     let provider = match &config.otlp_endpoint {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -83,7 +109,7 @@ pub fn init(config: &Config, service_name: &str) -> anyhow::Result<TelemetryGuar
         .with(fmt.with_filter(filter))
         .with(otel)
         .try_init()?;
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, meters })
 }
 
 /// A quiet subscriber for tests: warnings and errors only, captured by the
@@ -153,4 +179,126 @@ pub fn inject_trace_context(
         p.inject_context(&cx, &mut MetadataInjector(request.metadata_mut()))
     });
     Ok(request)
+}
+
+/// Calls refused before or by a handler for the caller's own reasons (bad
+/// input, no token, no permission, shed under load): counted as metrics,
+/// each logged only at `debug`, and summed up in at most one `warn` line per
+/// [`SUMMARY_EVERY`], so that logging stays bounded under any load.
+pub fn refused(code: tonic::Code) {
+    REFUSALS.record(code);
+}
+
+/// How often refusals are summed up in the log, at most.
+pub const SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Below this many refusals in a window, no summary is logged at all.
+const SUMMARY_THRESHOLD: u64 = 100;
+
+static REFUSALS: std::sync::LazyLock<Refusals> = std::sync::LazyLock::new(Refusals::new);
+
+struct Refusals {
+    counter: opentelemetry::metrics::Counter<u64>,
+    window: std::sync::Mutex<Window>,
+}
+
+struct Window {
+    start: std::time::Instant,
+    counts: std::collections::BTreeMap<i32, u64>,
+}
+
+impl Refusals {
+    fn new() -> Self {
+        Self {
+            counter: global::meter("custodian")
+                .u64_counter("custodian.rpc.refused")
+                .with_description("Calls refused for the caller's reasons, by gRPC status code")
+                .build(),
+            window: std::sync::Mutex::new(Window {
+                start: std::time::Instant::now(),
+                counts: Default::default(),
+            }),
+        }
+    }
+
+    fn record(&self, code: tonic::Code) {
+        self.counter.add(
+            1,
+            &[opentelemetry::KeyValue::new(
+                "rpc.grpc.status_code",
+                code as i64,
+            )],
+        );
+        tracing::debug!(code = ?code, "call refused");
+        let Ok(mut window) = self.window.lock() else {
+            return;
+        };
+        *window.counts.entry(code as i32).or_default() += 1;
+        if window.start.elapsed() < SUMMARY_EVERY {
+            return;
+        }
+        let total: u64 = window.counts.values().sum();
+        if total >= SUMMARY_THRESHOLD {
+            let by_code = window
+                .counts
+                .iter()
+                .map(|(code, n)| format!("{:?}={n}", tonic::Code::from(*code)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::warn!(
+                refused = total,
+                seconds = window.start.elapsed().as_secs(),
+                by_code = %by_code,
+                "many calls refused"
+            );
+        }
+        window.start = std::time::Instant::now();
+        window.counts.clear();
+    }
+}
+
+/// Logs the server's own faults (INTERNAL and the like) at `error`, at most
+/// [`FAULTS_PER_WINDOW`] per [`SUMMARY_EVERY`]; the rest are counted and
+/// summed up. Handlers already log what went wrong, without values.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OnServerFault;
+
+/// Fault lines logged per window at most.
+pub const FAULTS_PER_WINDOW: u64 = 20;
+
+static FAULTS: std::sync::LazyLock<std::sync::Mutex<(std::time::Instant, u64)>> =
+    std::sync::LazyLock::new(|| std::sync::Mutex::new((std::time::Instant::now(), 0)));
+
+impl tower_http::trace::OnFailure<tower_http::classify::GrpcFailureClass> for OnServerFault {
+    fn on_failure(
+        &mut self,
+        class: tower_http::classify::GrpcFailureClass,
+        latency: std::time::Duration,
+        _span: &tracing::Span,
+    ) {
+        static COUNTER: std::sync::LazyLock<opentelemetry::metrics::Counter<u64>> =
+            std::sync::LazyLock::new(|| {
+                global::meter("custodian")
+                    .u64_counter("custodian.rpc.server_faults")
+                    .with_description("Calls that failed for the server's reasons")
+                    .build()
+            });
+        COUNTER.add(1, &[]);
+        let Ok(mut window) = FAULTS.lock() else {
+            return;
+        };
+        if window.0.elapsed() >= SUMMARY_EVERY {
+            if window.1 > FAULTS_PER_WINDOW {
+                tracing::error!(
+                    suppressed = window.1 - FAULTS_PER_WINDOW,
+                    "more server faults than logged"
+                );
+            }
+            *window = (std::time::Instant::now(), 0);
+        }
+        window.1 += 1;
+        if window.1 <= FAULTS_PER_WINDOW {
+            tracing::error!(classification = %class, latency_ms = latency.as_millis() as u64, "call failed");
+        }
+    }
 }

@@ -1,52 +1,30 @@
 //! `custodian.audit.v1.AuditService`: the audit trails of the services in
-//! this process, for callers with the `audit` purpose.
+//! this process, for callers with the `audit` purpose. Who may call it is
+//! decided by the stack, from the method declarations.
 
+use custodian_privacy::audit::{AuditLog, Filter, StoredEvent};
 use custodian_proto::audit::v1::{
-    AuditAction, AuditEvent, ListAuditEventsRequest, ListAuditEventsResponse,
-    VerifyAuditChainRequest, VerifyAuditChainResponse, audit_service_server::AuditService,
+    AuditEvent, ListAuditEventsRequest, ListAuditEventsResponse, VerifyAuditChainRequest,
+    VerifyAuditChainResponse, audit_service_server::AuditService,
 };
 use custodian_runtime::{ApiError, paging::Page, time::to_timestamp};
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
-use crate::{
-    access::Method,
-    audit::{AuditLog, Filter, StoredEvent},
-    context::Privacy,
-    token::Purpose,
-};
+use crate::call::Call;
 
-const LIST: Method = Method {
-    path: "/custodian.audit.v1.AuditService/ListAuditEvents",
-    action: AuditAction::Read,
-    purposes: &[Purpose::Audit, Purpose::SecurityInvestigation],
-};
-const VERIFY: Method = Method {
-    path: "/custodian.audit.v1.AuditService/VerifyAuditChain",
-    action: AuditAction::Read,
-    purposes: &[Purpose::Audit, Purpose::SecurityInvestigation],
-};
+/// The most a page of events may take on the wire, well under the 4 MiB a
+/// client accepts by default, whatever the events hold.
+const PAGE_BYTES: usize = 2 * 1024 * 1024;
 
 pub struct AuditApi {
-    /// Where refusals of these methods are audited.
-    privacy: Privacy,
     logs: Vec<AuditLog>,
 }
 
 impl AuditApi {
-    pub fn new(privacy: Privacy, mut logs: Vec<AuditLog>) -> Self {
+    pub fn new(mut logs: Vec<AuditLog>) -> Self {
         logs.sort_by_key(|l| l.service());
-        Self { privacy, logs }
-    }
-
-    /// The trail spans every tenant, so a caller limited to one may not read it.
-    async fn authorize<T>(&self, request: &Request<T>, method: Method) -> Result<(), Status> {
-        let access = self.privacy.authorize(request, method).await?;
-        if access.tenant_limit().is_some() {
-            return Err(Status::permission_denied(
-                "the audit trail spans every tenant; a token limited to one cannot read it",
-            ));
-        }
-        Ok(())
+        Self { logs }
     }
 }
 
@@ -83,7 +61,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ListAuditEventsRequest>,
     ) -> Result<Response<ListAuditEventsResponse>, Status> {
-        self.authorize(&request, LIST).await?;
+        Call::of(&request)?;
         let req = request.into_inner();
         let filter = Filter {
             resource: req.resource,
@@ -128,12 +106,24 @@ impl AuditService for AuditApi {
             .iter()
             .map(|e| format!("{}/{}", e.service, e.seq))
             .collect();
-        let (events, next_page_token) = page
+        let (events, mut next_page_token) = page
             .finish(events.into_iter().zip(cursors).collect(), |(_, c)| {
                 c.as_str()
             });
+        // A page ends early rather than outgrow what a client accepts.
+        let mut out = Vec::with_capacity(events.len());
+        let mut bytes = 0;
+        for (event, cursor) in events {
+            let event = to_proto(event);
+            bytes += event.encoded_len() + 8;
+            if bytes > PAGE_BYTES && !out.is_empty() {
+                next_page_token = page.token_after(&cursor_before(&out));
+                break;
+            }
+            out.push((event, cursor));
+        }
         Ok(Response::new(ListAuditEventsResponse {
-            events: events.into_iter().map(|(e, _)| to_proto(e)).collect(),
+            events: out.into_iter().map(|(e, _)| e).collect(),
             next_page_token,
         }))
     }
@@ -142,7 +132,7 @@ impl AuditService for AuditApi {
         &self,
         request: Request<VerifyAuditChainRequest>,
     ) -> Result<Response<VerifyAuditChainResponse>, Status> {
-        self.authorize(&request, VERIFY).await?;
+        Call::of(&request)?;
         let mut chains = Vec::new();
         for log in &self.logs {
             chains.push(log.verify().await?);
@@ -152,46 +142,7 @@ impl AuditService for AuditApi {
     }
 }
 
-/// Serves [`AuditApi`] in a process: one AuditService over the trails of
-/// the services it runs.
-pub struct AuditModule {
-    privacy: Privacy,
-    logs: Vec<AuditLog>,
-}
-
-impl AuditModule {
-    /// `privacy`: where refused calls of the AuditService itself are
-    /// audited (the first service's trail).
-    pub fn new(privacy: Privacy, logs: Vec<AuditLog>) -> Self {
-        Self { privacy, logs }
-    }
-}
-
-impl custodian_runtime::ServiceModule for AuditModule {
-    fn name(&self) -> &'static str {
-        "audit"
-    }
-
-    fn grpc_services(&self) -> Vec<&'static str> {
-        vec![custodian_runtime::server::service_name::<
-            custodian_proto::audit::v1::audit_service_server::AuditServiceServer<AuditApi>,
-        >()]
-    }
-
-    fn start(&self) -> futures::future::BoxFuture<'_, anyhow::Result<()>> {
-        Box::pin(async { Ok(()) })
-    }
-
-    fn register(
-        &self,
-        routes: &mut tonic::service::RoutesBuilder,
-        limits: custodian_runtime::server::Limits,
-    ) {
-        routes.add_service(
-            custodian_proto::audit::v1::audit_service_server::AuditServiceServer::new(
-                AuditApi::new(self.privacy.clone(), self.logs.clone()),
-            )
-            .max_decoding_message_size(limits.max_message_bytes),
-        );
-    }
+/// The cursor of the last event kept on a page.
+fn cursor_before(kept: &[(AuditEvent, String)]) -> String {
+    kept.last().map(|(_, c)| c.clone()).unwrap_or_default()
 }

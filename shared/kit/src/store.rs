@@ -1,0 +1,1839 @@
+//! The privacy record store every service uses: each record's personal
+//! units sealed under its data subject's key, looked up by keyed blind
+//! index, idempotent creates, compare-and-set updates, erasure with key
+//! shredding, retention sweeps that respect legal holds, and an audit event
+//! in the same transaction as every change.
+//!
+//! A service supplies its resource types (the proto messages and their
+//! declarations), a table per resource and its own queries (filters over
+//! declared columns); nothing else. Its tables follow one shape:
+//!
+//! ```sql
+//! CREATE TABLE {service}_{things} (
+//!     id          TEXT   PRIMARY KEY,   -- a UUIDv7, the last segment of the name
+//!     tenant_id   TEXT   NOT NULL,      -- '' when the company is the controller
+//!     parent_id   TEXT   NOT NULL,      -- '' for a top-level resource
+//!     subject_id  TEXT   NOT NULL,      -- whose key seals `data`; '' once anonymised
+//!     data        TEXT   NOT NULL,      -- the personal units, sealed ('' when none)
+//!     attrs       TEXT   NOT NULL,      -- the other units (protobuf, base64)
+//!     email_key   TEXT,                 -- blind indexes of the lookup units
+//!     phone_key   TEXT,
+//!     create_time BIGINT NOT NULL,
+//!     update_time BIGINT NOT NULL,
+//!     ...                               -- one column per declared `column` unit
+//! );
+//! ```
+//!
+//! Shared tables (data keys, the audit trail, idempotency keys) carry the
+//! service's name, so every service can use one database.
+//!
+//! Writes are arranged so that a transaction's first statement is a write:
+//! on SQLite a transaction that reads first and writes later can fail with
+//! SQLITE_BUSY when another writer commits in between, which busy_timeout
+//! cannot wait out.
+
+use std::{collections::BTreeSet, marker::PhantomData, sync::Arc};
+
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use custodian_privacy::{
+    Privacy,
+    audit::Event,
+    crypto::DataKey,
+    vault::{EMAIL, PHONE},
+};
+use custodian_proto::{
+    audit::v1::AuditOutcome,
+    common::v1::{Controller as ControllerMsg, controller},
+    privacy::v1::{Controller, Lookup},
+};
+use custodian_runtime::{ApiError, Database, paging::Page, time::Clock};
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, Kind, ReflectMessage, Value};
+use sha2::{Digest as _, Sha256};
+use sqlx::{AssertSqlSafe, Row as _, any::AnyRow};
+use tonic::Status;
+
+use crate::{
+    call::Call,
+    declare::{DECLARATIONS, ResourceSpec},
+    fields::{self, Cut, Sensitive},
+    pattern::Vars,
+};
+
+/// A value bound to a statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Text(String),
+    Int(i64),
+    NullText,
+    NullInt,
+}
+
+fn bind<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    arg: &Arg,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    match arg {
+        Arg::Text(s) => query.bind(s.clone()),
+        Arg::Int(n) => query.bind(*n),
+        Arg::NullText => query.bind(None::<String>),
+        Arg::NullInt => query.bind(None::<i64>),
+    }
+}
+
+/// A condition of a service's own query, over the standard columns and the
+/// columns its resource declares. Column names are checked against the
+/// declaration, so no caller's text ever becomes SQL.
+#[derive(Debug, Clone)]
+pub enum Filter {
+    Eq(&'static str, Arg),
+    /// `column >= value`.
+    AtLeast(&'static str, Arg),
+    /// `column < value`.
+    Before(&'static str, Arg),
+    /// Records whose lookup unit holds this (normalised) value, through the
+    /// blind index.
+    Lookup(Lookup, String),
+    /// A fixed SQL condition of the service's, `?` standing for each argument.
+    Sql(&'static str, Vec<Arg>),
+}
+
+/// What a list asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Only records held for this tenant ("" for the company's own).
+    pub tenant: Option<String>,
+    /// Only children of this record.
+    pub parent_id: Option<String>,
+    pub filters: Vec<Filter>,
+}
+
+/// A create's idempotency key (AIP-155).
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub scope: String,
+    /// Canonical UUID.
+    pub request_id: String,
+    pub request_hash: String,
+}
+
+impl Idempotency {
+    /// The key of a Create call, when the caller sent one. `request` is the
+    /// request without its `request_id`, to tell a retry from another call.
+    pub fn of<R: prost::Message>(
+        method: &str,
+        parent: &str,
+        request_id: &str,
+        request: &R,
+    ) -> Result<Option<Self>, ApiError> {
+        let request_id = custodian_privacy::normalize::request_id(request_id)
+            .map_err(|e| ApiError::invalid("request_id", e))?;
+        Ok(request_id.map(|request_id| Self {
+            scope: format!("{method}:{parent}"),
+            request_id,
+            request_hash: hex::encode(Sha256::digest(request.encode_to_vec())),
+        }))
+    }
+}
+
+/// A stored record, whole (nothing cut for a purpose).
+#[derive(Debug, Clone)]
+pub struct Stored<M> {
+    pub id: String,
+    pub tenant_id: String,
+    pub parent_id: String,
+    /// The data subject whose key seals it; also the opaque subject
+    /// reference of its audit events. Empty once anonymised.
+    pub subject_id: String,
+    pub create_time: i64,
+    pub update_time: i64,
+    pub message: M,
+    dynamic: DynamicMessage,
+}
+
+impl<M> Stored<M> {
+    pub fn name(&self) -> String {
+        self.dynamic
+            .get_field_by_name("name")
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    pub fn dynamic(&self) -> &DynamicMessage {
+        &self.dynamic
+    }
+}
+
+/// A record as a purpose may see it.
+#[derive(Debug, Clone)]
+pub struct Shown<M> {
+    pub message: M,
+    /// Units withheld from this purpose, for `custodian-redacted-fields`.
+    pub withheld: Vec<String>,
+}
+
+/// A new record.
+#[derive(Debug, Clone)]
+pub struct New<M> {
+    pub tenant_id: String,
+    pub parent_id: String,
+    pub message: M,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// A record as the store keeps it, whatever its type.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub id: String,
+    pub tenant_id: String,
+    pub parent_id: String,
+    pub subject_id: String,
+    pub create_time: i64,
+    pub update_time: i64,
+    pub message: DynamicMessage,
+}
+
+/// One resource of a service: its declaration and its table.
+#[derive(Debug)]
+pub struct Binding {
+    pub spec: Arc<ResourceSpec>,
+    pub table: &'static str,
+    /// The gRPC service that serves it, as subject-data references name it.
+    pub grpc_service: &'static str,
+    /// The binding of its parent, for a child resource.
+    pub parent: Option<Arc<Binding>>,
+}
+
+impl Binding {
+    /// `M`'s declaration bound to `table`. Panics when `M` is not a
+    /// declared resource: a programming error found at start-up.
+    pub fn of<M: ReflectMessage + Default>(
+        table: &'static str,
+        grpc_service: &'static str,
+        parent: Option<Arc<Binding>>,
+    ) -> Arc<Self> {
+        let spec = DECLARATIONS
+            .resource_of::<M>()
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} is not declared as a resource",
+                    M::default().descriptor().full_name()
+                )
+            })
+            .clone();
+        Arc::new(Self {
+            spec,
+            table,
+            grpc_service,
+            parent,
+        })
+    }
+
+    fn select(&self, service: &str) -> String {
+        format!(
+            "SELECT r.id, r.tenant_id, r.parent_id, r.subject_id, r.data, r.attrs, r.create_time, \
+             r.update_time, k.wrapped_key FROM {} r LEFT JOIN subject_keys k \
+             ON k.service = '{service}' AND k.id = r.subject_id",
+            self.table
+        )
+    }
+
+    /// The resource name of a row.
+    pub fn name(&self, tenant_id: &str, parent_id: &str, id: &str) -> String {
+        let vars = self.spec.pattern.as_str().matches('{').count();
+        let values: Vec<&str> = match (self.spec.pattern.has_var("tenant"), vars) {
+            (true, 2) => vec![tenant_id, id],
+            (true, 3) => vec![tenant_id, parent_id, id],
+            (false, 1) => vec![id],
+            (false, _) => vec![parent_id, id],
+            (true, _) => vec![tenant_id, id],
+        };
+        self.spec.pattern.format(&values)
+    }
+
+    fn column_names(&self) -> Vec<&str> {
+        self.spec.columns.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    fn is_column(&self, name: &str) -> bool {
+        matches!(
+            name,
+            "id" | "tenant_id" | "parent_id" | "create_time" | "update_time"
+        ) || self.spec.columns.iter().any(|c| c.name == name)
+    }
+
+    fn controller(&self, tenant_id: &str) -> ControllerMsg {
+        let kind = match (self.spec.controller(), tenant_id) {
+            (Controller::Company, _) | (Controller::TenantOrCompany, "") => {
+                controller::Kind::Company(true)
+            }
+            _ => controller::Kind::Tenant(format!("tenants/{tenant_id}")),
+        };
+        ControllerMsg { kind: Some(kind) }
+    }
+}
+
+/// What a data subject's lookup finds: one record of one resource.
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    pub binding: Arc<Binding>,
+    pub row: Row,
+}
+
+fn internal(what: &'static str) -> ApiError {
+    ApiError::internal(std::io::Error::other(what))
+}
+
+/// A service's records: every resource it holds, in one database.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+struct StoreInner {
+    service: &'static str,
+    db: Database,
+    privacy: Privacy,
+    clock: Arc<dyn Clock>,
+    bindings: Vec<Arc<Binding>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("service", &self.inner.service)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    pub fn new(
+        db: Database,
+        privacy: Privacy,
+        clock: Arc<dyn Clock>,
+        bindings: Vec<Arc<Binding>>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(StoreInner {
+                service: privacy.service(),
+                db,
+                privacy,
+                clock,
+                bindings,
+            }),
+        }
+    }
+
+    pub fn service(&self) -> &'static str {
+        self.inner.service
+    }
+
+    pub fn privacy(&self) -> &Privacy {
+        &self.inner.privacy
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.inner.db
+    }
+
+    pub fn now(&self) -> i64 {
+        self.inner.clock.now_micros()
+    }
+
+    pub fn bindings(&self) -> &[Arc<Binding>] {
+        &self.inner.bindings
+    }
+
+    /// The typed records of `binding`.
+    pub fn records<M>(&self, binding: &Arc<Binding>) -> Records<M> {
+        Records {
+            store: self.clone(),
+            binding: binding.clone(),
+            _m: PhantomData,
+        }
+    }
+
+    /// Checks that every table has the kit's shape, so a mistake in a
+    /// migration stops the start instead of the first request.
+    pub async fn check_tables(&self) -> anyhow::Result<()> {
+        for binding in &self.inner.bindings {
+            let mut columns = vec![
+                "id",
+                "tenant_id",
+                "parent_id",
+                "subject_id",
+                "data",
+                "attrs",
+                "email_key",
+                "phone_key",
+                "create_time",
+                "update_time",
+            ];
+            columns.extend(binding.column_names());
+            let sql = format!(
+                "SELECT {} FROM {} WHERE 1 = 0",
+                columns.join(", "),
+                binding.table
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .fetch_all(self.inner.db.pool())
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("table {} lacks a column the kit needs: {e}", binding.table)
+                })?;
+        }
+        Ok(())
+    }
+
+    fn vault(&self) -> &custodian_privacy::vault::Vault {
+        &self.inner.privacy.vault
+    }
+
+    /// The blind index of a lookup value (already normalised).
+    pub fn lookup_key(&self, lookup: Lookup, value: &str) -> String {
+        let domain = match lookup {
+            Lookup::Phone => PHONE,
+            _ => EMAIL,
+        };
+        self.vault().blind_index(domain, value)
+    }
+
+    // --- rows ------------------------------------------------------------
+
+    pub(crate) fn open(&self, binding: &Binding, row: &AnyRow) -> Result<Row, ApiError> {
+        let id: String = row.try_get("id")?;
+        let tenant_id: String = row.try_get("tenant_id")?;
+        let parent_id: String = row.try_get("parent_id")?;
+        let subject_id: String = row.try_get("subject_id")?;
+        let name = binding.name(&tenant_id, &parent_id, &id);
+        let desc = binding.spec.desc.clone();
+        let attrs: String = row.try_get("attrs")?;
+        let attrs = STANDARD
+            .decode(attrs)
+            .map_err(|_| internal("stored attributes are not base64"))?;
+        let mut message =
+            DynamicMessage::decode(desc.clone(), attrs.as_slice()).map_err(ApiError::internal)?;
+        let sealed: String = row.try_get("data")?;
+        if !sealed.is_empty() {
+            let wrapped: Option<String> = row.try_get("wrapped_key")?;
+            let wrapped = wrapped.ok_or_else(|| internal("a sealed record has no data key"))?;
+            let key = self.vault().unwrap(&subject_id, &wrapped)?;
+            let plain = self.vault().open(&key, &sealed, &name)?;
+            let personal =
+                DynamicMessage::decode(desc, plain.as_slice()).map_err(ApiError::internal)?;
+            for (field, value) in personal.fields() {
+                message.set_field(&field, value.clone());
+            }
+        }
+        let create_time: i64 = row.try_get("create_time")?;
+        let update_time: i64 = row.try_get("update_time")?;
+        self.set_meta(
+            binding,
+            &mut message,
+            &name,
+            &tenant_id,
+            create_time,
+            update_time,
+        );
+        Ok(Row {
+            id,
+            tenant_id,
+            parent_id,
+            subject_id,
+            create_time,
+            update_time,
+            message,
+        })
+    }
+
+    fn set_meta(
+        &self,
+        binding: &Binding,
+        message: &mut DynamicMessage,
+        name: &str,
+        tenant_id: &str,
+        create_time: i64,
+        update_time: i64,
+    ) {
+        let set = |m: &mut DynamicMessage, field: &str, value: Value| {
+            if let Some(f) = m.descriptor().get_field_by_name(field) {
+                m.set_field(&f, value);
+            }
+        };
+        set(message, "name", Value::String(name.to_owned()));
+        set(
+            message,
+            "data_category",
+            Value::EnumNumber(binding.spec.category() as i32),
+        );
+        set(
+            message,
+            "controller",
+            Value::Message(binding.controller(tenant_id).transcode_to_dynamic()),
+        );
+        for (field, micros) in [("create_time", create_time), ("update_time", update_time)] {
+            set(
+                message,
+                field,
+                Value::Message(
+                    custodian_runtime::time::to_timestamp(micros).transcode_to_dynamic(),
+                ),
+            );
+        }
+        if let Some(tenant_field) = &binding.spec.tenant_field {
+            let value = if tenant_id.is_empty() {
+                String::new()
+            } else {
+                format!("tenants/{tenant_id}")
+            };
+            message.set_field(tenant_field, Value::String(value));
+        }
+    }
+
+    /// The column values of a record, in the binding's column order.
+    fn column_args(binding: &Binding, message: &DynamicMessage) -> Vec<Arg> {
+        binding
+            .spec
+            .columns
+            .iter()
+            .map(|column| {
+                let field = column.path.last().expect("a column has a field");
+                let value = fields::get_path(message, &column.path);
+                match (field.kind(), value.as_deref()) {
+                    (Kind::String, Some(Value::String(s))) => Arg::Text(s.clone()),
+                    (Kind::String, _) => Arg::Text(String::new()),
+                    (Kind::Message(m), Some(Value::Message(v)))
+                        if m.full_name() == "google.protobuf.Timestamp" =>
+                    {
+                        let seconds = v
+                            .get_field_by_name("seconds")
+                            .and_then(|s| s.as_i64())
+                            .unwrap_or(0);
+                        let nanos = v
+                            .get_field_by_name("nanos")
+                            .and_then(|s| s.as_i32())
+                            .unwrap_or(0);
+                        Arg::Int(
+                            seconds
+                                .saturating_mul(1_000_000)
+                                .saturating_add(i64::from(nanos) / 1000),
+                        )
+                    }
+                    (Kind::Message(_), _) => Arg::NullInt,
+                    (_, Some(Value::EnumNumber(n) | Value::I32(n))) => Arg::Int(i64::from(*n)),
+                    (_, Some(Value::I64(n))) => Arg::Int(*n),
+                    (_, Some(Value::Bool(b))) => Arg::Int(i64::from(*b)),
+                    _ => Arg::Int(0),
+                }
+            })
+            .collect()
+    }
+
+    /// The blind indexes of a record's lookup units.
+    fn lookup_args(
+        &self,
+        binding: &Binding,
+        message: &DynamicMessage,
+    ) -> (Option<String>, Option<String>) {
+        let mut email = None;
+        let mut phone = None;
+        for (lookup, unit) in &binding.spec.lookups {
+            let value = fields::get_path(message, &unit.path)
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .filter(|v| !v.is_empty());
+            let key = value.map(|v| self.lookup_key(*lookup, &v));
+            match lookup {
+                Lookup::Email => email = key,
+                Lookup::Phone => phone = key,
+                Lookup::Unspecified => {}
+            }
+        }
+        (email, phone)
+    }
+
+    /// The sealed and plain documents of a record.
+    fn documents(
+        &self,
+        binding: &Binding,
+        name: &str,
+        message: &DynamicMessage,
+        key: Option<&DataKey>,
+    ) -> (String, String) {
+        let (personal, plain) = fields::split(&binding.spec, message);
+        let sealed = match key {
+            Some(key) if personal.fields().next().is_some() => {
+                self.vault().seal(key, &personal.encode_to_vec(), name)
+            }
+            _ => String::new(),
+        };
+        (sealed, STANDARD.encode(plain.encode_to_vec()))
+    }
+
+    async fn fetch(&self, binding: &Binding, id: &str) -> Result<Option<Row>, ApiError> {
+        let sql = format!("{} WHERE r.id = $1", binding.select(self.inner.service));
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(self.inner.db.pool())
+            .await?;
+        row.map(|r| self.open(binding, &r)).transpose()
+    }
+
+    /// The data key of a subject, read outside a transaction.
+    async fn subject_key(&self, subject_id: &str) -> Result<Option<DataKey>, ApiError> {
+        let row =
+            sqlx::query("SELECT wrapped_key FROM subject_keys WHERE service = $1 AND id = $2")
+                .bind(self.inner.service)
+                .bind(subject_id)
+                .fetch_optional(self.inner.db.pool())
+                .await?;
+        row.map(|r| {
+            self.vault()
+                .unwrap(subject_id, &r.try_get::<String, _>("wrapped_key")?)
+        })
+        .transpose()
+    }
+
+    /// Destroys the data keys of these subjects that no record of this
+    /// service uses any more (crypto-shredding).
+    async fn shred_unused(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        subjects: impl IntoIterator<Item = &String>,
+    ) -> Result<(), ApiError> {
+        let unused: Vec<String> = self
+            .inner
+            .bindings
+            .iter()
+            .map(|b| {
+                format!(
+                    "AND NOT EXISTS (SELECT 1 FROM {} WHERE subject_id = $2)",
+                    b.table
+                )
+            })
+            .collect();
+        let sql = format!(
+            "DELETE FROM subject_keys WHERE service = $1 AND id = $2 {}",
+            unused.join(" ")
+        );
+        let mut seen = BTreeSet::new();
+        for subject in subjects {
+            if subject.is_empty() || !seen.insert(subject.clone()) {
+                continue;
+            }
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(self.inner.service)
+                .bind(subject)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn forget_idempotency(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        resource: &str,
+    ) -> Result<(), ApiError> {
+        // The key's request hash derives from personal data: it goes with it.
+        sqlx::query("DELETE FROM kit_idempotency WHERE service = $1 AND resource = $2")
+            .bind(self.inner.service)
+            .bind(resource)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    /// The resource an idempotency key already created, if any. A key
+    /// reused for a different request is refused.
+    pub async fn replayed(&self, idem: &Idempotency) -> Result<Option<String>, ApiError> {
+        let row = sqlx::query(
+            "SELECT request_hash, resource FROM kit_idempotency \
+             WHERE service = $1 AND scope = $2 AND request_id = $3",
+        )
+        .bind(self.inner.service)
+        .bind(&idem.scope)
+        .bind(&idem.request_id)
+        .fetch_optional(self.inner.db.pool())
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let hash: String = row.try_get("request_hash")?;
+                if hash != idem.request_hash {
+                    return Err(ApiError::invalid(
+                        "request_id",
+                        "was already used for a different request",
+                    ));
+                }
+                Ok(Some(row.try_get("resource")?))
+            }
+        }
+    }
+
+    /// Remembers what an idempotency key created; false when a concurrent
+    /// call with the same key got there first.
+    pub async fn remember(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        idem: &Idempotency,
+        resource: &str,
+    ) -> Result<bool, ApiError> {
+        let done = sqlx::query(
+            "INSERT INTO kit_idempotency (service, scope, request_id, request_hash, resource, create_time) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, scope, request_id) DO NOTHING",
+        )
+        .bind(self.inner.service)
+        .bind(&idem.scope)
+        .bind(&idem.request_id)
+        .bind(&idem.request_hash)
+        .bind(resource)
+        .bind(self.now())
+        .execute(&mut **tx)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets idempotency keys older than `cutoff`: retries come within
+    /// minutes, and the request hashes derive from personal data.
+    pub async fn sweep_idempotency(&self, cutoff: i64) -> Result<u64, ApiError> {
+        Ok(
+            sqlx::query("DELETE FROM kit_idempotency WHERE service = $1 AND create_time < $2")
+                .bind(self.inner.service)
+                .bind(cutoff)
+                .execute(self.inner.db.pool())
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    fn children(&self, binding: &Arc<Binding>) -> Vec<Arc<Binding>> {
+        self.inner
+            .bindings
+            .iter()
+            .filter(|b| b.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, binding)))
+            .cloned()
+            .collect()
+    }
+
+    /// Deletes the children of `parent_id`, returning (name, subject) of
+    /// each for their audit events.
+    async fn delete_children(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        binding: &Arc<Binding>,
+        tenant_id: &str,
+        parent_id: &str,
+    ) -> Result<Vec<(String, String)>, ApiError> {
+        let mut gone = Vec::new();
+        for child in self.children(binding) {
+            let sql = format!(
+                "DELETE FROM {} WHERE parent_id = $1 RETURNING id, subject_id",
+                child.table
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(parent_id)
+                .fetch_all(&mut **tx)
+                .await?;
+            for row in rows {
+                let id: String = row.try_get("id")?;
+                let name = child.name(tenant_id, parent_id, &id);
+                self.forget_idempotency(tx, &name).await?;
+                gone.push((name, row.try_get("subject_id")?));
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Runs `work` in one transaction of this service's database.
+    pub async fn in_tx<T>(
+        &self,
+        work: impl for<'t> FnOnce(
+            &'t mut sqlx::Transaction<'static, sqlx::Any>,
+        ) -> futures::future::BoxFuture<'t, Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let mut tx = self.inner.db.pool().begin().await?;
+        let out = work(&mut tx).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Deletes every record held for `tenant_id` (and their children) inside
+    /// `tx`, destroying keys no record needs any more. Returns one audit
+    /// event per record, from `template`.
+    pub async fn purge_tenant(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tenant_id: &str,
+        template: &Event,
+    ) -> Result<Vec<Event>, ApiError> {
+        let mut events = Vec::new();
+        let mut subjects = Vec::new();
+        for binding in self.inner.bindings.iter().filter(|b| b.parent.is_none()) {
+            let sql = format!(
+                "DELETE FROM {} WHERE tenant_id = $1 RETURNING id, subject_id",
+                binding.table
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(tenant_id)
+                .fetch_all(&mut **tx)
+                .await?;
+            for row in rows {
+                let id: String = row.try_get("id")?;
+                let subject: String = row.try_get("subject_id")?;
+                for (name, child_subject) in
+                    self.delete_children(tx, binding, tenant_id, &id).await?
+                {
+                    events.push(stamp(template, name, &child_subject));
+                }
+                let name = binding.name(tenant_id, "", &id);
+                self.forget_idempotency(tx, &name).await?;
+                events.push(stamp(template, name, &subject));
+                subjects.push(subject);
+            }
+        }
+        self.shred_unused(tx, &subjects).await?;
+        Ok(events)
+    }
+}
+
+/// Whether a record (by tenant, email key, phone key) is under a legal hold.
+pub type Held<'a> = &'a (dyn Fn(&str, Option<&str>, Option<&str>) -> bool + Sync);
+
+/// Which root records a sweep batch looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepScope<'a> {
+    /// Held for this tenant, or (with `None`) for any tenant not in `except`.
+    pub tenant: Option<&'a str>,
+    pub except: &'a [String],
+    /// Retention clock before this (microseconds).
+    pub cutoff: i64,
+    pub batch: i64,
+}
+
+/// Fills an event template with what only the store knows.
+pub fn stamp(template: &Event, resource: String, subject_ref: &str) -> Event {
+    Event {
+        resource,
+        subject_ref: subject_ref.to_owned(),
+        ..template.clone()
+    }
+}
+
+/// A later write time than `previous`, even if the clock has not moved.
+fn next_update_time(now: i64, previous: i64) -> i64 {
+    now.max(previous + 1)
+}
+
+/// One resource's records, typed.
+pub struct Records<M> {
+    store: Store,
+    binding: Arc<Binding>,
+    _m: PhantomData<fn() -> M>,
+}
+
+impl<M> Clone for Records<M> {
+    fn clone(&self) -> Self {
+        Self {
+            store: self.store.clone(),
+            binding: self.binding.clone(),
+            _m: PhantomData,
+        }
+    }
+}
+
+impl<M> Records<M>
+where
+    M: prost::Message + ReflectMessage + Default + Clone,
+{
+    pub fn spec(&self) -> &ResourceSpec {
+        &self.binding.spec
+    }
+
+    pub fn binding(&self) -> &Arc<Binding> {
+        &self.binding
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn typed(&self, row: &Row) -> Result<M, ApiError> {
+        row.message.transcode_to::<M>().map_err(ApiError::internal)
+    }
+
+    fn stored(&self, row: Row) -> Result<Stored<M>, ApiError> {
+        Ok(Stored {
+            message: self.typed(&row)?,
+            id: row.id,
+            tenant_id: row.tenant_id,
+            parent_id: row.parent_id,
+            subject_id: row.subject_id,
+            create_time: row.create_time,
+            update_time: row.update_time,
+            dynamic: row.message,
+        })
+    }
+
+    /// Reads a name of this resource; a name of another form is
+    /// INVALID_ARGUMENT under `field`, never echoed.
+    pub fn parse(&self, name: &str, field: &str) -> Result<Vars, ApiError> {
+        self.binding
+            .spec
+            .pattern
+            .parse_name(name)
+            .ok_or_else(|| ApiError::invalid(field, self.binding.spec.pattern.describe()))
+    }
+
+    pub fn name(&self, tenant_id: &str, parent_id: &str, id: &str) -> String {
+        self.binding.name(tenant_id, parent_id, id)
+    }
+
+    /// Checks and normalises a record's values (see [`fields::prepare`]);
+    /// every bad field is reported under `prefix` at once. Returns the kinds
+    /// redacted in [`Sensitive::Redact`] mode.
+    pub fn prepare(
+        &self,
+        message: &mut M,
+        prefix: &str,
+        sensitive: Sensitive,
+        violations: &mut custodian_runtime::error::Violations,
+    ) -> Result<Vec<&'static str>, ApiError> {
+        let mut dynamic = message.transcode_to_dynamic();
+        let redacted = fields::prepare(&DECLARATIONS, &mut dynamic, prefix, sensitive, violations);
+        *message = dynamic.transcode_to::<M>().map_err(ApiError::internal)?;
+        Ok(redacted)
+    }
+
+    /// The record as `call`'s purpose may see it.
+    pub fn shown(&self, call: &Call, stored: &Stored<M>) -> Result<Shown<M>, ApiError> {
+        let Cut {
+            message, withheld, ..
+        } = fields::cut(
+            &self.binding.spec,
+            &stored.dynamic,
+            call.purpose().to_proto(),
+        );
+        Ok(Shown {
+            message: message.transcode_to::<M>().map_err(ApiError::internal)?,
+            withheld,
+        })
+    }
+
+    /// Records that `name` was not found (or not visible) and answers so.
+    pub async fn not_found(&self, call: &Call, name: &str) -> Status {
+        self.store.privacy().not_found(&call.access, name).await
+    }
+
+    /// The record named `name`, whole and unaudited, if it exists and the
+    /// caller may see it; an invisible one is answered (and audited) as
+    /// missing. For a handler's own decisions; answer with [`Self::read`].
+    pub async fn find(&self, call: &Call, name: &str, field: &str) -> Result<Stored<M>, Status> {
+        let vars = self.parse(name, field)?;
+        let row = self.store.fetch(&self.binding, vars.id()).await?;
+        let visible = row.filter(|row| {
+            call.sees_tenant(&row.tenant_id)
+                && vars.tenant().is_none_or(|t| t == row.tenant_id)
+                && vars.parent().is_none_or(|p| p == row.parent_id)
+        });
+        match visible {
+            Some(row) => Ok(self.stored(row)?),
+            None => Err(self.not_found(call, name).await),
+        }
+    }
+
+    /// Reads a record for the caller: cut down to its purpose, audited
+    /// before it is answered.
+    pub async fn read(&self, call: &Call, name: &str, field: &str) -> Result<Shown<M>, Status> {
+        let stored = self.find(call, name, field).await?;
+        self.audited(call, vec![stored])
+            .await
+            .map(|mut v| v.remove(0))
+    }
+
+    /// Cuts records down to the caller's purpose and audits each read.
+    pub async fn audited(
+        &self,
+        call: &Call,
+        records: Vec<Stored<M>>,
+    ) -> Result<Vec<Shown<M>>, Status> {
+        let privacy = self.store.privacy();
+        let mut events = Vec::with_capacity(records.len());
+        let mut shown = Vec::with_capacity(records.len());
+        for stored in records {
+            let cut = fields::cut(
+                &self.binding.spec,
+                &stored.dynamic,
+                call.purpose().to_proto(),
+            );
+            let fields: Vec<&str> = cut.shown.iter().map(String::as_str).collect();
+            events.push(privacy.event(
+                &call.access,
+                &stored.name(),
+                &stored.subject_id,
+                &fields,
+                AuditOutcome::Ok,
+            ));
+            shown.push(Shown {
+                message: cut
+                    .message
+                    .transcode_to::<M>()
+                    .map_err(ApiError::internal)?,
+                withheld: cut.withheld,
+            });
+        }
+        privacy.record_all(events).await?;
+        Ok(shown)
+    }
+
+    /// One page of records matching `query`, whole and unaudited; a caller
+    /// limited to a tenant gets only that tenant's, whatever it asked.
+    pub async fn query(
+        &self,
+        call: Option<&Call>,
+        query: &Query,
+        page: &Page,
+    ) -> Result<(Vec<Stored<M>>, String), Status> {
+        let mut sql = format!(
+            "{} WHERE r.id > $1",
+            self.binding.select(self.store.service())
+        );
+        let mut args = vec![Arg::Text(page.after.clone().unwrap_or_default())];
+        let add = |sql: &mut String, args: &mut Vec<Arg>, condition: &str, arg: Arg| {
+            args.push(arg);
+            sql.push_str(&format!(" AND {condition} ${}", args.len()));
+        };
+        if let Some(limit) = call.and_then(|c| c.tenant_limit()) {
+            add(
+                &mut sql,
+                &mut args,
+                "r.tenant_id =",
+                Arg::Text(limit.to_owned()),
+            );
+        }
+        if let Some(tenant) = &query.tenant {
+            add(
+                &mut sql,
+                &mut args,
+                "r.tenant_id =",
+                Arg::Text(tenant.clone()),
+            );
+        }
+        if let Some(parent) = &query.parent_id {
+            add(
+                &mut sql,
+                &mut args,
+                "r.parent_id =",
+                Arg::Text(parent.clone()),
+            );
+        }
+        for filter in &query.filters {
+            match filter {
+                Filter::Eq(column, arg)
+                | Filter::AtLeast(column, arg)
+                | Filter::Before(column, arg) => {
+                    if !self.binding.is_column(column) {
+                        return Err(ApiError::internal(std::io::Error::other(
+                            "filter on an undeclared column",
+                        ))
+                        .into());
+                    }
+                    let op = match filter {
+                        Filter::Eq(..) => "=",
+                        Filter::AtLeast(..) => ">=",
+                        _ => "<",
+                    };
+                    add(
+                        &mut sql,
+                        &mut args,
+                        &format!("r.{column} {op}"),
+                        arg.clone(),
+                    );
+                }
+                Filter::Lookup(lookup, value) => {
+                    let column = match lookup {
+                        Lookup::Phone => "r.phone_key =",
+                        _ => "r.email_key =",
+                    };
+                    let key = self.store.lookup_key(*lookup, value);
+                    add(&mut sql, &mut args, column, Arg::Text(key));
+                }
+                Filter::Sql(condition, values) => {
+                    let mut text = String::new();
+                    let mut values = values.iter();
+                    for piece in condition.split('?').enumerate() {
+                        if piece.0 > 0 {
+                            let arg = values.next().cloned().unwrap_or(Arg::NullText);
+                            args.push(arg);
+                            text.push_str(&format!("${}", args.len()));
+                        }
+                        text.push_str(piece.1);
+                    }
+                    sql.push_str(&format!(" AND ({text})"));
+                }
+            }
+        }
+        args.push(Arg::Int(page.fetch_limit()));
+        sql.push_str(&format!(" ORDER BY r.id LIMIT ${}", args.len()));
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for arg in &args {
+            q = bind(q, arg);
+        }
+        let rows = q
+            .fetch_all(self.store.db().pool())
+            .await
+            .map_err(ApiError::from)?;
+        let rows = rows
+            .iter()
+            .map(|r| self.store.open(&self.binding, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (rows, next) = page.finish(rows, |r| r.id.as_str());
+        let stored = rows
+            .into_iter()
+            .map(|r| self.stored(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((stored, next))
+    }
+
+    /// One page for the caller: cut down and audited.
+    pub async fn list(
+        &self,
+        call: &Call,
+        query: &Query,
+        page: &Page,
+    ) -> Result<(Vec<Shown<M>>, String, Vec<String>), Status> {
+        let (records, next) = self.query(Some(call), query, page).await?;
+        let shown = self.audited(call, records).await?;
+        let withheld: BTreeSet<String> = shown
+            .iter()
+            .flat_map(|s| s.withheld.iter().cloned())
+            .collect();
+        Ok((shown, next, withheld.into_iter().collect()))
+    }
+
+    /// Stores a new record (already prepared by the service), sealed under
+    /// its subject's key, with its audit event, in one transaction. With an
+    /// idempotency key already used, returns the record it created.
+    pub async fn create(&self, call: &Call, new: New<M>) -> Result<Stored<M>, Status> {
+        if !call.sees_tenant(&new.tenant_id) {
+            return Err(self
+                .not_found(call, &format!("tenants/{}", new.tenant_id))
+                .await);
+        }
+        if let Some(idem) = &new.idempotency
+            && let Some(resource) = self.store.replayed(idem).await?
+        {
+            return self.replay(call, &resource).await;
+        }
+        let store = &self.store;
+        let id = uuid::Uuid::now_v7().to_string();
+        let name = self.binding.name(&new.tenant_id, &new.parent_id, &id);
+        let now = store.now();
+        let mut message = new.message.transcode_to_dynamic();
+        store.set_meta(&self.binding, &mut message, &name, &new.tenant_id, now, now);
+        let (email_key, phone_key) = store.lookup_args(&self.binding, &message);
+        // A child is sealed under its parent's subject, so erasing the
+        // subject takes the whole thread.
+        let parent_subject = match &self.binding.parent {
+            Some(parent) => {
+                let row = store.fetch(parent, &new.parent_id).await?.ok_or_else(|| {
+                    ApiError::not_found(parent.name(&new.tenant_id, "", &new.parent_id))
+                })?;
+                Some(row.subject_id)
+            }
+            None => None,
+        };
+        let parent_key = match parent_subject.as_deref().filter(|s| !s.is_empty()) {
+            Some(subject) => store.subject_key(subject).await?,
+            None => None,
+        };
+        let mut tx = store.db().pool().begin().await.map_err(ApiError::from)?;
+        let (subject_id, key) = match (parent_subject, parent_key) {
+            (Some(subject), Some(key)) => (subject, Some(key)),
+            (Some(_), None) => (String::new(), None),
+            (None, _) => {
+                let (subject, key) = store
+                    .vault()
+                    .subject_key(&mut tx, email_key.as_deref())
+                    .await?;
+                (subject, Some(key))
+            }
+        };
+        let (sealed, attrs) = store.documents(&self.binding, &name, &message, key.as_ref());
+        let columns = self.binding.column_names();
+        let mut placeholders: Vec<String> =
+            (1..=10 + columns.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "INSERT INTO {} (id, tenant_id, parent_id, subject_id, data, attrs, email_key, phone_key, \
+             create_time, update_time{}{}) VALUES ({})",
+            self.binding.table,
+            if columns.is_empty() { "" } else { ", " },
+            columns.join(", "),
+            std::mem::take(&mut placeholders).join(", ")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(&id)
+            .bind(&new.tenant_id)
+            .bind(&new.parent_id)
+            .bind(&subject_id)
+            .bind(sealed)
+            .bind(attrs)
+            .bind(email_key)
+            .bind(phone_key)
+            .bind(now)
+            .bind(now);
+        for arg in Store::column_args(&self.binding, &message) {
+            q = bind(q, &arg);
+        }
+        if let Err(err) = q.execute(&mut *tx).await {
+            return Err(self.write_error(&new.tenant_id, err).into());
+        }
+        if let Some(idem) = &new.idempotency
+            && !store.remember(&mut tx, idem, &name).await?
+        {
+            drop(tx);
+            let resource = store
+                .replayed(idem)
+                .await?
+                .ok_or_else(|| internal("idempotency key vanished"))?;
+            return self.replay(call, &resource).await;
+        }
+        let present = fields::present_personal(&self.binding.spec, &message);
+        let fields: Vec<&str> = present.iter().map(String::as_str).collect();
+        let event =
+            store
+                .privacy()
+                .event(&call.access, &name, &subject_id, &fields, AuditOutcome::Ok);
+        store
+            .privacy()
+            .audit
+            .append_in_tx(&mut tx, &[event])
+            .await?;
+        tx.commit().await.map_err(ApiError::from)?;
+        Ok(self.stored(Row {
+            id,
+            tenant_id: new.tenant_id,
+            parent_id: new.parent_id,
+            subject_id,
+            create_time: now,
+            update_time: now,
+            message,
+        })?)
+    }
+
+    async fn replay(&self, call: &Call, resource: &str) -> Result<Stored<M>, Status> {
+        let vars = self.parse(resource, "request_id")?;
+        match self.store.fetch(&self.binding, vars.id()).await? {
+            Some(row) if call.sees_tenant(&row.tenant_id) => Ok(self.stored(row)?),
+            _ => Err(ApiError::FailedPrecondition(format!(
+                "request_id was used to create {resource}, which has since been deleted"
+            ))
+            .into()),
+        }
+    }
+
+    /// Maps a constraint violation to what the caller did wrong.
+    fn write_error(&self, tenant_id: &str, err: sqlx::Error) -> ApiError {
+        if let sqlx::Error::Database(db) = &err {
+            match db.kind() {
+                sqlx::error::ErrorKind::UniqueViolation => {
+                    let noun = self.binding.spec.noun();
+                    let lookup = self
+                        .binding
+                        .spec
+                        .lookups
+                        .first()
+                        .map_or("key", |(_, u)| u.dotted.as_str());
+                    return ApiError::AlreadyExists(if tenant_id.is_empty() {
+                        format!("a {noun} with this {lookup} already exists")
+                    } else {
+                        format!("a {noun} with this {lookup} already exists in tenants/{tenant_id}")
+                    });
+                }
+                sqlx::error::ErrorKind::ForeignKeyViolation => {
+                    return ApiError::not_found(format!("tenants/{tenant_id}"));
+                }
+                _ => {}
+            }
+        }
+        err.into()
+    }
+
+    /// Changes a record: reads it, lets `change` edit the whole record (an
+    /// update mask, a transition), checks and normalises the result as the
+    /// declarations say, then runs the service's own `check`, and writes it
+    /// back with its audit event only if no one else wrote in between (else
+    /// reads again). A record whose email changed moves to the key of the
+    /// subject with the new email, with its children.
+    #[allow(clippy::too_many_arguments)] // one per part of an AIP-134 update
+    pub async fn update(
+        &self,
+        call: &Call,
+        name: &str,
+        field: &str,
+        prefix: &str,
+        mut change: impl FnMut(&Stored<M>, &mut M) -> Result<(), ApiError>,
+        check: impl Fn(&M, &str, &mut custodian_runtime::error::Violations),
+    ) -> Result<Stored<M>, Status> {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
+            let before = self.find(call, name, field).await?;
+            let mut after = before.message.clone();
+            change(&before, &mut after)?;
+            let mut violations = custodian_runtime::error::Violations::new();
+            self.prepare(&mut after, prefix, Sensitive::Refuse, &mut violations)?;
+            check(&after, prefix, &mut violations);
+            violations.finish()?;
+            if self
+                .replace(call, &[(before.clone(), after.clone())])
+                .await?
+            {
+                return Ok(self
+                    .store
+                    .fetch(&self.binding, &before.id)
+                    .await?
+                    .map(|row| self.stored(row))
+                    .transpose()?
+                    .ok_or_else(|| ApiError::not_found(name))?);
+            }
+        }
+        Err(ApiError::Unavailable(format!("{name} is being changed concurrently; retry")).into())
+    }
+
+    /// The paths of an update mask, checked against what the declarations
+    /// let an update change. A path is never echoed: it is the caller's.
+    pub fn mask(&self, mask: Option<prost_types::FieldMask>) -> Result<Vec<String>, ApiError> {
+        let paths = mask.map(|m| m.paths).unwrap_or_default();
+        if paths.is_empty() {
+            return Err(ApiError::invalid(
+                "update_mask",
+                "must name at least one field",
+            ));
+        }
+        let allowed = fields::updatable(&self.binding.spec);
+        let mut v = custodian_runtime::error::Violations::new();
+        for (i, path) in paths.iter().enumerate() {
+            if !allowed.contains(path) {
+                v.add(
+                    "update_mask",
+                    format!(
+                        "paths[{i}] is not an updatable field; updatable: {}",
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+        v.finish()?;
+        Ok(paths)
+    }
+
+    /// Copies the masked paths of `patch` into `target`.
+    pub fn apply_mask(&self, target: &mut M, patch: &M, paths: &[String]) -> Result<(), ApiError> {
+        let mut dynamic = target.transcode_to_dynamic();
+        fields::apply_mask(
+            &self.binding.spec,
+            &mut dynamic,
+            &patch.transcode_to_dynamic(),
+            paths,
+        );
+        *target = dynamic.transcode_to::<M>().map_err(ApiError::internal)?;
+        Ok(())
+    }
+
+    /// Writes changed records at once, or none; false if any changed since
+    /// it was read.
+    pub(crate) async fn replace(
+        &self,
+        call: &Call,
+        changes: &[(Stored<M>, M)],
+    ) -> Result<bool, ApiError> {
+        let pairs: Vec<(Arc<Binding>, Row, DynamicMessage)> = changes
+            .iter()
+            .map(|(before, after)| {
+                (
+                    self.binding.clone(),
+                    Row {
+                        id: before.id.clone(),
+                        tenant_id: before.tenant_id.clone(),
+                        parent_id: before.parent_id.clone(),
+                        subject_id: before.subject_id.clone(),
+                        create_time: before.create_time,
+                        update_time: before.update_time,
+                        message: before.dynamic.clone(),
+                    },
+                    after.transcode_to_dynamic(),
+                )
+            })
+            .collect();
+        self.store.replace_rows(call, &pairs).await
+    }
+
+    /// Deletes a record and its children; keys no record needs are destroyed.
+    pub async fn delete(&self, call: &Call, name: &str, field: &str) -> Result<(), Status> {
+        let stored = self.find(call, name, field).await?;
+        let store = &self.store;
+        let template = store
+            .privacy()
+            .event(&call.access, "", "", &[], AuditOutcome::Ok);
+        let mut tx = store.db().pool().begin().await.map_err(ApiError::from)?;
+        let sql = format!(
+            "DELETE FROM {} WHERE id = $1 AND update_time = $2 RETURNING subject_id",
+            self.binding.table
+        );
+        let gone = sqlx::query(AssertSqlSafe(sql))
+            .bind(&stored.id)
+            .bind(stored.update_time)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
+        if gone.is_none() {
+            return Err(ApiError::Aborted(format!(
+                "{name} changed while it was being deleted; retry"
+            ))
+            .into());
+        }
+        let mut events = Vec::new();
+        let mut subjects = vec![stored.subject_id.clone()];
+        for (child, subject) in store
+            .delete_children(&mut tx, &self.binding, &stored.tenant_id, &stored.id)
+            .await?
+        {
+            events.push(stamp(&template, child, &subject));
+            subjects.push(subject);
+        }
+        store.forget_idempotency(&mut tx, name).await?;
+        store.shred_unused(&mut tx, &subjects).await?;
+        events.push(stamp(&template, name.to_owned(), &stored.subject_id));
+        store.privacy().audit.append_in_tx(&mut tx, &events).await?;
+        tx.commit().await.map_err(ApiError::from)?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Writes changed rows (each as binding, before, after) at once, or
+    /// none; false if any changed since it was read. Re-keys a root record
+    /// whose email changed, and its children.
+    pub(crate) async fn replace_rows(
+        &self,
+        call: &Call,
+        changes: &[(Arc<Binding>, Row, DynamicMessage)],
+    ) -> Result<bool, ApiError> {
+        // Keys of unchanged subjects are read before the transaction, which
+        // must begin with a write. A key read here stays valid: if it is
+        // destroyed meanwhile, so is the record, and the compare-and-set
+        // below fails.
+        let mut keys = std::collections::HashMap::new();
+        for (binding, before, _) in changes {
+            if !before.subject_id.is_empty() && !keys.contains_key(&before.subject_id) {
+                match self.subject_key(&before.subject_id).await? {
+                    Some(key) => {
+                        keys.insert(before.subject_id.clone(), key);
+                    }
+                    None if binding.parent.is_some() => {}
+                    None => return Ok(false),
+                }
+            }
+        }
+        let template = self
+            .privacy()
+            .event(&call.access, "", "", &[], AuditOutcome::Ok);
+        let now = self.now();
+        let mut tx = self.db().pool().begin().await?;
+        let mut events = Vec::new();
+        let mut released = Vec::new();
+        for (binding, before, after) in changes {
+            let mut after = after.clone();
+            let name = binding.name(&before.tenant_id, &before.parent_id, &before.id);
+            let update_time = next_update_time(now, before.update_time);
+            self.set_meta(
+                binding,
+                &mut after,
+                &name,
+                &before.tenant_id,
+                before.create_time,
+                update_time,
+            );
+            let (email_key, phone_key) = self.lookup_args(binding, &after);
+            let (old_email, _) = self.lookup_args(binding, &before.message);
+            let rekey = binding.parent.is_none()
+                && !before.subject_id.is_empty()
+                && binding
+                    .spec
+                    .lookups
+                    .iter()
+                    .any(|(l, _)| *l == Lookup::Email)
+                && email_key != old_email;
+            let mut subject_id = before.subject_id.clone();
+            let fresh;
+            let key = if rekey {
+                let (subject, key) = self
+                    .vault()
+                    .subject_key(&mut tx, email_key.as_deref())
+                    .await?;
+                released.push(before.subject_id.clone());
+                subject_id = subject;
+                fresh = key;
+                Some(&fresh)
+            } else {
+                keys.get(&before.subject_id)
+            };
+            let (sealed, attrs) = self.documents(binding, &name, &after, key);
+            let columns = binding.column_names();
+            let sets: Vec<String> = columns
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!(", {c} = ${}", i + 10))
+                .collect();
+            let sql = format!(
+                "UPDATE {} SET subject_id = $1, data = $2, attrs = $3, email_key = $4, phone_key = $5, \
+                 update_time = $6{} WHERE id = $7 AND update_time = $8 AND $9 = $9",
+                binding.table,
+                sets.join("")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(&subject_id)
+                .bind(sealed)
+                .bind(attrs)
+                .bind(email_key)
+                .bind(phone_key)
+                .bind(update_time)
+                .bind(&before.id)
+                .bind(before.update_time)
+                .bind(1_i64);
+            for arg in Store::column_args(binding, &after) {
+                q = bind(q, &arg);
+            }
+            let done = q.execute(&mut *tx).await.map_err(|e| {
+                // The same mapping as on create.
+                Records::<DynamicMessage>::write_error_for(binding, &before.tenant_id, e)
+            })?;
+            if done.rows_affected() != 1 {
+                return Ok(false);
+            }
+            if rekey {
+                self.reseal_children(&mut tx, binding, before, &subject_id, key)
+                    .await?;
+            }
+            let changed = fields::changed_units(&binding.spec, &before.message, &after);
+            events.push(Event {
+                fields: changed,
+                ..stamp(&template, name, &subject_id)
+            });
+        }
+        self.shred_unused(&mut tx, &released).await?;
+        self.privacy().audit.append_in_tx(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Moves the children of a re-keyed record to its new subject.
+    async fn reseal_children(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        binding: &Arc<Binding>,
+        parent: &Row,
+        subject_id: &str,
+        key: Option<&DataKey>,
+    ) -> Result<(), ApiError> {
+        let old_key = self.subject_key(&parent.subject_id).await?;
+        for child in self.children(binding) {
+            let sql = format!("SELECT id, data FROM {} WHERE parent_id = $1", child.table);
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(&parent.id)
+                .fetch_all(&mut **tx)
+                .await?;
+            for row in rows {
+                let id: String = row.try_get("id")?;
+                let sealed: String = row.try_get("data")?;
+                let name = child.name(&parent.tenant_id, &parent.id, &id);
+                let resealed = match (sealed.is_empty(), &old_key, key) {
+                    (true, _, _) => String::new(),
+                    (false, Some(old), Some(new)) => {
+                        let plain = self.vault().open(old, &sealed, &name)?;
+                        self.vault().seal(new, &plain, &name)
+                    }
+                    _ => return Err(internal("a sealed child without a key")),
+                };
+                let sql = format!(
+                    "UPDATE {} SET subject_id = $1, data = $2 WHERE id = $3",
+                    child.table
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(subject_id)
+                    .bind(resealed)
+                    .bind(&id)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    // --- data subjects -------------------------------------------------
+
+    /// Every record of the subject with this email or phone (normalised),
+    /// and the children of each, that the caller may see.
+    pub(crate) async fn find_subject(
+        &self,
+        call: &Call,
+        email: Option<&str>,
+        phone: Option<&str>,
+    ) -> Result<Vec<Found>, ApiError> {
+        let email_key = email.map(|e| self.lookup_key(Lookup::Email, e));
+        let phone_key = phone.map(|p| self.lookup_key(Lookup::Phone, p));
+        let mut found = Vec::new();
+        for binding in self
+            .inner
+            .bindings
+            .iter()
+            .filter(|b| b.parent.is_none() && !b.spec.lookups.is_empty())
+        {
+            let sql = format!(
+                "{} WHERE r.email_key = $1 OR r.phone_key = $2 ORDER BY r.id",
+                binding.select(self.inner.service)
+            );
+            // NULL matches nothing, so an absent key never matches a row.
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind(email_key.as_deref())
+                .bind(phone_key.as_deref())
+                .fetch_all(self.inner.db.pool())
+                .await?;
+            for row in &rows {
+                let row = self.open(binding, row)?;
+                if call.sees_tenant(&row.tenant_id) {
+                    found.push(Found {
+                        binding: binding.clone(),
+                        row,
+                    });
+                }
+            }
+        }
+        self.with_children(found).await
+    }
+
+    /// The record named `name`, of any resource here, with its children.
+    pub(crate) async fn find_named(
+        &self,
+        call: &Call,
+        name: &str,
+    ) -> Result<Option<Vec<Found>>, ApiError> {
+        for binding in &self.inner.bindings {
+            let Some(vars) = binding.spec.pattern.parse_name(name) else {
+                continue;
+            };
+            let Some(row) = self.fetch(binding, vars.id()).await? else {
+                return Ok(Some(Vec::new()));
+            };
+            let matches = call.sees_tenant(&row.tenant_id)
+                && vars.tenant().is_none_or(|t| t == row.tenant_id)
+                && vars.parent().is_none_or(|p| p == row.parent_id);
+            if !matches {
+                return Ok(Some(Vec::new()));
+            }
+            let found = vec![Found {
+                binding: binding.clone(),
+                row,
+            }];
+            return self.with_children(found).await.map(Some);
+        }
+        Ok(None)
+    }
+
+    async fn with_children(&self, found: Vec<Found>) -> Result<Vec<Found>, ApiError> {
+        let mut out = Vec::new();
+        for parent in found {
+            let children = self.children(&parent.binding);
+            let (tenant_id, id) = (parent.row.tenant_id.clone(), parent.row.id.clone());
+            out.push(parent);
+            for child in children {
+                let sql = format!(
+                    "{} WHERE r.parent_id = $1 ORDER BY r.id",
+                    child.select(self.inner.service)
+                );
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .bind(&id)
+                    .fetch_all(self.inner.db.pool())
+                    .await?;
+                for row in &rows {
+                    let row = self.open(&child, row)?;
+                    debug_assert_eq!(row.tenant_id, tenant_id);
+                    out.push(Found {
+                        binding: child.clone(),
+                        row,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Erases what was found: each record deleted or anonymised as its
+    /// resource declares, children deleted, the subjects' keys destroyed
+    /// when no record needs them, one audit event per record, at once.
+    pub(crate) async fn erase(&self, call: &Call, found: &[Found]) -> Result<(), ApiError> {
+        let template = self
+            .privacy()
+            .event(&call.access, "", "", &[], AuditOutcome::Ok);
+        let mut tx = self.db().pool().begin().await?;
+        let mut events = Vec::new();
+        let mut subjects = Vec::new();
+        let now = self.now();
+        for Found { binding, row } in found {
+            let name = binding.name(&row.tenant_id, &row.parent_id, &row.id);
+            match binding.spec.policy.erasure() {
+                custodian_proto::privacy::v1::Erasure::Anonymize => {
+                    let kept = fields::without_personal(&binding.spec, &row.message);
+                    let (_, attrs) = self.documents(binding, &name, &kept, None);
+                    let sql = format!(
+                        "UPDATE {} SET subject_id = '', data = '', attrs = $1, email_key = NULL, \
+                         phone_key = NULL, update_time = $2 WHERE id = $3",
+                        binding.table
+                    );
+                    sqlx::query(AssertSqlSafe(sql))
+                        .bind(attrs)
+                        .bind(next_update_time(now, row.update_time))
+                        .bind(&row.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                _ => {
+                    let sql = format!("DELETE FROM {} WHERE id = $1", binding.table);
+                    sqlx::query(AssertSqlSafe(sql))
+                        .bind(&row.id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            // Children of an erased record go whatever their own policy:
+            // they are sealed under the subject's key, which is destroyed.
+            if binding.parent.is_none() {
+                for (child, subject) in self
+                    .delete_children(&mut tx, binding, &row.tenant_id, &row.id)
+                    .await?
+                {
+                    if !found.iter().any(|f| {
+                        f.binding
+                            .name(&f.row.tenant_id, &f.row.parent_id, &f.row.id)
+                            == child
+                    }) {
+                        events.push(stamp(&template, child, &subject));
+                    }
+                }
+            }
+            self.forget_idempotency(&mut tx, &name).await?;
+            events.push(stamp(&template, name, &row.subject_id));
+            subjects.push(row.subject_id.clone());
+        }
+        self.shred_unused(&mut tx, &subjects).await?;
+        self.privacy().audit.append_in_tx(&mut tx, &events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    // --- retention -------------------------------------------------------
+
+    /// Deletes up to `batch` root records of `binding` whose retention clock
+    /// is before `cutoff`, held for `tenant` (or, with `None`, for any tenant
+    /// not in `except`), skipping those `held` says to keep; with their
+    /// children; destroys keys no record needs. Returns (deleted, examined).
+    pub(crate) async fn sweep_batch(
+        &self,
+        binding: &Arc<Binding>,
+        scope: &SweepScope<'_>,
+        after: &str,
+        held: Held<'_>,
+    ) -> Result<(i64, Option<String>), ApiError> {
+        let clock = &binding.spec.retention_clock;
+        let mut sql = format!(
+            "SELECT id, tenant_id, subject_id, email_key, phone_key FROM {} \
+             WHERE parent_id = '' AND {clock} IS NOT NULL AND {clock} < $1 AND id > $2",
+            binding.table
+        );
+        let SweepScope {
+            tenant,
+            except,
+            cutoff,
+            batch,
+        } = *scope;
+        let mut args = vec![Arg::Int(cutoff), Arg::Text(after.to_owned())];
+        match tenant {
+            Some(t) => {
+                args.push(Arg::Text(t.to_owned()));
+                sql.push_str(&format!(" AND tenant_id = ${}", args.len()));
+            }
+            None => {
+                for t in except {
+                    args.push(Arg::Text(t.clone()));
+                    sql.push_str(&format!(" AND tenant_id <> ${}", args.len()));
+                }
+            }
+        }
+        args.push(Arg::Int(batch));
+        sql.push_str(&format!(" ORDER BY id LIMIT ${}", args.len()));
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for arg in &args {
+            q = bind(q, arg);
+        }
+        let rows = q.fetch_all(self.db().pool()).await?;
+        let Some(last) = rows.last() else {
+            return Ok((0, None));
+        };
+        let last: String = last.try_get("id")?;
+        let mut doomed = Vec::new();
+        for row in &rows {
+            let tenant_id: String = row.try_get("tenant_id")?;
+            let email: Option<String> = row.try_get("email_key")?;
+            let phone: Option<String> = row.try_get("phone_key")?;
+            if !held(&tenant_id, email.as_deref(), phone.as_deref()) {
+                doomed.push((
+                    row.try_get::<String, _>("id")?,
+                    tenant_id,
+                    row.try_get::<String, _>("subject_id")?,
+                ));
+            }
+        }
+        let mut tx = self.db().pool().begin().await?;
+        let mut subjects = Vec::new();
+        let mut deleted = 0;
+        for (id, tenant_id, subject) in &doomed {
+            let sql = format!(
+                "DELETE FROM {} WHERE id = $1 AND {clock} IS NOT NULL AND {clock} < $2",
+                binding.table
+            );
+            let done = sqlx::query(AssertSqlSafe(sql))
+                .bind(id)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?;
+            if done.rows_affected() == 1 {
+                deleted += 1;
+                for (_, child_subject) in self
+                    .delete_children(&mut tx, binding, tenant_id, id)
+                    .await?
+                {
+                    subjects.push(child_subject);
+                }
+                self.forget_idempotency(&mut tx, &binding.name(tenant_id, "", id))
+                    .await?;
+                subjects.push(subject.clone());
+            }
+        }
+        self.shred_unused(&mut tx, &subjects).await?;
+        tx.commit().await?;
+        Ok((deleted, Some(last)))
+    }
+}
+
+impl Records<DynamicMessage> {
+    fn write_error_for(binding: &Binding, tenant_id: &str, err: sqlx::Error) -> ApiError {
+        if let sqlx::Error::Database(db) = &err
+            && db.kind() == sqlx::error::ErrorKind::UniqueViolation
+        {
+            let noun = binding.spec.noun();
+            return ApiError::AlreadyExists(format!(
+                "a {noun} with this email already exists in tenants/{tenant_id}"
+            ));
+        }
+        err.into()
+    }
+}
