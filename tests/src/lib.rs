@@ -16,8 +16,10 @@ use custodian_proto::{
         evaluation_signup_service_client::EvaluationSignupServiceClient,
         tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
     },
+    privacy::v1::data_map_service_client::DataMapServiceClient,
     retention::v1::retention_service_client::RetentionServiceClient,
     subject::v1::subject_data_service_client::SubjectDataServiceClient,
+    tickets::v1::ticket_service_client::TicketServiceClient,
 };
 use custodian_runtime::{Config, time::ManualClock};
 use sqlx::{AnyPool, Row as _};
@@ -221,6 +223,7 @@ pub fn issue(keys: &KeyFile, subject: &str, purposes: &[Purpose], tenant: Option
 pub struct Bearer {
     token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     purpose: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    service: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Bearer {
@@ -229,7 +232,15 @@ impl Bearer {
         Self {
             token: token.map(|t| format!("Bearer {t}").parse().expect("ascii token")),
             purpose: None,
+            service: None,
         }
+    }
+
+    /// Names the service whose implementation of a shared contract
+    /// (`SubjectDataService`, `RetentionService`) the calls reach.
+    pub fn with_service(mut self, service: &str) -> Self {
+        self.service = Some(service.parse().expect("ascii"));
+        self
     }
 
     pub fn with_purpose(mut self, purpose: Purpose) -> Self {
@@ -252,6 +263,11 @@ impl tonic::service::Interceptor for Bearer {
             request
                 .metadata_mut()
                 .insert("custodian-purpose", purpose.clone());
+        }
+        if let Some(service) = &self.service {
+            request
+                .metadata_mut()
+                .insert("custodian-service", service.clone());
         }
         Ok(request)
     }
@@ -282,12 +298,36 @@ clients! {
     users, users_as => UserServiceClient;
     contacts, contacts_as => ContactServiceClient;
     signups, signups_as => EvaluationSignupServiceClient;
-    subjects, subjects_as => SubjectDataServiceClient;
     retention, retention_as => RetentionServiceClient;
     audit, audit_as => AuditServiceClient;
+    tickets, tickets_as => TicketServiceClient;
+    data_map, data_map_as => DataMapServiceClient;
 }
 
 impl TestApp {
+    /// Identity's subject-data contract, with the root token.
+    pub fn subjects(&self) -> SubjectDataServiceClient<Authed> {
+        self.subjects_of("identity")
+    }
+
+    /// One service's subject-data contract, with the root token.
+    pub fn subjects_of(&self, service: &str) -> SubjectDataServiceClient<Authed> {
+        SubjectDataServiceClient::with_interceptor(
+            self.channel.clone(),
+            Bearer::new(Some(&self.root_token)).with_service(service),
+        )
+    }
+
+    /// Identity's subject-data contract, with `bearer`'s credentials.
+    pub fn subjects_as(&self, bearer: Bearer) -> SubjectDataServiceClient<Authed> {
+        let bearer = if bearer.service.is_some() {
+            bearer
+        } else {
+            bearer.with_service("identity")
+        };
+        SubjectDataServiceClient::with_interceptor(self.channel.clone(), bearer)
+    }
+
     /// A token for this server.
     pub fn token(&self, purposes: &[Purpose], tenant: Option<&str>) -> String {
         issue(&self.keys, "test:caller", purposes, tenant)

@@ -56,9 +56,16 @@ storage_test!(
             std::time::Duration::from_secs(60),
         )
         .unwrap();
+        let mut forward = Forward::new(&service_token, &operator, None).unwrap();
         let mut client = SubjectDataServiceClient::with_interceptor(
             app.channel.clone(),
-            Forward::new(&service_token, &operator, None).unwrap(),
+            move |request: tonic::Request<()>| {
+                let mut request = tonic::service::Interceptor::call(&mut forward, request)?;
+                request
+                    .metadata_mut()
+                    .insert("custodian-service", "identity".parse().unwrap());
+                Ok(request)
+            },
         );
         let found = client
             .locate_subject_data(LocateSubjectDataRequest {

@@ -31,29 +31,47 @@ pub enum Target {
     All,
     /// Identity & contacts only (one Kubernetes Deployment).
     Identity,
+    /// Support tickets and inquiries only.
+    Tickets,
 }
 
 /// One service of the suite.
 struct Service {
     target: Target,
     name: &'static str,
-    construct: fn(Context) -> Arc<dyn KitService>,
+    construct: fn(Context) -> anyhow::Result<Arc<dyn KitService>>,
     /// What its service credential may do when it calls others.
     peer_purposes: &'static [Purpose],
 }
 
-fn identity(context: Context) -> Arc<dyn KitService> {
-    Arc::new(custodian_identity::Identity::new(context))
+fn identity(context: Context) -> anyhow::Result<Arc<dyn KitService>> {
+    Ok(Arc::new(custodian_identity::Identity::new(context)))
+}
+
+fn tickets(context: Context) -> anyhow::Result<Arc<dyn KitService>> {
+    let sla = match &context.config.ticket_sla {
+        Some(text) => custodian_tickets::SlaPolicy::parse(text).context("--ticket-sla")?,
+        None => custodian_tickets::SlaPolicy::default(),
+    };
+    Ok(Arc::new(custodian_tickets::Tickets::new(context, sla)))
 }
 
 /// Every service of the suite, by `--target` name. A new service is one
 /// more entry here.
-const SERVICES: &[Service] = &[Service {
-    target: Target::Identity,
-    name: custodian_identity::NAME,
-    construct: identity,
-    peer_purposes: custodian_identity::PEER_PURPOSES,
-}];
+const SERVICES: &[Service] = &[
+    Service {
+        target: Target::Identity,
+        name: custodian_identity::NAME,
+        construct: identity,
+        peer_purposes: custodian_identity::PEER_PURPOSES,
+    },
+    Service {
+        target: Target::Tickets,
+        name: custodian_tickets::NAME,
+        construct: tickets,
+        peer_purposes: custodian_tickets::PEER_PURPOSES,
+    },
+];
 
 fn selected(target: Target) -> impl Iterator<Item = &'static Service> {
     SERVICES
@@ -131,7 +149,7 @@ pub fn suite(
         };
         vaults.push(vault);
         all_peers.push(peers);
-        services.push(((service.construct)(context.clone()), context));
+        services.push(((service.construct)(context.clone())?, context));
     }
     let names = services.iter().map(|(s, _)| s.name()).collect();
     let assembled =

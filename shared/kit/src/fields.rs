@@ -553,31 +553,68 @@ pub fn prepare(
     sensitive: Sensitive,
     v: &mut Violations,
 ) -> Vec<&'static str> {
-    let mut redacted = Vec::new();
-    prepare_message(decl, msg, prefix, sensitive, v, &mut redacted, false);
-    // Phones are read in the country of a sibling address, so they come
-    // after every address is normalised.
-    prepare_message(decl, msg, prefix, sensitive, v, &mut redacted, true);
-    redacted.sort_unstable();
-    redacted.dedup();
-    redacted
+    prepare_in(decl, msg, prefix, sensitive, v, true)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn prepare_message(
+/// As [`prepare`], for a stored record being changed: its output-only
+/// fields are the server's and are kept as they are.
+pub fn prepare_stored(
+    decl: &Declarations,
+    msg: &mut DynamicMessage,
+    prefix: &str,
+    v: &mut Violations,
+) -> Vec<&'static str> {
+    prepare_in(decl, msg, prefix, Sensitive::Refuse, v, false)
+}
+
+fn prepare_in(
     decl: &Declarations,
     msg: &mut DynamicMessage,
     prefix: &str,
     sensitive: Sensitive,
     v: &mut Violations,
-    redacted: &mut Vec<&'static str>,
+    input: bool,
+) -> Vec<&'static str> {
+    let mut redacted = Vec::new();
+    let mut pass = Pass {
+        decl,
+        sensitive,
+        input,
+        phones: false,
+    };
+    prepare_message(&pass, msg, prefix, v, &mut redacted);
+    // Phones are read in the country of a sibling address, so they come
+    // after every address is normalised.
+    pass.phones = true;
+    prepare_message(&pass, msg, prefix, v, &mut redacted);
+    redacted.sort_unstable();
+    redacted.dedup();
+    redacted
+}
+
+/// One pass of [`prepare`] over a message tree.
+struct Pass<'a> {
+    decl: &'a Declarations,
+    sensitive: Sensitive,
+    /// Input from a caller: output-only fields are cleared.
+    input: bool,
+    /// This pass normalises phone numbers, and only them.
     phones: bool,
+}
+
+fn prepare_message(
+    pass: &Pass<'_>,
+    msg: &mut DynamicMessage,
+    prefix: &str,
+    v: &mut Violations,
+    redacted: &mut Vec<&'static str>,
 ) {
+    let (decl, sensitive, phones) = (pass.decl, pass.sensitive, pass.phones);
     let fields: Vec<FieldDescriptor> = msg.descriptor().fields().collect();
     for field in fields {
         let policy = decl.field(&field).cloned().unwrap_or_default();
         if policy.output_only {
-            if !phones {
+            if !phones && pass.input {
                 msg.clear_field(&field);
             }
             continue;
@@ -616,9 +653,7 @@ fn prepare_message(
                         }
                         Value::Message(inner) if !is_well_known(&inner.descriptor()) => {
                             let item_path = format!("{path}[{i}]");
-                            prepare_message(
-                                decl, inner, &item_path, sensitive, v, redacted, phones,
-                            );
+                            prepare_message(pass, inner, &item_path, v, redacted);
                         }
                         _ => {}
                     }
@@ -629,7 +664,7 @@ fn prepare_message(
                 }
             }
             Value::Message(inner) if !is_well_known(&inner.descriptor()) => {
-                prepare_message(decl, inner, &path, sensitive, v, redacted, phones);
+                prepare_message(pass, inner, &path, v, redacted);
             }
             Value::EnumNumber(n) => {
                 if let Kind::Enum(e) = field.kind()

@@ -251,8 +251,22 @@ impl Binding {
         self.spec.pattern.format(&values)
     }
 
+    /// The declared columns, then `user_key` when a unit is looked up by
+    /// user name.
     fn column_names(&self) -> Vec<&str> {
-        self.spec.columns.iter().map(|c| c.name.as_str()).collect()
+        let mut names: Vec<&str> = self.spec.columns.iter().map(|c| c.name.as_str()).collect();
+        if self.user_lookup().is_some() {
+            names.push("user_key");
+        }
+        names
+    }
+
+    fn user_lookup(&self) -> Option<&crate::declare::Unit> {
+        self.spec
+            .lookups
+            .iter()
+            .find(|(l, _)| *l == Lookup::User)
+            .map(|(_, u)| u)
     }
 
     fn is_column(&self, name: &str) -> bool {
@@ -393,6 +407,7 @@ impl Store {
     pub fn lookup_key(&self, lookup: Lookup, value: &str) -> String {
         let domain = match lookup {
             Lookup::Phone => PHONE,
+            Lookup::User => "user",
             _ => EMAIL,
         };
         self.vault().blind_index(domain, value)
@@ -491,8 +506,8 @@ impl Store {
     }
 
     /// The column values of a record, in the binding's column order.
-    fn column_args(binding: &Binding, message: &DynamicMessage) -> Vec<Arg> {
-        binding
+    fn column_args(&self, binding: &Binding, message: &DynamicMessage) -> Vec<Arg> {
+        let mut args: Vec<Arg> = binding
             .spec
             .columns
             .iter()
@@ -526,7 +541,15 @@ impl Store {
                     _ => Arg::Int(0),
                 }
             })
-            .collect()
+            .collect();
+        if let Some(unit) = binding.user_lookup() {
+            let key = fields::get_path(message, &unit.path)
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .filter(|v| !v.is_empty())
+                .map(|v| self.lookup_key(Lookup::User, &v));
+            args.push(key.map_or(Arg::NullText, Arg::Text));
+        }
+        args
     }
 
     /// The blind indexes of a record's lookup units.
@@ -545,7 +568,7 @@ impl Store {
             match lookup {
                 Lookup::Email => email = key,
                 Lookup::Phone => phone = key,
-                Lookup::Unspecified => {}
+                Lookup::User | Lookup::Unspecified => {}
             }
         }
         (email, phone)
@@ -1052,6 +1075,7 @@ where
                 Filter::Lookup(lookup, value) => {
                     let column = match lookup {
                         Lookup::Phone => "r.phone_key =",
+                        Lookup::User => "r.user_key =",
                         _ => "r.email_key =",
                     };
                     let key = self.store.lookup_key(*lookup, value);
@@ -1114,6 +1138,18 @@ where
     /// its subject's key, with its audit event, in one transaction. With an
     /// idempotency key already used, returns the record it created.
     pub async fn create(&self, call: &Call, new: New<M>) -> Result<Stored<M>, Status> {
+        self.create_or_replay(call, new)
+            .await
+            .map(|(stored, _)| stored)
+    }
+
+    /// As [`Self::create`], and whether the record is an earlier call's
+    /// (an idempotent retry), so the caller does not repeat what followed.
+    pub async fn create_or_replay(
+        &self,
+        call: &Call,
+        new: New<M>,
+    ) -> Result<(Stored<M>, bool), Status> {
         if !call.sees_tenant(&new.tenant_id) {
             return Err(self
                 .not_found(call, &format!("tenants/{}", new.tenant_id))
@@ -1122,7 +1158,7 @@ where
         if let Some(idem) = &new.idempotency
             && let Some(resource) = self.store.replayed(idem).await?
         {
-            return self.replay(call, &resource).await;
+            return self.replay(call, &resource).await.map(|s| (s, true));
         }
         let store = &self.store;
         let id = uuid::Uuid::now_v7().to_string();
@@ -1181,7 +1217,7 @@ where
             .bind(phone_key)
             .bind(now)
             .bind(now);
-        for arg in Store::column_args(&self.binding, &message) {
+        for arg in store.column_args(&self.binding, &message) {
             q = bind(q, &arg);
         }
         if let Err(err) = q.execute(&mut *tx).await {
@@ -1195,7 +1231,7 @@ where
                 .replayed(idem)
                 .await?
                 .ok_or_else(|| internal("idempotency key vanished"))?;
-            return self.replay(call, &resource).await;
+            return self.replay(call, &resource).await.map(|s| (s, true));
         }
         let present = fields::present_personal(&self.binding.spec, &message);
         let fields: Vec<&str> = present.iter().map(String::as_str).collect();
@@ -1209,7 +1245,7 @@ where
             .append_in_tx(&mut tx, &[event])
             .await?;
         tx.commit().await.map_err(ApiError::from)?;
-        Ok(self.stored(Row {
+        let stored = self.stored(Row {
             id,
             tenant_id: new.tenant_id,
             parent_id: new.parent_id,
@@ -1217,7 +1253,8 @@ where
             create_time: now,
             update_time: now,
             message,
-        })?)
+        })?;
+        Ok((stored, false))
     }
 
     async fn replay(&self, call: &Call, resource: &str) -> Result<Stored<M>, Status> {
@@ -1280,7 +1317,9 @@ where
             let mut after = before.message.clone();
             change(&before, &mut after)?;
             let mut violations = custodian_runtime::error::Violations::new();
-            self.prepare(&mut after, prefix, Sensitive::Refuse, &mut violations)?;
+            let mut dynamic = after.transcode_to_dynamic();
+            fields::prepare_stored(&DECLARATIONS, &mut dynamic, prefix, &mut violations);
+            after = dynamic.transcode_to::<M>().map_err(ApiError::internal)?;
             check(&after, prefix, &mut violations);
             violations.finish()?;
             if self
@@ -1500,7 +1539,7 @@ impl Store {
                 .bind(&before.id)
                 .bind(before.update_time)
                 .bind(1_i64);
-            for arg in Store::column_args(binding, &after) {
+            for arg in self.column_args(binding, &after) {
                 q = bind(q, &arg);
             }
             let done = q.execute(&mut *tx).await.map_err(|e| {
@@ -1611,12 +1650,49 @@ impl Store {
         self.with_children(found).await
     }
 
-    /// The record named `name`, of any resource here, with its children.
+    /// The record named `name`, of any resource here, with its children;
+    /// or, for the name of an authorized user, every record that refers to
+    /// that user.
     pub(crate) async fn find_named(
         &self,
         call: &Call,
         name: &str,
     ) -> Result<Option<Vec<Found>>, ApiError> {
+        let referring: Vec<&Arc<Binding>> = self
+            .inner
+            .bindings
+            .iter()
+            .filter(|b| {
+                b.user_lookup().is_some_and(|u| {
+                    crate::pattern::Pattern::parse(&u.policy.reference)
+                        .is_ok_and(|p| p.parse_name(name).is_some())
+                })
+            })
+            .collect();
+        if !referring.is_empty() {
+            let key = self.lookup_key(Lookup::User, name);
+            let mut found = Vec::new();
+            for binding in referring {
+                let sql = format!(
+                    "{} WHERE r.user_key = $1 ORDER BY r.id",
+                    binding.select(self.inner.service)
+                );
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .bind(&key)
+                    .fetch_all(self.inner.db.pool())
+                    .await?;
+                for row in &rows {
+                    let row = self.open(binding, row)?;
+                    if call.sees_tenant(&row.tenant_id) {
+                        found.push(Found {
+                            binding: binding.clone(),
+                            row,
+                        });
+                    }
+                }
+            }
+            return self.with_children(found).await.map(Some);
+        }
         for binding in &self.inner.bindings {
             let Some(vars) = binding.spec.pattern.parse_name(name) else {
                 continue;
@@ -1686,8 +1762,13 @@ impl Store {
                     let (_, attrs) = self.documents(binding, &name, &kept, None);
                     let sql = format!(
                         "UPDATE {} SET subject_id = '', data = '', attrs = $1, email_key = NULL, \
-                         phone_key = NULL, update_time = $2 WHERE id = $3",
-                        binding.table
+                         phone_key = NULL{}, update_time = $2 WHERE id = $3",
+                        binding.table,
+                        if binding.user_lookup().is_some() {
+                            ", user_key = NULL"
+                        } else {
+                            ""
+                        }
                     );
                     sqlx::query(AssertSqlSafe(sql))
                         .bind(attrs)

@@ -27,7 +27,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     call::Call,
     declare::DECLARATIONS,
-    fields::{self, Sensitive},
+    fields,
     gate::SERVICE_HEADER,
     store::{Found, Row, Store},
 };
@@ -255,13 +255,7 @@ impl StoreSubjectData {
             }
             // Values are checked as the owning service's Update checks them.
             let prefix = f.binding.spec.noun().replace(' ', "_");
-            fields::prepare(
-                &DECLARATIONS,
-                &mut record,
-                &prefix,
-                Sensitive::Refuse,
-                &mut v,
-            );
+            fields::prepare_stored(&DECLARATIONS, &mut record, &prefix, &mut v);
             if let Some(check) = self.checks.get(f.binding.spec.full_name()) {
                 check(&record, &prefix, &mut v);
             }

@@ -155,6 +155,16 @@ pub struct ServerArgs {
         value_name = "ADDRESS"
     )]
     pub mail_from: Option<String>,
+
+    /// Ticket SLA targets per priority, PRIORITY=FIRST_RESPONSE/RESOLUTION,
+    /// comma-separated [default: urgent=1h/4h,high=4h/1d,normal=8h/3d,low=1d/7d].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_TICKET_SLA",
+        value_name = "TARGETS"
+    )]
+    pub ticket_sla: Option<String>,
 }
 
 /// "NAME=URL".
@@ -196,6 +206,7 @@ struct FileConfig {
     service_token_file: Option<PathBuf>,
     smtp_url: Option<String>,
     mail_from: Option<String>,
+    ticket_sla: Option<String>,
 }
 
 /// Resolved settings: every value known.
@@ -221,6 +232,8 @@ pub struct Config {
     /// May carry a password: never shown.
     pub smtp_url: Option<String>,
     pub mail_from: String,
+    /// Ticket SLA targets, as `--ticket-sla` takes them.
+    pub ticket_sla: Option<String>,
 }
 
 // The database URL may carry a password, so Debug leaves it out.
@@ -250,6 +263,7 @@ impl std::fmt::Debug for Config {
                 &self.smtp_url.as_deref().map(crate::database::scheme_of),
             )
             .field("mail_from", &self.mail_from)
+            .field("ticket_sla", &self.ticket_sla)
             .finish()
     }
 }
@@ -274,6 +288,7 @@ impl Default for Config {
             service_token_file: None,
             smtp_url: None,
             mail_from: "support@custodian.localhost".to_owned(),
+            ticket_sla: None,
         }
     }
 }
@@ -334,6 +349,7 @@ impl Config {
             service_token_file: args.service_token_file.or(file.service_token_file),
             smtp_url: args.smtp_url.or(file.smtp_url),
             mail_from: args.mail_from.or(file.mail_from).unwrap_or(d.mail_from),
+            ticket_sla: args.ticket_sla.or(file.ticket_sla),
         })
     }
 
