@@ -1,14 +1,19 @@
-//! Throughput and latency of the identity service over real gRPC, on SQLite
-//! and on PostgreSQL: `cargo bench -p custodian --bench identity`.
+//! Throughput and latency of the suite over real gRPC, on SQLite and on
+//! PostgreSQL: `cargo bench -p custodian --bench suite`.
 //!
-//! A fixed workload against the real server (`Application` with the identity
-//! module, the production tower stack), started in this process:
+//! A fixed workload against the real server (the all-in-one `Application`,
+//! identity and tickets on one database, the production tower stack),
+//! started in this process:
 //!
 //! - `Health/Check`: a baseline that touches no database, so it shows what
 //!   tonic, HTTP/2 and the server's layers cost by themselves;
 //! - `CreateContact`: distinct valid contacts, each with a name, email, phone,
 //!   organisation and notes;
-//! - `GetContact`: reads spread over the contacts just created.
+//! - `GetContact`: reads spread over the contacts just created;
+//! - `CreateTicket`: web-form tickets from distinct requesters, each with a
+//!   first message (a ticket and a message, sealed, audited, in two writes);
+//! - `AddMessage`: an agent's first reply to each ticket just opened (the
+//!   message, and the ticket's first-response time and state).
 //!
 //! Each method gets a warm-up that is not counted, then a fixed number of
 //! requests from `CONCURRENCY` requests in flight spread over `CONNECTIONS`
@@ -40,7 +45,7 @@
 //! `CUSTODIAN_BENCH_CONCURRENCY`, `CUSTODIAN_BENCH_CONNECTIONS`,
 //! `CUSTODIAN_BENCH_SQLITE_MAX_CONNECTIONS`,
 //! `CUSTODIAN_BENCH_POSTGRES_MAX_CONNECTIONS`, `CUSTODIAN_BENCH_GETS`,
-//! `CUSTODIAN_BENCH_CREATES`.
+//! `CUSTODIAN_BENCH_CREATES`, `CUSTODIAN_BENCH_TICKETS`.
 
 use std::{
     future::Future,
@@ -64,6 +69,12 @@ use custodian_proto::{
         Contact, CreateContactRequest, CreateTenantRequest, GetContactRequest, Tenant,
         contact_service_client::ContactServiceClient, tenant_service_client::TenantServiceClient,
     },
+    tickets::v1::{
+        AddMessageRequest, CreateTicketRequest, Requester, Ticket, TicketMessage,
+        ticket::{Channel as TicketChannel, Kind},
+        ticket_message,
+        ticket_service_client::TicketServiceClient,
+    },
 };
 use custodian_runtime::{Config, server::READY_TIMEOUT, time::SystemClock};
 use hdrhistogram::Histogram;
@@ -86,6 +97,7 @@ const WARMUP: usize = 1_000;
 const HEALTH_REQUESTS: usize = 100_000;
 const CREATE_REQUESTS: usize = 20_000;
 const GET_REQUESTS: usize = 50_000;
+const TICKET_REQUESTS: usize = 10_000;
 
 /// Pool size on SQLite. Measured with this bench before the privacy kernel
 /// (commit 1706e64; GetContact req/s, CreateContact p99): 1: 8.0k, 39 ms;
@@ -145,6 +157,7 @@ struct Settings {
     connections: usize,
     creates: usize,
     gets: usize,
+    tickets: usize,
     sqlite_max_connections: u32,
     postgres_max_connections: u32,
     backends: Vec<Backend>,
@@ -187,6 +200,7 @@ impl Settings {
             connections: env_or("CUSTODIAN_BENCH_CONNECTIONS", CONNECTIONS).max(1),
             creates: env_or("CUSTODIAN_BENCH_CREATES", CREATE_REQUESTS).max(1),
             gets: env_or("CUSTODIAN_BENCH_GETS", GET_REQUESTS),
+            tickets: env_or("CUSTODIAN_BENCH_TICKETS", TICKET_REQUESTS).max(WARMUP + 1),
             sqlite_max_connections: env_or(
                 "CUSTODIAN_BENCH_SQLITE_MAX_CONNECTIONS",
                 SQLITE_MAX_CONNECTIONS,
@@ -225,7 +239,7 @@ async fn run() -> anyhow::Result<bool> {
     let settings = Settings::from_env();
     sqlx::any::install_default_drivers();
     println!(
-        "identity bench: {} in flight over {} HTTP/2 connections; client and server share one 2-worker tokio runtime",
+        "suite bench: {} in flight over {} HTTP/2 connections; client and server share one 2-worker tokio runtime",
         settings.concurrency, settings.connections
     );
     let mut rows = Vec::new();
@@ -469,7 +483,142 @@ async fn workloads(
     )
     .await;
     rows.push(run.into_row(label, "GetContact", gets, concurrency));
+    rows.extend(ticket_workloads(label, &channels, settings).await?);
     Ok(rows)
+}
+
+/// CreateTicket, then AddMessage (an agent's first reply) on each ticket.
+async fn ticket_workloads(
+    label: &'static str,
+    channels: &[Authed],
+    settings: &Settings,
+) -> anyhow::Result<Vec<Row>> {
+    let concurrency = settings.concurrency;
+    let tickets = settings.tickets;
+    let mut rows = Vec::new();
+    let names: Arc<Vec<OnceLock<String>>> =
+        Arc::new((0..tickets + WARMUP).map(|_| OnceLock::new()).collect());
+    let create = {
+        let names = names.clone();
+        move |client: TicketServiceClient<Authed>, n: usize| {
+            let names = names.clone();
+            async move {
+                let mut client = client;
+                let email = format!("r{n}@example.com");
+                let created = client
+                    .create_ticket(CreateTicketRequest {
+                        ticket: Some(ticket(n, &email)),
+                        description: "The export to CSV stops halfway with an error.".into(),
+                        request_id: String::new(),
+                    })
+                    .await
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                    .into_inner();
+                if !created.name.starts_with("tickets/")
+                    || created.requester.as_ref().map(|r| r.email.as_str()) != Some(email.as_str())
+                {
+                    return Err(format!("unexpected ticket {:?} for {email}", created.name));
+                }
+                let _ = names[n].set(created.name);
+                Ok(())
+            }
+        }
+    };
+    drive(
+        channels,
+        WARMUP,
+        concurrency,
+        tickets,
+        TicketServiceClient::new,
+        create.clone(),
+    )
+    .await;
+    let run = drive(
+        channels,
+        tickets,
+        concurrency,
+        0,
+        TicketServiceClient::new,
+        create,
+    )
+    .await;
+    rows.push(run.into_row(label, "CreateTicket", tickets, concurrency));
+
+    // One reply per ticket, so each is the ticket's first: the message and
+    // the ticket's first-response time and state change together.
+    let names: Arc<Vec<String>> = Arc::new(names.iter().filter_map(|n| n.get().cloned()).collect());
+    anyhow::ensure!(names.len() > WARMUP, "too few tickets were created");
+    let reply = move |client: TicketServiceClient<Authed>, n: usize| {
+        let parent = names[n % names.len()].clone();
+        async move {
+            let mut client = client;
+            let message = client
+                .add_message(AddMessageRequest {
+                    parent: parent.clone(),
+                    message: Some(TicketMessage {
+                        kind: ticket_message::Kind::AgentReply as i32,
+                        body: "Thanks, we are looking into it; could you send the file's size?"
+                            .into(),
+                        ..Default::default()
+                    }),
+                    request_id: String::new(),
+                })
+                .await
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+                .into_inner();
+            if !message.name.starts_with(&parent) {
+                return Err(format!(
+                    "asked for a message of {parent}, got {:?}",
+                    message.name
+                ));
+            }
+            Ok(())
+        }
+    };
+    // Warm-up replies go to the warm-up tickets (numbered after the measured ones).
+    let warm = {
+        let reply = reply.clone();
+        move |client, n: usize| reply(client, n + tickets)
+    };
+    drive(
+        channels,
+        WARMUP,
+        concurrency,
+        0,
+        TicketServiceClient::new,
+        warm,
+    )
+    .await;
+    let run = drive(
+        channels,
+        tickets,
+        concurrency,
+        0,
+        TicketServiceClient::new,
+        reply,
+    )
+    .await;
+    rows.push(run.into_row(label, "AddMessage", tickets, concurrency));
+    Ok(rows)
+}
+
+/// A valid web-form ticket from an outside individual, distinct for each `n`.
+fn ticket(n: usize, email: &str) -> Ticket {
+    Ticket {
+        channel: TicketChannel::WebForm as i32,
+        kind: Kind::Inquiry as i32,
+        category: "export".into(),
+        subject: format!("Export stops halfway ({n})"),
+        requester: Some(Requester {
+            person_name: Some(PersonName {
+                given_name: "Bench".into(),
+                family_name: format!("Requester {n}"),
+            }),
+            email: email.to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// A valid contact, distinct for each `n`.
@@ -652,13 +801,15 @@ impl BenchServer {
             listen: "127.0.0.1:0".parse()?,
             database_url: Some(url.to_owned()),
             database_max_connections: max_connections,
+            // The mail outbox, unused by this workload: a folder of its own.
+            data_dir: std::env::temp_dir().join(format!("custodian-bench-{}", std::process::id())),
             ..Config::default()
         };
         // The production stack: tokens verified, every access audited,
         // personal fields encrypted.
         let keys = KeyFile::generate("mk-bench", generate_key_pair());
         let suite = custodian::suite(
-            custodian::Target::Identity,
+            custodian::Target::All,
             &config,
             &keys,
             Arc::new(SystemClock),
