@@ -53,6 +53,10 @@ enum Command {
         /// How long the token is valid.
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// Issues a service credential (subject "svc:NAME"): only the suite's
+        /// services hold one, for calls to each other on their callers' behalf.
+        #[arg(long, conflicts_with = "tenant")]
+        service: bool,
     },
     /// Master-key rotation, without downtime. See the README.
     #[command(subcommand)]
@@ -97,13 +101,16 @@ async fn main() -> anyhow::Result<()> {
             purposes,
             tenant,
             ttl,
+            service,
         }) => {
             let (keys, _, _) = load_keys(cli.target, &config).await?;
             let issuer = signing_key(&keys)?;
-            println!(
-                "{}",
+            let token = if service {
+                issuer.issue_service(&subject, &purposes, ttl)?
+            } else {
                 issuer.issue(&subject, &purposes, tenant.as_deref(), ttl)?
-            );
+            };
+            println!("{token}");
             Ok(())
         }
         Some(Command::Keys(command)) => keys(cli.target, &config, command).await,
