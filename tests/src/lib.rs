@@ -28,6 +28,8 @@ use tonic::{codegen::InterceptedService, transport::Channel};
 
 pub use custodian_runtime::telemetry::init_for_tests;
 
+pub mod hostile;
+
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -48,7 +50,8 @@ fn in_ci() -> bool {
 /// A fresh, empty database for one test, removed when dropped.
 pub struct TestDatabase {
     pub url: String,
-    _dir: Option<tempfile::TempDir>,
+    /// A private folder for the test: the SQLite file, the mail outbox.
+    dir: tempfile::TempDir,
     pg_name: Option<String>,
 }
 
@@ -62,7 +65,7 @@ impl TestDatabase {
                 let url = format!("sqlite://{}?mode=rwc", dir.path().join("test.db").display());
                 Some(Self {
                     url,
-                    _dir: Some(dir),
+                    dir,
                     pg_name: None,
                 })
             }
@@ -89,11 +92,18 @@ impl TestDatabase {
                     .expect("database URL with a database name");
                 Some(Self {
                     url: format!("{base}/{name}"),
-                    _dir: None,
+                    dir: tempfile::tempdir().expect("temporary folder"),
                     pg_name: Some(name),
                 })
             }
         }
+    }
+}
+
+impl TestDatabase {
+    /// The test's private folder (the data folder of its server).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 }
 
@@ -148,6 +158,8 @@ pub fn test_config(db: &TestDatabase) -> Config {
     Config {
         listen: "127.0.0.1:0".parse().expect("address"),
         database_url: Some(db.url.clone()),
+        // The mail outbox and anything else a server keeps on disk.
+        data_dir: db.dir().to_path_buf(),
         database_max_connections: 4,
         // Tests sweep on demand, at the times they choose.
         retention_sweep_interval: Duration::ZERO,

@@ -87,7 +87,8 @@ pub fn service_names(target: Target) -> Vec<&'static str> {
 /// The services to run and the gate in front of them.
 pub struct Suite {
     pub modules: Vec<Arc<dyn ServiceModule>>,
-    pub gate: Arc<dyn custodian_runtime::Gate>,
+    /// The access stack's method table (a [`custodian_runtime::Gate`]).
+    pub gate: Arc<custodian_kit::gate::KitGate>,
     pub vaults: Vec<Vault>,
     pub peers: Vec<Peers>,
     pub names: Vec<&'static str>,

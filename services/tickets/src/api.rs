@@ -300,25 +300,39 @@ impl Api {
     }
 
     /// Stores a message on a ticket (prepared), then what it does to the
-    /// ticket: a first agent reply stops the first-response clock and opens
-    /// a new ticket; a requester's reply reopens a pending or solved one.
+    /// ticket (see [`Self::follow_up`]).
     pub(crate) async fn add(
+        &self,
+        call: &Call,
+        ticket: &Stored<Ticket>,
+        message: TicketMessage,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Stored<TicketMessage>, Status> {
+        let (stored, replayed) = self
+            .store_message(call, ticket, message, idempotency)
+            .await?;
+        if !replayed {
+            self.follow_up(call, ticket, stored.message.kind).await?;
+        }
+        Ok(stored)
+    }
+
+    /// Stores a message on a ticket (prepared), and nothing else; true when
+    /// it is an earlier call's (an idempotent retry).
+    pub(crate) async fn store_message(
         &self,
         call: &Call,
         ticket: &Stored<Ticket>,
         mut message: TicketMessage,
         idempotency: Option<Idempotency>,
-    ) -> Result<Stored<TicketMessage>, Status> {
+    ) -> Result<(Stored<TicketMessage>, bool), Status> {
         if ticket.message.state == State::Closed as i32 {
             return Err(closed(ticket).into());
         }
         if message.channel == Channel::Unspecified as i32 {
             message.channel = ticket.message.channel;
         }
-        let kind = ticket_message::Kind::try_from(message.kind)
-            .unwrap_or(ticket_message::Kind::Unspecified);
-        let (stored, replayed) = self
-            .messages
+        self.messages
             .create_or_replay(
                 call,
                 New {
@@ -328,10 +342,20 @@ impl Api {
                     idempotency,
                 },
             )
-            .await?;
-        if replayed {
-            return Ok(stored);
-        }
+            .await
+    }
+
+    /// What a new message of `kind` does to its ticket: a first agent reply
+    /// stops the first-response clock and opens a new ticket; a requester's
+    /// reply reopens a pending or solved one.
+    pub(crate) async fn follow_up(
+        &self,
+        call: &Call,
+        ticket: &Stored<Ticket>,
+        kind: i32,
+    ) -> Result<(), Status> {
+        let kind =
+            ticket_message::Kind::try_from(kind).unwrap_or(ticket_message::Kind::Unspecified);
         let now = self.now();
         let name = ticket.message.name.clone();
         let touches = match kind {
@@ -383,7 +407,7 @@ impl Api {
                 )
                 .await?;
         }
-        Ok(stored)
+        Ok(())
     }
 
     /// Checks a message's values; `field` prefixes the violations.
@@ -594,7 +618,7 @@ impl TicketService for Api {
     ) -> Result<Response<Ticket>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let patch = req.ticket.unwrap_or_default();
+        let mut patch = req.ticket.unwrap_or_default();
         let name = patch.name.clone();
         self.tickets.parse(&name, "ticket.name")?;
         let paths = self.tickets.mask(req.update_mask)?;
@@ -602,7 +626,9 @@ impl TicketService for Api {
         if before.message.state == State::Closed as i32 {
             return Err(closed(&before).into());
         }
-        // A new link to a user is checked with identity before anything changes.
+        // A new link to a user is checked with identity before anything
+        // changes; a whole new requester takes what it lacks from the user's
+        // record, as on create.
         if paths
             .iter()
             .any(|p| p == "requester" || p == "requester.user")
@@ -611,6 +637,7 @@ impl TicketService for Api {
             if !requester.user.is_empty() {
                 self.check_with_identity(&call, &before.tenant_id, &mut requester)
                     .await?;
+                patch.requester = Some(requester);
             }
         }
         let now = self.now();

@@ -291,9 +291,11 @@ impl Api {
     }
 
     /// An agent reply on an email ticket: stored with its own Message-ID,
-    /// then mailed to the requester in the thread of the last mail. If the
-    /// mail cannot be handed over, the reply is taken back and the call is
-    /// UNAVAILABLE: the thread never shows a reply the requester did not get.
+    /// then mailed to the requester in the thread of the last mail, and only
+    /// then counted on the ticket (first response, opening). If the mail
+    /// cannot be handed over, the reply is taken back and the call is
+    /// UNAVAILABLE: neither the thread nor the SLA shows a reply the
+    /// requester did not get.
     pub(crate) async fn reply_by_mail(
         &self,
         call: &Call,
@@ -322,8 +324,10 @@ impl Api {
             references.drain(..references.len() - MAX_REFERENCES);
         }
         let text = message.body.clone();
-        let stored = self.add(call, ticket, message, idempotency).await?;
-        if stored.message.email_message_id != message_id {
+        let (stored, replayed) = self
+            .store_message(call, ticket, message, idempotency)
+            .await?;
+        if replayed {
             // An idempotent retry: the mail went out with the first call.
             return Ok(stored);
         }
@@ -358,6 +362,7 @@ impl Api {
                 "the reply could not be mailed; it was not added, retry later",
             ));
         }
+        self.follow_up(call, ticket, stored.message.kind).await?;
         Ok(stored)
     }
 }

@@ -8,9 +8,10 @@ use std::time::Instant;
 use custodian_privacy::{Access, Purpose};
 use tonic::Status;
 
-/// When the caller stops waiting.
-#[derive(Debug, Clone, Copy)]
-pub struct Deadline(pub Instant);
+/// When the caller stops waiting: the one the runtime's admission stack
+/// leaves in the request (its own type, not a look-alike, or no handler
+/// would ever find it and no deadline would reach another service).
+pub use custodian_runtime::Deadline;
 
 /// One admitted call.
 #[derive(Debug, Clone)]
@@ -73,4 +74,39 @@ pub fn respond<T>(message: T, withheld: &[String]) -> tonic::Response<T> {
         response.metadata_mut().insert(REDACTED_HEADER, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custodian_privacy::{Caller, Method};
+    use custodian_proto::audit::v1::AuditAction;
+
+    #[test]
+    fn a_call_keeps_the_deadline_the_runtime_left_in_the_request() {
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(Access {
+            caller: Caller {
+                subject: "ops:a".into(),
+                purposes: vec![Purpose::Support],
+                tenant: None,
+                requested_purpose: None,
+                on_behalf_of: None,
+                service: false,
+            },
+            purpose: Purpose::Support,
+            method: Method {
+                path: "/x.v1.S/Get",
+                action: AuditAction::Read,
+                purposes: &[Purpose::Support],
+            },
+        });
+        assert_eq!(Call::of(&request).unwrap().deadline, None);
+        // What the admission stack inserts, by the runtime's own type.
+        let at = Instant::now() + std::time::Duration::from_secs(2);
+        request
+            .extensions_mut()
+            .insert(custodian_runtime::server::Deadline(at));
+        assert_eq!(Call::of(&request).unwrap().deadline, Some(at));
+    }
 }

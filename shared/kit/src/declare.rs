@@ -490,6 +490,7 @@ pub fn max_items(policy: Option<&FieldPolicy>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost_reflect::Value;
 
     #[test]
     fn every_contract_of_this_build_is_declared() {
@@ -570,6 +571,33 @@ message Thing {
         // It is no unit: never shown, never stored.
         let thing = forgotten.resource("custodian.x.v1.Thing").unwrap();
         assert!(thing.unit("nickname").is_none());
+        // A record holding a value for it (a caller sent one): the value
+        // is not shown to any purpose, stored, or exported.
+        let mut record = DynamicMessage::new(thing.desc.clone());
+        record.set_field_by_name("email", Value::String("ann@example.com".into()));
+        record.set_field_by_name("nickname", Value::String("Annie".into()));
+        for purpose in [
+            custodian_proto::privacy::v1::Purpose::Support,
+            custodian_proto::privacy::v1::Purpose::ProductAnalytics,
+        ] {
+            let cut = crate::fields::cut(thing, &record, purpose);
+            assert!(!cut.message.has_field_by_name("nickname"), "{purpose:?}");
+            assert!(
+                !cut.shown
+                    .iter()
+                    .chain(&cut.withheld)
+                    .any(|u| u == "nickname"),
+                "{purpose:?}"
+            );
+        }
+        let (personal, plain) = crate::fields::split(thing, &record);
+        assert!(personal.has_field_by_name("email"));
+        assert!(!personal.has_field_by_name("nickname") && !plain.has_field_by_name("nickname"));
+        assert!(
+            !crate::fields::export(thing, &record)
+                .fields
+                .contains_key("nickname")
+        );
 
         // A string declared without a format has no limit to check.
         let unformatted = Declarations::new(pool(&format!(

@@ -5,14 +5,14 @@
 //! SweepExpired for the service `custodian-service` names (or all of them),
 //! legal holds and the retention policy from their owner.
 //!
-//! A service that does not own the facts asks identity over gRPC, keeps the
-//! answer briefly, and deletes nothing when it cannot be had: a sweep that
-//! does not know about a legal hold must not run.
+//! A service that does not own the facts asks identity over gRPC at every
+//! sweep, and deletes nothing when it cannot be had: a sweep that does not
+//! know about a legal hold must not run.
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use custodian_privacy::{
@@ -47,9 +47,6 @@ use crate::{
 
 /// Idempotency keys outlive any sensible retry by far after a day.
 const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// How long a service keeps identity's answer.
-const POLICY_TTL: Duration = Duration::from_secs(30);
 
 /// The service that owns tenants' rules and legal holds.
 pub const OWNER: &str = "identity";
@@ -100,31 +97,22 @@ impl PolicySource for OwnerPolicy {
     }
 }
 
-/// The owner's facts, asked over gRPC with the service's own credential
-/// and kept [`POLICY_TTL`].
+/// The owner's facts, asked over gRPC with the service's own credential,
+/// afresh for every sweep (which asks once): an answer kept from an earlier
+/// sweep would miss a legal hold placed since, and delete what it holds.
 pub struct PeerPolicy {
     peers: Peers,
-    cache: Mutex<Option<(Instant, RetentionPolicy)>>,
 }
 
 impl PeerPolicy {
     pub fn new(peers: Peers) -> Self {
-        Self {
-            peers,
-            cache: Mutex::new(None),
-        }
+        Self { peers }
     }
 }
 
 impl PolicySource for PeerPolicy {
     fn policy(&self) -> BoxFuture<'_, Result<RetentionPolicy, ApiError>> {
         Box::pin(async move {
-            if let Ok(cache) = self.cache.lock()
-                && let Some((at, policy)) = cache.as_ref()
-                && at.elapsed() < POLICY_TTL
-            {
-                return Ok(policy.clone());
-            }
             let unavailable = |_| {
                 ApiError::Unavailable(format!(
                     "the retention policy cannot be had from {OWNER}; nothing was deleted"
@@ -134,15 +122,11 @@ impl PolicySource for PeerPolicy {
                 .peers
                 .own(OWNER, Purpose::Administration)
                 .map_err(unavailable)?;
-            let policy = RetentionServiceClient::new(channel)
+            Ok(RetentionServiceClient::new(channel)
                 .get_retention_policy(GetRetentionPolicyRequest {})
                 .await
                 .map_err(unavailable)?
-                .into_inner();
-            if let Ok(mut cache) = self.cache.lock() {
-                *cache = Some((Instant::now(), policy.clone()));
-            }
-            Ok(policy)
+                .into_inner())
         })
     }
 }

@@ -1185,7 +1185,24 @@ where
         let mut tx = store.db().pool().begin().await.map_err(ApiError::from)?;
         let (subject_id, key) = match (parent_subject, parent_key) {
             (Some(subject), Some(key)) => (subject, Some(key)),
-            (Some(_), None) => (String::new(), None),
+            // The parent's subject was erased: nothing personal may be
+            // sealed under a key that no longer exists.
+            (Some(_), None) => {
+                let parent = self
+                    .binding
+                    .parent
+                    .as_ref()
+                    .map_or("", |p| p.spec.pattern.as_str());
+                return Err(ApiError::FailedPrecondition(format!(
+                    "the person of this {} was erased; nothing can be added to it",
+                    parent
+                        .split('/')
+                        .next()
+                        .unwrap_or("record")
+                        .trim_end_matches('s')
+                ))
+                .into());
+            }
             (None, _) => {
                 let (subject, key) = store
                     .vault()
@@ -1492,6 +1509,19 @@ impl Store {
                 before.create_time,
                 update_time,
             );
+            // An anonymised record holds nothing personal and never will
+            // again: its subject's key is gone.
+            if before.subject_id.is_empty()
+                && fields::split(&binding.spec, &after)
+                    .0
+                    .fields()
+                    .next()
+                    .is_some()
+            {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "{name} was anonymised when its person was erased; it takes no personal data"
+                )));
+            }
             let (email_key, phone_key) = self.lookup_args(binding, &after);
             let (old_email, _) = self.lookup_args(binding, &before.message);
             let rekey = binding.parent.is_none()

@@ -222,8 +222,10 @@ impl Application {
         let outcome = tokio::select! {
             started = startup => match started {
                 Ok(()) => {
-                    set_health(&health, &service_names, ServingStatus::Serving).await;
+                    // The gate opens before health says SERVING: a caller
+                    // that waited for SERVING must not be told "starting".
                     ready_tx.send_replace(true);
+                    set_health(&health, &service_names, ServingStatus::Serving).await;
                     tracing::info!(services = ?service_names, "ready");
                     shutdown.await;
                     Ok(())

@@ -1,0 +1,961 @@
+//! Hostile inputs for every method of every service (see `tests/tests/hardening.rs`).
+//!
+//! Nothing here names a service, a method or a field: the methods are the
+//! declared ones ([`custodian_kit::DECLARATIONS`]) of the gRPC services the
+//! server lists by reflection, and the string fields are found in each
+//! method's input message by walking its descriptor (nested messages,
+//! repeated fields and maps included). A new service, method or field is
+//! covered without a change here.
+//!
+//! For one string field at a time, a request is built as a
+//! [`DynamicMessage`] holding only that field, set to a hostile spelling of
+//! a value of the field's declared format (a resource name of its pattern,
+//! an email, free text); it is encoded here (so a string can be made
+//! invalid UTF-8 on the wire) and sent as raw bytes with [`RawCodec`]. The
+//! [`Prober`] then checks what a refusal must never do: fail as the
+//! server's fault, echo the value, store anything, or write the value into
+//! the audit trail.
+
+use std::{collections::BTreeMap, fmt, time::Duration};
+
+use bytes::{Buf as _, BufMut as _};
+use custodian_kit::{DECLARATIONS, pattern::Pattern};
+use custodian_proto::privacy::v1::Format;
+use proptest::{prelude::*, sample::select};
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value};
+use sqlx::{AnyPool, Row as _};
+use tonic::{
+    Code, Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    transport::Channel,
+};
+
+use crate::TestApp;
+
+// --- raw calls -----------------------------------------------------------
+
+/// A codec that sends and receives message bytes as they are: requests
+/// encoded by the test (malformed ones included), responses undecoded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+/// Calls `path` with `body` as the request message and `metadata`, and
+/// reads the whole answer (one message of a unary method, every message of
+/// a streaming one). The answer's messages, or the status it ended with.
+pub async fn call_raw(
+    channel: &Channel,
+    path: &str,
+    body: Vec<u8>,
+    metadata: &[(&'static str, String)],
+) -> Result<Vec<Vec<u8>>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone()).max_decoding_message_size(64 << 20);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(format!("channel not ready: {e}")))?;
+    let mut request = tonic::Request::new(body);
+    request.set_timeout(Duration::from_secs(30));
+    for (key, value) in metadata {
+        request
+            .metadata_mut()
+            .insert(*key, value.parse().expect("ASCII metadata"));
+    }
+    let path = path.parse().expect("a method path");
+    // A server-streaming call reads a unary answer just as well.
+    let mut stream = grpc
+        .server_streaming(request, path, RawCodec)
+        .await?
+        .into_inner();
+    let mut messages = Vec::new();
+    while let Some(message) = stream.message().await? {
+        messages.push(message);
+    }
+    Ok(messages)
+}
+
+// --- what to call ----------------------------------------------------------
+
+/// The gRPC services the server behind `channel` serves, from reflection.
+pub async fn served_services(channel: &Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("a reflection answer")
+        .expect("a reflection answer");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("reflection answered {other:?}"),
+    }
+}
+
+/// One declared method the server serves, and the string fields of its
+/// request message.
+#[derive(Clone)]
+pub struct Target {
+    /// "/custodian.identity.v1.ContactService/GetContact".
+    pub path: String,
+    pub input: MessageDescriptor,
+    pub slots: Vec<Slot>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path)
+    }
+}
+
+/// Every declared method of `services`, in path order.
+pub fn targets(services: &[String]) -> Vec<Target> {
+    let mut out: Vec<Target> = DECLARATIONS
+        .methods()
+        .filter(|(_, decl)| {
+            services
+                .iter()
+                .any(|s| s == decl.desc.parent_service().full_name())
+        })
+        .map(|(path, decl)| Target {
+            path: path.clone(),
+            input: decl.desc.input(),
+            slots: string_slots(&decl.desc.input()),
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+/// Where a string sits in a map entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaf {
+    Plain,
+    MapKey,
+    MapValue,
+}
+
+/// One string field of a request message, at any depth: the fields from
+/// the message down to it. A repeated field on the way holds one item.
+#[derive(Clone)]
+pub struct Slot {
+    path: Vec<FieldDescriptor>,
+    leaf: Leaf,
+    /// "contact.postal_address.address_lines[0]".
+    pub dotted: String,
+}
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.dotted)
+    }
+}
+
+/// Messages are walked this deep at most (a recursive message type is
+/// entered once per path anyway).
+const MAX_DEPTH: usize = 6;
+
+/// Every string field of `desc`, nested ones included.
+pub fn string_slots(desc: &MessageDescriptor) -> Vec<Slot> {
+    let mut out = Vec::new();
+    walk(
+        desc,
+        &mut Vec::new(),
+        &mut vec![desc.full_name().to_owned()],
+        &mut out,
+    );
+    out
+}
+
+fn walk(
+    desc: &MessageDescriptor,
+    path: &mut Vec<FieldDescriptor>,
+    seen: &mut Vec<String>,
+    out: &mut Vec<Slot>,
+) {
+    if path.len() >= MAX_DEPTH {
+        return;
+    }
+    for field in desc.fields() {
+        path.push(field.clone());
+        let slot = |leaf| Slot {
+            path: path.clone(),
+            leaf,
+            dotted: dotted(path, leaf),
+        };
+        match field.kind() {
+            Kind::Message(entry) if field.is_map() => {
+                if entry.map_entry_key_field().kind() == Kind::String {
+                    out.push(slot(Leaf::MapKey));
+                }
+                if entry.map_entry_value_field().kind() == Kind::String {
+                    out.push(slot(Leaf::MapValue));
+                }
+            }
+            Kind::String => out.push(slot(Leaf::Plain)),
+            Kind::Message(inner) if !seen.iter().any(|s| s == inner.full_name()) => {
+                seen.push(inner.full_name().to_owned());
+                walk(&inner, path, seen, out);
+                seen.pop();
+            }
+            _ => {}
+        }
+        path.pop();
+    }
+}
+
+fn dotted(path: &[FieldDescriptor], leaf: Leaf) -> String {
+    let mut out = String::new();
+    for (i, field) in path.iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push_str(field.name());
+        let last = i + 1 == path.len();
+        if field.is_map() && last {
+            out.push_str(match leaf {
+                Leaf::MapKey => "{key}",
+                _ => "{value}",
+            });
+        } else if field.is_list() {
+            out.push_str("[0]");
+        }
+    }
+    out
+}
+
+impl Slot {
+    /// The string field itself.
+    fn field(&self) -> &FieldDescriptor {
+        self.path.last().expect("a slot has a field")
+    }
+
+    /// The request message with only this field set to `value`.
+    pub fn build(&self, input: &MessageDescriptor, value: &str) -> DynamicMessage {
+        let mut message = DynamicMessage::new(input.clone());
+        set(&mut message, &self.path, self.leaf, value);
+        message
+    }
+
+    /// A legitimate value of the field's declared format, which the hostile
+    /// spellings are made from: a resource name of its pattern, an email,
+    /// a UUID, plain text.
+    pub fn base_value(&self) -> String {
+        let field = self.field();
+        let policy = DECLARATIONS.field(field);
+        let format = policy.map(|p| p.format()).unwrap_or(Format::Unspecified);
+        const ID: &str = "0190f3c4-5b6a-7c8d-9e0f-1a2b3c4d5e6f";
+        match format {
+            Format::ResourceName => {
+                let pattern = policy
+                    .map(|p| p.reference.as_str())
+                    .filter(|r| !r.is_empty())
+                    .and_then(|r| Pattern::parse(r).ok())
+                    .or_else(|| {
+                        (field.name() == "name")
+                            .then(|| DECLARATIONS.resource(field.parent_message().full_name()))
+                            .flatten()
+                            .map(|spec| spec.pattern.clone())
+                    })
+                    .unwrap_or_else(|| {
+                        Pattern::parse("tenants/{tenant}/contacts/{contact}").expect("pattern")
+                    });
+                if pattern.has_var("tenant") {
+                    pattern.format(&["acme", ID, ID, ID])
+                } else {
+                    pattern.format(&[ID, ID, ID])
+                }
+            }
+            Format::Email => "ann@example.com".into(),
+            Format::Phone => "+4930901820".into(),
+            Format::RegionCode => "DE".into(),
+            Format::Uuid => ID.into(),
+            Format::Id => "acme".into(),
+            Format::FieldPath => "person_name.given_name".into(),
+            Format::Token => "support".into(),
+            Format::PageToken => "AbC-123_x".into(),
+            _ => "Acme order notes".into(),
+        }
+    }
+}
+
+fn set(message: &mut DynamicMessage, path: &[FieldDescriptor], leaf: Leaf, s: &str) {
+    let Some((field, rest)) = path.split_first() else {
+        return;
+    };
+    if rest.is_empty() {
+        let value = match (leaf, field.kind()) {
+            (Leaf::MapKey, Kind::Message(entry)) => {
+                let mut map = std::collections::HashMap::new();
+                map.insert(
+                    MapKey::String(s.to_owned()),
+                    entry.map_entry_value_field().kind().default_value(),
+                );
+                Value::Map(map)
+            }
+            (Leaf::MapValue, Kind::Message(entry)) => {
+                let mut map = std::collections::HashMap::new();
+                map.insert(
+                    MapKey::default_value(&entry.map_entry_key_field().kind()),
+                    Value::String(s.to_owned()),
+                );
+                Value::Map(map)
+            }
+            _ if field.is_list() => Value::List(vec![Value::String(s.to_owned())]),
+            _ => Value::String(s.to_owned()),
+        };
+        message.set_field(field, value);
+        return;
+    }
+    let Kind::Message(inner_desc) = field.kind() else {
+        return;
+    };
+    let mut inner = DynamicMessage::new(inner_desc);
+    set(&mut inner, rest, leaf, s);
+    let value = if field.is_list() {
+        Value::List(vec![Value::Message(inner)])
+    } else {
+        Value::Message(inner)
+    };
+    message.set_field(field, value);
+}
+
+// --- hostile values ------------------------------------------------------------
+
+/// The kinds of hostile strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum HostileKind {
+    /// A NUL byte.
+    Nul,
+    /// Another control character (line breaks and tabs are text's).
+    Control,
+    /// Bytes that are not UTF-8 in a string field, on the wire.
+    InvalidUtf8,
+    /// A string of a megabyte or more.
+    Huge,
+    /// Letters buried under combining marks.
+    Combining,
+    /// Zero-width, joiner, byte-order, bidirectional and tag characters.
+    Invisible,
+    /// `../`, `//`, `%2F` and their friends.
+    PathTrick,
+    /// A resource name far longer than any real one, or nested too deep.
+    OversizedName,
+}
+
+impl HostileKind {
+    pub const ALL: [HostileKind; 8] = [
+        HostileKind::Nul,
+        HostileKind::Control,
+        HostileKind::InvalidUtf8,
+        HostileKind::Huge,
+        HostileKind::Combining,
+        HostileKind::Invisible,
+        HostileKind::PathTrick,
+        HostileKind::OversizedName,
+    ];
+
+    /// Whether every field must refuse it, whatever its format.
+    pub fn always_refused(self) -> bool {
+        matches!(
+            self,
+            HostileKind::Nul | HostileKind::Control | HostileKind::InvalidUtf8 | HostileKind::Huge
+        )
+    }
+}
+
+/// One hostile spelling, applied to a field's legitimate value by
+/// [`Hostile::render`]. Every spelling carries a `needle`, a word of its
+/// own ("zq" and six letters that are not hex digits) that must never come
+/// back in an error or reach the audit trail.
+#[derive(Clone)]
+pub struct Hostile {
+    pub kind: HostileKind,
+    pub needle: String,
+    /// Where in the legitimate value it goes, as a fraction of 65536.
+    at: u16,
+    /// What follows the needle: the hostile characters.
+    text: String,
+    /// For [`HostileKind::InvalidUtf8`]: the bytes that follow the needle.
+    bytes: Vec<u8>,
+    /// For [`HostileKind::Huge`] and [`HostileKind::OversizedName`]: how
+    /// long (bytes; characters of a segment), and whether a name is nested
+    /// too deep rather than too long.
+    len: usize,
+    deep: bool,
+}
+
+impl fmt::Debug for Hostile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Short, whatever the value: a failing case is printed.
+        write!(
+            f,
+            "{:?} needle={} at={} text={:?} bytes={:02x?} len={} deep={}",
+            self.kind,
+            self.needle,
+            self.at,
+            self.text.chars().take(40).collect::<String>(),
+            self.bytes,
+            self.len,
+            self.deep
+        )
+    }
+}
+
+/// A hostile value as sent: a string, or bytes that are not UTF-8.
+#[derive(Clone)]
+pub enum Rendered {
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+impl Rendered {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Rendered::Text(s) => s.as_bytes(),
+            Rendered::Bytes(b) => b,
+        }
+    }
+
+    /// The first characters (bytes read lossily), for the echo check.
+    pub fn prefix(&self, chars: usize) -> String {
+        String::from_utf8_lossy(&self.bytes()[..self.bytes().len().min(chars * 4)])
+            .chars()
+            .take(chars)
+            .collect()
+    }
+}
+
+/// The largest char boundary of `s` at or before `at`/65536 of its length.
+fn boundary(s: &str, at: u16) -> usize {
+    let mut i = s.len() * usize::from(at) / 65536;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+impl Hostile {
+    /// The hostile spelling of `base`, a legitimate value of the field.
+    pub fn render(&self, base: &str) -> Rendered {
+        let i = boundary(base, self.at);
+        let (head, tail) = base.split_at(i);
+        let needle = &self.needle;
+        match self.kind {
+            HostileKind::InvalidUtf8 => {
+                let mut bytes = Vec::new();
+                bytes.extend_from_slice(head.as_bytes());
+                bytes.extend_from_slice(needle.as_bytes());
+                bytes.extend_from_slice(&self.bytes);
+                bytes.extend_from_slice(tail.as_bytes());
+                Rendered::Bytes(bytes)
+            }
+            HostileKind::Huge => {
+                let mut s = format!("{base}{needle}");
+                let filler = self.text.chars().next().unwrap_or('x');
+                while s.len() < self.len {
+                    s.push(filler);
+                }
+                Rendered::Text(s)
+            }
+            HostileKind::OversizedName => {
+                let last = base.rsplit('/').next().unwrap_or(base);
+                Rendered::Text(if self.deep {
+                    // Nested far deeper than any pattern.
+                    let mut s = base.to_owned();
+                    while s.len() < self.len {
+                        s.push('/');
+                        s.push_str(needle);
+                        s.push('/');
+                        s.push_str(last);
+                    }
+                    s
+                } else {
+                    // Its own segment far longer than any id.
+                    let head = &base[..base.len() - last.len()];
+                    format!("{head}{needle}{}", "a".repeat(self.len))
+                })
+            }
+            HostileKind::Combining => {
+                // Every letter of the needle carries the marks.
+                let mut s = head.to_owned();
+                for c in needle.chars() {
+                    s.push(c);
+                    s.push_str(&self.text);
+                }
+                s.push_str(tail);
+                Rendered::Text(s)
+            }
+            _ => Rendered::Text(format!("{head}{needle}{}{tail}", self.text)),
+        }
+    }
+
+    /// The encoded request: `slot` of `input` set to this spelling of its
+    /// legitimate value. Bytes that are not UTF-8 are put in place of a
+    /// placeholder of the same length after encoding, so every length on
+    /// the way stays right.
+    pub fn encode(&self, input: &MessageDescriptor, slot: &Slot) -> Vec<u8> {
+        let rendered = self.render(&slot.base_value());
+        match &rendered {
+            Rendered::Text(s) => slot.build(input, s).encode_to_vec(),
+            Rendered::Bytes(b) => {
+                let placeholder = "\u{7e}".repeat(b.len());
+                let mut body = slot.build(input, &placeholder).encode_to_vec();
+                // The last run: a length byte before it may be a '~' too.
+                let at = body
+                    .windows(b.len())
+                    .rposition(|w| w == placeholder.as_bytes())
+                    .expect("the placeholder is in the encoding");
+                body[at..at + b.len()].copy_from_slice(b);
+                body
+            }
+        }
+    }
+}
+
+const CONTROLS: &[char] = &[
+    '\u{1}', '\u{7}', '\u{8}', '\u{b}', '\u{c}', '\u{e}', '\u{1b}', '\u{1f}', '\u{7f}', '\u{80}',
+    '\u{85}', '\u{9b}', '\u{9f}',
+];
+
+const INVISIBLES: &[char] = &[
+    '\u{200b}',
+    '\u{200c}',
+    '\u{200d}',
+    '\u{2060}',
+    '\u{feff}',
+    '\u{202e}',
+    '\u{ad}',
+    '\u{180e}',
+    '\u{e0041}',
+    '\u{2066}',
+    '\u{34f}',
+];
+
+const INVALID_UTF8: &[&[u8]] = &[
+    &[0xff],
+    &[0xc0, 0xaf],             // an overlong '/'
+    &[0xed, 0xa0, 0x80],       // a surrogate
+    &[0xe2, 0x82],             // a truncated sequence
+    &[0x80],                   // a lone continuation byte
+    &[0xf8, 0x88, 0x80, 0x80], // a five-byte lead
+    &[0xf4, 0x90, 0x80, 0x80], // above U+10FFFF
+    &[0xc3, 0x00],             // a lead byte before NUL
+];
+
+const PATH_TRICKS: &[&str] = &[
+    "../",
+    "..%2F",
+    "%2F",
+    "//",
+    "/./",
+    "%2e%2e%2f",
+    "..\\",
+    "/../../",
+    "%00",
+    "..;/",
+    "\\/",
+    "%252F",
+    "/",
+];
+
+/// The needle: "zq" and six letters that are not hex digits, so it never
+/// appears by chance in a hash, a UUID or English text.
+fn needle() -> impl Strategy<Value = String> {
+    "[g-y]{6}".prop_map(|s| format!("zq{s}"))
+}
+
+/// Hostile values of one kind.
+pub fn hostile(kind: HostileKind) -> BoxedStrategy<Hostile> {
+    let make = move |needle, at, text, bytes, len, deep| Hostile {
+        kind,
+        needle,
+        at,
+        text,
+        bytes,
+        len,
+        deep,
+    };
+    let text: BoxedStrategy<String> = match kind {
+        HostileKind::Nul => ("\u{0}{1,3}", "[a-z]{0,4}")
+            .prop_map(|(n, s)| format!("{n}{s}"))
+            .boxed(),
+        HostileKind::Control => proptest::collection::vec(select(CONTROLS), 1..3)
+            .prop_map(|c| c.into_iter().collect())
+            .boxed(),
+        HostileKind::Huge => select(&['x', 'é', '😀', '\u{301}', '\u{200b}', '/'][..])
+            .prop_map(String::from)
+            .boxed(),
+        HostileKind::Combining => {
+            proptest::collection::vec(proptest::char::range('\u{300}', '\u{36f}'), 1..12)
+                .prop_map(|c| c.into_iter().collect())
+                .boxed()
+        }
+        HostileKind::Invisible => proptest::collection::vec(select(INVISIBLES), 1..4)
+            .prop_map(|c| c.into_iter().collect())
+            .boxed(),
+        HostileKind::PathTrick => (
+            select(PATH_TRICKS),
+            proptest::option::of(select(PATH_TRICKS)),
+        )
+            .prop_map(|(a, b)| format!("{a}{}", b.unwrap_or("")))
+            .boxed(),
+        HostileKind::InvalidUtf8 | HostileKind::OversizedName => Just(String::new()).boxed(),
+    };
+    let bytes: BoxedStrategy<Vec<u8>> = if kind == HostileKind::InvalidUtf8 {
+        select(INVALID_UTF8).prop_map(<[u8]>::to_vec).boxed()
+    } else {
+        Just(Vec::new()).boxed()
+    };
+    let len: BoxedStrategy<usize> = match kind {
+        HostileKind::Huge => (1_048_576usize..1_200_000).boxed(),
+        HostileKind::OversizedName => (300usize..8192).boxed(),
+        _ => Just(0).boxed(),
+    };
+    (needle(), any::<u16>(), text, bytes, len, any::<bool>())
+        .prop_map(move |(n, at, text, bytes, len, deep)| make(n, at, text, bytes, len, deep))
+        .boxed()
+}
+
+/// One case of the sweep: a spelling of every kind, and which service's
+/// implementation of a shared contract the calls name.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub service: &'static str,
+    pub values: Vec<Hostile>,
+}
+
+/// A value of every kind, and a service for the shared contracts.
+pub fn case() -> impl Strategy<Value = Case> {
+    let values: Vec<BoxedStrategy<Hostile>> =
+        HostileKind::ALL.iter().map(|k| hostile(*k)).collect();
+    (select(&["identity", "tickets"][..]), values)
+        .prop_map(|(service, values)| Case { service, values })
+}
+
+// --- what a call left behind -----------------------------------------------------
+
+/// Row counts of every table that holds records, and the head of each
+/// service's audit chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub rows: BTreeMap<String, i64>,
+    pub audit_heads: BTreeMap<String, i64>,
+}
+
+/// Calls every declared method with hostile values and checks what came
+/// back and what was left behind.
+pub struct Prober {
+    channel: Channel,
+    token: String,
+    raw: AnyPool,
+    tables: Vec<String>,
+    count_sql: String,
+    last: Snapshot,
+    pub targets: Vec<Target>,
+    /// Calls made, refused, and answered OK (by kind), for the report.
+    pub calls: usize,
+    pub refused: usize,
+    pub accepted: BTreeMap<String, usize>,
+}
+
+/// A status message longer than this is not "short".
+pub const MAX_MESSAGE: usize = 1024;
+/// A refusal may repeat at most this many leading characters of a value.
+pub const ECHO_PREFIX: usize = 16;
+
+impl Prober {
+    /// Every table of the server's database except the migration histories
+    /// and the audit trail (whose growth is checked event by event).
+    pub async fn new(app: &TestApp) -> Self {
+        let sql = if app.db.url.starts_with("sqlite") {
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        } else {
+            "SELECT CAST(table_name AS TEXT) AS name FROM information_schema.tables \
+             WHERE table_schema = current_schema() ORDER BY table_name"
+        };
+        let tables: Vec<String> = sqlx::query(sql)
+            .fetch_all(&app.raw)
+            .await
+            .expect("listing tables")
+            .iter()
+            .map(|r| r.try_get::<String, _>("name").expect("name"))
+            .filter(|t| !t.ends_with("_migrations") && t != "audit_events" && t != "audit_chain")
+            .collect();
+        for expected in ["subject_keys", "kit_idempotency"] {
+            assert!(
+                tables.iter().any(|t| t == expected),
+                "{expected} in {tables:?}"
+            );
+        }
+        assert!(
+            tables.iter().any(|t| t.starts_with("identity_")),
+            "{tables:?}"
+        );
+        assert!(
+            tables.iter().any(|t| t.starts_with("tickets_")),
+            "{tables:?}"
+        );
+        // Table names come from the database's own catalogue.
+        let count_sql = format!(
+            "SELECT {}",
+            tables
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!("(SELECT COUNT(*) FROM {t}) AS c{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let services = served_services(&app.channel).await;
+        let mut prober = Self {
+            channel: app.channel.clone(),
+            token: app.root_token.clone(),
+            raw: app.raw.clone(),
+            tables,
+            count_sql,
+            last: Snapshot {
+                rows: BTreeMap::new(),
+                audit_heads: BTreeMap::new(),
+            },
+            targets: targets(&services),
+            calls: 0,
+            refused: 0,
+            accepted: BTreeMap::new(),
+        };
+        prober.last = prober.snapshot().await;
+        prober
+    }
+
+    /// The row counts and audit heads now.
+    pub async fn snapshot(&self) -> Snapshot {
+        let row = sqlx::query(sqlx::AssertSqlSafe(self.count_sql.clone()))
+            .fetch_one(&self.raw)
+            .await
+            .expect("counting rows");
+        let rows = self
+            .tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), row.try_get::<i64, _>(i).expect("a count")))
+            .collect();
+        let audit_heads = sqlx::query("SELECT service, seq FROM audit_chain")
+            .fetch_all(&self.raw)
+            .await
+            .expect("audit heads")
+            .iter()
+            .map(|r| {
+                (
+                    r.try_get::<String, _>("service").expect("service"),
+                    r.try_get::<i64, _>("seq").expect("seq"),
+                )
+            })
+            .collect();
+        Snapshot { rows, audit_heads }
+    }
+
+    /// Takes the snapshot the next probe is compared with (after calls
+    /// made around the prober).
+    pub async fn snapshot_now(&mut self) {
+        self.last = self.snapshot().await;
+    }
+
+    /// The text of every audit event written since `before`, with its
+    /// outcome.
+    async fn new_events(&self, before: &Snapshot, after: &Snapshot) -> Vec<(i64, String)> {
+        let mut out = Vec::new();
+        for (service, head) in &after.audit_heads {
+            let from = before.audit_heads.get(service).copied().unwrap_or(0);
+            if *head == from {
+                continue;
+            }
+            let rows = sqlx::query(
+                "SELECT caller, on_behalf_of, purpose, method, resource, subject_ref, fields, \
+                 detail, outcome FROM audit_events WHERE service = $1 AND seq > $2",
+            )
+            .bind(service)
+            .bind(from)
+            .fetch_all(&self.raw)
+            .await
+            .expect("new audit events");
+            for r in rows {
+                let text = [
+                    "caller",
+                    "on_behalf_of",
+                    "purpose",
+                    "method",
+                    "resource",
+                    "subject_ref",
+                    "fields",
+                    "detail",
+                ]
+                .iter()
+                .map(|c| r.try_get::<String, _>(*c).expect("text column"))
+                .collect::<Vec<_>>()
+                .join("\u{1f}");
+                out.push((r.try_get::<i64, _>("outcome").expect("outcome"), text));
+            }
+        }
+        out
+    }
+
+    /// Sends `value` in `slot` of `target` and checks the outcome. Errors
+    /// name the method, the field and the kind, never more of the value.
+    pub async fn probe(
+        &mut self,
+        target: &Target,
+        slot: &Slot,
+        value: &Hostile,
+        service: &str,
+    ) -> Result<(), String> {
+        let body = value.encode(&target.input, slot);
+        let metadata = [
+            ("authorization", format!("Bearer {}", self.token)),
+            ("custodian-service", service.to_owned()),
+        ];
+        let answer = call_raw(&self.channel, &target.path, body, &metadata).await;
+        self.calls += 1;
+        let before = self.last.clone();
+        let after = self.snapshot().await;
+        self.last = after.clone();
+        let at = || format!("{} {} ({:?})", target.path, slot.dotted, value.kind);
+        // What the caller made up: the needle, and the start of the hostile
+        // part (the needle with whatever surrounds it). A refusal may name
+        // the field's form, never these.
+        let made_up = value.render("").prefix(ECHO_PREFIX + 1);
+        let leaks = |text: &str| text.contains(&value.needle) || text.contains(&made_up);
+        // Whatever the answer, the value never reaches the audit trail.
+        let events = self.new_events(&before, &after).await;
+        for (outcome, text) in &events {
+            if leaks(text) || text.contains('\0') {
+                return Err(format!("{}: the value reached the audit trail", at()));
+            }
+            if answer.is_err() && *outcome == custodian_proto::audit::v1::AuditOutcome::Ok as i64 {
+                return Err(format!(
+                    "{}: a refused call left an audit event of success",
+                    at()
+                ));
+            }
+        }
+        let status = match answer {
+            Ok(_) => {
+                if value.kind.always_refused() {
+                    return Err(format!("{}: accepted", at()));
+                }
+                *self
+                    .accepted
+                    .entry(format!("{:?}", value.kind))
+                    .or_default() += 1;
+                return Ok(());
+            }
+            Err(status) => status,
+        };
+        self.refused += 1;
+        let code = status.code();
+        if matches!(code, Code::Internal | Code::Unknown | Code::DataLoss) {
+            return Err(format!("{}: answered {code:?}", at()));
+        }
+        if value.kind.always_refused() && code != Code::InvalidArgument {
+            return Err(format!("{}: answered {code:?}, not INVALID_ARGUMENT", at()));
+        }
+        let message = status.message();
+        if message.len() > MAX_MESSAGE {
+            return Err(format!(
+                "{}: a message of {} bytes ({code:?})",
+                at(),
+                message.len()
+            ));
+        }
+        if leaks(message) || message.chars().any(char::is_control) {
+            return Err(format!("{}: the message echoes the value ({code:?})", at()));
+        }
+        let details = String::from_utf8_lossy(status.details());
+        if leaks(&details) {
+            return Err(format!("{}: the details echo the value ({code:?})", at()));
+        }
+        for entry in status.metadata().iter() {
+            if let tonic::metadata::KeyAndValueRef::Ascii(_, v) = entry
+                && leaks(v.to_str().unwrap_or_default())
+            {
+                return Err(format!("{}: metadata echoes the value ({code:?})", at()));
+            }
+        }
+        if before.rows != after.rows {
+            let changed: Vec<String> = after
+                .rows
+                .iter()
+                .filter(|(t, n)| before.rows.get(*t) != Some(n))
+                .map(|(t, n)| format!("{t}: {} -> {n}", before.rows.get(t).unwrap_or(&0)))
+                .collect();
+            return Err(format!(
+                "{}: refused ({code:?}) but stored: {}",
+                at(),
+                changed.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every method, every string field, every value of `case`.
+    pub async fn sweep(&mut self, case: &Case) -> Result<(), String> {
+        let targets = self.targets.clone();
+        for target in &targets {
+            for slot in &target.slots {
+                for value in &case.values {
+                    self.probe(target, slot, value, case.service).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The message of `target` with no field set, encoded: a call that must
+/// never be the server's fault either.
+pub fn empty_request(target: &Target) -> Vec<u8> {
+    DynamicMessage::new(target.input.clone()).encode_to_vec()
+}

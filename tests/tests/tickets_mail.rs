@@ -1,0 +1,1056 @@
+//! The email channel of support tickets, on SQLite and PostgreSQL: inbound
+//! mail threaded by its headers or by a ticket reference, duplicates, mail
+//! on closed tickets, sensitive data redacted before anything is stored;
+//! agent replies delivered to a real SMTP server (aiosmtpd) with their
+//! threading headers, or written to the outbox folder by default.
+//!
+//! Without aiosmtpd the SMTP test is skipped with a message, except under
+//! `CI=true`, where it fails.
+
+use std::{
+    fs,
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use custodian_proto::tickets::v1::{
+    AddMessageRequest, CreateTicketRequest, GetMessageRequest, GetTicketRequest,
+    IngestEmailRequest, IngestEmailResponse, ListMessagesRequest, Ticket, TicketMessage,
+    UpdateTicketRequest,
+    ticket::{Channel, Kind, State},
+    ticket_message,
+};
+use custodian_tests::{Backend, TestApp, fixtures, violations};
+use prost_types::FieldMask;
+use sqlx::Row as _;
+use tonic::{Code, Status};
+
+/// A Visa test number (Luhn-valid), as people type it.
+const CARD: &str = "4111 1111 1111 1111";
+/// An IBAN with valid check digits.
+const IBAN: &str = "DE89 3704 0044 0532 0130 00";
+/// Every spelling of both that must never be stored.
+const SECRETS: [&str; 6] = [
+    "4111 1111 1111 1111",
+    "4111111111111111",
+    "1111 1111",
+    "DE89 3704 0044 0532 0130 00",
+    "DE89370400440532013000",
+    "3704 0044 0532",
+];
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+// --- mail ------------------------------------------------------------------
+
+/// A received mail, as the gateway hands it over.
+struct Mail<'a> {
+    from: &'a str,
+    message_id: Option<&'a str>,
+    subject: &'a str,
+    in_reply_to: Option<&'a str>,
+    references: &'a [&'a str],
+    body: &'a str,
+}
+
+impl<'a> Mail<'a> {
+    fn new(from: &'a str, message_id: &'a str, subject: &'a str, body: &'a str) -> Self {
+        Self {
+            from,
+            message_id: Some(message_id),
+            subject,
+            in_reply_to: None,
+            references: &[],
+            body,
+        }
+    }
+
+    fn raw(&self) -> Vec<u8> {
+        let mut raw = format!(
+            "From: {}\r\nTo: Support <support@custodian.localhost>\r\nSubject: {}\r\n\
+             Date: Mon, 3 Jun 2024 10:00:00 +0000\r\n",
+            self.from, self.subject
+        );
+        if let Some(id) = self.message_id {
+            raw.push_str(&format!("Message-ID: <{id}>\r\n"));
+        }
+        if let Some(id) = self.in_reply_to {
+            raw.push_str(&format!("In-Reply-To: <{id}>\r\n"));
+        }
+        if !self.references.is_empty() {
+            let ids: Vec<String> = self.references.iter().map(|r| format!("<{r}>")).collect();
+            raw.push_str(&format!("References: {}\r\n", ids.join(" ")));
+        }
+        raw.push_str("MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n");
+        raw.push_str(&self.body.replace('\n', "\r\n"));
+        raw.push_str("\r\n");
+        raw.into_bytes()
+    }
+}
+
+async fn ingest_to(app: &TestApp, mail: &Mail<'_>, tenant: &str) -> IngestEmailResponse {
+    app.tickets()
+        .ingest_email(IngestEmailRequest {
+            raw_message: mail.raw(),
+            tenant: tenant.into(),
+        })
+        .await
+        .expect("ingest")
+        .into_inner()
+}
+
+async fn ingest(app: &TestApp, mail: &Mail<'_>) -> IngestEmailResponse {
+    ingest_to(app, mail, "").await
+}
+
+fn reference(ticket: &Ticket) -> String {
+    format!(
+        "[Ticket#{}]",
+        ticket.name.strip_prefix("tickets/").expect("a ticket name")
+    )
+}
+
+async fn add(
+    app: &TestApp,
+    parent: &str,
+    kind: ticket_message::Kind,
+    body: &str,
+) -> Result<TicketMessage, Status> {
+    app.tickets()
+        .add_message(AddMessageRequest {
+            parent: parent.into(),
+            message: Some(TicketMessage {
+                kind: kind as i32,
+                body: body.into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn get(app: &TestApp, name: &str) -> Ticket {
+    app.tickets()
+        .get_ticket(GetTicketRequest { name: name.into() })
+        .await
+        .expect("get ticket")
+        .into_inner()
+}
+
+async fn thread(app: &TestApp, parent: &str) -> Vec<TicketMessage> {
+    app.tickets()
+        .list_messages(ListMessagesRequest {
+            parent: parent.into(),
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .expect("list messages")
+        .into_inner()
+        .messages
+}
+
+async fn set_state(app: &TestApp, name: &str, state: State) {
+    app.tickets()
+        .update_ticket(UpdateTicketRequest {
+            ticket: Some(Ticket {
+                name: name.into(),
+                state: state as i32,
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["state".into()],
+            }),
+        })
+        .await
+        .expect("state changed");
+}
+
+/// The header fields of a raw mail, unfolded, as (name, value).
+fn headers(raw: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
+    let head = &text[..text.find("\n\n").expect("a header section")];
+    let unfolded = head.replace("\n ", " ").replace("\n\t", " ");
+    unfolded
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect()
+}
+
+fn header(raw: &[u8], name: &str) -> String {
+    headers(raw)
+        .into_iter()
+        .find(|(n, _)| n == &name.to_ascii_lowercase())
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no {name} in:\n{}", String::from_utf8_lossy(raw)))
+}
+
+fn body(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
+    text[text.find("\n\n").expect("a body") + 2..].to_owned()
+}
+
+/// Polls `check` until it holds, for at most ten seconds.
+async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "waited 10 s for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// --- servers ---------------------------------------------------------------
+
+/// Runs `body(app, backend)` on SQLite and on PostgreSQL.
+macro_rules! mail_test {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                if let Some(app) = custodian_tests::spawn(Backend::Sqlite).await {
+                    ($body)(app, Backend::Sqlite).await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) = custodian_tests::spawn(Backend::Postgres).await {
+                    ($body)(app, Backend::Postgres).await;
+                }
+            }
+        }
+    };
+}
+
+/// A port nobody listens on right now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// `python3 -m aiosmtpd` storing every message in a maildir; killed on drop.
+struct Aiosmtpd {
+    child: Child,
+    port: u16,
+    maildir: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Aiosmtpd {
+    /// `None` (after saying why) when aiosmtpd is not installed, outside CI.
+    fn start() -> Option<Self> {
+        let importable = Command::new("python3")
+            .args(["-c", "import aiosmtpd"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if !importable {
+            assert!(
+                !in_ci(),
+                "CI=true and aiosmtpd is not importable: python3 -m pip install aiosmtpd"
+            );
+            eprintln!(
+                "SKIPPED: aiosmtpd is not importable (python3 -m pip install aiosmtpd); \
+                 the SMTP delivery test of tickets did not run"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let maildir = dir.path().join("maildir");
+        let log = dir.path().join("aiosmtpd.log");
+        let log_file = fs::File::create(&log).expect("log file");
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(&maildir)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .spawn()
+            .expect("starting python3 -m aiosmtpd");
+        let mut server = Self {
+            child,
+            port,
+            maildir,
+            _dir: dir,
+        };
+        server.wait_until_listening(&log);
+        Some(server)
+    }
+
+    fn wait_until_listening(&mut self, log: &Path) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("aiosmtpd status") {
+                panic!(
+                    "aiosmtpd exited ({status}) before listening:\n{}",
+                    fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "aiosmtpd not listening on {addr} after 30 s:\n{}",
+                fs::read_to_string(log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    /// The messages delivered so far, oldest first.
+    fn delivered(&self) -> Vec<Vec<u8>> {
+        files_in(&self.maildir.join("new"), None)
+    }
+}
+
+impl Drop for Aiosmtpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The files of a folder (only `*.{ext}` when given), by name.
+fn files_in(dir: &Path, ext: Option<&str>) -> Vec<Vec<u8>> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<_> = entries
+        .map(|e| e.expect("folder entry").path())
+        .filter(|p| ext.is_none_or(|ext| p.extension().is_some_and(|e| e == ext)))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| fs::read(p).expect("mail file"))
+        .collect()
+}
+
+/// Everything stored in the test database, as text: the SQLite file with
+/// its WAL, or every row of every table on PostgreSQL.
+async fn raw_database(app: &TestApp, backend: Backend) -> String {
+    match backend {
+        Backend::Sqlite => {
+            let path = app
+                .db
+                .url
+                .trim_start_matches("sqlite://")
+                .split('?')
+                .next()
+                .unwrap()
+                .to_owned();
+            let mut bytes = fs::read(&path).unwrap();
+            bytes.extend(fs::read(format!("{path}-wal")).unwrap_or_default());
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+        Backend::Postgres => {
+            let tables: Vec<String> = sqlx::query(
+                "SELECT CAST(table_name AS TEXT) AS t FROM information_schema.tables \
+                 WHERE table_schema = 'public' ORDER BY table_name",
+            )
+            .fetch_all(&app.raw)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.get::<String, _>("t"))
+            .collect();
+            assert!(tables.iter().any(|t| t == "tickets_messages"), "{tables:?}");
+            let mut text = String::new();
+            for table in tables {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT CAST(t AS TEXT) AS row FROM {table} t"
+                )))
+                .fetch_all(&app.raw)
+                .await
+                .unwrap();
+                for row in rows {
+                    text.push_str(&row.get::<String, _>("row"));
+                    text.push('\n');
+                }
+            }
+            text
+        }
+    }
+}
+
+fn assert_no_secret(text: &str, where_: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{secret} in {where_}");
+    }
+}
+
+// --- inbound -----------------------------------------------------------------
+
+mail_test!(
+    inbound_mail_is_threaded_by_headers_and_by_reference,
+    |app: TestApp, _backend: Backend| async move {
+        fixtures::tenant(&app, "acme").await;
+        // A first mail opens an email ticket for the tenant it was sent to.
+        let opened = ingest_to(
+            &app,
+            &Mail::new(
+                "Ann Archer <Ann@Example.com>",
+                "CAF-1@mail.example.com",
+                "Login broken",
+                "I cannot log in since Monday.",
+            ),
+            "tenants/acme",
+        )
+        .await;
+        assert!(opened.new_ticket && !opened.duplicate);
+        let ticket = opened.ticket.unwrap();
+        assert_eq!(ticket.tenant, "tenants/acme");
+        assert_eq!(ticket.channel, Channel::Email as i32);
+        assert_eq!(ticket.kind, Kind::Troubleshooting as i32);
+        assert_eq!(ticket.state, State::New as i32);
+        assert_eq!(ticket.subject, "Login broken");
+        let requester = ticket.requester.clone().unwrap();
+        assert_eq!(requester.email, "ann@example.com");
+        assert_eq!(requester.person_name, fixtures::name("Ann", "Archer"));
+        let first = opened.message.unwrap();
+        assert_eq!(first.kind, ticket_message::Kind::Requester as i32);
+        assert_eq!(first.channel, Channel::Email as i32);
+        assert_eq!(first.email_message_id, "CAF-1@mail.example.com");
+        assert!(!first.thread_key.is_empty());
+        assert!(
+            !first.thread_key.contains("CAF"),
+            "the key reveals no Message-ID"
+        );
+        assert!(first.redacted_kinds.is_empty());
+        assert_eq!(first.body.trim(), "I cannot log in since Monday.");
+
+        // An agent replies (mailed to the outbox); the requester's answer to
+        // that reply's Message-ID joins the thread.
+        let reply = add(
+            &app,
+            &ticket.name,
+            ticket_message::Kind::AgentReply,
+            "Which browser?",
+        )
+        .await
+        .unwrap();
+        assert!(
+            reply
+                .email_message_id
+                .ends_with("@tickets.custodian.localhost"),
+            "{}",
+            reply.email_message_id
+        );
+        let answer = ingest(
+            &app,
+            &Mail {
+                in_reply_to: Some(&reply.email_message_id),
+                ..Mail::new(
+                    "ann@example.com",
+                    "CAF-2@mail.example.com",
+                    "Re: Login broken",
+                    "Firefox.",
+                )
+            },
+        )
+        .await;
+        assert!(!answer.new_ticket && !answer.duplicate);
+        assert_eq!(answer.ticket.as_ref().unwrap().name, ticket.name);
+
+        // By References alone, whatever else they name.
+        let by_references = ingest(
+            &app,
+            &Mail {
+                references: &["unknown@elsewhere.example", "CAF-1@mail.example.com"],
+                ..Mail::new(
+                    "ann@example.com",
+                    "CAF-3@mail.example.com",
+                    "Another thing",
+                    "Also, the logo is blurry.",
+                )
+            },
+        )
+        .await;
+        assert!(!by_references.new_ticket);
+        assert_eq!(by_references.ticket.unwrap().name, ticket.name);
+
+        // By the subject's ticket reference, from the requester.
+        let subject = format!("Re: Login broken {}", reference(&ticket));
+        let by_subject = ingest(
+            &app,
+            &Mail::new(
+                "Ann Archer <ann@example.com>",
+                "CAF-4@mail.example.com",
+                &subject,
+                "Any news?",
+            ),
+        )
+        .await;
+        assert!(!by_subject.new_ticket);
+        assert_eq!(by_subject.ticket.unwrap().name, ticket.name);
+        let bodies: Vec<String> = thread(&app, &ticket.name)
+            .await
+            .into_iter()
+            .map(|m| m.body.trim().to_owned())
+            .collect();
+        assert_eq!(
+            bodies,
+            [
+                "I cannot log in since Monday.",
+                "Which browser?",
+                "Firefox.",
+                "Also, the logo is blurry.",
+                "Any news?"
+            ]
+        );
+
+        // The same reference from someone else opens a new ticket.
+        let from_eve = ingest(
+            &app,
+            &Mail::new(
+                "Eve <eve@example.com>",
+                "EVE-1@mail.example.com",
+                &subject,
+                "Tell me what Ann wrote.",
+            ),
+        )
+        .await;
+        assert!(from_eve.new_ticket);
+        let eve_ticket = from_eve.ticket.unwrap();
+        assert_ne!(eve_ticket.name, ticket.name);
+        assert_eq!(eve_ticket.requester.unwrap().email, "eve@example.com");
+        assert_eq!(eve_ticket.tenant, "", "no tenant given: the company's");
+        assert_eq!(eve_ticket.kind, Kind::Inquiry as i32);
+        assert_eq!(thread(&app, &ticket.name).await.len(), 5);
+
+        // The same mail twice is stored once.
+        let tickets = app.count("tickets_tickets").await;
+        let messages = app.count("tickets_messages").await;
+        let again = ingest(
+            &app,
+            &Mail::new(
+                "Ann Archer <Ann@Example.com>",
+                "CAF-1@mail.example.com",
+                "Login broken",
+                "I cannot log in since Monday.",
+            ),
+        )
+        .await;
+        assert!(again.duplicate && !again.new_ticket);
+        assert_eq!(again.ticket.unwrap().name, ticket.name);
+        assert_eq!(again.message.unwrap(), first);
+        assert_eq!(app.count("tickets_tickets").await, tickets);
+        assert_eq!(app.count("tickets_messages").await, messages);
+
+        // A requester's mail reopens a pending ticket.
+        set_state(&app, &ticket.name, State::Pending).await;
+        ingest(
+            &app,
+            &Mail {
+                in_reply_to: Some(&reply.email_message_id),
+                ..Mail::new(
+                    "ann@example.com",
+                    "CAF-5@mail.example.com",
+                    "Re: Login broken",
+                    "Here is the screenshot.",
+                )
+            },
+        )
+        .await;
+        assert_eq!(get(&app, &ticket.name).await.state, State::Open as i32);
+
+        // A reply to a closed ticket opens a new one; the closed one stays.
+        set_state(&app, &ticket.name, State::Closed).await;
+        let closed = get(&app, &ticket.name).await;
+        let after_close = ingest(
+            &app,
+            &Mail {
+                in_reply_to: Some(&reply.email_message_id),
+                ..Mail::new(
+                    "ann@example.com",
+                    "CAF-6@mail.example.com",
+                    &subject,
+                    "It broke again.",
+                )
+            },
+        )
+        .await;
+        assert!(after_close.new_ticket);
+        let reopened = after_close.ticket.unwrap();
+        assert_ne!(reopened.name, ticket.name);
+        assert_eq!(reopened.requester.unwrap().email, "ann@example.com");
+        assert_eq!(get(&app, &ticket.name).await, closed);
+        assert_eq!(thread(&app, &ticket.name).await.len(), 6);
+
+        // A mail without a Message-ID is taken, and cannot be threaded to.
+        let anonymous = ingest(
+            &app,
+            &Mail {
+                message_id: None,
+                ..Mail::new("bob@example.com", "", "Hello", "No id here.")
+            },
+        )
+        .await;
+        assert!(anonymous.new_ticket);
+        let message = anonymous.message.unwrap();
+        assert!(message.email_message_id.is_empty());
+        app.stop().await.unwrap();
+    }
+);
+
+mail_test!(
+    sensitive_data_in_mail_is_redacted_before_storage,
+    |app: TestApp, backend: Backend| async move {
+        let text = format!(
+            "Hello,\nplease charge my card {CARD} again.\nOr use IBAN {IBAN}.\nThanks, Ann"
+        );
+        let subject = format!("Card {CARD}");
+        let opened = ingest(
+            &app,
+            &Mail::new(
+                "Ann Archer <ann@example.com>",
+                "CARD-1@mail.example.com",
+                &subject,
+                &text,
+            ),
+        )
+        .await;
+        assert!(opened.new_ticket);
+        let message = opened.message.unwrap();
+        assert_eq!(message.redacted_kinds, ["iban", "payment_card"]);
+        assert_no_secret(&message.body, "the response");
+        assert!(message.body.contains("Hello,"), "{}", message.body);
+        assert!(message.body.contains("Thanks, Ann"), "{}", message.body);
+        assert!(message.body.contains("redacted"), "{}", message.body);
+        let ticket = opened.ticket.unwrap();
+        assert_no_secret(&ticket.subject, "the subject");
+        assert!(ticket.subject.starts_with("Card"), "{}", ticket.subject);
+
+        // A reply threaded onto the ticket is redacted too.
+        let reply_text = format!("The number again: {}", CARD.replace(' ', "-"));
+        let threaded = ingest(
+            &app,
+            &Mail {
+                in_reply_to: Some("CARD-1@mail.example.com"),
+                ..Mail::new(
+                    "ann@example.com",
+                    "CARD-2@mail.example.com",
+                    "Re: card",
+                    &reply_text,
+                )
+            },
+        )
+        .await;
+        assert!(!threaded.new_ticket);
+        let threaded = threaded.message.unwrap();
+        assert_eq!(threaded.redacted_kinds, ["payment_card"]);
+        assert!(!threaded.body.contains("4111-1111"), "{}", threaded.body);
+
+        // What was stored is what was redacted: read back, and as raw rows.
+        let stored = app
+            .tickets()
+            .get_message(GetMessageRequest {
+                name: message.name.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stored, message);
+        for m in thread(&app, &ticket.name).await {
+            assert_no_secret(&m.body, "the thread");
+            assert!(!m.body.contains("4111-1111"));
+        }
+        assert_no_secret(&get(&app, &ticket.name).await.subject, "the ticket");
+        let rows = sqlx::query("SELECT data, attrs, thread_key FROM tickets_messages")
+            .fetch_all(&app.raw)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 2);
+        for row in rows {
+            for column in ["data", "attrs", "thread_key"] {
+                let value: String = row.get(column);
+                assert_no_secret(&value, column);
+                assert!(!value.contains("CARD-1"), "the Message-ID is not in clear");
+            }
+        }
+        let raw = raw_database(&app, backend).await;
+        assert!(raw.len() > 1000, "the dump is real");
+        assert_no_secret(&raw, &format!("the {backend:?} database"));
+        assert!(!raw.contains("4111-1111-1111-1111"));
+        assert!(!raw.contains("charge my card"), "bodies are sealed");
+        app.stop().await.unwrap();
+    }
+);
+
+mail_test!(
+    a_body_that_is_no_mail_is_refused,
+    |app: TestApp, _backend: Backend| async move {
+        for (raw, what) in [
+            (b"hello, this is not a mail".to_vec(), "plain text"),
+            (Vec::new(), "nothing"),
+            (b"\r\n\r\nbody only".to_vec(), "no header"),
+            (
+                b"Subject: no sender\r\nMessage-ID: <x@y>\r\n\r\nHello\r\n".to_vec(),
+                "no From",
+            ),
+            (
+                b"From: not an address\r\nSubject: x\r\n\r\nHello\r\n".to_vec(),
+                "a bad From",
+            ),
+        ] {
+            let err = app
+                .tickets()
+                .ingest_email(IngestEmailRequest {
+                    raw_message: raw,
+                    tenant: String::new(),
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
+            assert!(
+                violations(&err).iter().any(|(f, _)| f == "raw_message"),
+                "{what}: {:?}",
+                violations(&err)
+            );
+        }
+        // A tenant of the wrong form is refused at the door.
+        let err = app
+            .tickets()
+            .ingest_email(IngestEmailRequest {
+                raw_message: Mail::new("ann@example.com", "x@y", "Hi", "Hello").raw(),
+                tenant: "acme".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(app.count("tickets_tickets").await, 0);
+        assert_eq!(app.count("tickets_messages").await, 0);
+        app.stop().await.unwrap();
+    }
+);
+
+// --- outbound ----------------------------------------------------------------
+
+mail_test!(
+    replies_go_to_the_outbox_by_default,
+    |app: TestApp, _backend: Backend| async move {
+        let outbox = app.db.dir().join("outbox");
+        let opened = ingest(
+            &app,
+            &Mail::new(
+                "Ann Archer <ann@example.com>",
+                "ANN-1@mail.example.com",
+                "Login broken",
+                "Help!",
+            ),
+        )
+        .await;
+        let ticket = opened.ticket.unwrap();
+        assert!(files_in(&outbox, Some("eml")).is_empty());
+        let reply = add(
+            &app,
+            &ticket.name,
+            ticket_message::Kind::AgentReply,
+            "Please clear your cookies.",
+        )
+        .await
+        .unwrap();
+        let mails = wait_for("the .eml file", || {
+            Some(files_in(&outbox, Some("eml"))).filter(|m| !m.is_empty())
+        })
+        .await;
+        assert_eq!(mails.len(), 1);
+        let raw = &mails[0];
+        assert_eq!(
+            header(raw, "Message-ID"),
+            format!("<{}>", reply.email_message_id)
+        );
+        assert_eq!(header(raw, "In-Reply-To"), "<ANN-1@mail.example.com>");
+        assert!(header(raw, "To").contains("<ann@example.com>"));
+        assert_eq!(
+            header(raw, "Subject"),
+            format!("Re: Login broken {}", reference(&ticket))
+        );
+        assert!(body(raw).contains("Please clear your cookies."));
+
+        // Notes stay inside.
+        add(
+            &app,
+            &ticket.name,
+            ticket_message::Kind::InternalNote,
+            "She uses an old browser",
+        )
+        .await
+        .unwrap();
+        assert_eq!(files_in(&outbox, Some("eml")).len(), 1);
+
+        // The requester's answer to the file's Message-ID joins the thread.
+        let message_id = header(raw, "Message-ID");
+        let answer = ingest(
+            &app,
+            &Mail {
+                in_reply_to: Some(message_id.trim_matches(|c| c == '<' || c == '>')),
+                ..Mail::new(
+                    "ann@example.com",
+                    "ANN-2@mail.example.com",
+                    "Re: Login broken",
+                    "That worked, thanks!",
+                )
+            },
+        )
+        .await;
+        assert!(!answer.new_ticket);
+        assert_eq!(answer.ticket.unwrap().name, ticket.name);
+        app.stop().await.unwrap();
+    }
+);
+
+async fn deliver_over_smtp(backend: Backend) {
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let url = server.url();
+    let Some(app) = custodian_tests::spawn_with(backend, |config| {
+        config.smtp_url = Some(url);
+    })
+    .await
+    else {
+        return;
+    };
+    // Ann writes, then writes again quoting the ticket.
+    let opened = ingest(
+        &app,
+        &Mail::new(
+            "Ann Archer <ann@example.com>",
+            "ANN-1@mail.example.com",
+            "Login broken",
+            "Help!",
+        ),
+    )
+    .await;
+    let ticket = opened.ticket.unwrap();
+    ingest(
+        &app,
+        &Mail::new(
+            "ann@example.com",
+            "ANN-2@mail.example.com",
+            &format!("Re: Login broken {}", reference(&ticket)),
+            "Still broken.",
+        ),
+    )
+    .await;
+
+    let reply = add(
+        &app,
+        &ticket.name,
+        ticket_message::Kind::AgentReply,
+        "Please clear your cookies.\nThe Support team",
+    )
+    .await
+    .unwrap();
+    let delivered = wait_for("the mail at the SMTP server", || {
+        Some(server.delivered()).filter(|d| !d.is_empty())
+    })
+    .await;
+    assert_eq!(delivered.len(), 1);
+    let raw = &delivered[0];
+    assert_eq!(header(raw, "From"), "Support <support@custodian.localhost>");
+    let to = header(raw, "To");
+    assert!(
+        to.contains("<ann@example.com>") && to.contains("Ann Archer"),
+        "{to}"
+    );
+    assert_eq!(
+        header(raw, "Subject"),
+        format!("Re: Login broken {}", reference(&ticket))
+    );
+    assert_eq!(
+        header(raw, "Message-ID"),
+        format!("<{}>", reply.email_message_id)
+    );
+    assert_eq!(
+        header(raw, "In-Reply-To"),
+        "<ANN-2@mail.example.com>",
+        "the requester's last mail"
+    );
+    assert_eq!(
+        header(raw, "References"),
+        "<ANN-1@mail.example.com> <ANN-2@mail.example.com>"
+    );
+    // The envelope: to the requester, from the support address.
+    assert_eq!(header(raw, "X-RcptTo"), "ann@example.com");
+    assert_eq!(header(raw, "X-MailFrom"), "support@custodian.localhost");
+    assert_eq!(
+        body(raw).trim_end(),
+        "Please clear your cookies.\nThe Support team"
+    );
+    let stored = get(&app, &ticket.name).await;
+    assert_eq!(stored.state, State::Open as i32);
+    assert_eq!(
+        stored.sla.unwrap().first_response_time,
+        reply.create_time,
+        "the mailed reply is the first response"
+    );
+
+    // An internal note is never mailed, nor a reply on a web-form ticket.
+    add(
+        &app,
+        &ticket.name,
+        ticket_message::Kind::InternalNote,
+        "Old browser, I bet.",
+    )
+    .await
+    .unwrap();
+    let web = app
+        .tickets()
+        .create_ticket(CreateTicketRequest {
+            ticket: Some(Ticket {
+                channel: Channel::WebForm as i32,
+                kind: Kind::Inquiry as i32,
+                subject: "Prices".into(),
+                requester: Some(custodian_proto::tickets::v1::Requester {
+                    person_name: fixtures::name("Ann", "Archer"),
+                    email: "ann@example.com".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            description: String::new(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let web_reply = add(
+        &app,
+        &web.name,
+        ticket_message::Kind::AgentReply,
+        "See the site",
+    )
+    .await
+    .unwrap();
+    assert!(web_reply.email_message_id.is_empty());
+
+    // A second reply threads after the first.
+    let second = add(
+        &app,
+        &ticket.name,
+        ticket_message::Kind::AgentReply,
+        "Did it help?",
+    )
+    .await
+    .unwrap();
+    let delivered = wait_for("the second mail", || {
+        Some(server.delivered()).filter(|d| d.len() >= 2)
+    })
+    .await;
+    assert_eq!(
+        delivered.len(),
+        2,
+        "the note and the web reply were not mailed"
+    );
+    let raw = delivered
+        .iter()
+        .find(|raw| header(raw, "Message-ID") == format!("<{}>", second.email_message_id))
+        .expect("the second reply");
+    assert_eq!(
+        header(raw, "In-Reply-To"),
+        format!("<{}>", reply.email_message_id)
+    );
+    assert_eq!(
+        header(raw, "References"),
+        format!(
+            "<ANN-1@mail.example.com> <ANN-2@mail.example.com> <{}>",
+            reply.email_message_id
+        )
+    );
+
+    // The requester answers the first reply: it joins the thread.
+    let answer = ingest(
+        &app,
+        &Mail {
+            in_reply_to: Some(&reply.email_message_id),
+            ..Mail::new(
+                "ann@example.com",
+                "ANN-3@mail.example.com",
+                "Re: Login broken",
+                "Yes, thanks!",
+            )
+        },
+    )
+    .await;
+    assert_eq!(answer.ticket.unwrap().name, ticket.name);
+
+    // With the server gone, a reply is not added: the thread never shows
+    // what the requester did not get.
+    let before = thread(&app, &ticket.name).await;
+    drop(server);
+    let err = add(
+        &app,
+        &ticket.name,
+        ticket_message::Kind::AgentReply,
+        "Anyone there?",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(thread(&app, &ticket.name).await, before);
+    // Nor does a reply that never left count as the first response.
+    let fresh = ingest(
+        &app,
+        &Mail::new(
+            "ann@example.com",
+            "ANN-4@mail.example.com",
+            "New problem",
+            "The export fails.",
+        ),
+    )
+    .await
+    .ticket
+    .unwrap();
+    let err = add(
+        &app,
+        &fresh.name,
+        ticket_message::Kind::AgentReply,
+        "Looking into it.",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    let after = get(&app, &fresh.name).await;
+    assert_eq!(after.state, State::New as i32, "still unanswered");
+    assert!(after.sla.unwrap().first_response_time.is_none());
+    assert_eq!(thread(&app, &fresh.name).await.len(), 1);
+    app.stop().await.unwrap();
+}
+
+mod agent_replies_reach_a_real_smtp_server {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        deliver_over_smtp(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        deliver_over_smtp(Backend::Postgres).await;
+    }
+}
