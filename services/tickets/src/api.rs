@@ -292,9 +292,26 @@ impl Api {
                 },
             )
             .await?;
+        // The ticket and its first message are two writes: a retry (by
+        // idempotency key) of a call whose second write failed completes it.
         let mut message = None;
-        if let (Some(first), false) = (first, replayed) {
-            message = Some(self.add(call, &stored, first, None).await?);
+        if let Some(first) = first {
+            let has_thread = replayed && {
+                let query = Query {
+                    parent_id: Some(stored.id.clone()),
+                    ..Default::default()
+                };
+                let page = Page::parse(1, "", "first")?;
+                !self
+                    .messages
+                    .query(Some(call), &query, &page)
+                    .await?
+                    .0
+                    .is_empty()
+            };
+            if !has_thread {
+                message = Some(self.add(call, &stored, first, None).await?);
+            }
         }
         Ok((stored, message, replayed))
     }

@@ -277,8 +277,25 @@ impl Api {
         redacted.sort_unstable();
         redacted.dedup();
         message.redacted_kinds = redacted.iter().map(|k| (*k).to_owned()).collect();
+        // The mail's own id keys the new ticket, so a gateway's retry after
+        // a failure between the ticket and its message completes the ticket
+        // instead of opening a second one.
+        let idempotency = message_id.as_ref().map(|id| {
+            let key = self.thread_key(id);
+            Idempotency {
+                scope: "IngestEmail".to_owned(),
+                request_id: key.clone(),
+                request_hash: key,
+            }
+        });
         let (stored, first, _) = self
-            .open(call, ticket, tenant_id.to_owned(), Some(message), None)
+            .open(
+                call,
+                ticket,
+                tenant_id.to_owned(),
+                Some(message),
+                idempotency,
+            )
             .await?;
         let first =
             first.ok_or_else(|| ApiError::internal(std::io::Error::other("no first message")))?;
