@@ -829,10 +829,18 @@ impl BenchServer {
         let task = tokio::spawn(app.run_with_shutdown(async move {
             let _ = stopped.await;
         }));
-        tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r))
+        let started = tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r))
             .await
             .context("server not ready in time")?
-            .context("server stopped while starting")?;
+            .is_ok();
+        if !started {
+            // The server task ended: its error says why.
+            return Err(match task.await {
+                Ok(Err(err)) => err.context("server stopped while starting"),
+                Ok(Ok(())) => anyhow::anyhow!("server stopped while starting"),
+                Err(err) => anyhow::anyhow!(err).context("server task failed"),
+            });
+        }
         Ok(Self {
             addr,
             stop,
