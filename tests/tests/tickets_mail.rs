@@ -9,12 +9,11 @@
 
 use std::{
     fs,
-    net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
     time::{Duration, Instant},
 };
 
+use custodian_mail::testing::Aiosmtpd;
 use custodian_proto::tickets::v1::{
     AddMessageRequest, CreateTicketRequest, GetMessageRequest, GetTicketRequest,
     IngestEmailRequest, IngestEmailResponse, ListMessagesRequest, Ticket, TicketMessage,
@@ -40,10 +39,6 @@ const SECRETS: [&str; 6] = [
     "DE89370400440532013000",
     "3704 0044 0532",
 ];
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
 
 // --- mail ------------------------------------------------------------------
 
@@ -232,104 +227,6 @@ macro_rules! mail_test {
             }
         }
     };
-}
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").port()
-}
-
-/// `python3 -m aiosmtpd` storing every message in a maildir; killed on drop.
-struct Aiosmtpd {
-    child: Child,
-    port: u16,
-    maildir: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Aiosmtpd {
-    /// `None` (after saying why) when aiosmtpd is not installed, outside CI.
-    fn start() -> Option<Self> {
-        let importable = Command::new("python3")
-            .args(["-c", "import aiosmtpd"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !importable {
-            assert!(
-                !in_ci(),
-                "CI=true and aiosmtpd is not importable: python3 -m pip install aiosmtpd"
-            );
-            eprintln!(
-                "SKIPPED: aiosmtpd is not importable (python3 -m pip install aiosmtpd); \
-                 the SMTP delivery test of tickets did not run"
-            );
-            return None;
-        }
-        let dir = tempfile::tempdir().expect("temporary folder");
-        let maildir = dir.path().join("maildir");
-        let log = dir.path().join("aiosmtpd.log");
-        let log_file = fs::File::create(&log).expect("log file");
-        let port = free_port();
-        let child = Command::new("python3")
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
-            .arg(&maildir)
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log file"))
-            .stderr(log_file)
-            .spawn()
-            .expect("starting python3 -m aiosmtpd");
-        let mut server = Self {
-            child,
-            port,
-            maildir,
-            _dir: dir,
-        };
-        server.wait_until_listening(&log);
-        Some(server)
-    }
-
-    fn wait_until_listening(&mut self, log: &Path) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("aiosmtpd status") {
-                panic!(
-                    "aiosmtpd exited ({status}) before listening:\n{}",
-                    fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "aiosmtpd not listening on {addr} after 30 s:\n{}",
-                fs::read_to_string(log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
-    }
-
-    /// The messages delivered so far, oldest first.
-    fn delivered(&self) -> Vec<Vec<u8>> {
-        files_in(&self.maildir.join("new"), None)
-    }
-}
-
-impl Drop for Aiosmtpd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The files of a folder (only `*.{ext}` when given), by name.

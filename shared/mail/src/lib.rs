@@ -38,6 +38,8 @@ mod inbound;
 mod outbox;
 mod outgoing;
 mod smtp;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::MailError;
 pub use inbound::{InboundMail, MAX_INBOUND_BYTES, parse_inbound};
