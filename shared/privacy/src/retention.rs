@@ -73,7 +73,10 @@ pub fn schedule(
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
+        // The first sweep comes one interval after the start, not at it: a
+        // start is busy (other services' migrations may want the same
+        // SQLite file), and nothing expires in the seconds a restart takes.
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
