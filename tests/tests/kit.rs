@@ -422,6 +422,21 @@ fn full_contact() -> Contact {
     }
 }
 
+/// Fails unless `message` has a value in every field its resource declares
+/// personal, so a read that shows it all is a full check.
+fn assert_every_personal_field_set<M: ReflectMessage + Default>(message: &M) {
+    let spec = DECLARATIONS.resource_of::<M>().unwrap();
+    let dynamic = message.transcode_to_dynamic();
+    for unit in spec.personal_units() {
+        assert!(
+            get_at(&dynamic, &unit.path).is_some(),
+            "the {} lacks {}",
+            spec.noun(),
+            unit.dotted
+        );
+    }
+}
+
 fn has_no_redaction<M>(response: &tonic::Response<M>) -> bool {
     response.metadata().get(REDACTED_HEADER).is_none()
 }
@@ -454,14 +469,7 @@ storage_test!(
             .unwrap();
         assert!(has_no_redaction(&created));
         let contact = created.into_inner();
-        let spec = DECLARATIONS.resource_of::<Contact>().unwrap();
-        for unit in spec.personal_units() {
-            assert!(
-                get_at(&contact.transcode_to_dynamic(), &unit.path).is_some(),
-                "the contact lacks {}",
-                unit.dotted
-            );
-        }
+        assert_every_personal_field_set(&contact);
         let path = "/custodian.identity.v1.ContactService/GetContact";
         let reads = read_as(&app, path, |token| {
             let mut client = app.contacts_as(Bearer::new(Some(&token)));
@@ -499,14 +507,7 @@ storage_test!(
             .unwrap();
         assert!(has_no_redaction(&created));
         let ticket = created.into_inner();
-        let spec = DECLARATIONS.resource_of::<Ticket>().unwrap();
-        for unit in spec.personal_units() {
-            assert!(
-                get_at(&ticket.transcode_to_dynamic(), &unit.path).is_some(),
-                "the ticket lacks {}",
-                unit.dotted
-            );
-        }
+        assert_every_personal_field_set(&ticket);
         let path = "/custodian.tickets.v1.TicketService/GetTicket";
         let reads = read_as(&app, path, |token| {
             let mut client = app.tickets_as(Bearer::new(Some(&token)));

@@ -71,10 +71,12 @@ impl Holds {
             create_time: self.store.now(),
         };
         match hold.target {
-            Some(legal_hold::Target::Tenant(name)) => match name.strip_prefix("tenants/") {
-                Some(id) if !id.is_empty() => row.tenant_id = Some(id.to_owned()),
-                _ => v.add("legal_hold.tenant", "must have the form tenants/{tenant}"),
-            },
+            Some(legal_hold::Target::Tenant(name)) => {
+                match custodian_kit::pattern::tenant_id(&name) {
+                    Some(id) => row.tenant_id = Some(id.to_owned()),
+                    None => v.add("legal_hold.tenant", "must have the form tenants/{tenant}"),
+                }
+            }
             Some(legal_hold::Target::Subject(subject)) => match subject.kind {
                 Some(subject_identifier::Kind::Email(e)) => {
                     if let Some(e) = v.check("legal_hold.subject.email", normalize::email(&e)) {

@@ -150,9 +150,7 @@ fn parent_tenant<M: Person>(parent: &str) -> Result<String, ApiError> {
     if !M::TENANT_SCOPED {
         return Ok(String::new());
     }
-    parent
-        .strip_prefix("tenants/")
-        .filter(|t| !t.is_empty() && !t.contains('/'))
+    custodian_kit::pattern::tenant_id(parent)
         .map(str::to_owned)
         .ok_or_else(|| ApiError::invalid("parent", "must be a tenant name: tenants/{tenant}"))
 }

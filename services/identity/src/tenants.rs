@@ -81,8 +81,7 @@ fn to_proto(row: TenantRow) -> Tenant {
 
 /// "tenants/{tenant}" to its id; the stack has checked the form.
 fn tenant_id(name: &str, field: &str) -> Result<String, ApiError> {
-    name.strip_prefix("tenants/")
-        .filter(|t| !t.is_empty() && !t.contains('/'))
+    custodian_kit::pattern::tenant_id(name)
         .map(str::to_owned)
         .ok_or_else(|| ApiError::invalid(field, "must have the form tenants/{tenant}"))
 }

@@ -198,27 +198,34 @@ impl Api {
         Ok(shown)
     }
 
-    /// Checks a tenant and a requester's user with identity, for the caller
-    /// (same purpose, same tenant limit, same deadline), and fills what the
-    /// requester lacks from the user's record as the caller may see it.
-    async fn check_with_identity(
+    /// Checks with identity that the tenant exists and the caller may see
+    /// it (same purpose, same tenant limit, same deadline as the caller).
+    async fn check_tenant(&self, call: &Call, tenant_id: &str) -> Result<(), ApiError> {
+        if tenant_id.is_empty() {
+            return Ok(());
+        }
+        let channel = self
+            .peers
+            .forward(call, "identity")
+            .map_err(|s| from_identity(s, "ticket.tenant", "a tenant"))?;
+        TenantServiceClient::new(channel)
+            .get_tenant(GetTenantRequest {
+                name: format!("tenants/{tenant_id}"),
+            })
+            .await
+            .map_err(|s| from_identity(s, "ticket.tenant", "a tenant the caller may see"))?;
+        Ok(())
+    }
+
+    /// Checks a requester's user with identity, for the caller, and fills
+    /// what the requester lacks from the user's record as the caller may
+    /// see it.
+    async fn check_user(
         &self,
         call: &Call,
         tenant_id: &str,
         requester: &mut Requester,
     ) -> Result<(), ApiError> {
-        if !tenant_id.is_empty() {
-            let channel = self
-                .peers
-                .forward(call, "identity")
-                .map_err(|s| from_identity(s, "ticket.tenant", "a tenant"))?;
-            TenantServiceClient::new(channel)
-                .get_tenant(GetTenantRequest {
-                    name: format!("tenants/{tenant_id}"),
-                })
-                .await
-                .map_err(|s| from_identity(s, "ticket.tenant", "a tenant the caller may see"))?;
-        }
         if requester.user.is_empty() {
             return Ok(());
         }
@@ -302,12 +309,7 @@ impl Api {
                     ..Default::default()
                 };
                 let page = Page::parse(1, "", "first")?;
-                !self
-                    .messages
-                    .query(Some(call), &query, &page)
-                    .await?
-                    .0
-                    .is_empty()
+                !self.messages.query(call, &query, &page).await?.0.is_empty()
             };
             if !has_thread {
                 message = Some(self.add(call, &stored, first, None).await?);
@@ -448,11 +450,9 @@ impl Api {
 
 /// "tenants/{tenant}" (its form checked by the stack) to the tenant id.
 fn tenant_of(name: &str) -> String {
-    name.strip_prefix("tenants/").unwrap_or_default().to_owned()
-}
-
-fn micros(t: &Option<prost_types::Timestamp>) -> Option<i64> {
-    sla::at(t)
+    custodian_kit::pattern::tenant_id(name)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[tonic::async_trait]
@@ -503,9 +503,9 @@ impl TicketService for Api {
                 .not_found(&call, &format!("tenants/{tenant_id}"))
                 .await);
         }
+        self.check_tenant(&call, &tenant_id).await?;
         let mut requester = ticket.requester.take().unwrap_or_default();
-        self.check_with_identity(&call, &tenant_id, &mut requester)
-            .await?;
+        self.check_user(&call, &tenant_id, &mut requester).await?;
         ticket.requester = Some(requester);
         let (stored, _, _) = self
             .open(&call, ticket, tenant_id, first, idempotency)
@@ -533,8 +533,8 @@ impl TicketService for Api {
         let call = Call::of(&request)?;
         let req = request.into_inner();
         let category = req.category.trim().to_ascii_lowercase();
-        let start = micros(&req.create_time_start);
-        let end = micros(&req.create_time_end);
+        let start = sla::at(&req.create_time_start);
+        let end = sla::at(&req.create_time_end);
         let scope = format!(
             "tickets|{}|{category}|{}|{}|{start:?}|{end:?}|{}",
             req.state, req.requester_user, req.tenant, req.sla_breached
@@ -652,7 +652,8 @@ impl TicketService for Api {
         {
             let mut requester = patch.requester.clone().unwrap_or_default();
             if !requester.user.is_empty() {
-                self.check_with_identity(&call, &before.tenant_id, &mut requester)
+                // The tenant was checked when the ticket was opened.
+                self.check_user(&call, &before.tenant_id, &mut requester)
                     .await?;
                 patch.requester = Some(requester);
             }

@@ -73,9 +73,11 @@ impl Api {
             .blind_index("message-id", message_id)
     }
 
-    /// The first message found with one of these Message-IDs, whole.
+    /// The first message found with one of these Message-IDs, whole, among
+    /// those the caller's tenant limit allows.
     async fn message_by_ids(
         &self,
+        call: &Call,
         ids: &[String],
     ) -> Result<Option<Stored<TicketMessage>>, Status> {
         for id in ids.iter().rev().take(MAX_REFERENCES) {
@@ -84,7 +86,7 @@ impl Api {
                 ..Default::default()
             };
             let page = Page::parse(1, "", "thread")?;
-            let (found, _) = self.messages.query(None, &query, &page).await?;
+            let (found, _) = self.messages.query(call, &query, &page).await?;
             if let Some(found) = found.into_iter().next() {
                 return Ok(Some(found));
             }
@@ -102,7 +104,10 @@ impl Api {
         subject: &str,
         sender_key: &str,
     ) -> Result<Option<Stored<Ticket>>, Status> {
-        let mut ticket_id = self.message_by_ids(headers).await?.map(|m| m.parent_id);
+        let mut ticket_id = self
+            .message_by_ids(call, headers)
+            .await?
+            .map(|m| m.parent_id);
         let by_subject = ticket_id.is_none();
         if by_subject {
             ticket_id = TICKET_REF
@@ -119,7 +124,7 @@ impl Api {
         let page = Page::parse(1, "", "thread")?;
         let Some(ticket) = self
             .tickets
-            .query(Some(call), &query, &page)
+            .query(call, &query, &page)
             .await?
             .0
             .into_iter()
@@ -169,7 +174,7 @@ impl Api {
 
         // The same mail twice (a gateway retry) is stored once.
         if let Some(id) = &message_id
-            && let Some(existing) = self.message_by_ids(std::slice::from_ref(id)).await?
+            && let Some(existing) = self.message_by_ids(call, std::slice::from_ref(id)).await?
         {
             let ticket = self
                 .tickets
@@ -330,7 +335,7 @@ impl Api {
             ..Default::default()
         };
         let page = Page::parse(1000, "", "thread")?;
-        let (thread, _) = self.messages.query(Some(call), &query, &page).await?;
+        let (thread, _) = self.messages.query(call, &query, &page).await?;
         let mut references: Vec<String> = thread
             .iter()
             .map(|m| m.message.email_message_id.clone())

@@ -80,9 +80,8 @@ impl SlaPolicy {
     /// Moves the targets of a ticket whose priority changed, keeping the
     /// time it already spent pending.
     pub fn reprioritise(&self, sla: &mut TicketSla, old: i32, new: i32, created: i64) {
-        let (old_first, old_resolution) = self.targets(old);
+        let (_, old_resolution) = self.targets(old);
         let (first, resolution) = self.targets(new);
-        let _ = old_first;
         let paused_for = at(&sla.resolution_due)
             .map_or(0, |due| due - created - micros(old_resolution))
             .max(0);

@@ -114,8 +114,8 @@ impl ResourceSpec {
         self.units.iter().filter(|u| u.personal())
     }
 
-    /// "authorized user" for custodian.identity.v1.User? No: the message
-    /// name split into words ("evaluation signup"), for messages.
+    /// The message's name in lower-case words ("evaluation signup" for
+    /// `EvaluationSignup`), for messages to the caller.
     pub fn noun(&self) -> String {
         let mut out = String::new();
         for (i, c) in self.desc.name().chars().enumerate() {

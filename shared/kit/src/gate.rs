@@ -17,7 +17,6 @@ use custodian_privacy::{
 };
 use custodian_proto::privacy::v1::Scope;
 use custodian_runtime::{ApiError, Gate, Verdict, error::Violations};
-use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
 
@@ -215,7 +214,6 @@ pub fn check_message(input: &MessageDescriptor, message: &[u8]) -> Result<(), St
     })?;
     // Unknown fields are dropped by the services' own decoding; they are
     // not checked, and never stored.
-    let _ = decoded.encoded_len();
     let mut violations = Violations::new();
     fields::hygiene(&DECLARATIONS, &decoded, "", &mut violations);
     violations.finish().map_err(|e: ApiError| Status::from(e))
@@ -225,6 +223,7 @@ pub fn check_message(input: &MessageDescriptor, message: &[u8]) -> Result<(), St
 mod tests {
     use super::*;
     use custodian_proto::identity::v1::{Contact, CreateContactRequest, GetContactRequest};
+    use prost::Message as _;
     use prost_reflect::ReflectMessage;
 
     fn input<M: ReflectMessage + Default>() -> MessageDescriptor {

@@ -52,6 +52,13 @@ impl Vars {
     }
 }
 
+/// The id in a tenant's own name, "tenants/{tenant}"; `None` for any other
+/// form.
+pub fn tenant_id(name: &str) -> Option<&str> {
+    name.strip_prefix("tenants/")
+        .filter(|t| !t.is_empty() && !t.contains('/'))
+}
+
 /// Why a pattern could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -276,6 +276,32 @@ impl Binding {
         ) || self.spec.columns.iter().any(|c| c.name == name)
     }
 
+    /// Maps a constraint violation to what the caller did wrong.
+    fn write_error(&self, tenant_id: &str, err: sqlx::Error) -> ApiError {
+        if let sqlx::Error::Database(db) = &err {
+            match db.kind() {
+                sqlx::error::ErrorKind::UniqueViolation => {
+                    let noun = self.spec.noun();
+                    let lookup = self
+                        .spec
+                        .lookups
+                        .first()
+                        .map_or("key", |(_, u)| u.dotted.as_str());
+                    return ApiError::AlreadyExists(if tenant_id.is_empty() {
+                        format!("a {noun} with this {lookup} already exists")
+                    } else {
+                        format!("a {noun} with this {lookup} already exists in tenants/{tenant_id}")
+                    });
+                }
+                sqlx::error::ErrorKind::ForeignKeyViolation => {
+                    return ApiError::not_found(format!("tenants/{tenant_id}"));
+                }
+                _ => {}
+            }
+        }
+        err.into()
+    }
+
     fn controller(&self, tenant_id: &str) -> ControllerMsg {
         let kind = match (self.spec.controller(), tenant_id) {
             (Controller::Company, _) | (Controller::TenantOrCompany, "") => {
@@ -1012,7 +1038,7 @@ where
     /// limited to a tenant gets only that tenant's, whatever it asked.
     pub async fn query(
         &self,
-        call: Option<&Call>,
+        call: &Call,
         query: &Query,
         page: &Page,
     ) -> Result<(Vec<Stored<M>>, String), Status> {
@@ -1025,7 +1051,7 @@ where
             args.push(arg);
             sql.push_str(&format!(" AND {condition} ${}", args.len()));
         };
-        if let Some(limit) = call.and_then(|c| c.tenant_limit()) {
+        if let Some(limit) = call.tenant_limit() {
             add(
                 &mut sql,
                 &mut args,
@@ -1125,7 +1151,7 @@ where
         query: &Query,
         page: &Page,
     ) -> Result<(Vec<Shown<M>>, String, Vec<String>), Status> {
-        let (records, next) = self.query(Some(call), query, page).await?;
+        let (records, next) = self.query(call, query, page).await?;
         let shown = self.audited(call, records).await?;
         let withheld: BTreeSet<String> = shown
             .iter()
@@ -1238,7 +1264,7 @@ where
             q = bind(q, &arg);
         }
         if let Err(err) = q.execute(&mut *tx).await {
-            return Err(self.write_error(&new.tenant_id, err).into());
+            return Err(self.binding.write_error(&new.tenant_id, err).into());
         }
         if let Some(idem) = &new.idempotency
             && !store.remember(&mut tx, idem, &name).await?
@@ -1285,33 +1311,6 @@ where
         }
     }
 
-    /// Maps a constraint violation to what the caller did wrong.
-    fn write_error(&self, tenant_id: &str, err: sqlx::Error) -> ApiError {
-        if let sqlx::Error::Database(db) = &err {
-            match db.kind() {
-                sqlx::error::ErrorKind::UniqueViolation => {
-                    let noun = self.binding.spec.noun();
-                    let lookup = self
-                        .binding
-                        .spec
-                        .lookups
-                        .first()
-                        .map_or("key", |(_, u)| u.dotted.as_str());
-                    return ApiError::AlreadyExists(if tenant_id.is_empty() {
-                        format!("a {noun} with this {lookup} already exists")
-                    } else {
-                        format!("a {noun} with this {lookup} already exists in tenants/{tenant_id}")
-                    });
-                }
-                sqlx::error::ErrorKind::ForeignKeyViolation => {
-                    return ApiError::not_found(format!("tenants/{tenant_id}"));
-                }
-                _ => {}
-            }
-        }
-        err.into()
-    }
-
     /// Changes a record: reads it, lets `change` edit the whole record (an
     /// update mask, a transition), checks and normalises the result as the
     /// declarations say, then runs the service's own `check`, and writes it
@@ -1339,17 +1338,12 @@ where
             after = dynamic.transcode_to::<M>().map_err(ApiError::internal)?;
             check(&after, prefix, &mut violations);
             violations.finish()?;
-            if self
-                .replace(call, &[(before.clone(), after.clone())])
+            if let Some(row) = self
+                .replace(call, &[(before, after)])
                 .await?
+                .and_then(|rows| rows.into_iter().next())
             {
-                return Ok(self
-                    .store
-                    .fetch(&self.binding, &before.id)
-                    .await?
-                    .map(|row| self.stored(row))
-                    .transpose()?
-                    .ok_or_else(|| ApiError::not_found(name))?);
+                return Ok(self.stored(row)?);
             }
         }
         Err(ApiError::Unavailable(format!("{name} is being changed concurrently; retry")).into())
@@ -1395,13 +1389,13 @@ where
         Ok(())
     }
 
-    /// Writes changed records at once, or none; false if any changed since
-    /// it was read.
-    pub(crate) async fn replace(
+    /// Writes changed records at once, or none; the rows as written, or
+    /// `None` if any changed since it was read.
+    async fn replace(
         &self,
         call: &Call,
         changes: &[(Stored<M>, M)],
-    ) -> Result<bool, ApiError> {
+    ) -> Result<Option<Vec<Row>>, ApiError> {
         let pairs: Vec<(Arc<Binding>, Row, DynamicMessage)> = changes
             .iter()
             .map(|(before, after)| {
@@ -1467,13 +1461,13 @@ where
 
 impl Store {
     /// Writes changed rows (each as binding, before, after) at once, or
-    /// none; false if any changed since it was read. Re-keys a root record
-    /// whose email changed, and its children.
+    /// none; returns the rows as written, or `None` if any changed since it
+    /// was read. Re-keys a root record whose email changed, and its children.
     pub(crate) async fn replace_rows(
         &self,
         call: &Call,
         changes: &[(Arc<Binding>, Row, DynamicMessage)],
-    ) -> Result<bool, ApiError> {
+    ) -> Result<Option<Vec<Row>>, ApiError> {
         // Keys of unchanged subjects are read before the transaction, which
         // must begin with a write. A key read here stays valid: if it is
         // destroyed meanwhile, so is the record, and the compare-and-set
@@ -1486,7 +1480,7 @@ impl Store {
                         keys.insert(before.subject_id.clone(), key);
                     }
                     None if binding.parent.is_some() => {}
-                    None => return Ok(false),
+                    None => return Ok(None),
                 }
             }
         }
@@ -1497,6 +1491,7 @@ impl Store {
         let mut tx = self.db().pool().begin().await?;
         let mut events = Vec::new();
         let mut released = Vec::new();
+        let mut written = Vec::with_capacity(changes.len());
         for (binding, before, after) in changes {
             let mut after = after.clone();
             let name = binding.name(&before.tenant_id, &before.parent_id, &before.id);
@@ -1551,11 +1546,11 @@ impl Store {
             let sets: Vec<String> = columns
                 .iter()
                 .enumerate()
-                .map(|(i, c)| format!(", {c} = ${}", i + 10))
+                .map(|(i, c)| format!(", {c} = ${}", i + 9))
                 .collect();
             let sql = format!(
                 "UPDATE {} SET subject_id = $1, data = $2, attrs = $3, email_key = $4, phone_key = $5, \
-                 update_time = $6{} WHERE id = $7 AND update_time = $8 AND $9 = $9",
+                 update_time = $6{} WHERE id = $7 AND update_time = $8",
                 binding.table,
                 sets.join("")
             );
@@ -1567,17 +1562,16 @@ impl Store {
                 .bind(phone_key)
                 .bind(update_time)
                 .bind(&before.id)
-                .bind(before.update_time)
-                .bind(1_i64);
+                .bind(before.update_time);
             for arg in self.column_args(binding, &after) {
                 q = bind(q, &arg);
             }
-            let done = q.execute(&mut *tx).await.map_err(|e| {
-                // The same mapping as on create.
-                Records::<DynamicMessage>::write_error_for(binding, &before.tenant_id, e)
-            })?;
+            let done = q
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| binding.write_error(&before.tenant_id, e))?;
             if done.rows_affected() != 1 {
-                return Ok(false);
+                return Ok(None);
             }
             if rekey {
                 self.reseal_children(&mut tx, binding, before, &subject_id, key)
@@ -1588,11 +1582,17 @@ impl Store {
                 fields: changed,
                 ..stamp(&template, name, &subject_id)
             });
+            written.push(Row {
+                subject_id,
+                update_time,
+                message: after,
+                ..before.clone()
+            });
         }
         self.shred_unused(&mut tx, &released).await?;
         self.privacy().audit.append_in_tx(&mut tx, &events).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(written))
     }
 
     /// Moves the children of a re-keyed record to its new subject.
@@ -1932,19 +1932,5 @@ impl Store {
         self.shred_unused(&mut tx, &subjects).await?;
         tx.commit().await?;
         Ok((deleted, Some(last)))
-    }
-}
-
-impl Records<DynamicMessage> {
-    fn write_error_for(binding: &Binding, tenant_id: &str, err: sqlx::Error) -> ApiError {
-        if let sqlx::Error::Database(db) = &err
-            && db.kind() == sqlx::error::ErrorKind::UniqueViolation
-        {
-            let noun = binding.spec.noun();
-            return ApiError::AlreadyExists(format!(
-                "a {noun} with this email already exists in tenants/{tenant_id}"
-            ));
-        }
-        err.into()
     }
 }

@@ -262,7 +262,7 @@ impl StoreSubjectData {
             changed.push((f.binding.clone(), f.row.clone(), record));
         }
         v.finish()?;
-        if !self.store.replace_rows(call, &changed).await? {
+        if self.store.replace_rows(call, &changed).await?.is_none() {
             return Err(Status::aborted(
                 "a record changed while it was being corrected; retry",
             ));

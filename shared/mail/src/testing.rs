@@ -1,6 +1,6 @@
-//! A real SMTP server for tests: `python3 -m aiosmtpd` (from PyPI) storing
-//! every message it receives in a maildir. Used by this crate's tests and by
-//! the services' (`features = ["testing"]`); nothing in production calls it.
+//! A real SMTP server for tests: aiosmtpd (from PyPI) storing every message
+//! it receives in a maildir. Used by this crate's tests and by the services'
+//! (`features = ["testing"]`); nothing in production calls it.
 //!
 //! When aiosmtpd is not installed, [`Aiosmtpd::start`] says so and returns
 //! `None`, except under `CI=true`, where it panics: CI must run the delivery
@@ -8,11 +8,24 @@
 
 use std::{
     fs,
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::{BufRead, BufReader},
+    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
 };
+
+/// Runs aiosmtpd's `Controller` with the `Mailbox` handler (the same server
+/// `python3 -m aiosmtpd -c aiosmtpd.handlers.Mailbox` runs); `start()`
+/// returns only once the server answers, then the driver says so and waits
+/// to be killed.
+const SERVER: &str = "\
+import signal, sys
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+Controller(Mailbox(sys.argv[1]), hostname='127.0.0.1', port=int(sys.argv[2])).start()
+print('ready', flush=True)
+signal.pause()
+";
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
@@ -24,7 +37,7 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
-/// `python3 -m aiosmtpd` on 127.0.0.1, killed on drop.
+/// aiosmtpd on 127.0.0.1, killed on drop.
 pub struct Aiosmtpd {
     child: Child,
     port: u16,
@@ -33,7 +46,7 @@ pub struct Aiosmtpd {
 }
 
 impl Aiosmtpd {
-    /// Starts one and waits until it listens; `None` (after saying why)
+    /// Starts one and returns once it accepts mail; `None` (after saying why)
     /// when aiosmtpd is not installed, outside CI.
     pub fn start() -> Option<Self> {
         let importable = Command::new("python3")
@@ -58,46 +71,35 @@ impl Aiosmtpd {
         let log = dir.path().join("aiosmtpd.log");
         let log_file = fs::File::create(&log).expect("log file");
         let port = free_port();
-        let child = Command::new("python3")
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        let mut child = Command::new("python3")
+            .args(["-c", SERVER])
             .arg(&maildir)
+            .arg(port.to_string())
             .stdin(Stdio::null())
-            .stdout(log_file.try_clone().expect("log file"))
+            .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
-            .expect("starting python3 -m aiosmtpd");
-        let mut server = Self {
+            .expect("starting python3 with aiosmtpd");
+        // The driver prints one line once the server accepts connections
+        // (the Controller's own readiness check), or exits with the reason
+        // in the log.
+        let mut ready = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        let _ = BufReader::new(stdout).read_line(&mut ready);
+        if ready.trim_end() != "ready" {
+            let _ = child.kill();
+            let status = child.wait().expect("aiosmtpd status");
+            panic!(
+                "aiosmtpd did not start ({status}):\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        Some(Self {
             child,
             port,
             maildir,
             _dir: dir,
-        };
-        server.wait_until_listening(&log);
-        Some(server)
-    }
-
-    fn wait_until_listening(&mut self, log: &Path) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("aiosmtpd status") {
-                panic!(
-                    "aiosmtpd exited ({status}) before listening:\n{}",
-                    fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "aiosmtpd not listening on {addr} after 30 s:\n{}",
-                fs::read_to_string(log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        })
     }
 
     pub fn port(&self) -> u16 {
