@@ -725,7 +725,10 @@ impl Prober {
             .expect("listing tables")
             .iter()
             .map(|r| r.try_get::<String, _>("name").expect("name"))
-            .filter(|t| !t.ends_with("_migrations") && t != "audit_events" && t != "audit_chain")
+            .filter(|t| {
+                !t.ends_with("_migrations")
+                    && !matches!(t.as_str(), "audit_events" | "audit_chain" | "audit_pending")
+            })
             .collect();
         for expected in ["subject_keys", "kit_idempotency"] {
             assert!(
@@ -773,6 +776,9 @@ impl Prober {
 
     /// The row counts and audit heads now.
     pub async fn snapshot(&self) -> Snapshot {
+        // Changes made just before stage their events; once sealed, new
+        // events show only as chain heads moving.
+        crate::sealed(&self.raw).await;
         let row = sqlx::query(sqlx::AssertSqlSafe(self.count_sql.clone()))
             .fetch_one(&self.raw)
             .await

@@ -358,6 +358,20 @@ impl TestApp {
             .events
     }
 
+    /// Waits until the audit sealers have chained every staged event of
+    /// the changes committed so far, so the trail can be read straight
+    /// from the database. Each sealer is woken by the commit itself; this
+    /// only waits for that pass to finish.
+    pub async fn sealed(&self) {
+        sealed(&self.raw).await;
+    }
+
+    /// Sealed audit events, read straight from the database.
+    pub async fn audit_count(&self) -> i64 {
+        self.sealed().await;
+        self.count("audit_events").await
+    }
+
     /// Rows in `table`, read straight from the database.
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -504,5 +518,27 @@ pub mod fixtures {
             .await
             .expect("create tenant")
             .into_inner()
+    }
+}
+
+/// Waits until no audit event in the database behind `raw` waits to be
+/// sealed (see [`TestApp::sealed`]).
+pub async fn sealed(raw: &sqlx::AnyPool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let staged: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_pending")
+            .fetch_one(raw)
+            .await
+            .expect("counting staged audit events")
+            .try_get("n")
+            .expect("count column");
+        if staged == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit events still unsealed after 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }

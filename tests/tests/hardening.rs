@@ -62,6 +62,7 @@ fn short(text: &str) -> String {
 
 /// Every text of every audit event, straight from the database.
 async fn audit_text(app: &TestApp) -> Vec<String> {
+    app.sealed().await;
     sqlx::query(
         "SELECT caller, on_behalf_of, purpose, method, resource, subject_ref, fields, detail \
          FROM audit_events",
@@ -313,7 +314,7 @@ storage_test!(
     names_are_checked_by_form_and_never_echoed_or_audited,
     |app: TestApp| async move {
         fixtures::tenant(&app, TENANT).await;
-        let audited = app.count("audit_events").await;
+        let audited = app.audit_count().await;
 
         let huge = format!("tenants/{TENANT}/contacts/{}", "x".repeat(3_900_000));
         let err = app
@@ -322,7 +323,7 @@ storage_test!(
             .await
             .unwrap_err();
         assert_refused(&err, Code::InvalidArgument, &["xxxxxxxxxxxxxxxxx"]);
-        assert_eq!(app.count("audit_events").await, audited);
+        assert_eq!(app.audit_count().await, audited);
 
         let email = format!("tenants/{TENANT}/contacts/john.doe.private@gmail.com");
         let err = app
@@ -339,7 +340,7 @@ storage_test!(
             .await
             .unwrap_err();
         assert_refused(&err, Code::InvalidArgument, &["john.doe", "gmail"]);
-        assert_eq!(app.count("audit_events").await, audited);
+        assert_eq!(app.audit_count().await, audited);
         assert!(
             audit_text(&app)
                 .await

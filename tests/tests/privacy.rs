@@ -312,6 +312,7 @@ async fn raw_database(app: &TestApp, backend: Backend) -> String {
                 "kit_idempotency",
                 "identity_legal_holds",
                 "audit_events",
+                "audit_pending",
                 "subject_keys",
             ] {
                 let rows = sqlx::query(sqlx::AssertSqlSafe(format!(

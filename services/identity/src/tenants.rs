@@ -407,7 +407,7 @@ impl TenantService for Tenants {
                     if deleted.rows_affected() == 0 {
                         return Err(ApiError::not_found(format!("tenants/{id}")));
                     }
-                    store.privacy().audit.append_in_tx(tx, &events).await?;
+                    store.privacy().audit.stage_in_tx(tx, &events).await?;
                     Ok(())
                 })
             })

@@ -803,6 +803,8 @@ impl Store {
         let mut tx = self.inner.db.pool().begin().await?;
         let out = work(&mut tx).await?;
         tx.commit().await?;
+        // The work may have staged audit events.
+        self.privacy().audit.wake();
         Ok(out)
     }
 
@@ -1282,12 +1284,7 @@ where
             store
                 .privacy()
                 .event(&call.access, &name, &subject_id, &fields, AuditOutcome::Ok);
-        store
-            .privacy()
-            .audit
-            .append_in_tx(&mut tx, &[event])
-            .await?;
-        tx.commit().await.map_err(ApiError::from)?;
+        store.privacy().audit.commit(tx, &[event]).await?;
         let stored = self.stored(Row {
             id,
             tenant_id: new.tenant_id,
@@ -1453,8 +1450,7 @@ where
         store.forget_idempotency(&mut tx, name).await?;
         store.shred_unused(&mut tx, &subjects).await?;
         events.push(stamp(&template, name.to_owned(), &stored.subject_id));
-        store.privacy().audit.append_in_tx(&mut tx, &events).await?;
-        tx.commit().await.map_err(ApiError::from)?;
+        store.privacy().audit.commit(tx, &events).await?;
         Ok(())
     }
 }
@@ -1590,8 +1586,7 @@ impl Store {
             });
         }
         self.shred_unused(&mut tx, &released).await?;
-        self.privacy().audit.append_in_tx(&mut tx, &events).await?;
-        tx.commit().await?;
+        self.privacy().audit.commit(tx, &events).await?;
         Ok(Some(written))
     }
 
@@ -1836,8 +1831,7 @@ impl Store {
             subjects.push(row.subject_id.clone());
         }
         self.shred_unused(&mut tx, &subjects).await?;
-        self.privacy().audit.append_in_tx(&mut tx, &events).await?;
-        tx.commit().await?;
+        self.privacy().audit.commit(tx, &events).await?;
         Ok(())
     }
 

@@ -1,11 +1,15 @@
 //! The audit trail: one event per access to personal data, chained by hash.
 //!
-//! Writes are audited inside the transaction that makes the change
-//! ([`AuditLog::append_in_tx`]), so a change and its event commit together
-//! or not at all. Reads are audited through a group-commit writer
-//! ([`AuditLog::record`]): concurrent reads share one transaction, and each
-//! read answers only after its event is stored — auditing every read without
-//! one database transaction per read.
+//! A change stages its events inside its own transaction
+//! ([`AuditLog::stage_in_tx`]), so a change and its events commit together
+//! or not at all, without touching the chain. One sealer per service (the
+//! only writer of the chain) then gives staged events their sequence numbers
+//! and hashes, in the order the changes committed: changes never wait on the
+//! chain head, and a crash leaves staged events that the next start seals.
+//! Reads are audited through the same sealer ([`AuditLog::record`]):
+//! concurrent reads share one transaction, and each read answers only after
+//! its event is sealed and stored — auditing every read without one
+//! database transaction per read.
 //!
 //! Each event's hash covers the previous event's hash and every field of the
 //! event, so altering or deleting an event breaks the chain at that point;
@@ -19,7 +23,7 @@ use custodian_proto::audit::v1::{AuditAction, AuditOutcome, ChainVerification};
 use custodian_runtime::{ApiError, Database, time::Clock};
 use sha2::{Digest as _, Sha256};
 use sqlx::{AssertSqlSafe, Row as _, any::AnyRow};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Rows per INSERT statement, largest first: a group is cut into these
@@ -36,6 +40,21 @@ fn chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
             out.push(head);
             rows = tail;
         }
+    }
+    out
+}
+/// `rows` groups of `columns` numbered placeholders: `($1,$2),($3,$4)`.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let mut out = String::with_capacity(rows * columns * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ",(" });
+        for c in 0..columns {
+            if c > 0 {
+                out.push(',');
+            }
+            out.push_str(&format!("${}", r * columns + c + 1));
+        }
+        out.push(')');
     }
     out
 }
@@ -137,10 +156,24 @@ fn chain_hash(prev: &str, service: &str, seq: i64, e: &Event) -> String {
     hex::encode(h.finalize())
 }
 
-struct Pending {
-    event: Event,
-    done: oneshot::Sender<Result<(), ()>>,
+/// What the sealer is asked to do.
+enum Job {
+    /// Store a read's event; answer once it is sealed and durable.
+    Read {
+        event: Box<Event>,
+        done: oneshot::Sender<Result<(), ()>>,
+    },
+    /// Answer once every change committed before this was asked is sealed.
+    Flush {
+        done: oneshot::Sender<Result<(), ()>>,
+    },
 }
+
+/// Staged events of changes taken into one sealing transaction, at most.
+const SEAL_BATCH: i64 = 2048;
+/// How often the sealer looks for staged events nobody woke it for: those
+/// a crash left behind, or another replica's that died before sealing.
+const SEAL_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One service's audit trail.
 #[derive(Clone)]
@@ -148,8 +181,9 @@ pub struct AuditLog {
     service: &'static str,
     db: Database,
     clock: Arc<dyn Clock>,
-    queue: mpsc::Sender<Pending>,
-    receiver: Arc<std::sync::Mutex<Option<mpsc::Receiver<Pending>>>>,
+    queue: mpsc::Sender<Job>,
+    receiver: Arc<std::sync::Mutex<Option<mpsc::Receiver<Job>>>>,
+    wake: Arc<Notify>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -169,6 +203,7 @@ impl AuditLog {
             clock,
             queue,
             receiver: Arc::new(std::sync::Mutex::new(Some(receiver))),
+            wake: Arc::new(Notify::new()),
         }
     }
 
@@ -180,8 +215,9 @@ impl AuditLog {
         self.clock.now_micros()
     }
 
-    /// Creates the chain head (once) and starts the group-commit writer.
-    /// Call after the privacy migrations have run.
+    /// Creates the chain head (once) and starts the sealer, which first
+    /// seals whatever an earlier run left staged. Call after the privacy
+    /// migrations have run.
     pub async fn start(&self) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO audit_chain (service, seq, hash, anchor_seq, anchor_hash) \
@@ -194,64 +230,162 @@ impl AuditLog {
         let receiver = self
             .receiver
             .lock()
-            .map_err(|_| anyhow::anyhow!("audit writer lock poisoned"))?
+            .map_err(|_| anyhow::anyhow!("audit sealer lock poisoned"))?
             .take();
         if let Some(receiver) = receiver {
-            tokio::spawn(self.clone().write_groups(receiver));
+            tokio::spawn(self.clone().seal_forever(receiver));
         }
         Ok(())
     }
 
-    /// The writer keeps one connection of its own, outside the pool: it
-    /// never waits behind requests for a connection, and the statements it
-    /// repeats stay prepared on it.
-    async fn write_groups(self, mut receiver: mpsc::Receiver<Pending>) {
+    /// The sealer: the only writer of the chain. Each pass takes the reads
+    /// waiting on the queue and the changes' staged events, and seals them
+    /// in one transaction on a connection of its own (outside the pool, so
+    /// it never waits behind requests, and its statements stay prepared).
+    /// It passes again at once while work waits, and otherwise sleeps until
+    /// a read arrives, a change commits, or the sweep interval passes.
+    async fn seal_forever(self, mut receiver: mpsc::Receiver<Job>) {
         let mut connection: Option<sqlx::AnyConnection> = None;
-        while let Some(first) = receiver.recv().await {
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
+        let mut sweep = tokio::time::interval(SEAL_SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut flushes: Vec<oneshot::Sender<Result<(), ()>>> = Vec::new();
+        // The interval's first tick is immediate: the first pass seals what
+        // a crash left staged.
+        let mut more = false;
+        loop {
+            let mut jobs = Vec::new();
+            if !more {
+                tokio::select! {
+                    job = receiver.recv() => match job {
+                        Some(job) => jobs.push(job),
+                        None => return,
+                    },
+                    () = self.wake.notified() => {}
+                    _ = sweep.tick() => {}
+                }
+            }
+            while jobs.len() < MAX_GROUP {
                 match receiver.try_recv() {
-                    Ok(next) => group.push(next),
+                    Ok(job) => jobs.push(job),
                     Err(_) => break,
                 }
             }
-            let events: Vec<Event> = group.iter().map(|p| p.event.clone()).collect();
-            if self.commit(&mut connection, &events).await.is_ok() {
-                for pending in group {
-                    let _ = pending.done.send(Ok(()));
+            let mut reads = Vec::new();
+            for job in jobs {
+                match job {
+                    Job::Read { event, done } => reads.push((event, done)),
+                    Job::Flush { done } => flushes.push(done),
                 }
-                continue;
             }
-            // One bad event must not fail the reads of every other caller
-            // in its group: each is tried alone, and only what fails alone
-            // is refused.
-            for pending in group {
-                let alone = self
-                    .commit(&mut connection, std::slice::from_ref(&pending.event))
-                    .await;
-                if let Err(err) = &alone {
-                    tracing::error!(service = self.service, error = %err, "audit write failed");
+            let events: Vec<Event> = reads.iter().map(|(e, _)| (**e).clone()).collect();
+            let staged = match self.seal(&mut connection, &events, SEAL_BATCH).await {
+                Ok(staged) => {
+                    for (_, done) in reads {
+                        let _ = done.send(Ok(()));
+                    }
+                    Ok(staged)
                 }
-                let _ = pending.done.send(alone.map_err(|_| ()));
+                Err(_) => {
+                    // One bad read event must not fail every other caller's
+                    // read, nor hold up the changes' events: the staged
+                    // events are sealed alone, then each read alone, and
+                    // only what fails alone is refused.
+                    let staged = self.seal(&mut connection, &[], SEAL_BATCH).await;
+                    for (event, done) in reads {
+                        let alone = self
+                            .seal(&mut connection, std::slice::from_ref(&event), 0)
+                            .await;
+                        if let Err(err) = &alone {
+                            tracing::error!(service = self.service, error = %err, "audit read event not stored");
+                        }
+                        let _ = done.send(alone.map(|_| ()).map_err(|_| ()));
+                    }
+                    staged
+                }
+            };
+            match staged {
+                Ok(n) if n == SEAL_BATCH => more = true,
+                Ok(_) => {
+                    more = false;
+                    for done in flushes.drain(..) {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                Err(err) => {
+                    // Staged events stay staged: the next wake or sweep
+                    // tries again.
+                    tracing::error!(service = self.service, error = %err, "audit sealing failed");
+                    more = false;
+                    for done in flushes.drain(..) {
+                        let _ = done.send(Err(()));
+                    }
+                }
             }
         }
     }
 
-    /// Appends `events` in one transaction on the writer's own connection.
-    async fn commit(
+    /// One sealing pass in one transaction: up to `batch` staged events in
+    /// the order they were made, then `reads`. Returns how many staged
+    /// events it sealed.
+    async fn seal(
         &self,
         connection: &mut Option<sqlx::AnyConnection>,
-        events: &[Event],
-    ) -> Result<(), ApiError> {
+        reads: &[Event],
+        batch: i64,
+    ) -> Result<i64, ApiError> {
         let outcome = async {
             let conn = match connection.as_mut() {
                 Some(conn) => conn,
                 None => connection.insert(self.db.pool().acquire().await?.detach()),
             };
+            if reads.is_empty() {
+                // Nothing to answer: skip the write transaction (and, on
+                // SQLite, the write lock) when nothing is staged.
+                let staged =
+                    sqlx::query("SELECT 1 AS one FROM audit_pending WHERE service = $1 LIMIT 1")
+                        .bind(self.service)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                if staged.is_none() {
+                    return Ok(0);
+                }
+            }
             let mut tx = sqlx::Connection::begin(conn).await?;
-            self.append_in_tx(&mut tx, events).await?;
+            // Write first: the head row's lock makes sealers (one per
+            // replica) take turns, and keeps SQLite transactions write-first.
+            let head = sqlx::query(
+                "UPDATE audit_chain SET seq = seq WHERE service = $1 RETURNING seq, hash",
+            )
+            .bind(self.service)
+            .fetch_one(&mut *tx)
+            .await?;
+            // DELETE ... RETURNING takes exactly the staged rows this
+            // statement sees: a change committing meanwhile keeps its rows
+            // for the next pass, whatever its id.
+            let mut staged = if batch > 0 {
+                sqlx::query(
+                    "DELETE FROM audit_pending WHERE service = $1 AND id IN \
+                     (SELECT id FROM audit_pending WHERE service = $1 ORDER BY id LIMIT $2) \
+                     RETURNING *",
+                )
+                .bind(self.service)
+                .bind(batch)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(staged_from_row)
+                .collect::<Result<Vec<_>, _>>()?
+            } else {
+                Vec::new()
+            };
+            staged.sort_by(|a, b| a.0.cmp(&b.0));
+            let sealed = staged.len() as i64;
+            let mut events: Vec<Event> = staged.into_iter().map(|(_, e)| e).collect();
+            events.extend(reads.iter().cloned());
+            self.chain(&mut tx, head.try_get("seq")?, head.try_get("hash")?, events)
+                .await?;
             tx.commit().await?;
-            Ok::<_, ApiError>(())
+            Ok::<_, ApiError>(sealed)
         }
         .await;
         if outcome.is_err() {
@@ -261,19 +395,22 @@ impl AuditLog {
         outcome
     }
 
-    /// Stores an event outside any transaction of the caller's, sharing a
-    /// commit with concurrent callers; returns once it is durable. A read
-    /// whose event cannot be stored must not be answered: callers turn an
-    /// error here into INTERNAL.
+    /// Stores a read's event, sharing a commit with concurrent callers;
+    /// returns once it is sealed and durable. A read whose event cannot be
+    /// stored must not be answered: callers turn an error here into
+    /// INTERNAL.
     pub async fn record(&self, mut event: Event) -> Result<(), ApiError> {
         if event.time == 0 {
             event.time = self.now();
         }
         let (done, wait) = oneshot::channel();
         self.queue
-            .send(Pending { event, done })
+            .send(Job::Read {
+                event: Box::new(event),
+                done,
+            })
             .await
-            .map_err(|_| ApiError::internal(std::io::Error::other("audit writer stopped")))?;
+            .map_err(|_| ApiError::internal(std::io::Error::other("audit sealer stopped")))?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
             _ => Err(ApiError::internal(std::io::Error::other(
@@ -282,68 +419,119 @@ impl AuditLog {
         }
     }
 
-    /// Appends events inside the caller's transaction. The first statement
-    /// is a write (the chain head), which both serialises appenders and
-    /// keeps SQLite transactions write-first.
-    pub async fn append_in_tx(
+    /// Returns once every change committed before the call has its events
+    /// sealed into the chain: listings show every committed change.
+    pub async fn flush(&self) -> Result<(), ApiError> {
+        let (done, wait) = oneshot::channel();
+        self.queue
+            .send(Job::Flush { done })
+            .await
+            .map_err(|_| ApiError::internal(std::io::Error::other("audit sealer stopped")))?;
+        match wait.await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(ApiError::internal(std::io::Error::other(
+                "audit events not sealed",
+            ))),
+        }
+    }
+
+    /// Wakes the sealer: a change with staged events has committed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Stages `events` in `tx`, commits it, and wakes the sealer: the end
+    /// of every audited change.
+    pub async fn commit(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        events: &[Event],
+    ) -> Result<(), ApiError> {
+        self.stage_in_tx(&mut tx, events).await?;
+        tx.commit().await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Stages the events of a change inside the change's transaction: they
+    /// commit with it or not at all, and take no lock another change waits
+    /// on. The sealer chains them after the commit; call [`Self::wake`]
+    /// then.
+    pub async fn stage_in_tx(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         events: &[Event],
     ) -> Result<(), ApiError> {
+        let now = self.now();
+        let rows: Vec<(String, Event)> = events
+            .iter()
+            .map(|event| {
+                let mut event = event.clone().storable();
+                if event.time == 0 {
+                    event.time = now;
+                }
+                (uuid::Uuid::now_v7().to_string(), event)
+            })
+            .collect();
+        for chunk in chunks(&rows) {
+            let sql = format!(
+                "INSERT INTO audit_pending (service, id, time, caller, on_behalf_of, purpose, action, \
+                 method, resource, subject_ref, fields, outcome, detail) VALUES {}",
+                placeholders(chunk.len(), 13)
+            );
+            // Only placeholders are formatted into the statement.
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for (id, e) in chunk {
+                query = query
+                    .bind(self.service)
+                    .bind(id.clone())
+                    .bind(e.time)
+                    .bind(e.caller.clone())
+                    .bind(e.on_behalf_of.clone())
+                    .bind(e.purpose.clone())
+                    .bind(i64::from(e.action))
+                    .bind(e.method.clone())
+                    .bind(e.resource.clone())
+                    .bind(e.subject_ref.clone())
+                    .bind(e.fields.join(","))
+                    .bind(i64::from(e.outcome))
+                    .bind(e.detail.clone());
+            }
+            query.execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+
+    /// Chains `events` after the head (`last_seq`, `prev`) inside the
+    /// sealer's transaction, which holds the head row.
+    async fn chain(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        last_seq: i64,
+        mut prev: String,
+        events: Vec<Event>,
+    ) -> Result<(), ApiError> {
         if events.is_empty() {
             return Ok(());
         }
-        let n = events.len() as i64;
-        let head = sqlx::query(
-            "UPDATE audit_chain SET seq = seq + $1 WHERE service = $2 RETURNING seq, hash",
-        )
-        .bind(n)
-        .bind(self.service)
-        .fetch_one(&mut **tx)
-        .await?;
-        let last_seq: i64 = head.try_get("seq")?;
-        let mut prev: String = head.try_get("hash")?;
-        let first_seq = last_seq - n + 1;
         let now = self.now();
-
         let mut rows = Vec::with_capacity(events.len());
-        for (i, event) in events.iter().enumerate() {
-            let mut event = event.clone().storable();
+        for (i, event) in events.into_iter().enumerate() {
+            let mut event = event.storable();
             if event.time == 0 {
                 event.time = now;
             }
-            let seq = first_seq + i as i64;
+            let seq = last_seq + 1 + i as i64;
             let hash = chain_hash(&prev, self.service, seq, &event);
             prev.clone_from(&hash);
             rows.push((seq, event, hash));
         }
+        let head_seq = last_seq + rows.len() as i64;
         for chunk in chunks(&rows) {
-            let placeholders: Vec<String> = (0..chunk.len())
-                .map(|r| {
-                    let b = r * 14;
-                    format!(
-                        "(${},${},${},${},${},${},${},${},${},${},${},${},${},${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7,
-                        b + 8,
-                        b + 9,
-                        b + 10,
-                        b + 11,
-                        b + 12,
-                        b + 13,
-                        b + 14
-                    )
-                })
-                .collect();
             let sql = format!(
                 "INSERT INTO audit_events (service, seq, time, caller, on_behalf_of, purpose, action, \
                  method, resource, subject_ref, fields, outcome, detail, hash) VALUES {}",
-                placeholders.join(",")
+                placeholders(chunk.len(), 14)
             );
             // Only placeholders are formatted into the statement.
             let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -366,7 +554,8 @@ impl AuditLog {
             }
             query.execute(&mut **tx).await?;
         }
-        sqlx::query("UPDATE audit_chain SET hash = $1 WHERE service = $2")
+        sqlx::query("UPDATE audit_chain SET seq = $1, hash = $2 WHERE service = $3")
+            .bind(head_seq)
             .bind(&prev)
             .bind(self.service)
             .execute(&mut **tx)
@@ -381,6 +570,7 @@ impl AuditLog {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, ApiError> {
+        self.flush().await?;
         let rows = sqlx::query(
             "SELECT * FROM audit_events WHERE service = $1 AND seq > $2 \
              AND ($3 = '' OR resource = $3) AND ($4 = '' OR subject_ref = $4) \
@@ -412,12 +602,14 @@ impl AuditLog {
         let mut expected_seq: i64 = head.try_get::<i64, _>("anchor_seq")? + 1;
         let mut prev: String = head.try_get("anchor_hash")?;
         let mut checked = 0;
+        let unsealed = self.unsealed().await?;
         let broken = |seq: i64, problem: &str, checked: i64| ChainVerification {
             service: self.service.to_owned(),
             events_checked: checked,
             intact: false,
             broken_at_sequence: seq,
             problem: problem.to_owned(),
+            unsealed_events: unsealed,
         };
         loop {
             // Up to the head read above: events appended since are checked
@@ -461,7 +653,17 @@ impl AuditLog {
             intact: true,
             broken_at_sequence: 0,
             problem: String::new(),
+            unsealed_events: self.unsealed().await?,
         })
+    }
+
+    /// Events of committed changes not yet sealed into the chain.
+    pub async fn unsealed(&self) -> Result<i64, ApiError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM audit_pending WHERE service = $1")
+            .bind(self.service)
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(row.try_get("n")?)
     }
 
     /// Removes events older than `cutoff` (at most `batch`), from the start
@@ -524,28 +726,37 @@ pub struct Filter {
 }
 
 fn stored_from_row(row: &AnyRow) -> Result<StoredEvent, ApiError> {
-    let fields: String = row.try_get("fields")?;
     Ok(StoredEvent {
         service: row.try_get("service")?,
         seq: row.try_get("seq")?,
         hash: row.try_get("hash")?,
-        event: Event {
-            time: row.try_get("time")?,
-            caller: row.try_get("caller")?,
-            on_behalf_of: row.try_get("on_behalf_of")?,
-            purpose: row.try_get("purpose")?,
-            action: i32::try_from(row.try_get::<i64, _>("action")?).unwrap_or_default(),
-            method: row.try_get("method")?,
-            resource: row.try_get("resource")?,
-            subject_ref: row.try_get("subject_ref")?,
-            fields: if fields.is_empty() {
-                Vec::new()
-            } else {
-                fields.split(',').map(str::to_owned).collect()
-            },
-            outcome: i32::try_from(row.try_get::<i64, _>("outcome")?).unwrap_or_default(),
-            detail: row.try_get("detail")?,
+        event: event_from_row(row)?,
+    })
+}
+
+/// A staged event and its id.
+fn staged_from_row(row: &AnyRow) -> Result<(String, Event), ApiError> {
+    Ok((row.try_get("id")?, event_from_row(row)?))
+}
+
+fn event_from_row(row: &AnyRow) -> Result<Event, ApiError> {
+    let fields: String = row.try_get("fields")?;
+    Ok(Event {
+        time: row.try_get("time")?,
+        caller: row.try_get("caller")?,
+        on_behalf_of: row.try_get("on_behalf_of")?,
+        purpose: row.try_get("purpose")?,
+        action: i32::try_from(row.try_get::<i64, _>("action")?).unwrap_or_default(),
+        method: row.try_get("method")?,
+        resource: row.try_get("resource")?,
+        subject_ref: row.try_get("subject_ref")?,
+        fields: if fields.is_empty() {
+            Vec::new()
+        } else {
+            fields.split(',').map(str::to_owned).collect()
         },
+        outcome: i32::try_from(row.try_get::<i64, _>("outcome")?).unwrap_or_default(),
+        detail: row.try_get("detail")?,
     })
 }
 
