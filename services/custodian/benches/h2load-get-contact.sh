@@ -1,30 +1,42 @@
 #!/usr/bin/env bash
-# GetContact throughput of the release `custodian` binary under h2load, with
-# SQLite in a fresh temporary data folder, on loopback only.
+# GetContact throughput of the release `custodian` binary under h2load, as a
+# share of a bare tonic echo server (`examples/echo.rs`) measured the same
+# way in the same run, on loopback only; then the p99 latency of GetContact
+# at half the peak rate.
 #
 #   bash services/custodian/benches/h2load-get-contact.sh
+#   DATABASE_URL=postgres://postgres@127.0.0.1:5432/bench \
+#       bash services/custodian/benches/h2load-get-contact.sh
 #
 # Needs h2load (Debian: nghttp2-client), grpcurl and jq. Builds the release
-# binary, starts it on 127.0.0.1:$PORT (every service, development key file in
-# the temporary data folder), signs a token with `custodian token`, creates a
-# tenant and one contact with grpcurl, hand-builds the gRPC frame of
-# GetContactRequest{name}, runs a bounded h2load warm-up and then the
-# measured run (tokens, audit and encryption all in play), and stops the
-# server it started. h2load counts HTTP statuses only (a gRPC error is still HTTP 200),
-# so the script also checks the frame with one grpcurl call and checks that
-# the responses carried a Contact's worth of data each.
+# binary and the echo example, starts the echo server on 127.0.0.1:$ECHO_PORT
+# and the suite on 127.0.0.1:$PORT (every service, development key file in a
+# temporary data folder; SQLite there unless DATABASE_URL names a PostgreSQL
+# database, which must exist and is used as it is), signs a token with
+# `custodian token`, creates a tenant and one contact with grpcurl,
+# hand-builds the gRPC frame of GetContactRequest{name}, and runs the same
+# h2load warm-up and measured run against each server (tokens, audit and
+# encryption all in play on the suite). h2load counts HTTP statuses only (a
+# gRPC error is still HTTP 200), so the script also checks the frame with one
+# grpcurl call and checks that the responses carried a Contact's worth of
+# data each. Last, h2load paces GetContact at half the measured peak and the
+# per-request log gives p50/p99.
 #
-# Environment: PORT (50099), REQUESTS (200000), CLIENTS (16), STREAMS (16),
-# SKIP_BUILD=1 to use an existing target/release/custodian.
+# Environment: PORT (50099), ECHO_PORT (50098), REQUESTS (200000), CLIENTS
+# (16), STREAMS (16), DATABASE_URL (unset: SQLite), SKIP_BUILD=1 to use an
+# existing target/release/custodian and target/release/examples/echo.
 set -euo pipefail
 
 PORT="${PORT:-50099}"
+ECHO_PORT="${ECHO_PORT:-50098}"
+ECHO_ADDR="127.0.0.1:${ECHO_PORT}"
 REQUESTS="${REQUESTS:-200000}"
 CLIENTS="${CLIENTS:-16}"
 STREAMS="${STREAMS:-16}"
 ADDR="127.0.0.1:${PORT}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 BIN="${ROOT}/target/release/custodian"
+ECHO_BIN="${ROOT}/target/release/examples/echo"
 
 for tool in h2load grpcurl jq; do
     command -v "$tool" >/dev/null || {
@@ -38,23 +50,32 @@ if ((REQUESTS > 10000000)); then
 fi
 
 if [[ "${SKIP_BUILD:-}" != 1 ]]; then
-    (cd "$ROOT" && cargo build --release -p custodian)
+    (cd "$ROOT" && cargo build --release -p custodian --bin custodian --example echo)
 fi
 
 WORK="$(mktemp -d)"
 SERVER_PID=""
+ECHO_PID=""
 cleanup() {
-    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill "$SERVER_PID"
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    for pid in "$SERVER_PID" "$ECHO_PID"; do
+        if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+            kill "$pid"
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-CUSTODIAN_LOG=warn "$BIN" --data-dir "$WORK/data" --listen "$ADDR" \
+DB_ARGS=()
+if [[ -n "${DATABASE_URL:-}" ]]; then
+    DB_ARGS=(--database-url "$DATABASE_URL")
+fi
+CUSTODIAN_LOG=warn "$BIN" --data-dir "$WORK/data" --listen "$ADDR" "${DB_ARGS[@]}" \
     >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
+"$ECHO_BIN" "$ECHO_ADDR" >"$WORK/echo.log" 2>&1 &
+ECHO_PID=$!
 
 serving=""
 for _ in $(seq 1 100); do
@@ -118,30 +139,66 @@ LEN=$(stat -c %s "$WORK/message.bin")
     cat "$WORK/message.bin"
 } >"$WORK/frame.bin"
 
-URL="http://${ADDR}/custodian.identity.v1.ContactService/GetContact"
-run_h2load() {
-    h2load -n "$1" -c "$CLIENTS" -m "$STREAMS" \
+PATH_GET="/custodian.identity.v1.ContactService/GetContact"
+run_h2load() { # addr requests [extra h2load options...]
+    local addr=$1 n=$2
+    shift 2
+    h2load -n "$n" -c "$CLIENTS" -m "$STREAMS" "$@" \
         -H 'content-type: application/grpc' -H 'te: trailers' -H "$AUTH" \
-        -d "$WORK/frame.bin" "$URL"
+        -d "$WORK/frame.bin" "http://${addr}${PATH_GET}"
 }
 
-echo "warm-up: 10000 requests"
-run_h2load 10000 >/dev/null
-echo "measured: $REQUESTS requests, $CLIENTS connections x $STREAMS streams"
-run_h2load "$REQUESTS" | tee "$WORK/h2load.out"
+# Checks an h2load report: every request answered, each with a Contact's
+# worth of data (an error is trailers only). Prints the req/s.
+checked_rate() { # report requests
+    local data ok
+    data=$(sed -nE 's/^traffic:.* \(([0-9]+)\) data$/\1/p' "$1")
+    ok=$(sed -nE 's/^requests:.* ([0-9]+) succeeded.*/\1/p' "$1")
+    if [[ -z "$data" || -z "$ok" || "$ok" -ne "$2" ]]; then
+        echo "FAILED: not every request succeeded at the HTTP level" >&2
+        exit 1
+    fi
+    if ((data / $2 < 100)); then
+        echo "FAILED: responses carry no Contact; the calls returned gRPC errors" >&2
+        exit 1
+    fi
+    sed -nE 's/^finished in .*, ([0-9.]+) req\/s.*/\1/p' "$1"
+}
 
-# A Contact answer is a DATA frame of well over 100 bytes; an error is
-# trailers only. Less data than that per request means calls failed.
-data=$(sed -nE 's/^traffic:.* \(([0-9]+)\) data$/\1/p' "$WORK/h2load.out")
-ok=$(sed -nE 's/^requests:.* ([0-9]+) succeeded.*/\1/p' "$WORK/h2load.out")
-if [[ -z "$data" || -z "$ok" || "$ok" -ne "$REQUESTS" ]]; then
-    echo "FAILED: not every request succeeded at the HTTP level" >&2
-    exit 1
-fi
-per_request=$((data / REQUESTS))
-echo "response data per request: ${per_request} bytes"
-if ((per_request < 100)); then
-    echo "FAILED: responses carry no Contact; the calls returned gRPC errors" >&2
-    exit 1
-fi
-grep -E '^finished in' "$WORK/h2load.out"
+for _ in $(seq 1 50); do
+    grpcurl -plaintext -H "$AUTH" -d "{\"name\": \"$NAME\"}" "$ECHO_ADDR" \
+        custodian.identity.v1.ContactService/GetContact >/dev/null 2>&1 && break
+    sleep 0.1
+done
+
+measure() { # label addr
+    echo "== $1: warm-up 10000 requests, then $REQUESTS requests, $CLIENTS connections x $STREAMS streams"
+    run_h2load "$2" 10000 >/dev/null
+    run_h2load "$2" "$REQUESTS" >"$WORK/$1.out"
+    grep -E '^(finished in|requests:|time for request:)' "$WORK/$1.out"
+}
+measure echo "$ECHO_ADDR"
+measure custodian "$ADDR"
+echo_rate=$(checked_rate "$WORK/echo.out" "$REQUESTS")
+rate=$(checked_rate "$WORK/custodian.out" "$REQUESTS")
+
+# Half the peak, paced: h2load's --rps is per connection.
+half=$(awk -v r="$rate" 'BEGIN { printf "%d", r / 2 }')
+per_client=$(( half / CLIENTS > 0 ? half / CLIENTS : 1 ))
+paced=$(( per_client * CLIENTS * 5 ))
+echo "== custodian at half the peak: ${half} req/s for 5 s"
+run_h2load "$ADDR" "$paced" --rps="$per_client" --log-file="$WORK/paced.log" >"$WORK/paced.out"
+checked_rate "$WORK/paced.out" "$paced" >/dev/null
+[[ -n "${KEEP_LOG:-}" ]] && cp "$WORK/paced.log" "$KEEP_LOG"
+read -r p50 p99 < <(cut -f3 "$WORK/paced.log" | sort -n | awk '
+    { v[NR] = $1 }
+    END { printf "%.2f %.2f\n", v[int(NR * 0.50)] / 1000, v[int(NR * 0.99)] / 1000 }')
+
+backend=sqlite
+[[ -n "${DATABASE_URL:-}" ]] && backend=postgres
+echo
+echo "backend:             $backend"
+echo "echo req/s:          $echo_rate"
+echo "GetContact req/s:    $rate"
+awk -v a="$rate" -v b="$echo_rate" 'BEGIN { printf "share of echo:       %.3f\n", a / b }'
+echo "at ${half} req/s:     p50 ${p50} ms, p99 ${p99} ms"

@@ -3,6 +3,9 @@
 
 use std::{sync::Arc, time::Duration};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use custodian::{Target, key_usage, load_keys, save_keys, suite};

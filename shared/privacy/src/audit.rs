@@ -25,6 +25,8 @@ use sha2::{Digest as _, Sha256};
 use sqlx::{AssertSqlSafe, Row as _, any::AnyRow};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::sealer::{Sealer, split_fields};
+
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 /// Rows per INSERT statement, largest first: a group is cut into these
 /// sizes only, so a connection prepares at most this many distinct
@@ -43,6 +45,41 @@ fn chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
     }
     out
 }
+/// Events chained after a head: each with its sequence number and hash,
+/// and the new head.
+pub(crate) struct Linked {
+    pub rows: Vec<(i64, Event, String)>,
+    pub head_seq: i64,
+    pub head_hash: String,
+}
+
+/// Chains `events` after the head (`last_seq`, `prev`) of `service`'s
+/// trail, made storable, undated ones dated `now`.
+pub(crate) fn link(
+    service: &str,
+    last_seq: i64,
+    mut prev: String,
+    events: Vec<Event>,
+    now: i64,
+) -> Linked {
+    let mut rows = Vec::with_capacity(events.len());
+    for (i, event) in events.into_iter().enumerate() {
+        let mut event = event.storable();
+        if event.time == 0 {
+            event.time = now;
+        }
+        let seq = last_seq + 1 + i as i64;
+        let hash = chain_hash(&prev, service, seq, &event);
+        prev.clone_from(&hash);
+        rows.push((seq, event, hash));
+    }
+    Linked {
+        head_seq: last_seq + rows.len() as i64,
+        head_hash: prev,
+        rows,
+    }
+}
+
 /// `rows` groups of `columns` numbered placeholders: `($1,$2),($3,$4)`.
 fn placeholders(rows: usize, columns: usize) -> String {
     let mut out = String::with_capacity(rows * columns * 5);
@@ -233,19 +270,19 @@ impl AuditLog {
             .map_err(|_| anyhow::anyhow!("audit sealer lock poisoned"))?
             .take();
         if let Some(receiver) = receiver {
-            tokio::spawn(self.clone().seal_forever(receiver));
+            let sealer = Sealer::new(&self.db)?;
+            tokio::spawn(self.clone().seal_forever(sealer, receiver));
         }
         Ok(())
     }
 
     /// The sealer: the only writer of the chain. Each pass takes the reads
     /// waiting on the queue and the changes' staged events, and seals them
-    /// in one transaction on a connection of its own (outside the pool, so
-    /// it never waits behind requests, and its statements stay prepared).
+    /// in one transaction on a native connection of its own (outside the
+    /// pool, so it never waits behind requests; see [`Sealer`]).
     /// It passes again at once while work waits, and otherwise sleeps until
     /// a read arrives, a change commits, or the sweep interval passes.
-    async fn seal_forever(self, mut receiver: mpsc::Receiver<Job>) {
-        let mut connection: Option<sqlx::AnyConnection> = None;
+    async fn seal_forever(self, mut sealer: Sealer, mut receiver: mpsc::Receiver<Job>) {
         let mut sweep = tokio::time::interval(SEAL_SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flushes: Vec<oneshot::Sender<Result<(), ()>>> = Vec::new();
@@ -278,7 +315,10 @@ impl AuditLog {
                 }
             }
             let events: Vec<Event> = reads.iter().map(|(e, _)| (**e).clone()).collect();
-            let staged = match self.seal(&mut connection, &events, SEAL_BATCH).await {
+            let staged = match sealer
+                .seal(self.service, &events, SEAL_BATCH, self.now())
+                .await
+            {
                 Ok(staged) => {
                     for (_, done) in reads {
                         let _ = done.send(Ok(()));
@@ -290,10 +330,10 @@ impl AuditLog {
                     // read, nor hold up the changes' events: the staged
                     // events are sealed alone, then each read alone, and
                     // only what fails alone is refused.
-                    let staged = self.seal(&mut connection, &[], SEAL_BATCH).await;
+                    let staged = sealer.seal(self.service, &[], SEAL_BATCH, self.now()).await;
                     for (event, done) in reads {
-                        let alone = self
-                            .seal(&mut connection, std::slice::from_ref(&event), 0)
+                        let alone = sealer
+                            .seal(self.service, std::slice::from_ref(&*event), 0, self.now())
                             .await;
                         if let Err(err) = &alone {
                             tracing::error!(service = self.service, error = %err, "audit read event not stored");
@@ -322,77 +362,6 @@ impl AuditLog {
                 }
             }
         }
-    }
-
-    /// One sealing pass in one transaction: up to `batch` staged events in
-    /// the order they were made, then `reads`. Returns how many staged
-    /// events it sealed.
-    async fn seal(
-        &self,
-        connection: &mut Option<sqlx::AnyConnection>,
-        reads: &[Event],
-        batch: i64,
-    ) -> Result<i64, ApiError> {
-        let outcome = async {
-            let conn = match connection.as_mut() {
-                Some(conn) => conn,
-                None => connection.insert(self.db.pool().acquire().await?.detach()),
-            };
-            if reads.is_empty() {
-                // Nothing to answer: skip the write transaction (and, on
-                // SQLite, the write lock) when nothing is staged.
-                let staged =
-                    sqlx::query("SELECT 1 AS one FROM audit_pending WHERE service = $1 LIMIT 1")
-                        .bind(self.service)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                if staged.is_none() {
-                    return Ok(0);
-                }
-            }
-            let mut tx = sqlx::Connection::begin(conn).await?;
-            // Write first: the head row's lock makes sealers (one per
-            // replica) take turns, and keeps SQLite transactions write-first.
-            let head = sqlx::query(
-                "UPDATE audit_chain SET seq = seq WHERE service = $1 RETURNING seq, hash",
-            )
-            .bind(self.service)
-            .fetch_one(&mut *tx)
-            .await?;
-            // DELETE ... RETURNING takes exactly the staged rows this
-            // statement sees: a change committing meanwhile keeps its rows
-            // for the next pass, whatever its id.
-            let mut staged = if batch > 0 {
-                sqlx::query(
-                    "DELETE FROM audit_pending WHERE service = $1 AND id IN \
-                     (SELECT id FROM audit_pending WHERE service = $1 ORDER BY id LIMIT $2) \
-                     RETURNING *",
-                )
-                .bind(self.service)
-                .bind(batch)
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(staged_from_row)
-                .collect::<Result<Vec<_>, _>>()?
-            } else {
-                Vec::new()
-            };
-            staged.sort_by(|a, b| a.0.cmp(&b.0));
-            let sealed = staged.len() as i64;
-            let mut events: Vec<Event> = staged.into_iter().map(|(_, e)| e).collect();
-            events.extend(reads.iter().cloned());
-            self.chain(&mut tx, head.try_get("seq")?, head.try_get("hash")?, events)
-                .await?;
-            tx.commit().await?;
-            Ok::<_, ApiError>(sealed)
-        }
-        .await;
-        if outcome.is_err() {
-            // A fresh connection next time, in case this one broke.
-            *connection = None;
-        }
-        outcome
     }
 
     /// Stores a read's event, sharing a commit with concurrent callers;
@@ -499,67 +468,6 @@ impl AuditLog {
             }
             query.execute(&mut **tx).await?;
         }
-        Ok(())
-    }
-
-    /// Chains `events` after the head (`last_seq`, `prev`) inside the
-    /// sealer's transaction, which holds the head row.
-    async fn chain(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        last_seq: i64,
-        mut prev: String,
-        events: Vec<Event>,
-    ) -> Result<(), ApiError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let now = self.now();
-        let mut rows = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
-            let mut event = event.storable();
-            if event.time == 0 {
-                event.time = now;
-            }
-            let seq = last_seq + 1 + i as i64;
-            let hash = chain_hash(&prev, self.service, seq, &event);
-            prev.clone_from(&hash);
-            rows.push((seq, event, hash));
-        }
-        let head_seq = last_seq + rows.len() as i64;
-        for chunk in chunks(&rows) {
-            let sql = format!(
-                "INSERT INTO audit_events (service, seq, time, caller, on_behalf_of, purpose, action, \
-                 method, resource, subject_ref, fields, outcome, detail, hash) VALUES {}",
-                placeholders(chunk.len(), 14)
-            );
-            // Only placeholders are formatted into the statement.
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for (seq, e, hash) in chunk {
-                query = query
-                    .bind(self.service)
-                    .bind(*seq)
-                    .bind(e.time)
-                    .bind(e.caller.clone())
-                    .bind(e.on_behalf_of.clone())
-                    .bind(e.purpose.clone())
-                    .bind(i64::from(e.action))
-                    .bind(e.method.clone())
-                    .bind(e.resource.clone())
-                    .bind(e.subject_ref.clone())
-                    .bind(e.fields.join(","))
-                    .bind(i64::from(e.outcome))
-                    .bind(e.detail.clone())
-                    .bind(hash.clone());
-            }
-            query.execute(&mut **tx).await?;
-        }
-        sqlx::query("UPDATE audit_chain SET seq = $1, hash = $2 WHERE service = $3")
-            .bind(head_seq)
-            .bind(&prev)
-            .bind(self.service)
-            .execute(&mut **tx)
-            .await?;
         Ok(())
     }
 
@@ -734,13 +642,7 @@ fn stored_from_row(row: &AnyRow) -> Result<StoredEvent, ApiError> {
     })
 }
 
-/// A staged event and its id.
-fn staged_from_row(row: &AnyRow) -> Result<(String, Event), ApiError> {
-    Ok((row.try_get("id")?, event_from_row(row)?))
-}
-
 fn event_from_row(row: &AnyRow) -> Result<Event, ApiError> {
-    let fields: String = row.try_get("fields")?;
     Ok(Event {
         time: row.try_get("time")?,
         caller: row.try_get("caller")?,
@@ -750,11 +652,7 @@ fn event_from_row(row: &AnyRow) -> Result<Event, ApiError> {
         method: row.try_get("method")?,
         resource: row.try_get("resource")?,
         subject_ref: row.try_get("subject_ref")?,
-        fields: if fields.is_empty() {
-            Vec::new()
-        } else {
-            fields.split(',').map(str::to_owned).collect()
-        },
+        fields: split_fields(&row.try_get::<String, _>("fields")?),
         outcome: i32::try_from(row.try_get::<i64, _>("outcome")?).unwrap_or_default(),
         detail: row.try_get("detail")?,
     })

@@ -28,6 +28,7 @@ pub mod guard;
 pub mod keys;
 pub mod normalize;
 pub mod retention;
+mod sealer;
 pub mod token;
 pub mod vault;
 

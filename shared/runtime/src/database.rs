@@ -7,7 +7,12 @@
 //! one database (PostgreSQL in production, or one SQLite file) without their
 //! migration versions colliding.
 
-use std::{path::Path, str::FromStr, sync::Once, time::Duration};
+use std::{
+    path::Path,
+    str::FromStr,
+    sync::{Arc, Once},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use sqlx::{
@@ -28,7 +33,17 @@ pub enum Backend {
 pub struct Database {
     pool: AnyPool,
     backend: Backend,
+    /// For the hot paths' native connections; never shown (it can hold a
+    /// password).
+    url: Arc<str>,
+    /// Alive while any clone is: the SQLite checkpointer stops with the last.
+    _alive: Arc<()>,
+    checkpointed: bool,
 }
+
+/// How often the SQLite checkpointer copies the write-ahead log into the
+/// database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// The URL scheme, which is all that may be shown of a database URL: the rest
 /// can carry a password.
@@ -51,6 +66,15 @@ impl Database {
         if backend == Backend::Sqlite {
             prepare_sqlite_file(url)?;
         }
+        let alive = Arc::new(());
+        // SQLite checkpoints in whichever connection commits past the
+        // log's threshold, and a checkpoint syncs the file: an audit commit
+        // that a read waits on could wait for a disk sync. A task of its own
+        // checkpoints instead, beside the writers, never in their way.
+        let checkpointer = backend == Backend::Sqlite
+            && tokio::runtime::Handle::try_current()
+                .map(|rt| rt.spawn(checkpoint(url.to_owned(), Arc::downgrade(&alive))))
+                .is_ok();
         let options = AnyConnectOptions::from_str(url)
             .with_context(|| format!("invalid {} database URL", scheme_of(url)))?;
         let pool = AnyPoolOptions::new()
@@ -79,12 +103,21 @@ impl Database {
                         ] {
                             conn.execute(pragma).await?;
                         }
+                        if checkpointer {
+                            conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+                        }
                     }
                     Ok(())
                 })
             })
             .connect_lazy_with(options);
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            url: url.into(),
+            _alive: alive,
+            checkpointed: checkpointer,
+        })
     }
 
     /// Runs a service's migrations, recording them in `{service}_migrations`.
@@ -105,9 +138,67 @@ impl Database {
         self.backend
     }
 
+    /// The URL, for a native connection of a hot path. Never log or show
+    /// it: it can hold a password.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// True when a task of its own checkpoints this SQLite database (and
+    /// connections must not).
+    pub fn checkpointed(&self) -> bool {
+        self.checkpointed
+    }
+
+    /// The database file, on SQLite.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        (self.backend == Backend::Sqlite)
+            .then(|| sqlite_file(&self.url))
+            .filter(|p| !p.is_empty() && *p != ":memory:")
+            .map(Path::new)
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Checkpoints the SQLite database at `url` on a connection of its own
+/// until the last clone of its [`Database`] is dropped. PASSIVE: it copies
+/// what no reader still needs and waits for nobody.
+async fn checkpoint(url: String, alive: std::sync::Weak<()>) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut connection: Option<sqlx::AnyConnection> = None;
+    loop {
+        tick.tick().await;
+        if alive.strong_count() == 0 {
+            return;
+        }
+        let conn = match connection.as_mut() {
+            Some(conn) => conn,
+            None => match AnyConnectOptions::from_str(&url) {
+                Ok(options) => match sqlx::ConnectOptions::connect(&options).await {
+                    Ok(conn) => connection.insert(conn),
+                    Err(_) => continue,
+                },
+                Err(_) => return,
+            },
+        };
+        if let Err(err) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
+            tracing::warn!(error = %err, "SQLite checkpoint failed");
+            connection = None;
+        }
+    }
+}
+
+/// The file part of a SQLite URL.
+fn sqlite_file(url: &str) -> &str {
+    url.trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:")
+        .split('?')
+        .next()
+        .unwrap_or_default()
 }
 
 /// Makes the folder of a SQLite database and the file itself readable by
@@ -115,12 +206,7 @@ impl Database {
 /// and shared-memory files the database file's mode). Sealed data is
 /// still data about people, and blind indexes are in clear.
 fn prepare_sqlite_file(url: &str) -> anyhow::Result<()> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:")
-        .split('?')
-        .next()
-        .unwrap_or_default();
+    let path = sqlite_file(url);
     if path.is_empty() || path == ":memory:" {
         return Ok(());
     }

@@ -1,0 +1,377 @@
+//! The audit sealer's storage, native per backend. The sealer is the hot
+//! write path of every service (each read's event waits on its commit), so
+//! it does not go through sqlx's `Any` driver:
+//!
+//! - SQLite: rusqlite on the blocking pool, one hand-off per pass. sqlx's
+//!   SQLite driver hands every statement to the connection's thread, and a
+//!   pass is a dozen statements; here they run in place, prepared once.
+//! - PostgreSQL: sqlx's native driver, with every event of a pass inserted
+//!   by one `UNNEST` statement, and every statement checked by `query!`
+//!   against the schema (offline data in `.sqlx/`).
+//!
+//! Both do the same pass: lock the chain head, take up to `batch` staged
+//! events (exactly those committed when the statement looks), chain them and
+//! the reads after the head, move the head, commit.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+};
+
+use custodian_runtime::{ApiError, Backend, Database};
+use sqlx::{Connection as _, postgres::PgConnectOptions};
+
+use crate::audit::{Event, Linked, link};
+
+/// The staged events of one pass, oldest first, after their ids.
+fn in_order(mut staged: Vec<(String, Event)>) -> Vec<Event> {
+    staged.sort_by(|a, b| a.0.cmp(&b.0));
+    staged.into_iter().map(|(_, e)| e).collect()
+}
+
+pub(crate) enum Sealer {
+    Sqlite {
+        path: PathBuf,
+        checkpointed: bool,
+        connection: Arc<Mutex<Option<rusqlite::Connection>>>,
+    },
+    Postgres {
+        options: Box<PgConnectOptions>,
+        connection: Option<sqlx::PgConnection>,
+    },
+}
+
+impl Sealer {
+    pub(crate) fn new(db: &Database) -> anyhow::Result<Self> {
+        Ok(match db.backend() {
+            Backend::Sqlite => Self::Sqlite {
+                path: db
+                    .sqlite_path()
+                    .ok_or_else(|| anyhow::anyhow!("the audit trail needs a SQLite file"))?
+                    .to_path_buf(),
+                checkpointed: db.checkpointed(),
+                connection: Arc::new(Mutex::new(None)),
+            },
+            Backend::Postgres => Self::Postgres {
+                options: Box::new(db.url().parse()?),
+                connection: None,
+            },
+        })
+    }
+
+    /// One pass; returns how many staged events it sealed. On an error the
+    /// connection is dropped, so the next pass starts on a fresh one.
+    pub(crate) async fn seal(
+        &mut self,
+        service: &'static str,
+        reads: &[Event],
+        batch: i64,
+        now: i64,
+    ) -> Result<i64, ApiError> {
+        match self {
+            Self::Sqlite {
+                path,
+                checkpointed,
+                connection,
+            } => {
+                let (path, checkpointed, connection) =
+                    (path.clone(), *checkpointed, connection.clone());
+                let reads = reads.to_vec();
+                tokio::task::spawn_blocking(move || {
+                    let mut guard = connection.lock().map_err(|_| {
+                        ApiError::internal(std::io::Error::other("sealer poisoned"))
+                    })?;
+                    let conn = match guard.as_mut() {
+                        Some(conn) => conn,
+                        None => guard.insert(open_sqlite(&path, checkpointed)?),
+                    };
+                    let outcome = seal_sqlite(conn, service, reads, batch, now);
+                    if outcome.is_err() {
+                        *guard = None;
+                    }
+                    outcome.map_err(ApiError::internal)
+                })
+                .await
+                .map_err(ApiError::internal)?
+            }
+            Self::Postgres {
+                options,
+                connection,
+            } => {
+                let conn = match connection.as_mut() {
+                    Some(conn) => conn,
+                    None => connection.insert(sqlx::PgConnection::connect_with(options).await?),
+                };
+                let outcome = seal_postgres(conn, service, reads, batch, now).await;
+                if outcome.is_err() {
+                    *connection = None;
+                }
+                outcome
+            }
+        }
+    }
+}
+
+fn open_sqlite(
+    path: &std::path::Path,
+    checkpointed: bool,
+) -> Result<rusqlite::Connection, ApiError> {
+    let conn = rusqlite::Connection::open(path).map_err(ApiError::internal)?;
+    // The pool's settings (see `Database::connect_lazy`); the checkpointer,
+    // when it runs, checkpoints for this connection too.
+    conn.execute_batch(if checkpointed {
+        "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA secure_delete = ON; \
+         PRAGMA wal_autocheckpoint = 0;"
+    } else {
+        "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA secure_delete = ON;"
+    })
+    .map_err(ApiError::internal)?;
+    Ok(conn)
+}
+
+fn seal_sqlite(
+    conn: &mut rusqlite::Connection,
+    service: &'static str,
+    reads: Vec<Event>,
+    batch: i64,
+    now: i64,
+) -> rusqlite::Result<i64> {
+    use rusqlite::{OptionalExtension as _, params};
+    if reads.is_empty() {
+        // Nothing to answer: no write lock when nothing is staged.
+        let staged: Option<i64> = conn
+            .prepare_cached("SELECT 1 FROM audit_pending WHERE service = ?1 LIMIT 1")?
+            .query_row([service], |r| r.get(0))
+            .optional()?;
+        if staged.is_none() {
+            return Ok(0);
+        }
+    }
+    // IMMEDIATE: the write lock first, so the head read next cannot change
+    // under this pass (a replica's sealer on the same file waits).
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let (seq, hash): (i64, String) = tx
+        .prepare_cached("SELECT seq, hash FROM audit_chain WHERE service = ?1")?
+        .query_row([service], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let mut staged = Vec::new();
+    if batch > 0 {
+        let mut take = tx.prepare_cached(
+            "DELETE FROM audit_pending WHERE service = ?1 AND id IN \
+             (SELECT id FROM audit_pending WHERE service = ?1 ORDER BY id LIMIT ?2) \
+             RETURNING id, time, caller, on_behalf_of, purpose, action, method, resource, \
+             subject_ref, fields, outcome, detail",
+        )?;
+        let rows = take.query_map(params![service, batch], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Event {
+                    time: r.get(1)?,
+                    caller: r.get(2)?,
+                    on_behalf_of: r.get(3)?,
+                    purpose: r.get(4)?,
+                    action: i32::try_from(r.get::<_, i64>(5)?).unwrap_or_default(),
+                    method: r.get(6)?,
+                    resource: r.get(7)?,
+                    subject_ref: r.get(8)?,
+                    fields: split_fields(&r.get::<_, String>(9)?),
+                    outcome: i32::try_from(r.get::<_, i64>(10)?).unwrap_or_default(),
+                    detail: r.get(11)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            staged.push(row?);
+        }
+    }
+    let sealed = staged.len() as i64;
+    let mut events = in_order(staged);
+    events.extend(reads);
+    let Linked {
+        rows,
+        head_seq,
+        head_hash,
+    } = link(service, seq, hash, events, now);
+    if !rows.is_empty() {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO audit_events (service, seq, time, caller, on_behalf_of, purpose, action, \
+             method, resource, subject_ref, fields, outcome, detail, hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?;
+        for (seq, e, hash) in &rows {
+            insert.execute(params![
+                service,
+                seq,
+                e.time,
+                e.caller,
+                e.on_behalf_of,
+                e.purpose,
+                i64::from(e.action),
+                e.method,
+                e.resource,
+                e.subject_ref,
+                e.fields.join(","),
+                i64::from(e.outcome),
+                e.detail,
+                hash
+            ])?;
+        }
+        drop(insert);
+        tx.prepare_cached("UPDATE audit_chain SET seq = ?1, hash = ?2 WHERE service = ?3")?
+            .execute(params![head_seq, head_hash, service])?;
+    }
+    tx.commit()?;
+    Ok(sealed)
+}
+
+async fn seal_postgres(
+    conn: &mut sqlx::PgConnection,
+    service: &'static str,
+    reads: &[Event],
+    batch: i64,
+    now: i64,
+) -> Result<i64, ApiError> {
+    if reads.is_empty() {
+        let staged = sqlx::query_scalar!(
+            "SELECT 1 AS one FROM audit_pending WHERE service = $1 LIMIT 1",
+            service
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        if staged.is_none() {
+            return Ok(0);
+        }
+    }
+    let mut tx = conn.begin().await?;
+    // The head row's lock makes sealers (one per replica) take turns.
+    let head = sqlx::query!(
+        "UPDATE audit_chain SET seq = seq WHERE service = $1 RETURNING seq, hash",
+        service
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let staged = if batch > 0 {
+        sqlx::query!(
+            "DELETE FROM audit_pending WHERE service = $1 AND id IN \
+             (SELECT id FROM audit_pending WHERE service = $1 ORDER BY id LIMIT $2) \
+             RETURNING id, time, caller, on_behalf_of, purpose, action, method, resource, \
+             subject_ref, fields, outcome, detail",
+            service,
+            batch
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| {
+            (
+                r.id,
+                Event {
+                    time: r.time,
+                    caller: r.caller,
+                    on_behalf_of: r.on_behalf_of,
+                    purpose: r.purpose,
+                    action: i32::try_from(r.action).unwrap_or_default(),
+                    method: r.method,
+                    resource: r.resource,
+                    subject_ref: r.subject_ref,
+                    fields: split_fields(&r.fields),
+                    outcome: i32::try_from(r.outcome).unwrap_or_default(),
+                    detail: r.detail,
+                },
+            )
+        })
+        .collect()
+    } else {
+        Vec::new()
+    };
+    let sealed = staged.len() as i64;
+    let mut events = in_order(staged);
+    events.extend(reads.iter().cloned());
+    let Linked {
+        rows,
+        head_seq,
+        head_hash,
+    } = link(service, head.seq, head.hash, events, now);
+    if !rows.is_empty() {
+        let mut columns = Columns::default();
+        for (seq, e, hash) in rows {
+            columns.push(seq, e, hash);
+        }
+        sqlx::query!(
+            "INSERT INTO audit_events (service, seq, time, caller, on_behalf_of, purpose, action, \
+             method, resource, subject_ref, fields, outcome, detail, hash) \
+             SELECT $1::TEXT, * FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], \
+             $6::TEXT[], $7::BIGINT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], \
+             $12::BIGINT[], $13::TEXT[], $14::TEXT[])",
+            service,
+            &columns.seq,
+            &columns.time,
+            &columns.caller,
+            &columns.on_behalf_of,
+            &columns.purpose,
+            &columns.action,
+            &columns.method,
+            &columns.resource,
+            &columns.subject_ref,
+            &columns.fields,
+            &columns.outcome,
+            &columns.detail,
+            &columns.hash,
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "UPDATE audit_chain SET seq = $1, hash = $2 WHERE service = $3",
+            head_seq,
+            head_hash,
+            service
+        )
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(sealed)
+}
+
+/// A pass's events, column by column, for `UNNEST`.
+#[derive(Default)]
+struct Columns {
+    seq: Vec<i64>,
+    time: Vec<i64>,
+    caller: Vec<String>,
+    on_behalf_of: Vec<String>,
+    purpose: Vec<String>,
+    action: Vec<i64>,
+    method: Vec<String>,
+    resource: Vec<String>,
+    subject_ref: Vec<String>,
+    fields: Vec<String>,
+    outcome: Vec<i64>,
+    detail: Vec<String>,
+    hash: Vec<String>,
+}
+
+impl Columns {
+    fn push(&mut self, seq: i64, e: Event, hash: String) {
+        self.seq.push(seq);
+        self.time.push(e.time);
+        self.caller.push(e.caller);
+        self.on_behalf_of.push(e.on_behalf_of);
+        self.purpose.push(e.purpose);
+        self.action.push(i64::from(e.action));
+        self.method.push(e.method);
+        self.resource.push(e.resource);
+        self.subject_ref.push(e.subject_ref);
+        self.fields.push(e.fields.join(","));
+        self.outcome.push(i64::from(e.outcome));
+        self.detail.push(e.detail);
+        self.hash.push(hash);
+    }
+}
+
+pub(crate) fn split_fields(fields: &str) -> Vec<String> {
+    if fields.is_empty() {
+        Vec::new()
+    } else {
+        fields.split(',').map(str::to_owned).collect()
+    }
+}
