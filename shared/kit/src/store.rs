@@ -442,21 +442,42 @@ impl Store {
     // --- rows ------------------------------------------------------------
 
     pub(crate) fn open(&self, binding: &Binding, row: &AnyRow) -> Result<Row, ApiError> {
-        let id: String = row.try_get("id")?;
-        let tenant_id: String = row.try_get("tenant_id")?;
-        let parent_id: String = row.try_get("parent_id")?;
-        let subject_id: String = row.try_get("subject_id")?;
+        self.open_raw(
+            binding,
+            Raw {
+                id: row.try_get("id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                parent_id: row.try_get("parent_id")?,
+                subject_id: row.try_get("subject_id")?,
+                data: row.try_get("data")?,
+                attrs: row.try_get("attrs")?,
+                create_time: row.try_get("create_time")?,
+                update_time: row.try_get("update_time")?,
+                wrapped_key: row.try_get("wrapped_key")?,
+            },
+        )
+    }
+
+    fn open_raw(&self, binding: &Binding, raw: Raw) -> Result<Row, ApiError> {
+        let Raw {
+            id,
+            tenant_id,
+            parent_id,
+            subject_id,
+            data: sealed,
+            attrs,
+            create_time,
+            update_time,
+            wrapped_key: wrapped,
+        } = raw;
         let name = binding.name(&tenant_id, &parent_id, &id);
         let desc = binding.spec.desc.clone();
-        let attrs: String = row.try_get("attrs")?;
         let attrs = STANDARD
             .decode(attrs)
             .map_err(|_| internal("stored attributes are not base64"))?;
         let mut message =
             DynamicMessage::decode(desc.clone(), attrs.as_slice()).map_err(ApiError::internal)?;
-        let sealed: String = row.try_get("data")?;
         if !sealed.is_empty() {
-            let wrapped: Option<String> = row.try_get("wrapped_key")?;
             let wrapped = wrapped.ok_or_else(|| internal("a sealed record has no data key"))?;
             let key = self.vault().unwrap(&subject_id, &wrapped)?;
             let plain = self.vault().open(&key, &sealed, &name)?;
@@ -466,8 +487,6 @@ impl Store {
                 message.set_field(&field, value.clone());
             }
         }
-        let create_time: i64 = row.try_get("create_time")?;
-        let update_time: i64 = row.try_get("update_time")?;
         self.set_meta(
             binding,
             &mut message,
@@ -620,6 +639,30 @@ impl Store {
 
     async fn fetch(&self, binding: &Binding, id: &str) -> Result<Option<Row>, ApiError> {
         let sql = format!("{} WHERE r.id = $1", binding.select(self.inner.service));
+        // The hot read path: in place on SQLite (see `SqliteReader`).
+        if let Some(reader) = self.inner.db.sqlite_reader() {
+            let raw = reader
+                .read(|conn| {
+                    use rusqlite::OptionalExtension as _;
+                    conn.prepare_cached(&sql)?
+                        .query_row([id], |r| {
+                            Ok(Raw {
+                                id: r.get("id")?,
+                                tenant_id: r.get("tenant_id")?,
+                                parent_id: r.get("parent_id")?,
+                                subject_id: r.get("subject_id")?,
+                                data: r.get("data")?,
+                                attrs: r.get("attrs")?,
+                                create_time: r.get("create_time")?,
+                                update_time: r.get("update_time")?,
+                                wrapped_key: r.get("wrapped_key")?,
+                            })
+                        })
+                        .optional()
+                })
+                .map_err(ApiError::internal)?;
+            return raw.map(|raw| self.open_raw(binding, raw)).transpose();
+        }
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(self.inner.db.pool())
@@ -845,6 +888,19 @@ impl Store {
         self.shred_unused(tx, &subjects).await?;
         Ok(events)
     }
+}
+
+/// A record's columns as stored, before it is opened.
+struct Raw {
+    id: String,
+    tenant_id: String,
+    parent_id: String,
+    subject_id: String,
+    data: String,
+    attrs: String,
+    create_time: i64,
+    update_time: i64,
+    wrapped_key: Option<String>,
 }
 
 /// Whether a record (by tenant, email key, phone key) is under a legal hold.

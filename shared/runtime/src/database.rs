@@ -39,6 +39,8 @@ pub struct Database {
     /// Alive while any clone is: the SQLite checkpointer stops with the last.
     _alive: Arc<()>,
     checkpointed: bool,
+    /// Point reads on SQLite, in place (see [`SqliteReader`]).
+    reader: Option<Arc<SqliteReader>>,
 }
 
 /// How often the SQLite checkpointer copies the write-ahead log into the
@@ -117,6 +119,10 @@ impl Database {
             url: url.into(),
             _alive: alive,
             checkpointed: checkpointer,
+            reader: (backend == Backend::Sqlite)
+                .then(|| sqlite_file(url))
+                .filter(|p| !p.is_empty() && *p != ":memory:")
+                .map(|p| Arc::new(SqliteReader::new(Path::new(p)))),
         })
     }
 
@@ -150,6 +156,11 @@ impl Database {
         self.checkpointed
     }
 
+    /// In-place point reads, on a SQLite file.
+    pub fn sqlite_reader(&self) -> Option<&SqliteReader> {
+        self.reader.as_deref()
+    }
+
     /// The database file, on SQLite.
     pub fn sqlite_path(&self) -> Option<&Path> {
         (self.backend == Backend::Sqlite)
@@ -160,6 +171,64 @@ impl Database {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Point reads on a SQLite file without sqlx's hand-off of each query to a
+/// connection thread: a read of one row by key takes microseconds in
+/// SQLite, less than the two thread switches around it, so it runs in
+/// place on the calling task's thread. In WAL mode a reader never waits on
+/// the writer. Connections are read-only (`query_only`), opened on first
+/// use, one per concurrent reader at most [`READERS`].
+#[derive(Debug)]
+pub struct SqliteReader {
+    path: std::path::PathBuf,
+    connections: Vec<std::sync::Mutex<Option<rusqlite::Connection>>>,
+}
+
+/// Read connections kept: one per runtime worker thread is all that can be
+/// busy at once; a few more cover blocking callers.
+const READERS: usize = 8;
+
+impl SqliteReader {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            connections: (0..READERS).map(|_| std::sync::Mutex::new(None)).collect(),
+        }
+    }
+
+    /// Runs `read` on a free connection (or waits for one, which is only
+    /// ever busy for one point read).
+    pub fn read<T>(
+        &self,
+        read: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        let mut slot = self.connections.iter().find_map(|c| c.try_lock().ok());
+        if slot.is_none() {
+            slot = self.connections[0].lock().ok();
+        }
+        let Some(mut slot) = slot else {
+            return Err(rusqlite::Error::InvalidQuery);
+        };
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => {
+                let conn = rusqlite::Connection::open_with_flags(
+                    &self.path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 1000;")?;
+                slot.insert(conn)
+            }
+        };
+        let outcome = read(conn);
+        if outcome.is_err() {
+            // A fresh connection next time, in case this one broke.
+            *slot = None;
+        }
+        outcome
     }
 }
 
