@@ -17,7 +17,10 @@
 //! removes a prefix of the chain and moves the anchor forward, so what is
 //! left still verifies.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
 
 use custodian_proto::audit::v1::{AuditAction, AuditOutcome, ChainVerification};
 use custodian_runtime::{ApiError, Database, time::Clock};
@@ -221,6 +224,10 @@ pub struct AuditLog {
     queue: mpsc::Sender<Job>,
     receiver: Arc<std::sync::Mutex<Option<mpsc::Receiver<Job>>>>,
     wake: Arc<Notify>,
+    /// Set by a commit that staged events, taken by the next pass: a pass
+    /// for reads alone leaves the staged table alone (on PostgreSQL, its
+    /// dead rows cost every look until vacuum).
+    staged: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -241,6 +248,7 @@ impl AuditLog {
             queue,
             receiver: Arc::new(std::sync::Mutex::new(Some(receiver))),
             wake: Arc::new(Notify::new()),
+            staged: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -291,6 +299,7 @@ impl AuditLog {
         let mut more = false;
         loop {
             let mut jobs = Vec::new();
+            let mut swept = false;
             if !more {
                 tokio::select! {
                     job = receiver.recv() => match job {
@@ -298,7 +307,7 @@ impl AuditLog {
                         None => return,
                     },
                     () = self.wake.notified() => {}
-                    _ = sweep.tick() => {}
+                    _ = sweep.tick() => swept = true,
                 }
             }
             while jobs.len() < MAX_GROUP {
@@ -315,10 +324,16 @@ impl AuditLog {
                 }
             }
             let events: Vec<Event> = reads.iter().map(|(e, _)| (**e).clone()).collect();
-            let staged = match sealer
-                .seal(self.service, &events, SEAL_BATCH, self.now())
-                .await
+            let batch = if more
+                || swept
+                || !flushes.is_empty()
+                || self.staged.swap(false, Ordering::AcqRel)
             {
+                SEAL_BATCH
+            } else {
+                0
+            };
+            let staged = match sealer.seal(self.service, &events, batch, self.now()).await {
                 Ok(staged) => {
                     for (_, done) in reads {
                         let _ = done.send(Ok(()));
@@ -330,7 +345,7 @@ impl AuditLog {
                     // read, nor hold up the changes' events: the staged
                     // events are sealed alone, then each read alone, and
                     // only what fails alone is refused.
-                    let staged = sealer.seal(self.service, &[], SEAL_BATCH, self.now()).await;
+                    let staged = sealer.seal(self.service, &[], batch, self.now()).await;
                     for (event, done) in reads {
                         let alone = sealer
                             .seal(self.service, std::slice::from_ref(&*event), 0, self.now())
@@ -406,6 +421,7 @@ impl AuditLog {
 
     /// Wakes the sealer: a change with staged events has committed.
     pub fn wake(&self) {
+        self.staged.store(true, Ordering::Release);
         self.wake.notify_one();
     }
 

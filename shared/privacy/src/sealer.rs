@@ -68,6 +68,9 @@ impl Sealer {
         batch: i64,
         now: i64,
     ) -> Result<i64, ApiError> {
+        if reads.is_empty() && batch == 0 {
+            return Ok(0);
+        }
         match self {
             Self::Sqlite {
                 path,
