@@ -96,8 +96,20 @@ TOKEN="$("$BIN" token --data-dir "$WORK/data" --subject bench:h2load \
     --purpose service_delivery --purpose administration)"
 AUTH="authorization: Bearer ${TOKEN}"
 
-grpcurl -plaintext -H "$AUTH" -d '{"tenant": {"display_name": "Bench"}, "tenant_id": "bench"}' \
-    "$ADDR" custodian.identity.v1.TenantService/CreateTenant >/dev/null
+# Health can say SERVING before every service has finished starting (its
+# migrations, on PostgreSQL): retry while the answer is "server is starting".
+for attempt in $(seq 1 50); do
+    if out=$(grpcurl -plaintext -H "$AUTH" \
+        -d '{"tenant": {"display_name": "Bench"}, "tenant_id": "bench"}' \
+        "$ADDR" custodian.identity.v1.TenantService/CreateTenant 2>&1); then
+        break
+    fi
+    if ! grep -q "server is starting" <<<"$out" || ((attempt == 50)); then
+        echo "$out" >&2
+        exit 1
+    fi
+    sleep 0.2
+done
 NAME="$(grpcurl -plaintext -H "$AUTH" -d '{
       "parent": "tenants/bench",
       "contact": {

@@ -38,6 +38,10 @@ pub(crate) enum Sealer {
     Postgres {
         options: Box<PgConnectOptions>,
         connection: Option<sqlx::PgConnection>,
+        /// The chain head as this sealer last left it: a pass of reads
+        /// alone checks it and moves it in the same statement that inserts
+        /// the events, one round trip in all.
+        head: Option<(i64, String)>,
     },
 }
 
@@ -55,6 +59,7 @@ impl Sealer {
             Backend::Postgres => Self::Postgres {
                 options: Box::new(db.url().parse()?),
                 connection: None,
+                head: None,
             },
         })
     }
@@ -100,16 +105,40 @@ impl Sealer {
             Self::Postgres {
                 options,
                 connection,
+                head,
             } => {
                 let conn = match connection.as_mut() {
                     Some(conn) => conn,
                     None => connection.insert(sqlx::PgConnection::connect_with(options).await?),
                 };
-                let outcome = seal_postgres(conn, service, reads, batch, now).await;
-                if outcome.is_err() {
-                    *connection = None;
+                if batch == 0
+                    && let Some((seq, hash)) = head.take()
+                {
+                    match append_postgres(conn, service, reads, seq, hash, now).await {
+                        Ok(Some(moved)) => {
+                            *head = Some(moved);
+                            return Ok(0);
+                        }
+                        // Another replica's sealer moved the head: the
+                        // locked pass below reads it.
+                        Ok(None) => {}
+                        Err(err) => {
+                            *connection = None;
+                            return Err(err);
+                        }
+                    }
                 }
-                outcome
+                let outcome = seal_postgres(conn, service, reads, batch, now).await;
+                match outcome {
+                    Ok((sealed, moved)) => {
+                        *head = Some(moved);
+                        Ok(sealed)
+                    }
+                    Err(err) => {
+                        *connection = None;
+                        Err(err)
+                    }
+                }
             }
         }
     }
@@ -226,13 +255,64 @@ fn seal_sqlite(
     Ok(sealed)
 }
 
+/// Reads' events chained after a head this sealer knows, in one
+/// statement (its own transaction): the head moves only if it is still
+/// where this sealer left it, and the events go in only if it moved.
+/// Returns the new head, or `None` when the head was elsewhere and nothing
+/// was written.
+async fn append_postgres(
+    conn: &mut sqlx::PgConnection,
+    service: &'static str,
+    reads: &[Event],
+    seq: i64,
+    hash: String,
+    now: i64,
+) -> Result<Option<(i64, String)>, ApiError> {
+    let Linked {
+        rows,
+        head_seq,
+        head_hash,
+    } = link(service, seq, hash.clone(), reads.to_vec(), now);
+    let count = rows.len() as u64;
+    let mut columns = Columns::default();
+    for (seq, e, hash) in rows {
+        columns.push(seq, e, hash);
+    }
+    let done = sqlx::query!(
+        "WITH head AS (UPDATE audit_chain SET seq = $2, hash = $3          WHERE service = $1 AND seq = $4 AND hash = $5 RETURNING service)          INSERT INTO audit_events (service, seq, time, caller, on_behalf_of, purpose, action,          method, resource, subject_ref, fields, outcome, detail, hash)          SELECT head.service, e.* FROM head, UNNEST($6::BIGINT[], $7::BIGINT[], $8::TEXT[],          $9::TEXT[], $10::TEXT[], $11::BIGINT[], $12::TEXT[], $13::TEXT[], $14::TEXT[],          $15::TEXT[], $16::BIGINT[], $17::TEXT[], $18::TEXT[]) AS e",
+        service,
+        head_seq,
+        &head_hash,
+        seq,
+        &hash,
+        &columns.seq,
+        &columns.time,
+        &columns.caller,
+        &columns.on_behalf_of,
+        &columns.purpose,
+        &columns.action,
+        &columns.method,
+        &columns.resource,
+        &columns.subject_ref,
+        &columns.fields,
+        &columns.outcome,
+        &columns.detail,
+        &columns.hash,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok((done.rows_affected() == count).then_some((head_seq, head_hash)))
+}
+
+/// A pass under the head's lock; returns how many staged events it sealed
+/// and the new head.
 async fn seal_postgres(
     conn: &mut sqlx::PgConnection,
     service: &'static str,
     reads: &[Event],
     batch: i64,
     now: i64,
-) -> Result<i64, ApiError> {
+) -> Result<(i64, (i64, String)), ApiError> {
     if reads.is_empty() {
         let staged = sqlx::query_scalar!(
             "SELECT 1 AS one FROM audit_pending WHERE service = $1 LIMIT 1",
@@ -241,7 +321,13 @@ async fn seal_postgres(
         .fetch_optional(&mut *conn)
         .await?;
         if staged.is_none() {
-            return Ok(0);
+            let head = sqlx::query!(
+                "SELECT seq, hash FROM audit_chain WHERE service = $1",
+                service
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            return Ok((0, (head.seq, head.hash)));
         }
     }
     let mut tx = conn.begin().await?;
@@ -332,7 +418,7 @@ async fn seal_postgres(
         .await?;
     }
     tx.commit().await?;
-    Ok(sealed)
+    Ok((sealed, (head_seq, head_hash)))
 }
 
 /// A pass's events, column by column, for `UNNEST`.
