@@ -279,9 +279,39 @@ impl AuditLog {
             .take();
         if let Some(receiver) = receiver {
             let sealer = Sealer::new(&self.db)?;
-            tokio::spawn(self.clone().seal_forever(sealer, receiver));
+            let sealing = Sealing {
+                service: self.service,
+                clock: self.clock.clone(),
+                wake: self.wake.clone(),
+                staged: self.staged.clone(),
+            };
+            // A thread and a runtime of its own: under load a task on the
+            // shared runtime waits its turn behind every request after each
+            // statement, and every read waits on the sealer. It ends when
+            // the last AuditLog (the last sender) is dropped.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::thread::Builder::new()
+                .name(format!("sealer-{}", self.service))
+                .spawn(move || runtime.block_on(sealing.run(sealer, receiver)))?;
         }
         Ok(())
+    }
+}
+
+/// What the sealer holds of its [`AuditLog`]: not the queue's sender, so
+/// the queue closes (and the sealer ends) with the last `AuditLog`.
+struct Sealing {
+    service: &'static str,
+    clock: Arc<dyn Clock>,
+    wake: Arc<Notify>,
+    staged: Arc<AtomicBool>,
+}
+
+impl Sealing {
+    fn now(&self) -> i64 {
+        self.clock.now_micros()
     }
 
     /// The sealer: the only writer of the chain. Each pass takes the reads
@@ -290,7 +320,7 @@ impl AuditLog {
     /// pool, so it never waits behind requests; see [`Sealer`]).
     /// It passes again at once while work waits, and otherwise sleeps until
     /// a read arrives, a change commits, or the sweep interval passes.
-    async fn seal_forever(self, mut sealer: Sealer, mut receiver: mpsc::Receiver<Job>) {
+    async fn run(self, mut sealer: Sealer, mut receiver: mpsc::Receiver<Job>) {
         let mut sweep = tokio::time::interval(SEAL_SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flushes: Vec<oneshot::Sender<Result<(), ()>>> = Vec::new();
@@ -378,7 +408,9 @@ impl AuditLog {
             }
         }
     }
+}
 
+impl AuditLog {
     /// Stores a read's event, sharing a commit with concurrent callers;
     /// returns once it is sealed and durable. A read whose event cannot be
     /// stored must not be answered: callers turn an error here into
