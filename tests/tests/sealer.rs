@@ -121,3 +121,75 @@ storage_test!(two_replicas_share_one_chain, |app: TestApp| async move {
         assert_eq!(of(AuditAction::Read), 3, "read events of {name}");
     }
 });
+
+// The kernel's audit API takes a service's own transaction, native or
+// `Any`: events staged in a native SQLite or PostgreSQL transaction are
+// sealed into the chain like any other.
+storage_test!(
+    events_staged_in_a_native_transaction_are_sealed,
+    |app: TestApp| async move {
+        use custodian_privacy::audit::{AuditLog, Event, Filter};
+        use custodian_proto::audit::v1::AuditOutcome;
+
+        let db = custodian_runtime::Database::connect_lazy(&app.db.url, 2).expect("database");
+        let log = AuditLog::new(
+            "native-check",
+            db,
+            Arc::new(custodian_runtime::time::SystemClock),
+        );
+        log.start().await.expect("sealer");
+        let event = |resource: &str| Event {
+            caller: "test:native".into(),
+            resource: resource.into(),
+            ..Event::new(AuditAction::Update, AuditOutcome::Ok)
+        };
+        if app.db.url.starts_with("sqlite") {
+            let pool = sqlx::SqlitePool::connect(&app.db.url).await.expect("pool");
+            let tx = pool.begin().await.expect("begin");
+            log.commit(tx, &[event("things/1"), event("things/2")])
+                .await
+                .expect("staged");
+            // A rolled-back change leaves no event.
+            let mut tx = pool.begin().await.expect("begin");
+            log.stage_in_tx(&mut tx, &[event("things/3")])
+                .await
+                .expect("staged");
+            tx.rollback().await.expect("rollback");
+        } else {
+            let pool = sqlx::PgPool::connect(&app.db.url).await.expect("pool");
+            let tx = pool.begin().await.expect("begin");
+            log.commit(tx, &[event("things/1"), event("things/2")])
+                .await
+                .expect("staged");
+            let mut tx = pool.begin().await.expect("begin");
+            log.stage_in_tx(&mut tx, &[event("things/3")])
+                .await
+                .expect("staged");
+            tx.rollback().await.expect("rollback");
+        }
+        let listed = log
+            .list(
+                &Filter {
+                    resource: String::new(),
+                    subject_ref: String::new(),
+                    start_time: 0,
+                    end_time: i64::MAX,
+                },
+                0,
+                10,
+            )
+            .await
+            .expect("list");
+        let resources: Vec<&str> = listed.iter().map(|e| e.event.resource.as_str()).collect();
+        assert_eq!(resources, ["things/1", "things/2"]);
+        assert_eq!(
+            listed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2],
+            "sealed in order"
+        );
+        let verified = log.verify().await.expect("verify");
+        assert!(verified.intact, "{verified:?}");
+        assert_eq!(verified.events_checked, 2);
+        assert_eq!(verified.unsealed_events, 0);
+    }
+);

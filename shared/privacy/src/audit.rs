@@ -459,11 +459,18 @@ impl AuditLog {
 
     /// Stages `events` in `tx`, commits it, and wakes the sealer: the end
     /// of every audited change.
-    pub async fn commit(
+    pub async fn commit<DB>(
         &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Any>,
+        mut tx: sqlx::Transaction<'_, DB>,
         events: &[Event],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ApiError>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+        String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
         self.stage_in_tx(&mut tx, events).await?;
         tx.commit().await?;
         self.wake();
@@ -474,11 +481,21 @@ impl AuditLog {
     /// commit with it or not at all, and take no lock another change waits
     /// on. The sealer chains them after the commit; call [`Self::wake`]
     /// then.
-    pub async fn stage_in_tx(
+    ///
+    /// Any backend whose statements take `$n` placeholders: a service's
+    /// native SQLite or PostgreSQL transaction as well as sqlx's `Any`.
+    pub async fn stage_in_tx<DB>(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tx: &mut sqlx::Transaction<'_, DB>,
         events: &[Event],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ApiError>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+        String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
         let now = self.now();
         let rows: Vec<(String, Event)> = events
             .iter()
@@ -497,10 +514,10 @@ impl AuditLog {
                 placeholders(chunk.len(), 13)
             );
             // Only placeholders are formatted into the statement.
-            let mut query = sqlx::query(AssertSqlSafe(sql));
+            let mut query = sqlx::query::<DB>(AssertSqlSafe(sql));
             for (id, e) in chunk {
                 query = query
-                    .bind(self.service)
+                    .bind(self.service.to_owned())
                     .bind(id.clone())
                     .bind(e.time)
                     .bind(e.caller.clone())

@@ -73,34 +73,47 @@ impl Vault {
     /// The data key of the subject known by `email_index`, made on first
     /// use; a subject with no email gets a key of its own. Runs inside the
     /// caller's transaction, write first (see the identity store).
-    pub async fn subject_key(
+    ///
+    /// Any backend whose statements take `$n` placeholders: a service's
+    /// native SQLite or PostgreSQL transaction as well as sqlx's `Any`.
+    pub async fn subject_key<DB>(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tx: &mut sqlx::Transaction<'_, DB>,
         email_index: Option<&str>,
-    ) -> Result<(String, DataKey), ApiError> {
+    ) -> Result<(String, DataKey), ApiError>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+        String: for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+        Option<String>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'s> &'s str: sqlx::ColumnIndex<DB::Row>,
+    {
         let id = uuid::Uuid::now_v7().to_string();
         let fresh = DataKey::generate();
         let wrapped = self.keyring.wrap(&fresh, &self.aad(&id));
-        let inserted = sqlx::query(
+        let inserted = sqlx::query::<DB>(
             "INSERT INTO subject_keys (service, id, email_index, wrapped_key, master_key_id, create_time) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, email_index) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, email_index) DO NOTHING \
+             RETURNING id",
         )
-        .bind(self.service)
-        .bind(&id)
-        .bind(email_index)
+        .bind(self.service.to_owned())
+        .bind(id.clone())
+        .bind(email_index.map(str::to_owned))
         .bind(wrapped.to_text())
-        .bind(&wrapped.master_key_id)
+        .bind(wrapped.master_key_id.clone())
         .bind(now_micros())
-        .execute(&mut **tx)
+        .fetch_optional(&mut **tx)
         .await?;
-        if inserted.rows_affected() == 1 {
+        if inserted.is_some() {
             return Ok((id, fresh));
         }
-        let row = sqlx::query(
+        let row = sqlx::query::<DB>(
             "SELECT id, wrapped_key FROM subject_keys WHERE service = $1 AND email_index = $2",
         )
-        .bind(self.service)
-        .bind(email_index)
+        .bind(self.service.to_owned())
+        .bind(email_index.map(str::to_owned))
         .fetch_one(&mut **tx)
         .await?;
         let id: String = row.try_get("id")?;
@@ -126,14 +139,20 @@ impl Vault {
 
     /// Destroys a subject's data key (crypto-shredding). The caller decides
     /// when no record needs it any more.
-    pub async fn destroy_key(
+    pub async fn destroy_key<DB>(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tx: &mut sqlx::Transaction<'_, DB>,
         subject_id: &str,
-    ) -> Result<(), ApiError> {
-        sqlx::query("DELETE FROM subject_keys WHERE service = $1 AND id = $2")
-            .bind(self.service)
-            .bind(subject_id)
+    ) -> Result<(), ApiError>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+        String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        sqlx::query::<DB>("DELETE FROM subject_keys WHERE service = $1 AND id = $2")
+            .bind(self.service.to_owned())
+            .bind(subject_id.to_owned())
             .execute(&mut **tx)
             .await?;
         Ok(())
