@@ -778,7 +778,7 @@ impl Prober {
     pub async fn snapshot(&self) -> Snapshot {
         // Changes made just before stage their events; once sealed, new
         // events show only as chain heads moving.
-        crate::sealed(&self.raw).await;
+        crate::sealed(&self.channel, &self.token).await;
         let row = sqlx::query(sqlx::AssertSqlSafe(self.count_sql.clone()))
             .fetch_one(&self.raw)
             .await

@@ -358,12 +358,11 @@ impl TestApp {
             .events
     }
 
-    /// Waits until the audit sealers have chained every staged event of
+    /// Returns once the audit sealers have chained every staged event of
     /// the changes committed so far, so the trail can be read straight
-    /// from the database. Each sealer is woken by the commit itself; this
-    /// only waits for that pass to finish.
+    /// from the database.
     pub async fn sealed(&self) {
-        sealed(&self.raw).await;
+        sealed(&self.channel, &self.root_token).await;
     }
 
     /// Sealed audit events, read straight from the database.
@@ -521,24 +520,27 @@ pub mod fixtures {
     }
 }
 
-/// Waits until no audit event in the database behind `raw` waits to be
-/// sealed (see [`TestApp::sealed`]).
-pub async fn sealed(raw: &sqlx::AnyPool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let staged: i64 = sqlx::query("SELECT COUNT(*) AS n FROM audit_pending")
-            .fetch_one(raw)
-            .await
-            .expect("counting staged audit events")
-            .try_get("n")
-            .expect("count column");
-        if staged == 0 {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "audit events still unsealed after 10 s"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+/// Returns once every change committed so far has its audit events sealed
+/// into the chain: a listing makes each service's sealer seal what is
+/// staged before it answers (see [`TestApp::sealed`]). The listing asks for
+/// nothing (events of the far future), so it reads every service's trail
+/// and returns no event.
+pub async fn sealed(channel: &Channel, token: &str) {
+    let far_future = prost_types::Timestamp {
+        seconds: 32_503_680_000, // the year 3000
+        nanos: 0,
+    };
+    let listed =
+        custodian_proto::audit::v1::audit_service_client::AuditServiceClient::with_interceptor(
+            channel.clone(),
+            Bearer::new(Some(token)),
+        )
+        .list_audit_events(custodian_proto::audit::v1::ListAuditEventsRequest {
+            start_time: Some(far_future),
+            ..Default::default()
+        })
+        .await
+        .expect("sealing through a listing")
+        .into_inner();
+    assert!(listed.events.is_empty(), "no event is from the year 3000");
 }

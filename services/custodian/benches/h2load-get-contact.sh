@@ -24,7 +24,9 @@
 #
 # Environment: PORT (50099), ECHO_PORT (50098), REQUESTS (200000), CLIENTS
 # (16), STREAMS (16), DATABASE_URL (unset: SQLite), SKIP_BUILD=1 to use an
-# existing target/release/custodian and target/release/examples/echo.
+# existing target/release/custodian and target/release/examples/echo,
+# KEEP_LOG=PATH to keep the paced run's per-request log (start time in
+# microseconds, HTTP status, microseconds to the answer).
 set -euo pipefail
 
 PORT="${PORT:-50099}"

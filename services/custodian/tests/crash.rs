@@ -44,7 +44,7 @@ use custodian_proto::{
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncRead, BufReader},
-    sync::mpsc,
+    sync::{mpsc, watch},
     task::JoinSet,
 };
 use tonic::{
@@ -128,6 +128,8 @@ async fn crash_test(backend: &str, data_dir: &Path, database_url: Option<&str>) 
             server = Server::start(data_dir, database_url, &log).await;
         }
         let killed = Arc::new(AtomicBool::new(false));
+        let (acks, mut acked_so_far) = watch::channel(0usize);
+        let acks = Arc::new(acks);
         let mut clients = JoinSet::new();
         for worker in 0..WORKERS {
             // A connection per client, so the kill cuts many connections
@@ -141,9 +143,14 @@ async fn crash_test(backend: &str, data_dir: &Path, database_url: Option<&str>) 
                 parent.clone(),
                 format!("r{round}-w{worker}"),
                 Arc::clone(&killed),
+                Arc::clone(&acks),
             ));
         }
-        tokio::time::sleep(kill_delay(round)).await;
+        let target = kill_after(round);
+        tokio::time::timeout(CALL_TIMEOUT * 10, acked_so_far.wait_for(|n| *n >= target))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: fewer than {target} creates acknowledged"))
+            .expect("clients alive");
         // Set before the kill: an error seen while it is unset came from a
         // live server.
         killed.store(true, Ordering::SeqCst);
@@ -169,8 +176,8 @@ async fn crash_test(backend: &str, data_dir: &Path, database_url: Option<&str>) 
             2 * CALL_TIMEOUT
         );
         eprintln!(
-            "{backend}: round {round}: killed after {:?}: {acked} acknowledged, {unsure} uncertain",
-            kill_delay(round)
+            "{backend}: round {round}: killed after {target} acknowledged: \
+             {acked} acknowledged, {unsure} uncertain"
         );
     }
     assert!(
@@ -318,9 +325,10 @@ async fn crash_test(backend: &str, data_dir: &Path, database_url: Option<&str>) 
     );
 }
 
-/// Spreads the kills over a creating round: 100 to 600 ms after the start.
-fn kill_delay(round: u64) -> Duration {
-    Duration::from_millis(100 + (round * 137) % 500)
+/// Spreads the kills over a creating round: after 10 to 160 creates of the
+/// round were acknowledged, with creates of every client still in flight.
+fn kill_after(round: u64) -> usize {
+    10 + (round as usize * 37) % 150
 }
 
 /// Creates contacts one after another until the server is killed. Returns
@@ -330,6 +338,7 @@ async fn create_until_killed(
     parent: String,
     prefix: String,
     killed: Arc<AtomicBool>,
+    acks: Arc<watch::Sender<usize>>,
 ) -> Result<Seen, String> {
     let mut seen = Seen::default();
     for n in 0.. {
@@ -361,6 +370,7 @@ async fn create_until_killed(
                     ));
                 }
                 seen.acknowledged.push((contact.name, email));
+                acks.send_modify(|n| *n += 1);
             }
             failed => {
                 if !killed.load(Ordering::SeqCst) {
@@ -395,35 +405,28 @@ impl Check {
 
     /// Every chain intact, identity's among them.
     async fn chain_intact(&self) {
+        let verified = self
+            .audit
+            .clone()
+            .verify_audit_chain(VerifyAuditChainRequest {})
+            .await
+            .unwrap_or_else(|e| panic!("{}", self.failed("VerifyAuditChain", &e)))
+            .into_inner();
+        assert!(verified.intact, "{:?}", verified.chains);
+        let identity = verified
+            .chains
+            .iter()
+            .find(|c| c.service == "identity")
+            .unwrap_or_else(|| panic!("no identity chain in {:?}", verified.chains));
+        assert!(identity.intact, "{identity:?}");
+        assert!(identity.events_checked > 0, "{identity:?}");
         // A kill can leave events staged by committed creates; the restart
-        // alone (no request) must seal them. Wait for that, bounded.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let verified = self
-                .audit
-                .clone()
-                .verify_audit_chain(VerifyAuditChainRequest {})
-                .await
-                .unwrap_or_else(|e| panic!("{}", self.failed("VerifyAuditChain", &e)))
-                .into_inner();
-            assert!(verified.intact, "{:?}", verified.chains);
-            let identity = verified
-                .chains
-                .iter()
-                .find(|c| c.service == "identity")
-                .unwrap_or_else(|| panic!("no identity chain in {:?}", verified.chains));
-            assert!(identity.intact, "{identity:?}");
-            assert!(identity.events_checked > 0, "{identity:?}");
-            if verified.chains.iter().all(|c| c.unsealed_events == 0) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "staged events not sealed 10 s after the restart: {:?}",
-                verified.chains
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // alone (no request) seals them before the server serves.
+        assert!(
+            verified.chains.iter().all(|c| c.unsealed_events == 0),
+            "staged events not sealed by the restart: {:?}",
+            verified.chains
+        );
     }
 
     /// Identity's whole trail, every page.

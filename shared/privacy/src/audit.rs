@@ -260,9 +260,9 @@ impl AuditLog {
         self.clock.now_micros()
     }
 
-    /// Creates the chain head (once) and starts the sealer, which first
-    /// seals whatever an earlier run left staged. Call after the privacy
-    /// migrations have run.
+    /// Creates the chain head (once) and starts the sealer; returns once it
+    /// has sealed whatever an earlier run left staged. Call after the
+    /// privacy migrations have run.
     pub async fn start(&self) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO audit_chain (service, seq, hash, anchor_seq, anchor_hash) \
@@ -292,9 +292,13 @@ impl AuditLog {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
+            let (recovered, wait) = oneshot::channel();
             std::thread::Builder::new()
                 .name(format!("sealer-{}", self.service))
-                .spawn(move || runtime.block_on(sealing.run(sealer, receiver)))?;
+                .spawn(move || runtime.block_on(sealing.run(sealer, receiver, recovered)))?;
+            // The service serves only once what a crash left staged is in
+            // the chain.
+            let _ = wait.await;
         }
         Ok(())
     }
@@ -320,12 +324,29 @@ impl Sealing {
     /// pool, so it never waits behind requests; see [`Sealer`]).
     /// It passes again at once while work waits, and otherwise sleeps until
     /// a read arrives, a change commits, or the sweep interval passes.
-    async fn run(self, mut sealer: Sealer, mut receiver: mpsc::Receiver<Job>) {
-        let mut sweep = tokio::time::interval(SEAL_SWEEP);
+    async fn run(
+        self,
+        mut sealer: Sealer,
+        mut receiver: mpsc::Receiver<Job>,
+        recovered: oneshot::Sender<()>,
+    ) {
+        // First what a crash left staged, before the service serves. A
+        // failure here is left to the sweeps, like any other.
+        loop {
+            match sealer.seal(self.service, &[], SEAL_BATCH, self.now()).await {
+                Ok(SEAL_BATCH) => continue,
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::error!(service = self.service, error = %err, "audit sealing failed");
+                    break;
+                }
+            }
+        }
+        let _ = recovered.send(());
+        let mut sweep =
+            tokio::time::interval_at(tokio::time::Instant::now() + SEAL_SWEEP, SEAL_SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut flushes: Vec<oneshot::Sender<Result<(), ()>>> = Vec::new();
-        // The interval's first tick is immediate: the first pass seals what
-        // a crash left staged.
         let mut more = false;
         loop {
             let mut jobs = Vec::new();

@@ -114,7 +114,7 @@ impl Sealer {
                 if batch == 0
                     && let Some((seq, hash)) = head.take()
                 {
-                    match append_postgres(conn, service, reads, seq, hash, now).await {
+                    match append_postgres(conn, service, reads.to_vec(), seq, hash, now).await {
                         Ok(Some(moved)) => {
                             *head = Some(moved);
                             return Ok(0);
@@ -255,15 +255,16 @@ fn seal_sqlite(
     Ok(sealed)
 }
 
-/// Reads' events chained after a head this sealer knows, in one
-/// statement (its own transaction): the head moves only if it is still
-/// where this sealer left it, and the events go in only if it moved.
+/// Events chained after the head (`seq`, `hash`) in one statement: the
+/// head moves only if it is still there, and the events go in only if it
+/// moved. Alone, for a pass of reads after the head this sealer last left;
+/// inside the locked pass, after the head it just read.
 /// Returns the new head, or `None` when the head was elsewhere and nothing
 /// was written.
 async fn append_postgres(
     conn: &mut sqlx::PgConnection,
     service: &'static str,
-    reads: &[Event],
+    events: Vec<Event>,
     seq: i64,
     hash: String,
     now: i64,
@@ -272,7 +273,7 @@ async fn append_postgres(
         rows,
         head_seq,
         head_hash,
-    } = link(service, seq, hash.clone(), reads.to_vec(), now);
+    } = link(service, seq, hash.clone(), events, now);
     let count = rows.len() as u64;
     let mut columns = Columns::default();
     for (seq, e, hash) in rows {
@@ -375,50 +376,18 @@ async fn seal_postgres(
     let sealed = staged.len() as i64;
     let mut events = in_order(staged);
     events.extend(reads.iter().cloned());
-    let Linked {
-        rows,
-        head_seq,
-        head_hash,
-    } = link(service, head.seq, head.hash, events, now);
-    if !rows.is_empty() {
-        let mut columns = Columns::default();
-        for (seq, e, hash) in rows {
-            columns.push(seq, e, hash);
-        }
-        sqlx::query!(
-            "INSERT INTO audit_events (service, seq, time, caller, on_behalf_of, purpose, action, \
-             method, resource, subject_ref, fields, outcome, detail, hash) \
-             SELECT $1::TEXT, * FROM UNNEST($2::BIGINT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], \
-             $6::TEXT[], $7::BIGINT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], \
-             $12::BIGINT[], $13::TEXT[], $14::TEXT[])",
-            service,
-            &columns.seq,
-            &columns.time,
-            &columns.caller,
-            &columns.on_behalf_of,
-            &columns.purpose,
-            &columns.action,
-            &columns.method,
-            &columns.resource,
-            &columns.subject_ref,
-            &columns.fields,
-            &columns.outcome,
-            &columns.detail,
-            &columns.hash,
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "UPDATE audit_chain SET seq = $1, hash = $2 WHERE service = $3",
-            head_seq,
-            head_hash,
-            service
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
+    let moved = if events.is_empty() {
+        (head.seq, head.hash)
+    } else {
+        // Under the head's lock, the head is where it was just read.
+        append_postgres(&mut tx, service, events, head.seq, head.hash, now)
+            .await?
+            .ok_or_else(|| {
+                ApiError::internal(std::io::Error::other("audit head moved under its lock"))
+            })?
+    };
     tx.commit().await?;
-    Ok((sealed, (head_seq, head_hash)))
+    Ok((sealed, moved))
 }
 
 /// A pass's events, column by column, for `UNNEST`.
