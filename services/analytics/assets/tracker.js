@@ -56,14 +56,16 @@
     post('/v1/collect', e).catch(function () {});
   }
 
-  // Engagement = visible time on the current page view, summed over visible intervals.
-  var pageUrl, engagedMs, visibleSince, pending;
+  // Engagement = visible time on the current page view, summed over visible intervals. Each
+  // report carries only the time since the previous one, so the server can simply add them up.
+  var pageUrl, engagedMs, reportedMs, visibleSince, pending;
 
   function visible() { return document.visibilityState === 'visible'; }
 
   function startPage() {
     pageUrl = location.href.split('#')[0]; // the server drops fragments anyway; don't send them
     engagedMs = 0;
+    reportedMs = 0;
     visibleSince = visible() ? performance.now() : null;
     pending = visibleSince !== null;
   }
@@ -76,7 +78,9 @@
     // One report per visible interval: hidden + pagehide must not both send.
     if (!pending) return;
     pending = false;
-    event('engagement', { engaged_ms: Math.round(engagedMs) });
+    var delta = Math.round(engagedMs) - reportedMs;
+    reportedMs += delta;
+    event('engagement', { engaged_ms: delta });
   }
 
   function pageview(referrer) {
@@ -126,7 +130,16 @@
     // A refusal stores nothing, and withdraws an earlier grant.
     else { if (consentId) writeCookie('', 0); consentId = null; }
     return post('/v1/consent', { site: site, consent_id: id, decision: choice, categories: categories || ['analytics'] })
-      .then(function (r) { return r.ok ? r.json() : null; }, function () { return null; });
+      .then(function (r) { return r.ok ? r.json() : null; }, function () { return null; })
+      .then(function (answer) {
+        // The cookie then names the server's record ("consents/<id>"), which is what the
+        // visitor can later ask about.
+        if (answer && answer.consent && decision === 'granted' && consentId === id) {
+          consentId = answer.consent.split('/').pop();
+          writeCookie(consentId, 31536000);
+        }
+        return answer;
+      });
   }
 
   window.custodian = {

@@ -33,6 +33,8 @@ pub enum Target {
     Identity,
     /// Support tickets and inquiries only.
     Tickets,
+    /// Web analytics and Platform usage only.
+    Analytics,
 }
 
 /// One service of the suite.
@@ -56,6 +58,10 @@ fn tickets(context: Context) -> anyhow::Result<Arc<dyn KitService>> {
     Ok(Arc::new(custodian_tickets::Tickets::new(context, sla)))
 }
 
+fn analytics(context: Context) -> anyhow::Result<Arc<dyn KitService>> {
+    Ok(Arc::new(custodian_analytics::Analytics::new(context)?))
+}
+
 /// Every service of the suite, by `--target` name. A new service is one
 /// more entry here.
 const SERVICES: &[Service] = &[
@@ -70,6 +76,12 @@ const SERVICES: &[Service] = &[
         name: custodian_tickets::NAME,
         construct: tickets,
         peer_purposes: custodian_tickets::PEER_PURPOSES,
+    },
+    Service {
+        target: Target::Analytics,
+        name: custodian_analytics::NAME,
+        construct: analytics,
+        peer_purposes: custodian_analytics::PEER_PURPOSES,
     },
 ];
 

@@ -16,7 +16,7 @@ use custodian_proto::{
     subject::v1::subject_data_service_server::SubjectDataServiceServer,
 };
 use custodian_runtime::{
-    Config, Database, ServiceModule,
+    Config, Database, HttpRoutes, ServiceModule,
     server::{Limits, service_name},
     time::Clock,
 };
@@ -81,6 +81,11 @@ pub trait KitService: Send + Sync + 'static {
     fn stop(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+
+    /// Its plain HTTP endpoints, if any (see [`HttpRoutes`]).
+    fn http(&self) -> Option<HttpRoutes> {
+        None
+    }
 }
 
 /// A service wrapped for the runtime.
@@ -139,6 +144,10 @@ impl ServiceModule for KitModule {
 
     fn register(&self, routes: &mut RoutesBuilder, limits: Limits) {
         self.service.register(routes, limits);
+    }
+
+    fn http(&self) -> Option<HttpRoutes> {
+        self.service.http()
     }
 
     fn stop(&self) -> BoxFuture<'_, ()> {

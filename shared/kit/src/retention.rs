@@ -424,6 +424,7 @@ pub fn defaults() -> Vec<custodian_proto::retention::v1::CategoryRetention> {
         DataCategory::SupportRequest,
         DataCategory::UsageEvent,
         DataCategory::Feedback,
+        DataCategory::ConsentRecord,
     ]
     .into_iter()
     .filter_map(|c| {

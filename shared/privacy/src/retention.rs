@@ -35,6 +35,9 @@ pub fn default_retention(category: DataCategory) -> Option<Duration> {
         DataCategory::UsageEvent => Some(30 * DAY),
         // Survey responses: 30 days after their survey closes.
         DataCategory::Feedback => Some(30 * DAY),
+        // Proof of consent: three years after the decision's last change
+        // (a withdrawal is a change), the limitation period for a claim.
+        DataCategory::ConsentRecord => Some(3 * 365 * DAY),
         // Authorized users are kept while the tenant keeps them (they are
         // deleted with the tenant), unless the tenant sets a retention.
         DataCategory::AuthorizedUser | DataCategory::Unspecified => None,

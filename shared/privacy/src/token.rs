@@ -58,11 +58,12 @@ pub enum Purpose {
     ProductAnalytics,
     Audit,
     Administration,
+    DefectInvestigation,
 }
 
 impl Purpose {
     /// Every purpose, in declaration order.
-    pub const ALL: [Purpose; 7] = [
+    pub const ALL: [Purpose; 8] = [
         Purpose::ServiceDelivery,
         Purpose::Support,
         Purpose::DsrFulfilment,
@@ -70,6 +71,7 @@ impl Purpose {
         Purpose::ProductAnalytics,
         Purpose::Audit,
         Purpose::Administration,
+        Purpose::DefectInvestigation,
     ];
 
     /// The stable name used in tokens and metadata, e.g. `"dsr_fulfilment"`.
@@ -83,6 +85,7 @@ impl Purpose {
             Purpose::ProductAnalytics => "product_analytics",
             Purpose::Audit => "audit",
             Purpose::Administration => "administration",
+            Purpose::DefectInvestigation => "defect_investigation",
         }
     }
 }
@@ -99,6 +102,7 @@ impl Purpose {
             Purpose::ProductAnalytics => P::ProductAnalytics,
             Purpose::Audit => P::Audit,
             Purpose::Administration => P::Administration,
+            Purpose::DefectInvestigation => P::DefectInvestigation,
         }
     }
 

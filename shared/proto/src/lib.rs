@@ -45,6 +45,12 @@ pub mod tickets {
     }
 }
 
+pub mod analytics {
+    pub mod v1 {
+        tonic::include_proto!("custodian.analytics.v1");
+    }
+}
+
 pub mod subject {
     pub mod v1 {
         tonic::include_proto!("custodian.subject.v1");

@@ -165,6 +165,28 @@ pub struct ServerArgs {
         value_name = "TARGETS"
     )]
     pub ticket_sla: Option<String>,
+
+    /// Proxies whose X-Forwarded-For names the client of an analytics
+    /// beacon, as addresses or CIDR blocks, comma-separated (e.g. the
+    /// ingress's 10.0.0.0/8) [default: none: the connection's peer is the client].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_TRUSTED_PROXIES",
+        value_name = "CIDRS",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Option<Vec<String>>,
+
+    /// The fewest visitors an analytics report cell may count; smaller
+    /// cells are merged or left out (at least 2) [default: 5].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_REPORT_MIN_VISITORS",
+        value_name = "K"
+    )]
+    pub report_min_visitors: Option<u32>,
 }
 
 /// "NAME=URL".
@@ -207,6 +229,8 @@ struct FileConfig {
     smtp_url: Option<String>,
     mail_from: Option<String>,
     ticket_sla: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    report_min_visitors: Option<u32>,
 }
 
 /// Resolved settings: every value known.
@@ -234,6 +258,10 @@ pub struct Config {
     pub mail_from: String,
     /// Ticket SLA targets, as `--ticket-sla` takes them.
     pub ticket_sla: Option<String>,
+    /// Proxies trusted to name the client (addresses or CIDR blocks).
+    pub trusted_proxies: Vec<String>,
+    /// k of the analytics reports.
+    pub report_min_visitors: u32,
 }
 
 // The database URL may carry a password, so Debug leaves it out.
@@ -264,6 +292,8 @@ impl std::fmt::Debug for Config {
             )
             .field("mail_from", &self.mail_from)
             .field("ticket_sla", &self.ticket_sla)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("report_min_visitors", &self.report_min_visitors)
             .finish()
     }
 }
@@ -289,6 +319,8 @@ impl Default for Config {
             smtp_url: None,
             mail_from: "support@custodian.localhost".to_owned(),
             ticket_sla: None,
+            trusted_proxies: Vec::new(),
+            report_min_visitors: 5,
         }
     }
 }
@@ -350,6 +382,14 @@ impl Config {
             smtp_url: args.smtp_url.or(file.smtp_url),
             mail_from: args.mail_from.or(file.mail_from).unwrap_or(d.mail_from),
             ticket_sla: args.ticket_sla.or(file.ticket_sla),
+            trusted_proxies: args
+                .trusted_proxies
+                .or(file.trusted_proxies)
+                .unwrap_or(d.trusted_proxies),
+            report_min_visitors: args
+                .report_min_visitors
+                .or(file.report_min_visitors)
+                .unwrap_or(d.report_min_visitors),
         })
     }
 

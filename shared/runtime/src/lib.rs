@@ -16,4 +16,4 @@ pub mod time;
 pub use config::Config;
 pub use database::{Backend, Database};
 pub use error::ApiError;
-pub use server::{Application, Deadline, Gate, ServiceModule, Verdict};
+pub use server::{Application, Deadline, Gate, HttpRoutes, ServiceModule, Verdict};

@@ -57,6 +57,24 @@ pub trait ServiceModule: Send + Sync {
     fn stop(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+
+    /// Plain HTTP endpoints served on the same port (a browser beacon, a
+    /// script), if any.
+    fn http(&self) -> Option<HttpRoutes> {
+        None
+    }
+}
+
+/// Plain HTTP endpoints of a module, for callers that cannot speak gRPC
+/// (browsers). They are public: the gate, which knows only declared gRPC
+/// methods, does not see them, so each path is named here and nothing else
+/// bypasses it. They still wait for readiness and take a permit of the
+/// server's concurrency limit; refusals are answered in HTTP (503, 429 with
+/// Retry-After), not as gRPC statuses.
+pub struct HttpRoutes {
+    /// Exact paths the router serves.
+    pub paths: Vec<&'static str>,
+    pub router: axum::Router,
 }
 
 /// Decides, before any handler runs, whether a call may run at all. The
@@ -170,6 +188,13 @@ impl Application {
         for module in &modules {
             module.register(&mut routes, limits);
         }
+        let mut public = Vec::new();
+        let mut router = routes.routes().into_axum_router();
+        for http in modules.iter().filter_map(|m| m.http()) {
+            public.extend(http.paths);
+            router = router.merge(http.router);
+        }
+        let routes = tonic::service::Routes::from(router);
 
         let admission = AdmissionLayer::new(
             config.max_concurrent_requests,
@@ -177,10 +202,13 @@ impl Application {
             gate,
             config.max_message_bytes,
             config.request_timeout,
-        );
+        )
+        .with_public_paths(public);
         // Outermost first: the trace span covers everything, including calls
         // the admission gate refuses, so refusals are visible in traces.
+        // HTTP/1.1 too: browsers post their beacons with it.
         let server = tonic::transport::Server::builder()
+            .accept_http1(true)
             .timeout(config.request_timeout)
             .layer(
                 tower_http::trace::TraceLayer::new(SharedClassifier::new(server_faults()))
@@ -188,7 +216,7 @@ impl Application {
                     .on_failure(telemetry::OnServerFault),
             )
             .layer(admission)
-            .add_routes(routes.routes());
+            .add_routes(routes);
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut stop_rx_server = stop_rx.clone();
@@ -359,6 +387,7 @@ pub struct AdmissionLayer {
     gate: Arc<dyn Gate>,
     max_message_bytes: usize,
     request_timeout: Duration,
+    public: Arc<[&'static str]>,
 }
 
 impl AdmissionLayer {
@@ -375,7 +404,14 @@ impl AdmissionLayer {
             gate,
             max_message_bytes,
             request_timeout,
+            public: Arc::from(Vec::new()),
         }
+    }
+
+    /// The plain HTTP paths of the modules: admitted without the gate.
+    pub fn with_public_paths(mut self, paths: Vec<&'static str>) -> Self {
+        self.public = Arc::from(paths);
+        self
     }
 }
 
@@ -444,6 +480,9 @@ where
             return Box::pin(inner.call(request));
         }
         let config = &self.config;
+        if config.public.contains(&path.as_str()) {
+            return public_call(config, inner, request);
+        }
         if !*config.ready.borrow() {
             let refusal = refuse(tonic::Status::unavailable("server is starting"));
             return Box::pin(async move { Ok(refusal) });
@@ -496,6 +535,46 @@ where
             response
         })
     }
+}
+
+/// A call to a module's plain HTTP endpoint: readiness and the concurrency
+/// limit apply, answered the HTTP way.
+fn public_call<S>(
+    config: &AdmissionLayer,
+    mut inner: S,
+    mut request: http::Request<Body>,
+) -> BoxFuture<'static, Result<http::Response<Body>, S::Error>>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    let busy = |status: http::StatusCode| {
+        let mut response = http::Response::new(Body::empty());
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_static("1"),
+        );
+        response
+    };
+    if !*config.ready.borrow() {
+        let response = busy(http::StatusCode::SERVICE_UNAVAILABLE);
+        return Box::pin(async move { Ok(response) });
+    }
+    let Ok(permit) = config.permits.clone().try_acquire_owned() else {
+        telemetry::refused(tonic::Code::ResourceExhausted);
+        let response = busy(http::StatusCode::TOO_MANY_REQUESTS);
+        return Box::pin(async move { Ok(response) });
+    };
+    request
+        .extensions_mut()
+        .insert(Deadline(std::time::Instant::now() + config.request_timeout));
+    Box::pin(async move {
+        let response = inner.call(request).await;
+        drop(permit);
+        response
+    })
 }
 
 /// Reads the one framed message of a unary request: over the limit is
