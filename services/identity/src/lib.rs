@@ -1,15 +1,18 @@
 //! Identity & contacts: tenants (customer organisations), their authorized
 //! users, other individuals' business contact information, and sign-ups for
-//! the free Workflow Evaluation. Owns tenants' retention rules and legal
-//! holds, which every other service asks it for.
+//! the free Workflow Evaluation. Owns tenants' retention rules, legal
+//! holds, tenants' monitoring grants and the published versions of the
+//! privacy policy, which every other service asks it for.
 //!
 //! What is personal, who sees it, how it is checked and what erasure does
 //! is declared on the contracts (`proto/custodian/identity/v1`); the service
 //! kit applies it. This crate holds what only identity knows: tenants, the
 //! rules a person record must meet, and the retention facts.
 
+mod grants;
 mod holds;
 mod people;
+mod policies;
 mod tenants;
 
 use std::sync::Arc;
@@ -20,9 +23,11 @@ use custodian_kit::{
     subject::{StoreSubjectData, SubjectData},
 };
 use custodian_proto::identity::v1::{
-    Contact, EvaluationSignup, User, contact_service_server::ContactServiceServer,
+    Contact, EvaluationSignup, MonitoringGrant, User, contact_service_server::ContactServiceServer,
     evaluation_signup_service_server::EvaluationSignupServiceServer,
-    tenant_service_server::TenantServiceServer, user_service_server::UserServiceServer,
+    monitoring_grant_service_server::MonitoringGrantServiceServer,
+    policy_service_server::PolicyServiceServer, tenant_service_server::TenantServiceServer,
+    user_service_server::UserServiceServer,
 };
 use custodian_runtime::server::{Limits, service_name};
 use futures::future::BoxFuture;
@@ -42,6 +47,7 @@ pub struct Identity {
     context: Context,
     store: Store,
     people: people::People,
+    grants: grants::Grants,
     holds: Arc<holds::Holds>,
 }
 
@@ -62,22 +68,34 @@ impl Identity {
             service_name::<EvaluationSignupServiceServer<people::People>>(),
             None,
         );
+        let monitoring_grants = Binding::of::<MonitoringGrant>(
+            "identity_monitoring_grants",
+            service_name::<MonitoringGrantServiceServer<grants::Grants>>(),
+            None,
+        );
         let store = Store::new(
             context.db.clone(),
             context.privacy.clone(),
             context.clock.clone(),
-            vec![users.clone(), contacts.clone(), signups.clone()],
+            vec![
+                users.clone(),
+                contacts.clone(),
+                signups.clone(),
+                monitoring_grants.clone(),
+            ],
         );
         let people = people::People::new(
             store.records(&users),
             store.records(&contacts),
             store.records(&signups),
         );
+        let grants = grants::Grants::new(store.records(&monitoring_grants));
         let holds = Arc::new(holds::Holds::new(store.clone()));
         Self {
             context,
             store,
             people,
+            grants,
             holds,
         }
     }
@@ -94,6 +112,8 @@ impl KitService for Identity {
             service_name::<UserServiceServer<people::People>>(),
             service_name::<ContactServiceServer<people::People>>(),
             service_name::<EvaluationSignupServiceServer<people::People>>(),
+            service_name::<PolicyServiceServer<policies::Policies>>(),
+            service_name::<MonitoringGrantServiceServer<grants::Grants>>(),
         ]
     }
 
@@ -111,6 +131,13 @@ impl KitService for Identity {
         );
         routes.add_service(
             EvaluationSignupServiceServer::new(self.people.clone()).max_decoding_message_size(max),
+        );
+        routes.add_service(
+            PolicyServiceServer::new(policies::Policies::new(self.store.clone()))
+                .max_decoding_message_size(max),
+        );
+        routes.add_service(
+            MonitoringGrantServiceServer::new(self.grants.clone()).max_decoding_message_size(max),
         );
     }
 
@@ -132,7 +159,8 @@ impl KitService for Identity {
             StoreSubjectData::new(self.store.clone())
                 .with_check::<User>(people::check_user)
                 .with_check::<Contact>(people::check_contact)
-                .with_check::<EvaluationSignup>(people::check_signup),
+                .with_check::<EvaluationSignup>(people::check_signup)
+                .with_check::<MonitoringGrant>(grants::check_grant),
         )
     }
 

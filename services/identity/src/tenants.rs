@@ -374,7 +374,8 @@ impl TenantService for Tenants {
             let deleted = sqlx::query(
                 "DELETE FROM identity_tenants WHERE id = $1 \
                  AND NOT EXISTS (SELECT 1 FROM identity_users WHERE tenant_id = $1) \
-                 AND NOT EXISTS (SELECT 1 FROM identity_contacts WHERE tenant_id = $1)",
+                 AND NOT EXISTS (SELECT 1 FROM identity_contacts WHERE tenant_id = $1) \
+                 AND NOT EXISTS (SELECT 1 FROM identity_monitoring_grants WHERE tenant_id = $1)",
             )
             .bind(&id)
             .execute(self.store.db().pool())
@@ -385,7 +386,7 @@ impl TenantService for Tenants {
                     return Err(ApiError::not_found(format!("tenants/{id}")).into());
                 }
                 return Err(ApiError::FailedPrecondition(format!(
-                    "tenants/{id} still has authorized users or contacts; delete them first or set force"
+                    "tenants/{id} still has authorized users, contacts or monitoring grants; delete the users and contacts first, or set force (which also removes its grants)"
                 ))
                 .into());
             }
