@@ -56,7 +56,7 @@ impl AnalyticsSweep {
             // Past every site's retention: the whole day goes at once.
             let oldest = day_of(now) - MAX_RAW_DAYS;
             let partitions = sqlx::query(
-                "SELECT c.relname AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                "SELECT c.relname::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
                  JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'analytics_events'",
             )
             .fetch_all(self.db.pool())

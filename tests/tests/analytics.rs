@@ -1,0 +1,1048 @@
+//! Web analytics end to end, on SQLite and PostgreSQL: the beacon over real
+//! HTTP/1.1 and the collector over gRPC, against the whole suite.
+
+use std::{net::SocketAddr, time::Duration};
+
+use custodian_privacy::Purpose;
+use custodian_proto::{
+    analytics::v1::{
+        CollectEventsRequest, CollectUsageEventsRequest, ConsentState, CountConsentsRequest,
+        CreateSiteRequest, Dimension, DropReason, Event, GetConsentRequest, GetDropCountsRequest,
+        GetReportRequest, ListUsageEventsRequest, Site, StreamEventsRequest, UsageEvent,
+        collector_service_client::CollectorServiceClient,
+        consent_service_client::ConsentServiceClient, event::Type,
+        report_service_client::ReportServiceClient, site_service_client::SiteServiceClient,
+        usage_service_client::UsageServiceClient,
+    },
+    common::v1::{SubjectIdentifier, subject_identifier},
+    identity::v1::{
+        CreateMonitoringGrantRequest, CreateUserRequest, MonitoringGrant, PolicyVersion,
+        PublishPolicyVersionRequest, RevokeMonitoringGrantRequest,
+        monitoring_grant_service_client::MonitoringGrantServiceClient,
+        policy_service_client::PolicyServiceClient,
+    },
+    subject::v1::{EraseSubjectDataRequest, LocateSubjectDataRequest},
+};
+use custodian_runtime::time::{Clock as _, to_timestamp};
+use custodian_tests::{
+    Authed, Backend, Bearer, TestApp, fixtures, spawn_with, storage_test, violations,
+};
+use sqlx::Row as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const CHROME: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36";
+const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0";
+const ORIGIN: &str = "https://www.example.com";
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn sites(app: &TestApp) -> SiteServiceClient<Authed> {
+    SiteServiceClient::with_interceptor(app.channel.clone(), Bearer::new(Some(&app.root_token)))
+}
+
+fn collector(app: &TestApp) -> CollectorServiceClient<Authed> {
+    CollectorServiceClient::with_interceptor(
+        app.channel.clone(),
+        Bearer::new(Some(&app.root_token)),
+    )
+}
+
+fn reports(app: &TestApp) -> ReportServiceClient<Authed> {
+    ReportServiceClient::with_interceptor(app.channel.clone(), Bearer::new(Some(&app.root_token)))
+}
+
+async fn site(app: &TestApp, domain: &str) -> Site {
+    sites(app)
+        .create_site(CreateSiteRequest {
+            site: Some(Site {
+                domain: domain.into(),
+                allowed_origins: vec![ORIGIN.into()],
+                kept_query_params: vec!["page".into()],
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("create site")
+        .into_inner()
+}
+
+/// One HTTP/1.1 exchange: (status, headers in lower case, body).
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    stream.write_all(body).await.expect("write body");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+async fn beacon(app: &TestApp, body: &str, extra: &[(&str, &str)]) -> (u16, String) {
+    let mut headers = vec![("Content-Type", "text/plain"), ("User-Agent", CHROME)];
+    headers.extend_from_slice(extra);
+    let (status, _, body) = http(app.addr, "POST", "/v1/collect", &headers, body.as_bytes()).await;
+    (status, body)
+}
+
+fn pageview(domain: &str, path: &str) -> serde_json::Value {
+    serde_json::json!({"site": domain, "type": "pageview", "url": format!("https://{domain}{path}")})
+}
+
+async fn rows(app: &TestApp, sql: &str) -> Vec<sqlx::any::AnyRow> {
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_all(&app.raw)
+        .await
+        .expect("query")
+}
+
+async fn drops(app: &TestApp) -> Vec<(i32, i64)> {
+    let response = reports(app)
+        .get_drop_counts(GetDropCountsRequest::default())
+        .await
+        .expect("drop counts")
+        .into_inner();
+    response
+        .dropped
+        .iter()
+        .map(|d| (d.reason, d.count))
+        .collect()
+}
+
+fn grpc_event(domain: &str, path: &str, ip: &str) -> Event {
+    Event {
+        site: domain.into(),
+        r#type: Type::Pageview as i32,
+        url: format!("https://{domain}{path}"),
+        user_agent: CHROME.into(),
+        client_ip: ip.into(),
+        ..Default::default()
+    }
+}
+
+storage_test!(
+    each_drop_reason_is_counted_without_identifiers,
+    |app: TestApp| async move {
+        let s = site(&app, "www.example.com").await;
+        let bot = serde_json::json!([pageview("www.example.com", "/")]);
+        let (status, _) = http(
+            app.addr,
+            "POST",
+            "/v1/collect",
+            &[
+                ("Content-Type", "text/plain"),
+                (
+                    "User-Agent",
+                    "Googlebot/2.1 (+http://www.google.com/bot.html)",
+                ),
+            ],
+            bot.to_string().as_bytes(),
+        )
+        .await
+        .into_status_body();
+        assert_eq!(status, 202);
+        let headless = CHROME.replace("Chrome/", "HeadlessChrome/");
+        let (status, _, _) = http(
+            app.addr,
+            "POST",
+            "/v1/collect",
+            &[("Content-Type", "text/plain"), ("User-Agent", &headless)],
+            bot.to_string().as_bytes(),
+        )
+        .await;
+        assert_eq!(status, 202);
+        let batch = serde_json::json!([
+            pageview("unknown.example.org", "/"),
+            // A URL of another host is not the site's page.
+            {"site": "www.example.com", "type": "pageview", "url": "https://evil.test/"},
+            {"site": "www.example.com", "type": "pageview", "url": "https://www.example.com/a", "event_id": "e-1"},
+            {"site": "www.example.com", "type": "pageview", "url": "https://www.example.com/a", "event_id": "e-1"},
+        ]);
+        let (status, body) = beacon(&app, &batch.to_string(), &[]).await;
+        assert_eq!(status, 202, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["accepted"], 1);
+        assert_eq!(answer["dropped"], 3);
+        // A duplicate in a later request as well.
+        let again = serde_json::json!({"site": "www.example.com", "type": "pageview", "url": "https://www.example.com/a", "event_id": "e-1"});
+        let (_, body) = beacon(&app, &again.to_string(), &[]).await;
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()["dropped"],
+            1
+        );
+
+        // Usage outside a monitoring grant: dropped for consent.
+        fixtures::tenant(&app, "acme").await;
+        let usage = collector(&app)
+            .collect_usage_events(CollectUsageEventsRequest {
+                events: vec![UsageEvent {
+                    tenant: "tenants/acme".into(),
+                    user: "tenants/acme/users/01a2292e-3340-7397-9606-2244d640ebd9".into(),
+                    action: "workflow_run".into(),
+                    ..Default::default()
+                }],
+            })
+            .await
+            .expect("usage")
+            .into_inner();
+        assert_eq!(usage.accepted, 0);
+        assert_eq!(
+            usage
+                .dropped
+                .iter()
+                .map(|d| (d.reason, d.count))
+                .collect::<Vec<_>>(),
+            vec![(DropReason::Consent as i32, 1)]
+        );
+
+        let counted = drops(&app).await;
+        for (reason, n) in [
+            (DropReason::Bot, 2),
+            (DropReason::Consent, 1),
+            (DropReason::Invalid, 1),
+            (DropReason::UnknownSite, 1),
+            (DropReason::Duplicate, 2),
+        ] {
+            assert!(
+                counted.contains(&(reason as i32, n)),
+                "{reason:?}: {counted:?}"
+            );
+        }
+        // The counters hold a site, a day, a reason and a number: nothing else.
+        let columns = rows(&app, "SELECT * FROM analytics_drops").await;
+        assert!(columns.iter().all(|r| r.len() == 4));
+        assert_eq!(app.count("analytics_events").await, 1);
+        let by_site = reports(&app)
+            .get_drop_counts(GetDropCountsRequest {
+                site: s.name.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            by_site
+                .dropped
+                .iter()
+                .all(|d| d.reason != DropReason::UnknownSite as i32)
+        );
+    }
+);
+
+/// A small extension so a status can be compared at once.
+trait StatusBody {
+    fn into_status_body(self) -> (u16, String);
+}
+
+impl StatusBody for (u16, Vec<(String, String)>, String) {
+    fn into_status_body(self) -> (u16, String) {
+        (self.0, self.2)
+    }
+}
+
+storage_test!(
+    consent_states_decide_the_visitor_hash,
+    |app: TestApp| async move {
+        site(&app, "www.example.com").await;
+        // A published policy version: every consent records the one in force.
+        PolicyServiceClient::with_interceptor(
+            app.channel.clone(),
+            Bearer::new(Some(&app.root_token)),
+        )
+        .publish_policy_version(PublishPolicyVersionRequest {
+            policy_version: Some(PolicyVersion {
+                version: "v2026_11".into(),
+                effective_time: Some(to_timestamp(app.clock.now_micros() - 1_000_000)),
+                text_sha256: "a".repeat(64),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("publish");
+        let event = |path: &str, consent: Option<&str>| {
+            let mut e = pageview("www.example.com", path);
+            if let Some(c) = consent {
+                e["consent"] = c.into();
+            }
+            e
+        };
+        let (s, b) = beacon(
+            &app,
+            &serde_json::json!([event("/unset", None), event("/granted", Some("granted"))])
+                .to_string(),
+            &[],
+        )
+        .await;
+        assert_eq!(s, 202, "{b}");
+        beacon(&app, &event("/refused", Some("refused")).to_string(), &[]).await;
+        beacon(&app, &event("/gpc", None).to_string(), &[("Sec-GPC", "1")]).await;
+        beacon(
+            &app,
+            &event("/dnt", Some("granted")).to_string(),
+            &[("DNT", "1")],
+        )
+        .await;
+        let mut gpc_field = event("/gpc-field", None);
+        gpc_field["gpc"] = true.into();
+        beacon(&app, &gpc_field.to_string(), &[]).await;
+        let stored = rows(
+            &app,
+            "SELECT path, visitor FROM analytics_events ORDER BY path",
+        )
+        .await;
+        let hashed: Vec<(String, bool)> = stored
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<String, _>("path"),
+                    r.get::<Option<String>, _>("visitor").is_some(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            hashed,
+            vec![
+                ("/dnt".into(), false),
+                ("/gpc".into(), false),
+                ("/gpc-field".into(), false),
+                ("/granted".into(), true),
+                ("/refused".into(), false),
+                ("/unset".into(), true),
+            ]
+        );
+
+        // The decision itself, recorded from the browser and kept under the kernel.
+        let (status, _, body) = http(
+        app.addr,
+        "POST",
+        "/v1/consent",
+        &[("Content-Type", "text/plain"), ("User-Agent", CHROME), ("Origin", ORIGIN)],
+        br#"{"site": "www.example.com", "consent_id": "0b0c3f55-1f4e-4b8e-9a57-4f1d2b9f5e11", "decision": "granted", "categories": ["analytics"]}"#,
+    )
+    .await;
+        assert_eq!(status, 201, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["policy_version"], "policyVersions/v2026_11");
+        let name = answer["consent"].as_str().unwrap().to_owned();
+        // A retry of the same decision is the same record.
+        let (_, _, again) = http(
+        app.addr,
+        "POST",
+        "/v1/consent",
+        &[("Content-Type", "text/plain"), ("User-Agent", CHROME)],
+        br#"{"site": "www.example.com", "consent_id": "0b0c3f55-1f4e-4b8e-9a57-4f1d2b9f5e11", "decision": "granted", "categories": ["analytics"]}"#,
+    )
+    .await;
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&again).unwrap()["consent"],
+            name.as_str()
+        );
+        http(
+        app.addr,
+        "POST",
+        "/v1/consent",
+        &[("Content-Type", "text/plain"), ("User-Agent", CHROME)],
+        br#"{"site": "www.example.com", "consent_id": "7d0c3f55-1f4e-4b8e-9a57-4f1d2b9f5e11", "decision": "refused"}"#,
+    )
+    .await;
+        let consent = ConsentServiceClient::with_interceptor(
+            app.channel.clone(),
+            Bearer::new(Some(&app.root_token)).with_purpose(Purpose::DsrFulfilment),
+        )
+        .get_consent(GetConsentRequest { name: name.clone() })
+        .await
+        .expect("get consent")
+        .into_inner();
+        assert_eq!(consent.decision, ConsentState::Granted as i32);
+        assert_eq!(consent.categories, vec!["analytics".to_owned()]);
+        assert_eq!(consent.ip_prefix, "127.0.0.0");
+        assert_eq!(consent.browser, "Chrome 156 / Linux");
+        // Sealed: the network and browser are not in the row in clear.
+        let raw = rows(&app, "SELECT data FROM analytics_consents").await;
+        assert!(
+            raw.iter()
+                .all(|r| !r.get::<String, _>("data").contains("127.0.0.0"))
+        );
+        let counts = reports(&app)
+            .count_consents(CountConsentsRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .counts;
+        let counts: Vec<(String, i32, i64)> = counts
+            .into_iter()
+            .map(|c| (c.policy_version, c.decision, c.count))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                (
+                    "policyVersions/v2026_11".into(),
+                    ConsentState::Granted as i32,
+                    1
+                ),
+                (
+                    "policyVersions/v2026_11".into(),
+                    ConsentState::Refused as i32,
+                    1
+                ),
+            ]
+        );
+        // The visitor can ask about their record by its name (their cookie).
+        let found = app
+            .subjects_of("analytics")
+            .locate_subject_data(LocateSubjectDataRequest {
+                subject: Some(SubjectIdentifier {
+                    kind: Some(subject_identifier::Kind::Id(name.clone())),
+                }),
+            })
+            .await
+            .expect("locate")
+            .into_inner();
+        assert_eq!(found.records.len(), 1);
+        app.subjects_of("analytics")
+            .erase_subject_data(EraseSubjectDataRequest {
+                subject: Some(SubjectIdentifier {
+                    kind: Some(subject_identifier::Kind::Id(name.clone())),
+                }),
+            })
+            .await
+            .expect("erase");
+        assert_eq!(app.count("analytics_consents").await, 1);
+    }
+);
+
+async fn user(app: &TestApp, tenant: &str, email: &str) -> String {
+    app.users()
+        .create_user(CreateUserRequest {
+            parent: format!("tenants/{tenant}"),
+            user: Some(fixtures::user(email)),
+            request_id: String::new(),
+        })
+        .await
+        .expect("user")
+        .into_inner()
+        .name
+}
+
+fn usage_event(tenant: &str, user: &str, action: &str) -> UsageEvent {
+    UsageEvent {
+        tenant: format!("tenants/{tenant}"),
+        user: user.into(),
+        action: action.into(),
+        path: "/workflows/42?secret=1".into(),
+        ..Default::default()
+    }
+}
+
+storage_test!(
+    usage_is_accepted_only_inside_an_active_grant,
+    |app: TestApp| async move {
+        fixtures::tenant(&app, "acme").await;
+        let admin = user(&app, "acme", "admin@acme.example").await;
+        let worker = user(&app, "acme", "worker@acme.example").await;
+        let grants = || {
+            MonitoringGrantServiceClient::with_interceptor(
+                app.channel.clone(),
+                Bearer::new(Some(&app.root_token)),
+            )
+        };
+        let send = |action: &str| {
+            let request = CollectUsageEventsRequest {
+                events: vec![usage_event("acme", &worker, action)],
+            };
+            let mut client = collector(&app);
+            async move {
+                client
+                    .collect_usage_events(request)
+                    .await
+                    .expect("usage")
+                    .into_inner()
+            }
+        };
+        let now = app.clock.now_micros();
+        let grant = grants()
+            .create_monitoring_grant(CreateMonitoringGrantRequest {
+                parent: "tenants/acme".into(),
+                monitoring_grant: Some(MonitoringGrant {
+                    scopes: vec![custodian_analytics::USAGE_SCOPE.into()],
+                    expire_time: Some(to_timestamp(now + 2 * 86_400_000_000)),
+                    granted_by: admin.clone(),
+                    reason: "defect 1234".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .expect("grant")
+            .into_inner();
+        // Active.
+        assert_eq!(send("workflow_run").await.accepted, 1);
+        // Expired.
+        app.clock.advance(3 * DAY);
+        let expired = send("workflow_run").await;
+        assert_eq!(
+            (expired.accepted, expired.dropped[0].reason),
+            (0, DropReason::Consent as i32)
+        );
+        // A new grant, then revoked.
+        let now = app.clock.now_micros();
+        let second = grants()
+            .create_monitoring_grant(CreateMonitoringGrantRequest {
+                parent: "tenants/acme".into(),
+                monitoring_grant: Some(MonitoringGrant {
+                    scopes: vec![custodian_analytics::USAGE_SCOPE.into()],
+                    expire_time: Some(to_timestamp(now + 86_400_000_000)),
+                    granted_by: admin.clone(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .expect("second grant")
+            .into_inner();
+        assert_eq!(send("report_export").await.accepted, 1);
+        grants()
+            .revoke_monitoring_grant(RevokeMonitoringGrantRequest { name: second.name })
+            .await
+            .expect("revoke");
+        assert_eq!(send("report_export").await.accepted, 0);
+        drop(grant);
+        assert_eq!(app.count("analytics_usage").await, 2);
+        // The user is stored only as a keyed index; the path without its query.
+        let stored = rows(&app, "SELECT user_key, path FROM analytics_usage").await;
+        for row in &stored {
+            assert!(!row.get::<String, _>("user_key").contains("users/"));
+            assert_eq!(row.get::<String, _>("path"), "/workflows/42");
+        }
+
+        // Raw usage is read only for defect investigation, audited per page.
+        let list = |purpose: Purpose| {
+            let mut client = UsageServiceClient::with_interceptor(
+                app.channel.clone(),
+                Bearer::new(Some(&app.root_token)).with_purpose(purpose),
+            );
+            let user = worker.clone();
+            async move {
+                client
+                    .list_usage_events(ListUsageEventsRequest {
+                        user,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        let denied = list(Purpose::Support)
+            .await
+            .expect_err("support may not read usage");
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let before = app.audit_count().await;
+        let read = list(Purpose::DefectInvestigation)
+            .await
+            .expect("read")
+            .into_inner();
+        assert_eq!(read.events.len(), 2);
+        assert_eq!(
+            app.audit_count().await,
+            before + 1,
+            "one audit event for the page"
+        );
+        let events = app.audit_events().await;
+        assert!(events.iter().any(|e| e.method.ends_with("ListUsageEvents")
+            && e.purpose == "defect_investigation"
+            && e.detail.contains("2 usage events")));
+
+        // The user's usage through the subject contract.
+        let subject = || SubjectIdentifier {
+            kind: Some(subject_identifier::Kind::Id(worker.clone())),
+        };
+        let located = app
+            .subjects_of("analytics")
+            .locate_subject_data(LocateSubjectDataRequest {
+                subject: Some(subject()),
+            })
+            .await
+            .expect("locate")
+            .into_inner();
+        assert_eq!(located.records.len(), 1);
+        app.subjects_of("analytics")
+            .erase_subject_data(EraseSubjectDataRequest {
+                subject: Some(subject()),
+            })
+            .await
+            .expect("erase");
+        assert_eq!(app.count("analytics_usage").await, 0);
+    }
+);
+
+storage_test!(
+    salts_rotate_daily_and_are_destroyed,
+    |app: TestApp| async move {
+        site(&app, "www.example.com").await;
+        let hash_of = |path: &'static str| {
+            let app = &app;
+            async move {
+                beacon(app, &pageview("www.example.com", path).to_string(), &[]).await;
+                rows(
+                    app,
+                    &format!("SELECT visitor, day FROM analytics_events WHERE path = '{path}'"),
+                )
+                .await
+                .first()
+                .map(|r| {
+                    (
+                        r.get::<Option<String>, _>("visitor").unwrap(),
+                        r.get::<i32, _>("day"),
+                    )
+                })
+                .expect("stored")
+            }
+        };
+        let (first, day1) = hash_of("/one").await;
+        let (same, _) = hash_of("/two").await;
+        assert_eq!(first, same, "one visitor within a day");
+        app.clock.advance(DAY);
+        let (next, day2) = hash_of("/three").await;
+        assert_eq!(day2, day1 + 1);
+        assert_ne!(first, next, "nobody is followed across days");
+        let salt_days = || async {
+            rows(&app, "SELECT day FROM analytics_salts ORDER BY day")
+                .await
+                .iter()
+                .map(|r| r.get::<i32, _>("day"))
+                .collect::<Vec<_>>()
+        };
+        assert!(salt_days().await.contains(&day1));
+        // Once the next day has ended, the first day's salt is gone.
+        app.clock.advance(DAY);
+        hash_of("/four").await;
+        assert!(
+            !salt_days().await.contains(&day1),
+            "{:?}",
+            salt_days().await
+        );
+        assert!(salt_days().await.iter().all(|d| *d >= day1 + 1));
+    }
+);
+
+/// Sends page views of `visitors` distinct visitors (distinct addresses)
+/// over gRPC, each visitor's events as the callback gives them.
+async fn visits(app: &TestApp, domain: &str, visitors: &[(&str, &str, &[&str])]) {
+    let mut events = Vec::new();
+    for (ip, agent, paths) in visitors {
+        for path in *paths {
+            let mut e = grpc_event(domain, path, ip);
+            e.user_agent = (*agent).into();
+            events.push(e);
+        }
+    }
+    let answer = collector(app)
+        .collect_events(CollectEventsRequest { events })
+        .await
+        .expect("collect")
+        .into_inner();
+    assert!(answer.dropped.is_empty(), "{answer:?}");
+}
+
+async fn report(
+    app: &TestApp,
+    site: &str,
+    dimension: Dimension,
+    days: i64,
+) -> custodian_proto::analytics::v1::Report {
+    let now = app.clock.now_micros();
+    reports(app)
+        .get_report(GetReportRequest {
+            site: site.into(),
+            start_time: Some(to_timestamp(now - days * 86_400_000_000)),
+            end_time: Some(to_timestamp(now)),
+            dimension: dimension as i32,
+        })
+        .await
+        .expect("report")
+        .into_inner()
+}
+
+storage_test!(
+    reports_suppress_small_cells_and_resist_subtraction,
+    |app: TestApp| async move {
+        let s = site(&app, "www.example.com").await;
+        // Day 1: 4 visitors (k - 1): the day is kept out entirely.
+        let four: Vec<(String, &str, &[&str])> = (0..4)
+            .map(|i| (format!("203.0.113.{i}"), CHROME, &["/"][..]))
+            .collect();
+        let four: Vec<(&str, &str, &[&str])> =
+            four.iter().map(|(a, b, c)| (a.as_str(), *b, *c)).collect();
+        visits(&app, "www.example.com", &four).await;
+        app.clock.advance(DAY);
+        // Day 2: 7 visitors: 5 on Chrome reading /, /pricing; 2 on Firefox,
+        // one of them on /secret.
+        let mut day2: Vec<(String, &str, &[&str])> = (0..5)
+            .map(|i| (format!("198.51.100.{i}"), CHROME, &["/", "/pricing"][..]))
+            .collect();
+        day2.push(("198.51.100.50".into(), FIREFOX, &["/"][..]));
+        day2.push(("198.51.100.51".into(), FIREFOX, &["/secret"][..]));
+        let day2: Vec<(&str, &str, &[&str])> =
+            day2.iter().map(|(a, b, c)| (a.as_str(), *b, *c)).collect();
+        visits(&app, "www.example.com", &day2).await;
+        // Nothing of today is reported while it lasts.
+        let live = report(&app, &s.name, Dimension::Unspecified, 3).await;
+        assert_eq!(live.total.unwrap().pageviews, 0);
+        // Both days end (and the hour late events may take).
+        app.clock.advance(DAY + Duration::from_secs(2 * 3600));
+        let total = report(&app, &s.name, Dimension::Unspecified, 3).await;
+        assert_eq!(total.k, 5);
+        assert_eq!(total.suppressed_days, 1, "the day of 4 visitors");
+        let t = total.total.unwrap();
+        assert_eq!((t.pageviews, t.visitors, t.visits), (12, 7, 7));
+        assert!((t.bounce_rate - 2.0 / 7.0).abs() < 1e-9);
+
+        let by_browser = report(&app, &s.name, Dimension::Browser, 3).await;
+        // Firefox (2 visitors) is merged; "(other)" itself must reach k, so
+        // Chrome joins it: no browser row, and nothing to subtract.
+        assert!(by_browser.rows.is_empty(), "{:?}", by_browser.rows);
+        assert_eq!(by_browser.other.as_ref().unwrap().visitors, 7);
+
+        let by_page = report(&app, &s.name, Dimension::Page, 3).await;
+    let keys: Vec<&str> = by_page.rows.iter().map(|r| r.key.as_str()).collect();
+    // /secret (one visitor) is merged; alone it would be isolated by
+    // subtraction, so /pricing (the next smallest) joins it.
+    assert_eq!(keys, vec!["/"]);
+    assert!(by_page.rows.iter().all(|r| r.visitors >= 5));
+    // /secret (one visitor) cannot be recovered: the total minus the rows
+        // is "(other)", which counts k or more visitors.
+        let shown: i64 = by_page.rows.iter().map(|r| r.pageviews).sum();
+        let other = by_page.other.as_ref().expect("the merged cells");
+        assert_eq!(shown + other.pageviews, t.pageviews);
+        assert!(other.visitors >= 5, "{other:?}");
+        // Another range over the same days adds nothing new either.
+        let one_day = report(&app, &s.name, Dimension::Page, 1).await;
+        assert!(
+            one_day
+                .rows
+                .iter()
+                .chain(one_day.other.iter())
+                .all(|r| r.visitors == 0 || r.visitors >= 5)
+        );
+        // The aggregates outlive the raw events.
+        app.clock.advance(40 * DAY);
+        app.retention()
+            .sweep_expired(custodian_proto::retention::v1::SweepExpiredRequest::default())
+            .await
+            .expect("sweep");
+        assert_eq!(app.count("analytics_events").await, 0);
+        let later = reports(&app)
+            .get_report(GetReportRequest {
+                site: s.name.clone(),
+                start_time: Some(to_timestamp(app.clock.now_micros() - 45 * 86_400_000_000)),
+                end_time: Some(to_timestamp(app.clock.now_micros())),
+                dimension: Dimension::Day as i32,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(later.total.unwrap().pageviews, 12);
+        assert_eq!(later.rows.len(), 1);
+    }
+);
+
+storage_test!(
+    a_day_of_exactly_k_visitors_is_kept,
+    |app: TestApp| async move {
+        let s = site(&app, "www.example.com").await;
+        let five: Vec<String> = (0..5).map(|i| format!("203.0.113.{i}")).collect();
+        let five: Vec<(&str, &str, &[&str])> = five
+            .iter()
+            .map(|ip| (ip.as_str(), CHROME, &["/"][..]))
+            .collect();
+        visits(&app, "www.example.com", &five).await;
+        app.clock.advance(DAY + Duration::from_secs(2 * 3600));
+        let r = report(&app, &s.name, Dimension::Page, 2).await;
+        assert_eq!(r.suppressed_days, 0);
+        assert_eq!(r.rows.len(), 1);
+        assert_eq!(r.rows[0].visitors, 5);
+    }
+);
+
+async fn forwarded_test(backend: Backend) {
+    let Some(app) = spawn_with(backend, |c| c.trusted_proxies = vec!["127.0.0.1/32".into()]).await
+    else {
+        return;
+    };
+    site(&app, "www.example.com").await;
+    let (status, _) = beacon(
+        &app,
+        &pageview("www.example.com", "/via-proxy").to_string(),
+        &[("X-Forwarded-For", "192.0.2.1, 203.0.113.77")],
+    )
+    .await;
+    assert_eq!(status, 202);
+    let network =
+        rows(&app, "SELECT network FROM analytics_events").await[0].get::<String, _>("network");
+    assert_eq!(
+        network, "203.0.0.0",
+        "the proxy's word for the client, truncated"
+    );
+    drop(app);
+
+    // Without trusted proxies, anyone's X-Forwarded-For is ignored.
+    let Some(app) = spawn_with(backend, |_| {}).await else {
+        return;
+    };
+    site(&app, "www.example.com").await;
+    beacon(
+        &app,
+        &pageview("www.example.com", "/spoofed").to_string(),
+        &[("X-Forwarded-For", "203.0.113.77")],
+    )
+    .await;
+    let network =
+        rows(&app, "SELECT network FROM analytics_events").await[0].get::<String, _>("network");
+    assert_eq!(network, "127.0.0.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_from_a_trusted_proxy_only_sqlite() {
+    forwarded_test(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_from_a_trusted_proxy_only_postgres() {
+    forwarded_test(Backend::Postgres).await;
+}
+
+storage_test!(
+    bad_bodies_are_refused_and_nothing_is_stored,
+    |app: TestApp| async move {
+        site(&app, "www.example.com").await;
+        let good = pageview("www.example.com", "/").to_string();
+        let too_many =
+            serde_json::Value::Array(vec![pageview("www.example.com", "/"); 101]).to_string();
+        let huge = format!("[{}]", vec![good.as_str(); 2000].join(","));
+        let cases: Vec<(&str, Vec<(&str, &str)>, String, u16)> = vec![
+        ("not JSON", vec![], "{nope".into(), 400),
+        ("a number", vec![], "5".into(), 400),
+        ("empty array", vec![], "[]".into(), 400),
+        ("missing type and url", vec![], r#"{"site":"www.example.com"}"#.into(), 400),
+        ("unknown type", vec![], r#"{"site":"www.example.com","type":"click","url":"https://www.example.com/"}"#.into(), 400),
+        ("site not a string", vec![], r#"{"site":5,"type":"pageview","url":"https://www.example.com/"}"#.into(), 400),
+        ("negative engagement", vec![], r#"{"site":"www.example.com","type":"engagement","url":"https://www.example.com/","engaged_ms":-1}"#.into(), 400),
+        ("bad consent", vec![], r#"{"site":"www.example.com","type":"pageview","url":"https://www.example.com/","consent":"maybe"}"#.into(), 400),
+        ("control character", vec![], "{\"site\":\"www.example.com\",\"type\":\"pageview\",\"url\":\"https://www.example.com/\\u0000\"}".into(), 400),
+        ("too many events", vec![], too_many, 400),
+        ("too large", vec![], huge, 413),
+        ("wrong content type", vec![("Content-Type", "application/x-www-form-urlencoded")], good.clone(), 415),
+        ("foreign origin", vec![("Origin", "https://evil.test")], good.clone(), 403),
+    ];
+        for (what, extra, body, expected) in cases {
+            let mut headers = vec![("User-Agent", CHROME)];
+            if !extra.iter().any(|(k, _)| *k == "Content-Type") {
+                headers.push(("Content-Type", "application/json"));
+            }
+            headers.extend(extra);
+            let (status, _, answer) =
+                http(app.addr, "POST", "/v1/collect", &headers, body.as_bytes()).await;
+            assert_eq!(status, expected, "{what}: {answer}");
+            assert!(
+                answer.is_empty() || serde_json::from_str::<serde_json::Value>(&answer).is_ok(),
+                "{what}"
+            );
+            assert!(!answer.contains("nope"), "{what}: the input is not echoed");
+        }
+        // The schema's violations name the fields.
+        let (_, _, answer) = http(
+        app.addr,
+        "POST",
+        "/v1/collect",
+        &[("Content-Type", "application/json"), ("User-Agent", CHROME)],
+        br#"[{"site":"www.example.com","type":"pageview","url":"https://www.example.com/"},{"site":"www.example.com"}]"#,
+    )
+    .await;
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        let fields: Vec<&str> = answer["violations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, vec!["events[1].type", "events[1].url"]);
+        // Over gRPC: the same schema, INVALID_ARGUMENT, the whole batch refused.
+        let mut bad = grpc_event("www.example.com", "/", "");
+        bad.r#type = Type::Unspecified as i32;
+        let refused = collector(&app)
+            .collect_events(CollectEventsRequest {
+                events: vec![grpc_event("www.example.com", "/", "203.0.113.1"), bad],
+            })
+            .await
+            .expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        let fields: Vec<String> = violations(&refused).into_iter().map(|(f, _)| f).collect();
+        assert_eq!(fields, vec!["events[1].type", "events[1].client_ip"]);
+        // A consent without a decision.
+        let (status, _, _) = http(
+            app.addr,
+            "POST",
+            "/v1/consent",
+            &[("Content-Type", "application/json")],
+            br#"{"site":"www.example.com","consent_id":"0b0c3f55-1f4e-4b8e-9a57-4f1d2b9f5e11"}"#,
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(app.count("analytics_events").await, 0);
+        assert_eq!(app.count("analytics_drops").await, 0);
+        assert_eq!(app.count("analytics_consents").await, 0);
+    }
+);
+
+storage_test!(
+    the_stream_answers_batches_in_order,
+    |app: TestApp| async move {
+        site(&app, "www.example.com").await;
+        let batches: Vec<StreamEventsRequest> = (1..=3)
+            .map(|sequence| StreamEventsRequest {
+                sequence,
+                events: (0..sequence)
+                    .map(|i| {
+                        grpc_event(
+                            "www.example.com",
+                            &format!("/b{sequence}/{i}"),
+                            "203.0.113.5",
+                        )
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut answers = collector(&app)
+            .stream_events(tokio_stream::iter(batches))
+            .await
+            .expect("stream")
+            .into_inner();
+        let mut seen = Vec::new();
+        while let Some(answer) = answers.message().await.expect("answer") {
+            seen.push((answer.sequence, answer.result.unwrap().accepted));
+        }
+        assert_eq!(seen, vec![(1, 1), (2, 2), (3, 3)]);
+        assert_eq!(app.count("analytics_events").await, 6);
+        // A bad batch ends the stream with its status; the ones before it stay.
+        let mut bad = grpc_event("www.example.com", "/", "203.0.113.5");
+        bad.url.clear();
+        let batches = vec![
+            StreamEventsRequest {
+                sequence: 1,
+                events: vec![grpc_event("www.example.com", "/ok", "203.0.113.5")],
+            },
+            StreamEventsRequest {
+                sequence: 2,
+                events: vec![bad],
+            },
+        ];
+        let mut answers = collector(&app)
+            .stream_events(tokio_stream::iter(batches))
+            .await
+            .expect("stream")
+            .into_inner();
+        assert_eq!(answers.message().await.expect("first").unwrap().sequence, 1);
+        let refused = answers.message().await.expect_err("second refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(app.count("analytics_events").await, 7);
+    }
+);
+
+storage_test!(
+    no_raw_address_is_stored_and_sites_are_checked,
+    |app: TestApp| async move {
+        let s = site(&app, "www.example.com").await;
+        let (status, _) = beacon(
+            &app,
+            &pageview("www.example.com", "/?page=2&email=ann%40example.com").to_string(),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 202);
+        collector(&app)
+            .collect_events(CollectEventsRequest {
+                events: vec![grpc_event(
+                    "www.example.com",
+                    "/x",
+                    "2001:db8:abcd:12:1:2:3:4",
+                )],
+            })
+            .await
+            .expect("collect");
+        let stored = rows(
+            &app,
+            "SELECT path, network, browser, os, device FROM analytics_events ORDER BY path",
+        )
+        .await;
+        let seen: Vec<(String, String)> = stored
+            .iter()
+            .map(|r| (r.get::<String, _>("path"), r.get::<String, _>("network")))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("/?page=2".into(), "127.0.0.0".into()),
+                ("/x".into(), "2001:db8:abcd::".into()),
+            ]
+        );
+        assert_eq!(stored[0].get::<String, _>("browser"), "Chrome");
+        assert_eq!(stored[0].get::<String, _>("os"), "Linux");
+        assert_eq!(stored[0].get::<String, _>("device"), "desktop");
+        // Sites: the whole address is never kept; a domain is one site.
+        let refused = sites(&app)
+            .create_site(CreateSiteRequest {
+                site: Some(Site {
+                    domain: "other.example.com".into(),
+                    ipv4_bytes_kept: 4,
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .expect_err("4 bytes");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        let taken = sites(&app)
+            .create_site(CreateSiteRequest {
+                site: Some(Site {
+                    domain: "WWW.example.com".into(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .expect_err("taken");
+        assert_eq!(taken.code(), tonic::Code::AlreadyExists);
+        let listed = sites(&app)
+            .list_sites(custodian_proto::analytics::v1::ListSitesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.sites.len(), 1);
+        assert_eq!(listed.sites[0].name, s.name);
+    }
+);
