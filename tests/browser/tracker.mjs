@@ -2,7 +2,11 @@
 // Drives services/analytics/assets/example.html in headless Chromium against a running
 // analytics API and reports what the tracker sent and what it left in the browser.
 //
-//   node tracker.mjs --api http://127.0.0.1:PORT --mode default|gpc|refuse|grant [--site localhost] [--no-wait]
+//   node tracker.mjs --api http://127.0.0.1:PORT --mode default|gpc|refuse|grant [--site localhost]
+//                    [--user-agent UA] [--no-wait]
+//
+// --user-agent replaces the browser's: the server drops headless browsers ("HeadlessChrome")
+// as bots, so a caller that wants events stored passes a desktop browser's user agent.
 //
 // Handshake (so the caller can allow the page's origin before the page loads):
 //   1. first stdout line: {"origin":"http://127.0.0.1:<static port>"}
@@ -34,10 +38,12 @@ function parseArgs(argv) {
     if (a === '--api') args.api = argv[++i];
     else if (a === '--mode') args.mode = argv[++i];
     else if (a === '--site') args.site = argv[++i];
+    else if (a === '--user-agent') args.userAgent = argv[++i];
     else if (a === '--no-wait') args.wait = false;
     else fail(`unknown argument ${a}`);
   }
   if (!args.api) fail('--api is required');
+  if (args.userAgent !== undefined && !args.userAgent) fail('--user-agent needs a value');
   args.api = args.api.replace(/\/+$/, '');
   if (!['default', 'gpc', 'refuse', 'grant'].includes(args.mode)) fail('--mode must be default|gpc|refuse|grant');
   return args;
@@ -96,6 +102,7 @@ try {
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
   });
   const contextOptions = {};
+  if (args.userAgent) contextOptions.userAgent = args.userAgent;
   if (args.mode === 'gpc') contextOptions.extraHTTPHeaders = { 'Sec-GPC': '1' };
   const context = await browser.newContext(contextOptions);
   if (args.mode === 'gpc') {
