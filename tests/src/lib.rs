@@ -10,6 +10,7 @@ use std::{str::FromStr as _, sync::Arc, time::Duration};
 
 use custodian_privacy::{Purpose, keys::KeyFile, token::TokenIssuer};
 use custodian_proto::{
+    analytics::v1::site_service_client::SiteServiceClient,
     audit::v1::audit_service_client::AuditServiceClient,
     identity::v1::{
         contact_service_client::ContactServiceClient,
@@ -314,6 +315,7 @@ clients! {
     audit, audit_as => AuditServiceClient;
     tickets, tickets_as => TicketServiceClient;
     data_map, data_map_as => DataMapServiceClient;
+    sites, sites_as => SiteServiceClient;
 }
 
 impl TestApp {
