@@ -228,7 +228,12 @@ storage_test!(
             .unwrap()
             .into_inner();
         assert!(verified.intact, "{verified:?}");
-        assert_eq!(verified.chains[0].events_checked, trail.len() as i64);
+        let identity = verified
+            .chains
+            .iter()
+            .find(|c| c.service == "identity")
+            .expect("identity's chain");
+        assert_eq!(identity.events_checked, trail.len() as i64);
 
         // Altering an event is detected where it happened.
         sqlx::query("UPDATE audit_events SET caller = 'someone-else' WHERE seq = 2")
@@ -244,8 +249,19 @@ storage_test!(
         assert!(!verified.intact);
         assert_eq!(
             (
-                verified.chains[0].broken_at_sequence,
-                verified.chains[0].problem.as_str()
+                verified
+                    .chains
+                    .iter()
+                    .find(|c| c.service == "identity")
+                    .unwrap()
+                    .broken_at_sequence,
+                verified
+                    .chains
+                    .iter()
+                    .find(|c| c.service == "identity")
+                    .unwrap()
+                    .problem
+                    .as_str()
             ),
             (2, "hash mismatch")
         );
@@ -276,8 +292,19 @@ storage_test!(
         assert_eq!(
             (
                 verified.intact,
-                verified.chains[0].broken_at_sequence,
-                verified.chains[0].problem.as_str()
+                verified
+                    .chains
+                    .iter()
+                    .find(|c| c.service == "identity")
+                    .unwrap()
+                    .broken_at_sequence,
+                verified
+                    .chains
+                    .iter()
+                    .find(|c| c.service == "identity")
+                    .unwrap()
+                    .problem
+                    .as_str()
             ),
             (false, 3, "missing event")
         );

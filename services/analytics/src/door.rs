@@ -176,7 +176,7 @@ pub fn clean_path(url: &str, hosts: &[String], kept: &[String]) -> Option<String
         return None;
     }
     let host = parsed.host_str()?.to_ascii_lowercase();
-    if !hosts.iter().any(|h| *h == host) {
+    if !hosts.contains(&host) {
         return None;
     }
     let mut path = parsed.path().to_owned();
@@ -207,7 +207,7 @@ pub fn referrer_host(referrer: &str, own_hosts: &[String]) -> String {
         return String::new();
     }
     let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
-    if own_hosts.iter().any(|h| *h == host) {
+    if own_hosts.contains(&host) {
         return String::new();
     }
     host

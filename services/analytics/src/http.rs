@@ -65,8 +65,10 @@ pub(crate) fn routes(beacon: Beacon) -> HttpRoutes {
 /// Parses `--trusted-proxies`.
 pub fn parse_proxies(raw: &[String]) -> anyhow::Result<Vec<IpNet>> {
     raw.iter()
+        .map(|p| p.trim())
+        // An empty setting (an unset environment variable) trusts nobody.
+        .filter(|p| !p.is_empty())
         .map(|p| {
-            let p = p.trim();
             p.parse::<IpNet>()
                 .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
                 .map_err(|_| {
@@ -195,7 +197,7 @@ async fn preflight(State(beacon): State<Beacon>, headers: HeaderMap) -> Response
         .sites
         .map()
         .all()
-        .any(|site| site.origins().iter().any(|o| *o == origin));
+        .any(|site| site.origins().contains(&origin));
     if !known {
         return error(StatusCode::FORBIDDEN, "this origin may not send events");
     }
@@ -238,6 +240,7 @@ async fn tracker() -> Response {
 }
 
 /// The body of a JSON post: size limit, content type, syntax.
+#[allow(clippy::result_large_err)] // a refusal is answered as is, once
 async fn read_json(request: Request) -> Result<(http::request::Parts, Value), Response> {
     let (parts, body) = request.into_parts();
     let content_type = parts
@@ -364,6 +367,7 @@ fn violations_response(violations: Vec<(String, &'static str)>) -> Response {
 }
 
 /// The beacon's events as the collector's.
+#[allow(clippy::result_large_err)] // a refusal is answered as is, once
 fn events_of(
     value: &Value,
     ip: IpAddr,

@@ -198,7 +198,14 @@ mod collector {
                 .then(move |batch| {
                     let ingest = ingest.clone();
                     async move {
-                        let batch = batch?;
+                        // tonic reports an undecodable message as INTERNAL;
+                        // it is the sender's mistake.
+                        let batch = batch.map_err(|status| match status.code() {
+                            tonic::Code::Internal => Status::invalid_argument(
+                                "a batch is not a valid custodian.analytics.v1.StreamEventsRequest message",
+                            ),
+                            _ => status,
+                        })?;
                         check_events(&batch.events)?;
                         let result = ingest.collect(batch.events).await?;
                         Ok(StreamEventsResponse {

@@ -1125,7 +1125,7 @@ mod tests {
     #[test]
     fn every_declared_purpose_is_a_token_purpose() {
         use custodian_proto::privacy::v1::Purpose as P;
-        for number in 1..=7 {
+        for number in 1..=8 {
             let declared = P::try_from(number).unwrap();
             let purpose = Purpose::from_proto(declared).unwrap();
             assert_eq!(purpose.to_proto(), declared);
@@ -1135,7 +1135,7 @@ mod tests {
                 format!("PURPOSE_{}", purpose.as_str().to_uppercase())
             );
         }
-        assert!(P::try_from(8).is_err(), "a purpose the tokens do not know");
+        assert!(P::try_from(9).is_err(), "a purpose the tokens do not know");
         assert_eq!(Purpose::from_proto(P::Unspecified), None);
     }
 
