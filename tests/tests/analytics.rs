@@ -1049,3 +1049,90 @@ storage_test!(
         assert_eq!(listed.sites[0].name, s.name);
     }
 );
+
+/// The writer held up (a lock on what it writes), a queue of 25 events,
+/// five beacons of 10 events at once: at most two fit, the others are
+/// refused at once with 429 and Retry-After, and once the writer moves the
+/// ones that waited are stored, and only they.
+async fn backpressure_test(backend: Backend) {
+    let Some(app) = spawn_with(backend, |c| c.analytics_queue_events = 25).await else {
+        return;
+    };
+    site(&app, "www.example.com").await;
+    // The day's salt and partition exist before the writer is held.
+    beacon(
+        &app,
+        &pageview("www.example.com", "/primer").to_string(),
+        &[],
+    )
+    .await;
+    let mut hold = app.raw.begin().await.expect("begin");
+    let lock = match backend {
+        Backend::Sqlite => "DELETE FROM analytics_drops WHERE day = -1",
+        Backend::Postgres => "LOCK TABLE analytics_events IN ACCESS EXCLUSIVE MODE",
+    };
+    sqlx::query(lock).execute(&mut *hold).await.expect("lock");
+    let ten = serde_json::Value::Array(
+        (0..10)
+            .map(|i| pageview("www.example.com", &format!("/held/{i}")))
+            .collect(),
+    )
+    .to_string();
+    let (answers_tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..5 {
+        let (addr, body, answers_tx) = (app.addr, ten.clone(), answers_tx.clone());
+        tokio::spawn(async move {
+            let answer = http(
+                addr,
+                "POST",
+                "/v1/collect",
+                &[("Content-Type", "text/plain"), ("User-Agent", CHROME)],
+                body.as_bytes(),
+            )
+            .await;
+            let _ = answers_tx.send(answer);
+        });
+    }
+    let mut refused = 0;
+    while refused < 3 {
+        let (status, headers, _) = answers.recv().await.expect("an answer");
+        assert_eq!(status, 429, "nothing is stored while the writer is held");
+        assert!(headers.iter().any(|(k, v)| k == "retry-after" && v == "1"));
+        refused += 1;
+    }
+    hold.rollback().await.expect("release");
+    let mut accepted = 0;
+    for _ in 0..2 {
+        match answers.recv().await.expect("an answer") {
+            (202, _, _) => accepted += 1,
+            (429, _, _) => refused += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(
+        accepted >= 1,
+        "the queued beacons are stored once the writer moves"
+    );
+    assert_eq!(app.count("analytics_events").await, 1 + 10 * accepted);
+    // Over gRPC the same refusal is RESOURCE_EXHAUSTED: a batch larger than
+    // the whole queue never fits.
+    let events: Vec<Event> = (0..30)
+        .map(|i| grpc_event("www.example.com", &format!("/big/{i}"), "203.0.113.9"))
+        .collect();
+    let status = collector(&app)
+        .collect_events(CollectEventsRequest { events })
+        .await
+        .expect_err("over the queue");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(app.count("analytics_events").await, 1 + 10 * accepted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_behind_refuses_with_429_sqlite() {
+    backpressure_test(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_behind_refuses_with_429_postgres() {
+    backpressure_test(Backend::Postgres).await;
+}

@@ -307,7 +307,7 @@ impl KitService for Analytics {
             };
             db.migrate(NAME, migrator).await?;
             self.sites.reload().await?;
-            let writer = writer::Writer::start(db)?;
+            let writer = writer::Writer::start(db, self.context.config.analytics_queue_events)?;
             let _ = self.writer.set(writer);
             if let Ok(mut tasks) = self.tasks.lock() {
                 tasks.push(self.sites.refresh_every(SITES_REFRESH));

@@ -28,8 +28,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::door::Clean;
 
-/// Rows (events, usage events, drops) that may wait for the writer.
-pub const QUEUE_ROWS: usize = 50_000;
 /// Rows the writer takes into one transaction.
 const BATCH_ROWS: usize = 10_000;
 
@@ -98,8 +96,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task for `db`.
-    pub fn start(db: &Database) -> anyhow::Result<Self> {
+    /// Starts the writer task for `db`; at most `queue_rows` rows (events,
+    /// usage events, drops) wait for it.
+    pub fn start(db: &Database, queue_rows: usize) -> anyhow::Result<Self> {
         let sink = match db.backend() {
             Backend::Postgres => Sink::Postgres {
                 pool: PgPoolOptions::new()
@@ -121,7 +120,7 @@ impl Writer {
         tokio::spawn(run(Arc::new(sink), rx));
         Ok(Self {
             jobs,
-            slots: Arc::new(Semaphore::new(QUEUE_ROWS)),
+            slots: Arc::new(Semaphore::new(queue_rows.max(1))),
         })
     }
 

@@ -31,6 +31,11 @@ use std::{
 };
 
 use custodian_proto::{
+    analytics::v1::{
+        CollectEventsRequest, CreateSiteRequest, Event, Site,
+        collector_service_client::CollectorServiceClient, event,
+        site_service_client::SiteServiceClient,
+    },
     audit::v1::{
         AuditAction, AuditEvent, ListAuditEventsRequest, VerifyAuditChainRequest,
         audit_service_client::AuditServiceClient,
@@ -69,7 +74,12 @@ const WORKERS: u64 = 16;
 const PAGE_SIZE: i32 = 1000;
 /// Purposes of the test's token: creating tenants, creating and reading
 /// contacts, reading the audit trail.
-const PURPOSES: &[&str] = &["administration", "service_delivery", "audit"];
+const PURPOSES: &[&str] = &[
+    "administration",
+    "service_delivery",
+    "audit",
+    "product_analytics",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_concurrent_creates_sqlite() {
@@ -84,6 +94,200 @@ async fn kill_9_during_concurrent_creates_postgres() {
     };
     let folder = tempfile::tempdir().expect("temporary folder");
     crash_test("postgres", &folder.path().join("data"), Some(&database.url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_concurrent_event_batches_sqlite() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let data = folder.path().join("data");
+    let url = format!("sqlite://{}", data.join("analytics.db").display());
+    events_crash_test("sqlite", &data, None, &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_concurrent_event_batches_postgres() {
+    let Some(database) = Postgres::create().await else {
+        return;
+    };
+    let folder = tempfile::tempdir().expect("temporary folder");
+    events_crash_test(
+        "postgres",
+        &folder.path().join("data"),
+        Some(&database.url),
+        &database.url,
+    )
+    .await;
+}
+
+/// Events per batch in the analytics crash test.
+const BATCH: usize = 20;
+
+/// The analytics writer's promise under `kill -9`: a batch is answered only
+/// after its events commit, so every acknowledged event is stored after a
+/// restart; and since every event carries an id, a batch that got no answer
+/// can be sent again without counting anything twice.
+async fn events_crash_test(backend: &str, data_dir: &Path, database_url: Option<&str>, db: &str) {
+    let began = Instant::now();
+    let log = Log::default();
+    let mut server = Server::start(data_dir, database_url, &log).await;
+    let token = token(data_dir).await;
+    SiteServiceClient::with_interceptor(server.channel.clone(), Bearer::new(&token))
+        .create_site(CreateSiteRequest {
+            site: Some(Site {
+                domain: "www.example.com".into(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateSite: {e}\nserver stderr:\n{}", log.text()));
+    let mut acknowledged: BTreeSet<String> = BTreeSet::new();
+    let mut uncertain: Vec<Vec<Event>> = Vec::new();
+    for round in 0..ROUNDS {
+        if round > 0 {
+            server = Server::start(data_dir, database_url, &log).await;
+        }
+        let killed = Arc::new(AtomicBool::new(false));
+        let (acks, mut acked_so_far) = watch::channel(0usize);
+        let acks = Arc::new(acks);
+        let mut clients = JoinSet::new();
+        for worker in 0..WORKERS / 2 {
+            let channel = Channel::from_shared(format!("http://{}", server.addr))
+                .expect("URI")
+                .connect_lazy();
+            let collector = CollectorServiceClient::with_interceptor(channel, Bearer::new(&token));
+            let (killed, acks) = (Arc::clone(&killed), Arc::clone(&acks));
+            let prefix = format!("r{round}-w{worker}");
+            clients.spawn(async move {
+                let mut collector = collector;
+                let mut seen: (Vec<String>, Option<Vec<Event>>) = (Vec::new(), None);
+                for n in 0.. {
+                    if killed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let events: Vec<Event> = (0..BATCH)
+                        .map(|i| Event {
+                            site: "www.example.com".into(),
+                            r#type: event::Type::Pageview as i32,
+                            url: format!("https://www.example.com/{prefix}/{n}"),
+                            user_agent:
+                                "Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0.0.0 Safari/537.36"
+                                    .into(),
+                            client_ip: format!("203.0.113.{}", i + 1),
+                            event_id: format!("{prefix}-{n}-{i}"),
+                            ..Default::default()
+                        })
+                        .collect();
+                    let request = CollectEventsRequest {
+                        events: events.clone(),
+                    };
+                    match tokio::time::timeout(CALL_TIMEOUT, collector.collect_events(request))
+                        .await
+                    {
+                        Ok(Ok(answer)) if answer.get_ref().accepted == BATCH as i64 => {
+                            seen.0.extend(events.into_iter().map(|e| e.event_id));
+                            acks.send_modify(|n| *n += 1);
+                        }
+                        Ok(Ok(answer)) => {
+                            return Err(format!(
+                                "a fresh batch was not stored whole: {:?}",
+                                answer.get_ref()
+                            ));
+                        }
+                        failed => {
+                            if !killed.load(Ordering::SeqCst) {
+                                return Err(format!(
+                                    "CollectEvents failed while the server was up: {failed:?}"
+                                ));
+                            }
+                            seen.1 = Some(events);
+                            break;
+                        }
+                    }
+                }
+                Ok(seen)
+            });
+        }
+        let target = kill_after(round) / 4 + 1;
+        tokio::time::timeout(CALL_TIMEOUT * 10, acked_so_far.wait_for(|n| *n >= target))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: fewer than {target} batches acknowledged"))
+            .expect("clients alive");
+        killed.store(true, Ordering::SeqCst);
+        server.kill_9().await;
+        while let Some(seen) = clients.join_next().await {
+            let (acked, unsure) = seen
+                .expect("client task")
+                .unwrap_or_else(|failure| panic!("{failure}\nserver stderr:\n{}", log.text()));
+            acknowledged.extend(acked);
+            uncertain.extend(unsure);
+        }
+    }
+    assert!(!uncertain.is_empty(), "no kill hit a batch in flight");
+
+    server = Server::start(data_dir, database_url, &log).await;
+    let stored = stored_event_ids(db).await;
+    for id in &acknowledged {
+        assert_eq!(
+            stored.get(id),
+            Some(&1),
+            "the acknowledged event {id} is not stored once"
+        );
+    }
+    let unsure_ids: BTreeSet<String> = uncertain
+        .iter()
+        .flatten()
+        .map(|e| e.event_id.clone())
+        .collect();
+    for id in stored.keys() {
+        assert!(
+            acknowledged.contains(id) || unsure_ids.contains(id),
+            "{id} is stored but was never acknowledged nor in flight"
+        );
+    }
+    // The sender retries what got no answer: stored once, whatever the kill left.
+    let mut collector =
+        CollectorServiceClient::with_interceptor(server.channel.clone(), Bearer::new(&token));
+    for events in &uncertain {
+        collector
+            .collect_events(CollectEventsRequest {
+                events: events.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("retrying a batch: {e}\nserver stderr:\n{}", log.text()));
+    }
+    let stored = stored_event_ids(db).await;
+    assert!(
+        stored.values().all(|n| *n == 1),
+        "an event was stored twice"
+    );
+    assert_eq!(stored.len(), acknowledged.len() + unsure_ids.len());
+    eprintln!(
+        "{backend}: {ROUNDS} kills in {:?}: {} events acknowledged, {} batches uncertain",
+        began.elapsed(),
+        acknowledged.len(),
+        uncertain.len(),
+    );
+    drop(server);
+}
+
+/// How often each event id is stored, read straight from the database.
+async fn stored_event_ids(url: &str) -> BTreeMap<String, i64> {
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url)
+        .await
+        .expect("the analytics database");
+    let rows = sqlx::query(
+        "SELECT event_id, COUNT(*) AS n FROM analytics_events WHERE event_id IS NOT NULL GROUP BY event_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("reading events");
+    pool.close().await;
+    use sqlx::Row as _;
+    rows.iter()
+        .map(|r| (r.get::<String, _>("event_id"), r.get::<i64, _>("n")))
+        .collect()
 }
 
 /// One attempted create, kept so an uncertain one can be retried as is.

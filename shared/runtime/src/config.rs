@@ -178,6 +178,17 @@ pub struct ServerArgs {
     )]
     pub trusted_proxies: Option<Vec<String>>,
 
+    /// Analytics events that may wait for the database; beyond them the
+    /// collector answers RESOURCE_EXHAUSTED (HTTP 429), so memory stays
+    /// bounded when the database falls behind [default: 50000].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_ANALYTICS_QUEUE_EVENTS",
+        value_name = "N"
+    )]
+    pub analytics_queue_events: Option<usize>,
+
     /// The fewest visitors an analytics report cell may count; smaller
     /// cells are merged or left out (at least 2) [default: 5].
     #[arg(
@@ -230,6 +241,7 @@ struct FileConfig {
     mail_from: Option<String>,
     ticket_sla: Option<String>,
     trusted_proxies: Option<Vec<String>>,
+    analytics_queue_events: Option<usize>,
     report_min_visitors: Option<u32>,
 }
 
@@ -260,6 +272,8 @@ pub struct Config {
     pub ticket_sla: Option<String>,
     /// Proxies trusted to name the client (addresses or CIDR blocks).
     pub trusted_proxies: Vec<String>,
+    /// Analytics events that may wait for the database.
+    pub analytics_queue_events: usize,
     /// k of the analytics reports.
     pub report_min_visitors: u32,
 }
@@ -293,6 +307,7 @@ impl std::fmt::Debug for Config {
             .field("mail_from", &self.mail_from)
             .field("ticket_sla", &self.ticket_sla)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("analytics_queue_events", &self.analytics_queue_events)
             .field("report_min_visitors", &self.report_min_visitors)
             .finish()
     }
@@ -320,6 +335,7 @@ impl Default for Config {
             mail_from: "support@custodian.localhost".to_owned(),
             ticket_sla: None,
             trusted_proxies: Vec::new(),
+            analytics_queue_events: 50_000,
             report_min_visitors: 5,
         }
     }
@@ -386,6 +402,10 @@ impl Config {
                 .trusted_proxies
                 .or(file.trusted_proxies)
                 .unwrap_or(d.trusted_proxies),
+            analytics_queue_events: args
+                .analytics_queue_events
+                .or(file.analytics_queue_events)
+                .unwrap_or(d.analytics_queue_events),
             report_min_visitors: args
                 .report_min_visitors
                 .or(file.report_min_visitors)
