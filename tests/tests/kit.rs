@@ -1675,14 +1675,29 @@ fn check_map(map: &DataMap) {
             .map(|r| r.full_name())
             .filter(|n| n.starts_with(&package))
             .collect();
-        let listed: BTreeSet<&str> = system
+        // What a service holds in bulk, outside the store, it describes
+        // itself: a message of its contracts, never sealed, with a category.
+        let (bulk, records): (Vec<_>, Vec<_>) = system
             .resources
             .iter()
-            .map(|r| r.message.as_str())
-            .collect();
+            .partition(|r| DECLARATIONS.resource(&r.message).is_none());
+        for resource in &bulk {
+            assert!(resource.message.starts_with(&package), "{}", resource.message);
+            assert!(
+                DECLARATIONS
+                    .pool()
+                    .get_message_by_name(&resource.message)
+                    .is_some(),
+                "{} is not a message of the contracts",
+                resource.message
+            );
+            assert_ne!(resource.data_category, 0, "{}", resource.message);
+            assert!(resource.personal_fields.iter().all(|f| !f.encrypted_at_rest));
+        }
+        let listed: BTreeSet<&str> = records.iter().map(|r| r.message.as_str()).collect();
         assert_eq!(listed, declared_here, "{}", system.service);
-        assert_eq!(listed.len(), system.resources.len(), "a resource twice");
-        for resource in &system.resources {
+        assert_eq!(listed.len(), records.len(), "a resource twice");
+        for resource in records {
             mapped.insert(resource.message.clone());
             let spec = DECLARATIONS.resource(&resource.message).unwrap();
             let policy = &spec.policy;

@@ -31,6 +31,10 @@ use custodian_proto::analytics::v1::{
     consent_service_server::ConsentServiceServer, report_service_server::ReportServiceServer,
     site_service_server::SiteServiceServer, usage_service_server::UsageServiceServer,
 };
+use custodian_proto::privacy::v1::{
+    Controller as ControllerDecl, DataCategory, DataMapField, DataMapResource, Erasure, Lookup,
+    Purpose as PurposeProto,
+};
 use custodian_runtime::{
     HttpRoutes,
     server::{Limits, service_name},
@@ -288,6 +292,69 @@ impl KitService for Analytics {
         routes.add_service(
             UsageServiceServer::new(self.usage.clone()).max_decoding_message_size(max),
         );
+    }
+
+    fn held_in_bulk(&self) -> Vec<DataMapResource> {
+        let field = |path: &str, visible_to: &[PurposeProto], lookup| DataMapField {
+            path: path.to_owned(),
+            visible_to: visible_to.iter().map(|p| *p as i32).collect(),
+            lookup: lookup as i32,
+            encrypted_at_rest: false,
+        };
+        let thirty_days = Some(prost_types::Duration {
+            seconds: 30 * 86_400,
+            nanos: 0,
+        });
+        vec![
+            // Raw website events: no one reads them through the API; reports
+            // sum k-anonymous daily aggregates made from them.
+            DataMapResource {
+                message: "custodian.analytics.v1.Event".to_owned(),
+                pattern: "sites/{site}/events".to_owned(),
+                data_category: DataCategory::UsageEvent as i32,
+                controller: ControllerDecl::Company as i32,
+                personal_fields: vec![
+                    field("client_ip (truncated per site)", &[], Lookup::Unspecified),
+                    field(
+                        "visitor (keyed hash, salt destroyed within 48 h)",
+                        &[],
+                        Lookup::Unspecified,
+                    ),
+                    field(
+                        "user_agent (browser, OS, device class only)",
+                        &[],
+                        Lookup::Unspecified,
+                    ),
+                ],
+                default_retention: thirty_days,
+                retention_clock: "time (each site may keep less)".to_owned(),
+                tenant_may_set_retention: false,
+                erasure: Erasure::Delete as i32,
+                purposes: Vec::new(),
+            },
+            DataMapResource {
+                message: "custodian.analytics.v1.UsageEvent".to_owned(),
+                pattern: "tenants/{tenant}/users/{user}/usageEvents".to_owned(),
+                data_category: DataCategory::UsageEvent as i32,
+                controller: ControllerDecl::Tenant as i32,
+                personal_fields: vec![field(
+                    "user (keyed index)",
+                    &[
+                        PurposeProto::DefectInvestigation,
+                        PurposeProto::DsrFulfilment,
+                    ],
+                    Lookup::User,
+                )],
+                default_retention: thirty_days,
+                retention_clock: "time".to_owned(),
+                tenant_may_set_retention: false,
+                erasure: Erasure::Delete as i32,
+                purposes: vec![
+                    PurposeProto::DefectInvestigation as i32,
+                    PurposeProto::DsrFulfilment as i32,
+                ],
+            },
+        ]
     }
 
     fn http(&self) -> Option<HttpRoutes> {

@@ -16,11 +16,13 @@ use tonic::{Request, Response, Status};
 
 use crate::{call::Call, declare::DECLARATIONS, store::Binding};
 
-/// What one service of the process declares: its resources and the gRPC
-/// services it answers.
+/// What one service of the process declares: its resources, what it holds
+/// in bulk, and the gRPC services it answers.
 pub struct System<'a> {
     pub service: &'static str,
     pub bindings: &'a [std::sync::Arc<Binding>],
+    /// What it holds outside the store, as it describes it.
+    pub bulk: Vec<DataMapResource>,
     pub grpc_services: Vec<&'static str>,
 }
 
@@ -33,6 +35,7 @@ pub fn build(systems: &[System<'_>]) -> DataMap {
                 .bindings
                 .iter()
                 .map(|binding| resource(binding))
+                .chain(system.bulk.iter().cloned())
                 .collect();
             let mut methods: Vec<DataMapMethod> = system
                 .grpc_services
@@ -174,14 +177,21 @@ pub fn to_markdown(map: &DataMap) -> String {
                 .personal_fields
                 .iter()
                 .map(|f| {
+                    let seen = f
+                        .visible_to
+                        .iter()
+                        .map(|p| purpose_name(*p))
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     format!(
-                        "`{}` ({})",
+                        "`{}` ({}){}",
                         f.path,
-                        f.visible_to
-                            .iter()
-                            .map(|p| purpose_name(*p))
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        if seen.is_empty() { "nobody" } else { &seen },
+                        if f.encrypted_at_rest {
+                            ""
+                        } else {
+                            ", kept reduced, not sealed"
+                        }
                     )
                 })
                 .collect::<Vec<_>>()

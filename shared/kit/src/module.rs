@@ -82,6 +82,13 @@ pub trait KitService: Send + Sync + 'static {
         Box::pin(async {})
     }
 
+    /// Personal data it holds outside the kit's store (bulk tables written
+    /// on a native path), described for the data map: what is not in the
+    /// map is not in the record of processing.
+    fn held_in_bulk(&self) -> Vec<custodian_proto::privacy::v1::DataMapResource> {
+        Vec::new()
+    }
+
     /// Its plain HTTP endpoints, if any (see [`HttpRoutes`]).
     fn http(&self) -> Option<HttpRoutes> {
         None
@@ -289,6 +296,7 @@ pub fn assemble(
         .map(|(service, _)| System {
             service: service.name(),
             bindings: service.store().bindings(),
+            bulk: service.held_in_bulk(),
             grpc_services: service
                 .grpc_services()
                 .into_iter()
