@@ -1109,6 +1109,7 @@ async fn backpressure_test(backend: Backend) {
             other => panic!("unexpected answer {other:?}"),
         }
     }
+    assert_eq!(refused + accepted, 5, "every beacon is answered");
     assert!(
         accepted >= 1,
         "the queued beacons are stored once the writer moves"
