@@ -35,6 +35,8 @@ pub enum Target {
     Tickets,
     /// Web analytics and Platform usage only.
     Analytics,
+    /// Feedback, testimonials and surveys only.
+    Feedback,
 }
 
 /// One service of the suite.
@@ -62,6 +64,10 @@ fn analytics(context: Context) -> anyhow::Result<Arc<dyn KitService>> {
     Ok(Arc::new(custodian_analytics::Analytics::new(context)?))
 }
 
+fn feedback(context: Context) -> anyhow::Result<Arc<dyn KitService>> {
+    Ok(Arc::new(custodian_feedback::Feedback::new(context)))
+}
+
 /// Every service of the suite, by `--target` name. A new service is one
 /// more entry here.
 const SERVICES: &[Service] = &[
@@ -82,6 +88,12 @@ const SERVICES: &[Service] = &[
         name: custodian_analytics::NAME,
         construct: analytics,
         peer_purposes: custodian_analytics::PEER_PURPOSES,
+    },
+    Service {
+        target: Target::Feedback,
+        name: custodian_feedback::NAME,
+        construct: feedback,
+        peer_purposes: custodian_feedback::PEER_PURPOSES,
     },
 ];
 
