@@ -45,6 +45,12 @@ pub mod tickets {
     }
 }
 
+pub mod feedback {
+    pub mod v1 {
+        tonic::include_proto!("custodian.feedback.v1");
+    }
+}
+
 pub mod analytics {
     pub mod v1 {
         tonic::include_proto!("custodian.analytics.v1");
