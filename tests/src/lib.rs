@@ -12,6 +12,7 @@ use custodian_privacy::{Purpose, keys::KeyFile, token::TokenIssuer};
 use custodian_proto::{
     analytics::v1::site_service_client::SiteServiceClient,
     audit::v1::audit_service_client::AuditServiceClient,
+    feedback::v1::survey_service_client::SurveyServiceClient,
     identity::v1::{
         contact_service_client::ContactServiceClient,
         evaluation_signup_service_client::EvaluationSignupServiceClient,
@@ -316,6 +317,7 @@ clients! {
     tickets, tickets_as => TicketServiceClient;
     data_map, data_map_as => DataMapServiceClient;
     sites, sites_as => SiteServiceClient;
+    surveys, surveys_as => SurveyServiceClient;
 }
 
 impl TestApp {
