@@ -1205,8 +1205,11 @@ impl SurveyService for Api {
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| {
-            ApiError::NotFound(
-                "no open invitation has this token (the survey may have closed)".to_owned(),
+            // Links go when a survey closes: a token of a closed survey
+            // is as unknown as a made-up one, and is told apart from it by
+            // nothing.
+            ApiError::FailedPrecondition(
+                "no open invitation has this token (its survey may have closed)".to_owned(),
             )
         })?;
         let invitation: String = link.try_get("invitation_id").map_err(ApiError::from)?;
