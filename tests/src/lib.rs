@@ -12,6 +12,7 @@ use custodian_privacy::{Purpose, keys::KeyFile, token::TokenIssuer};
 use custodian_proto::{
     analytics::v1::site_service_client::SiteServiceClient,
     audit::v1::audit_service_client::AuditServiceClient,
+    feedback::v1::feedback_service_client::FeedbackServiceClient,
     feedback::v1::survey_service_client::SurveyServiceClient,
     identity::v1::{
         contact_service_client::ContactServiceClient,
@@ -317,6 +318,7 @@ clients! {
     tickets, tickets_as => TicketServiceClient;
     data_map, data_map_as => DataMapServiceClient;
     sites, sites_as => SiteServiceClient;
+    feedback, feedback_as => FeedbackServiceClient;
     surveys, surveys_as => SurveyServiceClient;
 }
 
