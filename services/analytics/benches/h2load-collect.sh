@@ -22,7 +22,7 @@ REQUESTS="${REQUESTS:-20000}"
 CLIENTS="${CLIENTS:-64}"
 ADDR="127.0.0.1:${PORT}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
-BIN="${ROOT}/target/release/custodian"
+BIN="${BIN:-${ROOT}/target/release/custodian}"
 
 for tool in h2load grpcurl jq; do
     command -v "$tool" >/dev/null || {
@@ -94,8 +94,8 @@ run() {
 
 # Warm-up, then the measured runs.
 h2load --h1 -n 2000 -c 16 -d "$WORK/body.json" "${HEADERS[@]}" "http://$ADDR/v1/collect" >/dev/null
-run "http/1.1" --h1
-run "http/2" -m 16
+run "http1.1" --h1
+run "http2" -m 16
 
 if [[ -n "${DATABASE_URL:-}" ]]; then
     stored=$(psql "$DATABASE_URL" -Atc "SELECT COUNT(*) FROM analytics_events")
