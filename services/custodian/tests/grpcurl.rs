@@ -260,6 +260,52 @@ fn grpcurl_drives_custodian_through_reflection() {
     );
     assert_eq!(after["contacts"], json!([contact]), "{after}");
 
+    // Analytics as the README shows it: a site registered with grpcurl, a
+    // beacon posted with curl on the same port, the drop counters read back.
+    g.token = Some(server.token(&["administration", "product_analytics"]));
+    let site = g.call(
+        &server,
+        "custodian.analytics.v1.SiteService/CreateSite",
+        &json!({"site": {"domain": "www.example.com", "allowed_origins": ["https://www.example.com"]}}),
+    );
+    assert_eq!(site["domain"], "www.example.com", "{site}");
+    let posted = Command::new("curl")
+        .args(["-s", "-i", "-X", "POST", "-H", "Content-Type: text/plain", "-H"])
+        .arg("User-Agent: Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0.0.0 Safari/537.36")
+        .args(["-H", "Origin: https://www.example.com", "-d"])
+        .arg(
+            json!([
+                {"site": "www.example.com", "type": "pageview", "url": "https://www.example.com/pricing?email=x", "event_id": "e-1"},
+                {"site": "www.example.com", "type": "pageview", "url": "https://www.example.com/pricing", "event_id": "e-1"},
+                {"site": "nowhere.example", "type": "pageview", "url": "https://nowhere.example/"}
+            ])
+            .to_string(),
+        )
+        .arg(format!("http://{}/v1/collect", server.addr))
+        .output()
+        .expect("running curl");
+    let answer = String::from_utf8_lossy(&posted.stdout);
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin: https://www.example.com"),
+        "{answer}"
+    );
+    assert!(answer.contains(r#"{"accepted":1,"dropped":2}"#), "{answer}");
+    let drops = g.call(
+        &server,
+        "custodian.analytics.v1.ReportService/GetDropCounts",
+        &json!({}),
+    );
+    assert_eq!(
+        drops,
+        json!({"dropped": [
+            {"reason": "DROP_REASON_UNKNOWN_SITE", "count": "1"},
+            {"reason": "DROP_REASON_DUPLICATE", "count": "1"}
+        ]}),
+    );
+
     // Graceful shutdown: SIGTERM drains and exits with success.
     let status = server.terminate();
     assert!(
