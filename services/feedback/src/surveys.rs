@@ -365,6 +365,79 @@ async fn load_responses(
     Ok(out.into_values().collect())
 }
 
+/// Writes a closed survey's responses again, in random order: the order
+/// rows were stored in (SQLite's rowids, PostgreSQL's heap) would otherwise
+/// follow the order people answered in, which the invitations' times hint
+/// at. (Old row versions are overwritten on SQLite, which runs with
+/// `secure_delete`; on PostgreSQL they stay until vacuum.)
+async fn rewrite_shuffled(
+    conn: &mut sqlx::AnyConnection,
+    survey_id: &str,
+    responses: &mut [results::Response],
+) -> Result<(), ApiError> {
+    for i in (1..responses.len()).rev() {
+        let mut buf = [0u8; 8];
+        getrandom::fill(&mut buf)
+            .map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))?;
+        let j = (u64::from_le_bytes(buf) % (i as u64 + 1)) as usize;
+        responses.swap(i, j);
+    }
+    sqlx::query("DELETE FROM feedback_survey_answers WHERE survey_id = $1")
+        .bind(survey_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM feedback_survey_responses WHERE survey_id = $1")
+        .bind(survey_id)
+        .execute(&mut *conn)
+        .await?;
+    for r in responses.iter() {
+        let segments: Vec<(&String, &String)> = r.segments.iter().collect();
+        sqlx::query(
+            "INSERT INTO feedback_survey_responses (id, survey_id, segments) VALUES ($1, $2, $3)",
+        )
+        .bind(&r.id)
+        .bind(survey_id)
+        .bind(serde_json::to_string(&segments).map_err(ApiError::internal)?)
+        .execute(&mut *conn)
+        .await?;
+        for (question, value) in &r.answers {
+            insert_answer(conn, &r.id, survey_id, question, value.clone()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn insert_answer(
+    conn: &mut sqlx::AnyConnection,
+    response_id: &str,
+    survey_id: &str,
+    question: &str,
+    value: Value,
+) -> Result<(), ApiError> {
+    let (score, choices, text) = match value {
+        Value::Score(s) => (Some(s), None, None),
+        Value::Choices(c) => (
+            None,
+            Some(serde_json::to_string(&c).map_err(ApiError::internal)?),
+            None,
+        ),
+        Value::Text(t) => (None, None, Some(t)),
+    };
+    sqlx::query(
+        "INSERT INTO feedback_survey_answers (response_id, survey_id, question, score, choices, text) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(response_id)
+    .bind(survey_id)
+    .bind(question)
+    .bind(score)
+    .bind(choices)
+    .bind(text)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
 async fn load_served(
     conn: &mut sqlx::AnyConnection,
     survey_id: &str,
@@ -528,7 +601,8 @@ impl Api {
             .bind(&row.id)
             .execute(&mut **tx)
             .await?;
-        let responses = load_responses(tx, &row.id).await?;
+        let mut responses = load_responses(tx, &row.id).await?;
+        rewrite_shuffled(tx, &row.id, &mut responses).await?;
         let members: Vec<&results::Response> = responses.iter().collect();
         let all = results::ids(&members);
         let mut earlier = load_served(tx, &row.id).await?;
@@ -1274,28 +1348,7 @@ impl SurveyService for Api {
         .await
         .map_err(ApiError::from)?;
         for (question, value) in answers {
-            let (score, choices, text) = match value {
-                Value::Score(s) => (Some(s), None, None),
-                Value::Choices(c) => (
-                    None,
-                    Some(serde_json::to_string(&c).map_err(ApiError::internal)?),
-                    None,
-                ),
-                Value::Text(t) => (None, None, Some(t)),
-            };
-            sqlx::query(
-                "INSERT INTO feedback_survey_answers (response_id, survey_id, question, score, choices, text) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(&response_id)
-            .bind(&survey.id)
-            .bind(question)
-            .bind(score)
-            .bind(choices)
-            .bind(text)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
+            insert_answer(&mut tx, &response_id, &survey.id, &question, value).await?;
         }
         tx.commit().await.map_err(ApiError::from)?;
         Ok(Response::new(SubmitResponseResponse {
