@@ -290,6 +290,31 @@ storage_test!(
                 assert!(!text.contains(secret), "{purpose:?} sees {secret}");
             }
         }
+        // A caller limited to another tenant sees none of acme's.
+        let globex = app.token(&[Purpose::ServiceDelivery], Some("globex"));
+        let listed = app
+            .feedback_as(Bearer::new(Some(&globex)))
+            .list_testimonials(ListTestimonialsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(listed.testimonials.is_empty());
+        // Each testimonial read is audited, naming what it showed.
+        app.sealed().await;
+        let reads: Vec<_> = app
+            .audit_events()
+            .await
+            .into_iter()
+            .filter(|e| e.method.ends_with("/ListTestimonials") && e.resource == name)
+            .collect();
+        assert_eq!(reads.len(), 2, "one per listing");
+        for read in &reads {
+            assert_eq!(
+                read.fields,
+                ["author.company", "author.person_name", "text"],
+                "{read:?}"
+            );
+        }
         // A purpose ListTestimonials does not serve sees none.
         let support = app.token(&[Purpose::Support], None);
         let refused = app
