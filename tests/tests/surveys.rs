@@ -11,10 +11,11 @@ use custodian_proto::{
     DESCRIPTOR_POOL,
     common::v1::{DataCategory, SubjectIdentifier, subject_identifier},
     feedback::v1::{
-        CloseSurveyRequest, CreateInvitationRequest, CreateSurveyRequest, GetSurveyResultsRequest,
-        OpenSurveyRequest, ResultGroup, SegmentFilter, SegmentValue, SubmitResponseRequest, Survey,
-        SurveyAnswer, SurveyChoices, SurveyInvitation, SurveyQuestion, SurveyResults,
-        UpdateSurveyRequest, survey::State, survey_answer::Value, survey_question::Kind,
+        CloseSurveyRequest, CreateInvitationRequest, CreateSurveyRequest, DeleteSurveyRequest,
+        GetSurveyRequest, GetSurveyResultsRequest, ListSurveysRequest, OpenSurveyRequest,
+        ResultGroup, SegmentFilter, SegmentValue, SubmitResponseRequest, Survey, SurveyAnswer,
+        SurveyChoices, SurveyInvitation, SurveyQuestion, SurveyResults, UpdateSurveyRequest,
+        survey::State, survey_answer::Value, survey_question::Kind,
     },
     prost_reflect::{Kind as FieldKind, MessageDescriptor},
     retention::v1::SweepExpiredRequest,
@@ -661,13 +662,126 @@ storage_test!(
         assert_eq!(texts().await, 4, "an unlinked response is no one's");
         let survey_now = app
             .surveys()
-            .get_survey(custodian_proto::feedback::v1::GetSurveyRequest { name: survey })
+            .get_survey(GetSurveyRequest { name: survey })
             .await
             .unwrap()
             .into_inner();
         assert_eq!(survey_now.state, State::Closed as i32);
     }
 );
+
+storage_test!(the_standard_methods, |app: TestApp| async move {
+    let request = CreateSurveyRequest {
+        survey: Some(Survey {
+            title: "  Pricing page  ".into(),
+            questions: questions(),
+            min_respondents: 7,
+            ..Default::default()
+        }),
+        request_id: "9f1c6c1e-2d7e-4d37-9a8e-0c3f0e6b8a11".into(),
+    };
+    let first = app
+        .surveys()
+        .create_survey(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.title, "Pricing page");
+    assert_eq!(first.state, State::Draft as i32);
+    assert_eq!(first.min_respondents, 7);
+    let again = app
+        .surveys()
+        .create_survey(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.name, first.name, "a retry creates nothing new");
+    let second = open_survey(&app).await;
+    let got = app
+        .surveys()
+        .get_survey(GetSurveyRequest {
+            name: first.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got, first);
+
+    // Titles change in any state; a draft's questions too.
+    let updated = app
+        .surveys()
+        .update_survey(UpdateSurveyRequest {
+            survey: Some(Survey {
+                name: first.name.clone(),
+                title: "Pricing page, v2".into(),
+                questions: vec![question("ease", Kind::Rating, &[])],
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["title".into(), "questions".into()],
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(updated.title, "Pricing page, v2");
+    assert_eq!(updated.questions.len(), 1);
+    let err = app
+        .surveys()
+        .update_survey(UpdateSurveyRequest {
+            survey: Some(Survey {
+                name: first.name.clone(),
+                questions: vec![question("fit", Kind::SingleChoice, &["only one"])],
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["questions".into()],
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let list = |state: State, size: i32, token: String| {
+        let app = &app;
+        async move {
+            app.surveys()
+                .list_surveys(ListSurveysRequest {
+                    page_size: size,
+                    page_token: token,
+                    state: state as i32,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let page = list(State::Unspecified, 1, String::new()).await;
+    assert_eq!(page.surveys.len(), 1);
+    let rest = list(State::Unspecified, 1, page.next_page_token.clone()).await;
+    assert_eq!(rest.surveys.len(), 1);
+    assert!(rest.next_page_token.is_empty());
+    let open_ones = list(State::Open, 10, String::new()).await;
+    let names: Vec<String> = open_ones.surveys.into_iter().map(|s| s.name).collect();
+    assert_eq!(names, vec![second.clone()]);
+
+    // Deleting a survey takes its invitations, responses and aggregates.
+    respond(&app, &second, &[("pro", 5)]).await;
+    close(&app, &second).await;
+    app.surveys()
+        .delete_survey(DeleteSurveyRequest {
+            name: second.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows(&app).await, vec![1, 0, 0, 0, 0, 0, 0]);
+    let err = app
+        .surveys()
+        .get_survey(GetSurveyRequest { name: second })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+});
 
 /// Every message type reachable from `message` through its fields.
 fn reachable(message: &MessageDescriptor, out: &mut BTreeSet<String>) {

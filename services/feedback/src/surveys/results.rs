@@ -250,4 +250,46 @@ mod tests {
         let almost: BTreeSet<String> = (0..10).map(|i| i.to_string()).collect();
         assert!(!may_serve(&[almost], &all, &[], 5));
     }
+
+    #[test]
+    fn a_question_fewer_than_k_answered_is_suppressed_and_flagged_text_left_out() {
+        use custodian_proto::feedback::v1::SurveyQuestion;
+        let survey = Survey {
+            questions: vec![
+                SurveyQuestion {
+                    id: "ease".into(),
+                    kind: Kind::Rating as i32,
+                    ..Default::default()
+                },
+                SurveyQuestion {
+                    id: "comment".into(),
+                    kind: Kind::FreeText as i32,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let mut rs = responses(&[("pro", 6)]);
+        for (i, r) in rs.iter_mut().enumerate() {
+            r.answers.insert("ease".into(), Value::Score(3));
+            if i < 5 {
+                let text = if i == 0 {
+                    "card 4111 1111 1111 1111".to_owned()
+                } else {
+                    format!("fine {i}")
+                };
+                r.answers.insert("comment".into(), Value::Text(text));
+            }
+        }
+        let refs: Vec<&Response> = rs.iter().collect();
+        let keep = |_: &mut Vec<String>| {};
+        let shown = group(&survey, "", &refs, 5, Some(&keep));
+        assert!(!shown.questions[0].suppressed);
+        assert_eq!(shown.questions[1].answers, 5);
+        assert_eq!(shown.questions[1].texts.len(), 4, "the card is left out");
+        let fewer = group(&survey, "", &refs, 6, Some(&keep));
+        assert!(fewer.questions[1].suppressed, "5 answered, k is 6");
+        assert!(fewer.questions[1].texts.is_empty());
+        assert!(group(&survey, "", &refs[..4], 5, None).suppressed);
+    }
 }
