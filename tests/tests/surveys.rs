@@ -648,6 +648,39 @@ storage_test!(
             .records;
         assert!(again.is_empty());
 
+        // An authorized user, invited by name and erased by it.
+        let user = "tenants/acme/users/0b0c3f55-1f4e-4b8e-9a57-4f1d2b9f5e11";
+        let invited = app
+            .surveys()
+            .create_invitation(CreateInvitationRequest {
+                parent: survey.clone(),
+                invitation: Some(SurveyInvitation {
+                    user: user.into(),
+                    ..Default::default()
+                }),
+                segments: vec![],
+            })
+            .await
+            .expect("invite a user")
+            .into_inner();
+        submit(&app, &invited.token, answers(2, "the user's words"))
+            .await
+            .expect("submit");
+        assert_eq!(texts().await, 5);
+        let erased = subjects
+            .erase_subject_data(EraseSubjectDataRequest {
+                subject: Some(SubjectIdentifier {
+                    kind: Some(subject_identifier::Kind::Id(user.into())),
+                }),
+            })
+            .await
+            .expect("erase a user")
+            .into_inner()
+            .erased;
+        assert_eq!(erased.len(), 2, "{erased:?}");
+        assert_eq!(texts().await, 4);
+        assert_eq!(app.count("feedback_survey_links").await, 4);
+
         // After close there is no link: erasure finds the invitation only.
         close(&app, &survey).await;
         let erased = subjects
