@@ -709,3 +709,49 @@ storage_test!(
         assert!(testimonials(&app).await.is_empty());
     }
 );
+
+// --- a withdrawal whose event was lost ---------------------------------------
+
+storage_test!(
+    a_lost_withdrawal_event_is_written_before_consent_changes_again,
+    |app: TestApp| async move {
+        fixtures::tenant(&app, "acme").await;
+        let name = create(&app, feedback("dana@example.com"))
+            .await
+            .unwrap()
+            .name;
+        give(&app, &name, &[TestimonialField::Rating], "")
+            .await
+            .unwrap();
+        withdraw(&app, &name).await.unwrap();
+        // As if the process died between taking the testimonial down and
+        // writing the withdrawal's event.
+        sqlx::query("DELETE FROM feedback_consent_events WHERE kind = 2")
+            .execute(&app.raw)
+            .await
+            .unwrap();
+        assert_eq!(history(&app, &name).await.len(), 1);
+        assert!(testimonials(&app).await.is_empty(), "it stays down");
+
+        give(&app, &name, &[TestimonialField::Rating], "")
+            .await
+            .unwrap();
+        let kinds: Vec<i32> = history(&app, &name).await.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                EventKind::Given as i32,
+                EventKind::Withdrawn as i32,
+                EventKind::Given as i32
+            ]
+        );
+        assert_eq!(
+            testimonials(&app).await,
+            [Testimonial {
+                text: TEXT.into(),
+                rating: 5,
+                ..Default::default()
+            }]
+        );
+    }
+);

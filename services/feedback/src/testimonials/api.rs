@@ -268,23 +268,58 @@ impl Api {
             .await
     }
 
-    /// Whether `event` is the last of its feedback's history.
+    /// Whether the event with id `event_id` is the last of its feedback's
+    /// history.
     async fn is_last(
         &self,
         call: &Call,
         feedback: &Stored<Feedback>,
-        event: &Stored<PublicationConsentEvent>,
+        event_id: &str,
     ) -> Result<bool, Status> {
         let query = Query {
             parent_id: Some(feedback.id.clone()),
-            filters: vec![Filter::AtLeast(
-                "id",
-                Arg::Text(format!("{}\u{1}", event.id)),
-            )],
+            filters: vec![Filter::AtLeast("id", Arg::Text(format!("{event_id}\u{1}")))],
             ..Default::default()
         };
         let page = Page::parse(1, "", "later")?;
         Ok(self.events.query(call, &query, &page).await?.0.is_empty())
+    }
+
+    /// A withdrawal or voiding takes the testimonial down before its event
+    /// is written (two writes): if the second failed, the history still
+    /// ends with the give. Writes the missing event, under `version`,
+    /// before consent changes again.
+    async fn settle(
+        &self,
+        call: &Call,
+        feedback: &Stored<Feedback>,
+        version: &str,
+    ) -> Result<(), Status> {
+        let Some(publication) = feedback.message.publication.as_ref() else {
+            return Ok(());
+        };
+        let kind = match PublicationState::try_from(publication.state) {
+            Ok(PublicationState::Withdrawn) => Kind::Withdrawn,
+            Ok(PublicationState::Voided) => Kind::Voided,
+            _ => return Ok(()),
+        };
+        let Some(given_id) = publication.consent_event.rsplit('/').next() else {
+            return Ok(());
+        };
+        if given_id.is_empty() || !self.is_last(call, feedback, given_id).await? {
+            return Ok(());
+        }
+        tracing::warn!("a consent event was missing from a history; written now");
+        let event = PublicationConsentEvent {
+            kind: kind as i32,
+            text_sha256: publication.text_sha256.clone(),
+            fields: publication.fields.clone(),
+            policy_version: version.to_owned(),
+            actor: call.actor().to_owned(),
+            ..Default::default()
+        };
+        self.record(call, feedback, event, None).await?;
+        Ok(())
     }
 }
 
@@ -516,6 +551,7 @@ impl FeedbackService for Api {
         v.finish()?;
         let feedback = self.feedback.find(&call, &req.feedback, "feedback").await?;
         let version = self.policy_version().await?;
+        self.settle(&call, &feedback, &version).await?;
         let hash = sha256(&feedback.message.text);
         // The proof first: a testimonial is never listed without its record.
         let event = PublicationConsentEvent {
@@ -536,7 +572,7 @@ impl FeedbackService for Api {
             .is_some_and(|p| p.consent_event == event_name);
         // A retry completes what its first call left undone, unless the
         // consent has moved on since.
-        if !done && (!replayed || self.is_last(&call, &feedback, &event).await?) {
+        if !done && (!replayed || self.is_last(&call, &feedback, &event.id).await?) {
             let (text_sha256, fields) = (
                 event.message.text_sha256.clone(),
                 event.message.fields.clone(),
