@@ -368,11 +368,17 @@ impl KitService for Analytics {
     fn start(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
             let db = &self.context.db;
-            let migrator = match db.backend() {
-                custodian_runtime::Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
-                custodian_runtime::Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+            db.migrate(NAME, sqlx::migrate!("./migrations/common"))
+                .await?;
+            // The raw events table differs by backend (partitioned on
+            // PostgreSQL): its migrations are recorded apart.
+            let events = match db.backend() {
+                custodian_runtime::Backend::Sqlite => sqlx::migrate!("./migrations/events-sqlite"),
+                custodian_runtime::Backend::Postgres => {
+                    sqlx::migrate!("./migrations/events-postgres")
+                }
             };
-            db.migrate(NAME, migrator).await?;
+            db.migrate("analytics_events", events).await?;
             self.sites.reload().await?;
             let writer = writer::Writer::start(db, self.context.config.analytics_queue_events)?;
             let _ = self.writer.set(writer);

@@ -1,5 +1,6 @@
--- Web analytics on SQLite. Times are microseconds since the Unix epoch;
--- `day` is days since the epoch (UTC). No raw IP address is ever stored:
+-- Web analytics, the same on SQLite and PostgreSQL (the raw events table,
+-- partitioned on PostgreSQL, has migrations of its own per backend). Times
+-- are microseconds since the Unix epoch; `day` is days since the epoch (UTC). No raw IP address is ever stored:
 -- `network` is the truncated address, `visitor` a keyed hash whose key (the
 -- day's salt) is destroyed within 48 hours.
 
@@ -15,26 +16,6 @@ CREATE TABLE analytics_sites (
     create_time       BIGINT  NOT NULL,
     update_time       BIGINT  NOT NULL
 );
-
-CREATE TABLE analytics_events (
-    site_id       TEXT    NOT NULL,
-    day           INTEGER NOT NULL,
-    time          BIGINT  NOT NULL,
-    event_id      TEXT,
-    kind          INTEGER NOT NULL,  -- 1 page view, 2 engagement
-    path          TEXT    NOT NULL,
-    referrer_host TEXT    NOT NULL,
-    browser       TEXT    NOT NULL,
-    browser_major TEXT    NOT NULL,
-    os            TEXT    NOT NULL,
-    device        TEXT    NOT NULL,
-    network       TEXT    NOT NULL,
-    visitor       TEXT,              -- NULL: counted in aggregate only
-    engaged_ms    BIGINT  NOT NULL,
-    consent       INTEGER NOT NULL
-);
-CREATE UNIQUE INDEX analytics_events_dedup ON analytics_events (site_id, day, event_id);
-CREATE INDEX analytics_events_day ON analytics_events (site_id, day, visitor, time);
 
 CREATE TABLE analytics_usage (
     tenant_id TEXT    NOT NULL,
