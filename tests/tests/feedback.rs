@@ -755,3 +755,41 @@ storage_test!(
         );
     }
 );
+
+// --- identity unreachable ------------------------------------------------------
+
+/// Consent is never recorded without the policy version it was given
+/// under: with identity unreachable, giving is UNAVAILABLE and nothing is
+/// stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_consent_is_recorded_while_identity_cannot_say_which_policy_is_in_force() {
+    let app = custodian_tests::spawn_with(custodian_tests::Backend::Sqlite, |c| {
+        // Nothing listens on port 1.
+        c.peers
+            .insert("identity".into(), "http://127.0.0.1:1".into());
+    })
+    .await
+    .unwrap();
+    // Feedback held for the company: creating it needs no call to identity.
+    let name = create(
+        &app,
+        Feedback {
+            tenant: String::new(),
+            ..feedback("dana@example.com")
+        },
+    )
+    .await
+    .unwrap()
+    .name;
+    let refused = give(&app, &name, &[TestimonialField::GivenName], "")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(app.count("feedback_consent_events").await, 0);
+    assert_eq!(
+        get(&app, &name).await.publication.unwrap_or_default().state,
+        PublicationState::Unspecified as i32
+    );
+    assert!(testimonials(&app).await.is_empty());
+    app.stop().await.unwrap();
+}
