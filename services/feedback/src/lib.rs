@@ -18,6 +18,9 @@ use custodian_kit::{
 use custodian_privacy::{Purpose, retention::SweepCounts};
 use custodian_proto::{
     common::v1::SubjectIdentifier,
+    privacy::v1::{
+        Controller as ControllerDecl, DataCategory, DataMapField, DataMapResource, Erasure,
+    },
     subject::v1::{ExportSubjectDataResponse, FieldCorrection, SubjectRecord},
 };
 use custodian_runtime::{ApiError, server::Limits};
@@ -86,6 +89,32 @@ impl KitService for Feedback {
 
     fn store(&self) -> &Store {
         &self.store
+    }
+
+    fn held_in_bulk(&self) -> Vec<DataMapResource> {
+        // Survey responses: apart from the respondent (the link to the
+        // invitation goes at close), read only as k-anonymous aggregates.
+        vec![DataMapResource {
+            message: "custodian.feedback.v1.SurveyAnswer".to_owned(),
+            pattern: "surveys/{survey}/responses".to_owned(),
+            data_category: DataCategory::Feedback as i32,
+            controller: ControllerDecl::Company as i32,
+            personal_fields: vec![DataMapField {
+                path: "text (free-text answers; sensitive data redacted; unlinked from the person at close)"
+                    .to_owned(),
+                visible_to: Vec::new(),
+                lookup: 0,
+                encrypted_at_rest: false,
+            }],
+            default_retention: Some(prost_types::Duration {
+                seconds: 30 * 86_400,
+                nanos: 0,
+            }),
+            retention_clock: "the survey's close (aggregates are kept)".to_owned(),
+            tenant_may_set_retention: false,
+            erasure: Erasure::Delete as i32,
+            purposes: Vec::new(),
+        }]
     }
 
     fn subject_data(&self) -> Arc<dyn SubjectData> {
