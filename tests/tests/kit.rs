@@ -1682,7 +1682,11 @@ fn check_map(map: &DataMap) {
             .iter()
             .partition(|r| DECLARATIONS.resource(&r.message).is_none());
         for resource in &bulk {
-            assert!(resource.message.starts_with(&package), "{}", resource.message);
+            assert!(
+                resource.message.starts_with(&package),
+                "{}",
+                resource.message
+            );
             assert!(
                 DECLARATIONS
                     .pool()
@@ -1692,7 +1696,12 @@ fn check_map(map: &DataMap) {
                 resource.message
             );
             assert_ne!(resource.data_category, 0, "{}", resource.message);
-            assert!(resource.personal_fields.iter().all(|f| !f.encrypted_at_rest));
+            assert!(
+                resource
+                    .personal_fields
+                    .iter()
+                    .all(|f| !f.encrypted_at_rest)
+            );
         }
         let listed: BTreeSet<&str> = records.iter().map(|r| r.message.as_str()).collect();
         assert_eq!(listed, declared_here, "{}", system.service);
