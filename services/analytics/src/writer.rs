@@ -101,9 +101,18 @@ impl Writer {
     pub fn start(db: &Database, queue_rows: usize) -> anyhow::Result<Self> {
         let sink = match db.backend() {
             Backend::Postgres => Sink::Postgres {
-                pool: PgPoolOptions::new()
-                    .max_connections(2)
-                    .connect_lazy(db.url())?,
+                pool: {
+                    let port = custodian_runtime::database::postgres_port(db.url()).unwrap_or(5432);
+                    PgPoolOptions::new()
+                        .max_connections(2)
+                        .after_connect(move |_, _| {
+                            Box::pin(async move {
+                                custodian_runtime::database::tcp_nodelay_to(port);
+                                Ok(())
+                            })
+                        })
+                        .connect_lazy(db.url())?
+                },
                 partitions: Mutex::default(),
             },
             Backend::Sqlite => Sink::Sqlite {

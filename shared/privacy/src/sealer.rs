@@ -109,7 +109,11 @@ impl Sealer {
             } => {
                 let conn = match connection.as_mut() {
                     Some(conn) => conn,
-                    None => connection.insert(sqlx::PgConnection::connect_with(options).await?),
+                    None => {
+                        let conn = sqlx::PgConnection::connect_with(options).await?;
+                        custodian_runtime::database::tcp_nodelay_to(options.get_port());
+                        connection.insert(conn)
+                    }
                 };
                 if batch == 0
                     && let Some((seq, hash)) = head.take()
