@@ -501,7 +501,7 @@ async fn collect(State(beacon): State<Beacon>, request: Request) -> Response {
         Err(IngestError::Busy) => busy(),
         Err(IngestError::Invalid(err)) => invalid(&err),
         Err(IngestError::Failed(err)) => {
-            tracing::error!(error = %format!("{err:#}"), "collecting beacon events");
+            tracing::error!(error = %err, "collecting beacon events");
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         }
     };

@@ -217,7 +217,7 @@ async fn run(sink: Arc<Sink>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 }
             }
             Err(err) => {
-                tracing::error!(error = %format!("{err:#}"), rows, "storing analytics events");
+                tracing::error!(error = %err, rows, "storing analytics events");
                 for job in jobs {
                     let _ = job.reply.send(Err("storing events failed".to_owned()));
                 }

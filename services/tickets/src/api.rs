@@ -774,20 +774,20 @@ impl TicketService for Api {
     ) -> Result<Response<ListMessagesResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let page = Page::parse(
-            req.page_size,
-            &req.page_token,
-            &format!("messages|{}", req.parent),
-        )?;
-        let ticket = self.tickets.find(&call, &req.parent, "parent").await?;
-        let query = Query {
-            parent_id: Some(ticket.id.clone()),
-            ..Default::default()
-        };
-        let (shown, next_page_token, withheld) = self.messages.list(&call, &query, &page).await?;
+        let (messages, next_page_token, withheld) = self
+            .messages
+            .list_children(
+                &call,
+                &self.tickets,
+                &req.parent,
+                "parent",
+                req.page_size,
+                &req.page_token,
+            )
+            .await?;
         Ok(respond(
             ListMessagesResponse {
-                messages: shown.into_iter().map(|s| s.message).collect(),
+                messages,
                 next_page_token,
             },
             &withheld,

@@ -1218,6 +1218,40 @@ where
         Ok((shown, next, withheld.into_iter().collect()))
     }
 
+    /// One page of the records under the parent named `parent` (read
+    /// through `parents`, so a parent the caller may not see is NOT_FOUND
+    /// and audited as such): the messages, the next page token and the
+    /// fields withheld. The page token is bound to the parent.
+    pub async fn list_children<P>(
+        &self,
+        call: &Call,
+        parents: &Records<P>,
+        parent: &str,
+        field: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<M>, String, Vec<String>), Status>
+    where
+        P: prost::Message + ReflectMessage + Default + Clone,
+    {
+        let page = Page::parse(
+            page_size,
+            page_token,
+            &format!("{}|{parent}", self.binding.table),
+        )?;
+        let found = parents.find(call, parent, field).await?;
+        let query = Query {
+            parent_id: Some(found.id.clone()),
+            ..Default::default()
+        };
+        let (shown, next, withheld) = self.list(call, &query, &page).await?;
+        Ok((
+            shown.into_iter().map(|s| s.message).collect(),
+            next,
+            withheld,
+        ))
+    }
+
     /// Stores a new record (already prepared by the service), sealed under
     /// its subject's key, with its audit event, in one transaction. With an
     /// idempotency key already used, returns the record it created.

@@ -671,20 +671,20 @@ impl FeedbackService for Api {
     ) -> Result<Response<ListPublicationConsentsResponse>, Status> {
         let call = Call::of(&request)?;
         let req = request.into_inner();
-        let page = Page::parse(
-            req.page_size,
-            &req.page_token,
-            &format!("consents|{}", req.feedback),
-        )?;
-        let feedback = self.feedback.find(&call, &req.feedback, "feedback").await?;
-        let query = Query {
-            parent_id: Some(feedback.id.clone()),
-            ..Default::default()
-        };
-        let (shown, next_page_token, withheld) = self.events.list(&call, &query, &page).await?;
+        let (publication_consent_events, next_page_token, withheld) = self
+            .events
+            .list_children(
+                &call,
+                &self.feedback,
+                &req.feedback,
+                "feedback",
+                req.page_size,
+                &req.page_token,
+            )
+            .await?;
         Ok(respond(
             ListPublicationConsentsResponse {
-                publication_consent_events: shown.into_iter().map(|s| s.message).collect(),
+                publication_consent_events,
                 next_page_token,
             },
             &withheld,
