@@ -339,7 +339,10 @@ async fn call(app: &TestApp, b: Bearer, m: M, n: &Names) -> Result<(), Status> {
             .map(drop),
         M::Locate => app
             .subjects_as(b)
-            .locate_subject_data(LocateSubjectDataRequest { subject: ben() })
+            .locate_subject_data(LocateSubjectDataRequest {
+                subject: ben(),
+                ..Default::default()
+            })
             .await
             .map(|r| {
                 assert!(
@@ -350,7 +353,10 @@ async fn call(app: &TestApp, b: Bearer, m: M, n: &Names) -> Result<(), Status> {
         M::Export => {
             let mut stream = app
                 .subjects_as(b)
-                .export_subject_data(ExportSubjectDataRequest { subject: ben() })
+                .export_subject_data(ExportSubjectDataRequest {
+                    subject: ben(),
+                    ..Default::default()
+                })
                 .await?
                 .into_inner();
             assert!(
@@ -368,6 +374,7 @@ async fn call(app: &TestApp, b: Bearer, m: M, n: &Names) -> Result<(), Status> {
                     field_path: "notes".into(),
                     value: "changed".into(),
                 }],
+                ..Default::default()
             })
             .await
             .map(|r| {
@@ -378,7 +385,10 @@ async fn call(app: &TestApp, b: Bearer, m: M, n: &Names) -> Result<(), Status> {
             }),
         M::Erase => app
             .subjects_as(b)
-            .erase_subject_data(EraseSubjectDataRequest { subject: ben() })
+            .erase_subject_data(EraseSubjectDataRequest {
+                subject: ben(),
+                ..Default::default()
+            })
             .await
             .map(|r| {
                 assert!(

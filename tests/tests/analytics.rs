@@ -423,6 +423,7 @@ storage_test!(
                 subject: Some(SubjectIdentifier {
                     kind: Some(subject_identifier::Kind::Id(name.clone())),
                 }),
+                ..Default::default()
             })
             .await
             .expect("locate")
@@ -433,6 +434,7 @@ storage_test!(
                 subject: Some(SubjectIdentifier {
                     kind: Some(subject_identifier::Kind::Id(name.clone())),
                 }),
+                ..Default::default()
             })
             .await
             .expect("erase");
@@ -588,6 +590,7 @@ storage_test!(
             .subjects_of("analytics")
             .locate_subject_data(LocateSubjectDataRequest {
                 subject: Some(subject()),
+                ..Default::default()
             })
             .await
             .expect("locate")
@@ -596,6 +599,7 @@ storage_test!(
         app.subjects_of("analytics")
             .erase_subject_data(EraseSubjectDataRequest {
                 subject: Some(subject()),
+                ..Default::default()
             })
             .await
             .expect("erase");

@@ -187,7 +187,10 @@ fn id_subject(name: &str) -> Option<SubjectIdentifier> {
 async fn located(app: &TestApp, service: &str, subject: Option<SubjectIdentifier>) -> Vec<String> {
     let mut names: Vec<String> = app
         .subjects_of(service)
-        .locate_subject_data(LocateSubjectDataRequest { subject })
+        .locate_subject_data(LocateSubjectDataRequest {
+            subject,
+            ..Default::default()
+        })
         .await
         .expect("locate")
         .into_inner()
@@ -204,6 +207,7 @@ async fn exported(app: &TestApp, service: &str, email: &str) -> Vec<(String, pro
         .subjects_of(service)
         .export_subject_data(ExportSubjectDataRequest {
             subject: email_subject(email),
+            ..Default::default()
         })
         .await
         .expect("export")
@@ -562,6 +566,7 @@ storage_test!(
             app.subjects_of(service)
                 .erase_subject_data(EraseSubjectDataRequest {
                     subject: email_subject(EMAIL),
+                    ..Default::default()
                 })
                 .await
                 .unwrap_or_else(|e| panic!("erasing in {service}: {e}"));

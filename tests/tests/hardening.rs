@@ -450,6 +450,7 @@ storage_test!(
                 .subjects()
                 .locate_subject_data(LocateSubjectDataRequest {
                     subject: by_email(found_as),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()

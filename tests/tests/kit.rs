@@ -540,6 +540,7 @@ async fn locate(app: &TestApp, service: &str, who: &str) -> Vec<(String, String)
         .subjects_of(service)
         .locate_subject_data(LocateSubjectDataRequest {
             subject: email(who),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -651,6 +652,7 @@ async fn subject_data_per_service(app: TestApp) {
             .subjects_of(service)
             .export_subject_data(ExportSubjectDataRequest {
                 subject: email("ann@example.com"),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -687,6 +689,7 @@ async fn subject_data_per_service(app: TestApp) {
         .subjects_of("tickets")
         .erase_subject_data(EraseSubjectDataRequest {
             subject: email("ann@example.com"),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -713,6 +716,7 @@ async fn subject_data_per_service(app: TestApp) {
         .subjects_of("identity")
         .erase_subject_data(EraseSubjectDataRequest {
             subject: email("ann@example.com"),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -733,6 +737,7 @@ async fn subject_data_per_service(app: TestApp) {
     let refused = unrouted
         .locate_subject_data(LocateSubjectDataRequest {
             subject: email("ann@example.com"),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -746,6 +751,7 @@ async fn subject_data_per_service(app: TestApp) {
         .subjects_of("billing")
         .locate_subject_data(LocateSubjectDataRequest {
             subject: email("ann@example.com"),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -871,6 +877,7 @@ fn limited_call(subject: &str, tenant: &str, deadline: Option<Instant>) -> Call 
             },
         },
         deadline,
+        request: None,
     }
 }
 

@@ -464,6 +464,7 @@ storage_test!(
                         "Annika.Zwiebelbaum@example.com".into(),
                     )),
                 }),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -72,6 +72,7 @@ storage_test!(
                 subject: Some(SubjectIdentifier {
                     kind: Some(subject_identifier::Kind::Email("ben@example.com".into())),
                 }),
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -1,9 +1,12 @@
 //! The subject-data contract as identity implements it: locate, export,
 //! rectify and erase a person's records across users, contacts and
-//! evaluation sign-ups, on SQLite and PostgreSQL.
+//! evaluation sign-ups, narrowed to one controller, once per data-subject
+//! request, on SQLite and PostgreSQL.
 
+use custodian_privacy::Purpose;
 use custodian_proto::{
-    common::v1::{DataCategory, SubjectIdentifier, controller, subject_identifier},
+    audit::v1::{AuditAction, AuditEvent, AuditOutcome},
+    common::v1::{Controller, DataCategory, SubjectIdentifier, controller, subject_identifier},
     identity::v1::{
         CreateContactRequest, CreateEvaluationSignupRequest, CreateUserRequest, GetContactRequest,
         GetUserRequest,
@@ -13,7 +16,7 @@ use custodian_proto::{
         LocateSubjectDataRequest, RectifySubjectDataRequest,
     },
 };
-use custodian_tests::{TestApp, fixtures, storage_test, violations};
+use custodian_tests::{Bearer, TestApp, fixtures, storage_test, violations};
 use prost_types::value::Kind as ValueKind;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
@@ -93,6 +96,7 @@ storage_test!(
         let found = subjects
             .locate_subject_data(LocateSubjectDataRequest {
                 subject: email("Ann@Example.com"),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -124,6 +128,7 @@ storage_test!(
         let by_phone = subjects
             .locate_subject_data(LocateSubjectDataRequest {
                 subject: phone("+49 (30) 90 18 20"),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -139,6 +144,7 @@ storage_test!(
         let by_id = subjects
             .locate_subject_data(LocateSubjectDataRequest {
                 subject: id(&contact),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -148,6 +154,7 @@ storage_test!(
         let nobody = subjects
             .locate_subject_data(LocateSubjectDataRequest {
                 subject: email("nobody@example.com"),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -165,7 +172,10 @@ storage_test!(
             (id("tenants/acme"), "subject.id"),
         ] {
             let err = subjects
-                .locate_subject_data(LocateSubjectDataRequest { subject })
+                .locate_subject_data(LocateSubjectDataRequest {
+                    subject,
+                    ..Default::default()
+                })
                 .await
                 .unwrap_err();
             assert_eq!(err.code(), Code::InvalidArgument);
@@ -183,6 +193,7 @@ storage_test!(
             .subjects()
             .export_subject_data(ExportSubjectDataRequest {
                 subject: email("ann@example.com"),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -243,6 +254,7 @@ storage_test!(rectify_corrects_all_or_nothing, |app: TestApp| async move {
                 correct("", "person_name.family_name", "Archer-Smith"),
                 correct(&contact, "job_title", "CFO"),
             ],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -268,6 +280,7 @@ storage_test!(rectify_corrects_all_or_nothing, |app: TestApp| async move {
                 correct("", "person_name.given_name", "Anne"),
                 correct(&contact, "notes", "card 4111111111111111"),
             ],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -301,6 +314,7 @@ storage_test!(rectify_corrects_all_or_nothing, |app: TestApp| async move {
             .rectify_subject_data(RectifySubjectDataRequest {
                 subject: email("ann@example.com"),
                 corrections,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -312,12 +326,14 @@ storage_test!(rectify_corrects_all_or_nothing, |app: TestApp| async move {
         .rectify_subject_data(RectifySubjectDataRequest {
             subject: email("ann@example.com"),
             corrections: vec![correct("", "email", "Ann.Archer@Example.com")],
+            ..Default::default()
         })
         .await
         .unwrap();
     let found = subjects
         .locate_subject_data(LocateSubjectDataRequest {
             subject: email("ann.archer@example.com"),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -327,6 +343,7 @@ storage_test!(rectify_corrects_all_or_nothing, |app: TestApp| async move {
     let old = subjects
         .locate_subject_data(LocateSubjectDataRequest {
             subject: email("ann@example.com"),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -344,6 +361,7 @@ storage_test!(
         let erased = subjects
             .erase_subject_data(EraseSubjectDataRequest {
                 subject: email("ann@example.com"),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -369,6 +387,7 @@ storage_test!(
         let again = subjects
             .erase_subject_data(EraseSubjectDataRequest {
                 subject: email("ann@example.com"),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -378,6 +397,524 @@ storage_test!(
             again.is_empty(),
             "erasing again succeeds and erases nothing"
         );
+        app.stop().await.unwrap();
+    }
+);
+
+// --- controllers and data-subject requests ------------------------------
+
+const REQUEST: &str = "requests/0190f3c4-5b6a-7c8d-9e0f-1a2b3c4d5e6f";
+
+fn company() -> Option<Controller> {
+    Some(Controller {
+        kind: Some(controller::Kind::Company(true)),
+    })
+}
+
+fn tenant(id: &str) -> Option<Controller> {
+    Some(Controller {
+        kind: Some(controller::Kind::Tenant(format!("tenants/{id}"))),
+    })
+}
+
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names
+}
+
+fn correct(resource: &str, field_path: &str, value: &str) -> FieldCorrection {
+    FieldCorrection {
+        resource: resource.into(),
+        field_path: field_path.into(),
+        value: value.into(),
+    }
+}
+
+/// What a contract call with this controller exports, by name.
+async fn exported_names(app: &TestApp, controller: Option<Controller>) -> Vec<String> {
+    let mut stream = app
+        .subjects()
+        .export_subject_data(ExportSubjectDataRequest {
+            subject: email("ann@example.com"),
+            controller,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut names = Vec::new();
+    while let Some(item) = stream.next().await {
+        names.push(item.unwrap().record.unwrap().resource);
+    }
+    sorted(names)
+}
+
+/// Successful audit events of the subject-data contract with `action`.
+async fn contract_events(app: &TestApp, action: AuditAction) -> Vec<AuditEvent> {
+    app.audit_events()
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.method
+                .starts_with("/custodian.subject.v1.SubjectDataService/")
+                && e.action == action as i32
+                && e.outcome == AuditOutcome::Ok as i32
+        })
+        .collect()
+}
+
+/// Rows of identity's people tables and of the idempotency keys.
+async fn rows(app: &TestApp) -> Vec<i64> {
+    let mut out = Vec::new();
+    for table in [
+        "identity_users",
+        "identity_contacts",
+        "identity_evaluation_signups",
+        "kit_idempotency",
+    ] {
+        out.push(app.count(table).await);
+    }
+    out
+}
+
+async fn family_name(app: &TestApp, user: &str) -> String {
+    app.users()
+        .get_user(GetUserRequest { name: user.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .person_name
+        .unwrap()
+        .family_name
+}
+
+storage_test!(
+    a_controller_narrows_the_records_a_call_reaches,
+    |app: TestApp| async move {
+        let (user, contact, signup) = seed(&app).await;
+
+        // Held for one tenant: only that tenant's records.
+        assert_eq!(
+            exported_names(&app, tenant("acme")).await,
+            vec![user.clone()]
+        );
+        assert_eq!(
+            exported_names(&app, tenant("globex")).await,
+            vec![contact.clone()]
+        );
+        assert_eq!(exported_names(&app, company()).await, vec![signup.clone()]);
+        assert!(exported_names(&app, tenant("initech")).await.is_empty());
+
+        // The company's own erasure leaves what tenants hold.
+        let erased = app
+            .subjects()
+            .erase_subject_data(EraseSubjectDataRequest {
+                subject: email("ann@example.com"),
+                controller: company(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .erased;
+        assert_eq!(
+            erased.into_iter().map(|r| r.resource).collect::<Vec<_>>(),
+            vec![signup]
+        );
+        assert_eq!(app.count("identity_evaluation_signups").await, 0);
+        assert_eq!(app.count("identity_users").await, 1);
+        assert_eq!(app.count("identity_contacts").await, 2);
+        let left = app
+            .subjects()
+            .locate_subject_data(LocateSubjectDataRequest {
+                subject: email("ann@example.com"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .records;
+        assert_eq!(
+            sorted(left.into_iter().map(|r| r.resource).collect()),
+            sorted(vec![user, contact])
+        );
+        app.stop().await.unwrap();
+    }
+);
+
+storage_test!(
+    a_tenant_limited_caller_cannot_reach_another_controller,
+    |app: TestApp| async move {
+        let (user, contact, _) = seed(&app).await;
+        let token = app.token(&[Purpose::DsrFulfilment], Some("acme"));
+        let mut limited = app.subjects_as(Bearer::new(Some(&token)));
+        let before = rows(&app).await;
+        let denied_before = app
+            .audit_events()
+            .await
+            .iter()
+            .filter(|e| e.outcome == AuditOutcome::Denied as i32)
+            .count();
+        let mut refused = 0;
+        for controller in [tenant("globex"), company()] {
+            let answers = [
+                limited
+                    .locate_subject_data(LocateSubjectDataRequest {
+                        subject: email("ann@example.com"),
+                        controller: controller.clone(),
+                        request: REQUEST.into(),
+                    })
+                    .await
+                    .map(drop),
+                limited
+                    .export_subject_data(ExportSubjectDataRequest {
+                        subject: email("ann@example.com"),
+                        controller: controller.clone(),
+                        request: REQUEST.into(),
+                    })
+                    .await
+                    .map(drop),
+                limited
+                    .rectify_subject_data(RectifySubjectDataRequest {
+                        subject: email("ann@example.com"),
+                        corrections: vec![correct("", "person_name.family_name", "Changed")],
+                        controller: controller.clone(),
+                        request: REQUEST.into(),
+                    })
+                    .await
+                    .map(drop),
+                limited
+                    .erase_subject_data(EraseSubjectDataRequest {
+                        subject: email("ann@example.com"),
+                        controller: controller.clone(),
+                        request: REQUEST.into(),
+                    })
+                    .await
+                    .map(drop),
+            ];
+            for answer in answers {
+                let err = answer.unwrap_err();
+                assert_eq!(err.code(), Code::PermissionDenied, "{}", err.message());
+                assert!(!err.message().contains("globex"));
+                refused += 1;
+            }
+        }
+        assert_eq!(rows(&app).await, before, "a refused call changed nothing");
+        assert_eq!(family_name(&app, &user).await, "Archer");
+        // Each refusal is audited as one, naming the request.
+        let events = app.audit_events().await;
+        let denied: Vec<&AuditEvent> = events
+            .iter()
+            .filter(|e| e.outcome == AuditOutcome::Denied as i32)
+            .collect();
+        assert_eq!(denied.len() - denied_before, refused);
+        assert!(
+            denied
+                .iter()
+                .rev()
+                .take(refused)
+                .all(|e| e.detail.contains(REQUEST))
+        );
+
+        // Its own tenant, named or not, is what it may reach.
+        let erased = limited
+            .erase_subject_data(EraseSubjectDataRequest {
+                subject: email("ann@example.com"),
+                controller: tenant("acme"),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .erased;
+        assert_eq!(
+            erased.into_iter().map(|r| r.resource).collect::<Vec<_>>(),
+            vec![user]
+        );
+        assert_eq!(app.count("identity_contacts").await, 2);
+        assert_eq!(app.count("identity_evaluation_signups").await, 1);
+        let c = app
+            .contacts()
+            .get_contact(GetContactRequest { name: contact })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(c.person_name.unwrap().family_name, "Archer");
+        app.stop().await.unwrap();
+    }
+);
+
+storage_test!(
+    rectify_and_erase_run_once_per_request,
+    |app: TestApp| async move {
+        let (user, contact, signup) = seed(&app).await;
+        let mut subjects = app.subjects();
+        let rectify = |subject: &str, corrections| RectifySubjectDataRequest {
+            subject: email(subject),
+            corrections,
+            request: REQUEST.into(),
+            ..Default::default()
+        };
+        let family = |name: &str| vec![correct("", "person_name.family_name", name)];
+
+        let first = subjects
+            .rectify_subject_data(rectify("ann@example.com", family("Archer-Smith")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.rectified.len(), 3);
+        let events = contract_events(&app, AuditAction::Rectify).await;
+        assert_eq!(events.len(), 3);
+        assert!(
+            events.iter().all(|e| e.detail == format!("for {REQUEST}")),
+            "{:?}",
+            events.iter().map(|e| &e.detail).collect::<Vec<_>>()
+        );
+        let updated = app
+            .users()
+            .get_user(GetUserRequest { name: user.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .update_time;
+
+        // A retry (the address spelled otherwise: the same person) gets the
+        // first answer; nothing is written or audited again.
+        let rows_before = rows(&app).await;
+        let again = subjects
+            .rectify_subject_data(rectify("Ann@Example.com", family("Archer-Smith")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again, first);
+        assert_eq!(contract_events(&app, AuditAction::Rectify).await.len(), 3);
+        let u = app
+            .users()
+            .get_user(GetUserRequest { name: user.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(u.update_time, updated);
+        assert_eq!(rows(&app).await, rows_before);
+
+        // Other corrections under the same request are refused, unapplied.
+        let err = subjects
+            .rectify_subject_data(rectify("ann@example.com", family("Other")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(!err.message().contains("Other"));
+        assert_eq!(family_name(&app, &user).await, "Archer-Smith");
+        assert_eq!(contract_events(&app, AuditAction::Rectify).await.len(), 3);
+
+        // A call still at work holds the request: a retry is told to come
+        // back, and takes over once the claim's lease has run out.
+        sqlx::query("UPDATE kit_idempotency SET resource = 'claimed' WHERE scope LIKE 'RectifySubjectData:%'")
+            .execute(&app.raw)
+            .await
+            .unwrap();
+        let err = subjects
+            .rectify_subject_data(rectify("ann@example.com", family("Archer-Smith")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Aborted);
+        app.clock.advance(std::time::Duration::from_secs(600));
+        let taken_over = subjects
+            .rectify_subject_data(rectify("ann@example.com", family("Archer-Smith")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(taken_over.rectified.len(), 3);
+        assert_eq!(contract_events(&app, AuditAction::Rectify).await.len(), 6);
+
+        // Erasure: a retry replays the first answer, and audits nothing.
+        let erase = || EraseSubjectDataRequest {
+            subject: email("ann@example.com"),
+            request: REQUEST.into(),
+            ..Default::default()
+        };
+        let erased = subjects
+            .erase_subject_data(erase())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            sorted(erased.erased.iter().map(|r| r.resource.clone()).collect()),
+            sorted(vec![user, contact, signup])
+        );
+        let erase_events = contract_events(&app, AuditAction::Erase).await;
+        assert_eq!(erase_events.len(), 3);
+        assert!(
+            erase_events
+                .iter()
+                .all(|e| e.detail == format!("for {REQUEST}"))
+        );
+        let again = subjects
+            .erase_subject_data(erase())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again, erased);
+        assert_eq!(contract_events(&app, AuditAction::Erase).await.len(), 3);
+        // Another request finds nothing left.
+        let other = subjects
+            .erase_subject_data(EraseSubjectDataRequest {
+                request: "requests/0190f3c4-5b6a-7c8d-9e0f-000000000002".into(),
+                ..erase()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(other.erased.is_empty());
+        app.stop().await.unwrap();
+    }
+);
+
+storage_test!(
+    the_request_is_audited_and_malformed_values_are_refused,
+    |app: TestApp| async move {
+        let (user, _, _) = seed(&app).await;
+        let mut subjects = app.subjects();
+        let located = subjects
+            .locate_subject_data(LocateSubjectDataRequest {
+                subject: email("ann@example.com"),
+                request: REQUEST.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .records;
+        assert_eq!(located.len(), 3);
+        let events = contract_events(&app, AuditAction::Locate).await;
+        assert_eq!(events.len(), 3);
+        assert!(events.iter().all(|e| e.detail == format!("for {REQUEST}")));
+        let mut stream = subjects
+            .export_subject_data(ExportSubjectDataRequest {
+                subject: email("ann@example.com"),
+                controller: tenant("acme"),
+                request: REQUEST.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        while let Some(item) = stream.next().await {
+            item.unwrap();
+        }
+        let events = contract_events(&app, AuditAction::Export).await;
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| e.resource.clone())
+                .collect::<Vec<_>>(),
+            vec![user.clone()]
+        );
+        assert_eq!(events[0].detail, format!("for {REQUEST}"));
+
+        let before = (rows(&app).await, app.audit_count().await);
+        let bad_requests = [
+            "requests/42",
+            "requests/0190F3C4-5B6A-7C8D-9E0F-1A2B3C4D5E6F",
+            "tickets/0190f3c4-5b6a-7c8d-9e0f-1a2b3c4d5e6f",
+            "requests/0190f3c4-5b6a-7c8d-9e0f-1a2b3c4d5e6f/x",
+            "ann@example.com",
+        ];
+        let bad_controllers = [
+            (
+                Controller {
+                    kind: Some(controller::Kind::Tenant("acme".into())),
+                },
+                "controller.tenant",
+            ),
+            (
+                Controller {
+                    kind: Some(controller::Kind::Tenant("tenants/ACME".into())),
+                },
+                "controller.tenant",
+            ),
+            (
+                Controller {
+                    kind: Some(controller::Kind::Tenant(String::new())),
+                },
+                "controller.tenant",
+            ),
+            (
+                Controller {
+                    kind: Some(controller::Kind::Company(false)),
+                },
+                "controller.company",
+            ),
+        ];
+        let mut cases: Vec<(String, Option<Controller>, &str)> = bad_requests
+            .iter()
+            .map(|r| ((*r).to_owned(), None, "request"))
+            .collect();
+        cases.extend(
+            bad_controllers
+                .into_iter()
+                .map(|(c, field)| (REQUEST.to_owned(), Some(c), field)),
+        );
+        for (request, controller, field) in cases {
+            let errors = [
+                subjects
+                    .locate_subject_data(LocateSubjectDataRequest {
+                        subject: email("ann@example.com"),
+                        controller: controller.clone(),
+                        request: request.clone(),
+                    })
+                    .await
+                    .map(drop)
+                    .unwrap_err(),
+                subjects
+                    .export_subject_data(ExportSubjectDataRequest {
+                        subject: email("ann@example.com"),
+                        controller: controller.clone(),
+                        request: request.clone(),
+                    })
+                    .await
+                    .map(drop)
+                    .unwrap_err(),
+                subjects
+                    .rectify_subject_data(RectifySubjectDataRequest {
+                        subject: email("ann@example.com"),
+                        corrections: vec![correct("", "person_name.family_name", "Changed")],
+                        controller: controller.clone(),
+                        request: request.clone(),
+                    })
+                    .await
+                    .map(drop)
+                    .unwrap_err(),
+                subjects
+                    .erase_subject_data(EraseSubjectDataRequest {
+                        subject: email("ann@example.com"),
+                        controller: controller.clone(),
+                        request: request.clone(),
+                    })
+                    .await
+                    .map(drop)
+                    .unwrap_err(),
+            ];
+            for err in errors {
+                assert_eq!(
+                    err.code(),
+                    Code::InvalidArgument,
+                    "{field}: {}",
+                    err.message()
+                );
+                assert!(
+                    violations(&err).iter().any(|(f, _)| f == field),
+                    "{field}: {:?}",
+                    violations(&err)
+                );
+                assert!(!err.message().contains("ann@example.com"));
+            }
+        }
+        assert_eq!(
+            (rows(&app).await, app.audit_count().await),
+            before,
+            "nothing stored, changed or audited"
+        );
+        assert_eq!(family_name(&app, &user).await, "Archer");
         app.stop().await.unwrap();
     }
 );

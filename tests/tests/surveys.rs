@@ -614,6 +614,7 @@ storage_test!(
         let found = subjects
             .locate_subject_data(LocateSubjectDataRequest {
                 subject: email_subject("Ann@Example.com"),
+                ..Default::default()
             })
             .await
             .expect("locate")
@@ -623,6 +624,7 @@ storage_test!(
         let erased = subjects
             .erase_subject_data(EraseSubjectDataRequest {
                 subject: email_subject("ann@example.com"),
+                ..Default::default()
             })
             .await
             .expect("erase")
@@ -641,6 +643,7 @@ storage_test!(
         let again = subjects
             .locate_subject_data(LocateSubjectDataRequest {
                 subject: email_subject("ann@example.com"),
+                ..Default::default()
             })
             .await
             .expect("locate")
@@ -672,6 +675,7 @@ storage_test!(
                 subject: Some(SubjectIdentifier {
                     kind: Some(subject_identifier::Kind::Id(user.into())),
                 }),
+                ..Default::default()
             })
             .await
             .expect("erase a user")
@@ -686,6 +690,7 @@ storage_test!(
         let erased = subjects
             .erase_subject_data(EraseSubjectDataRequest {
                 subject: email_subject("pro0@example.com"),
+                ..Default::default()
             })
             .await
             .expect("erase")

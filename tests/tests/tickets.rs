@@ -2565,6 +2565,7 @@ storage_test!(
             .subjects_of("identity")
             .locate_subject_data(LocateSubjectDataRequest {
                 subject: email_subject("Ann@Example.com"),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -2580,6 +2581,7 @@ storage_test!(
         let located = tickets_subjects
             .locate_subject_data(LocateSubjectDataRequest {
                 subject: email_subject("Ann@Example.com"),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -2605,6 +2607,7 @@ storage_test!(
         let by_user = tickets_subjects
             .locate_subject_data(LocateSubjectDataRequest {
                 subject: id_subject(&user),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -2621,6 +2624,7 @@ storage_test!(
         let mut stream = tickets_subjects
             .export_subject_data(ExportSubjectDataRequest {
                 subject: email_subject("ann@example.com"),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -2686,6 +2690,7 @@ storage_test!(
                 .rectify_subject_data(RectifySubjectDataRequest {
                     subject: email_subject("ann@example.com"),
                     corrections,
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err();
@@ -2697,6 +2702,7 @@ storage_test!(
             .rectify_subject_data(RectifySubjectDataRequest {
                 subject: email_subject("ann@example.com"),
                 corrections: vec![correct("", "requester.email", "Ann.Archer@Example.com")],
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -2731,6 +2737,7 @@ storage_test!(
         let erased = tickets_subjects
             .erase_subject_data(EraseSubjectDataRequest {
                 subject: email_subject("ann.archer@example.com"),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -2777,7 +2784,10 @@ storage_test!(
             id_subject(&user),
         ] {
             let located = tickets_subjects
-                .locate_subject_data(LocateSubjectDataRequest { subject })
+                .locate_subject_data(LocateSubjectDataRequest {
+                    subject,
+                    ..Default::default()
+                })
                 .await
                 .unwrap()
                 .into_inner()
@@ -2788,6 +2798,7 @@ storage_test!(
             app.subjects_of("identity")
                 .locate_subject_data(LocateSubjectDataRequest {
                     subject: email_subject("ann@example.com"),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -2800,6 +2811,7 @@ storage_test!(
         let again = tickets_subjects
             .erase_subject_data(EraseSubjectDataRequest {
                 subject: email_subject("ann.archer@example.com"),
+                ..Default::default()
             })
             .await
             .unwrap()

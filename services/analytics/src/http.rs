@@ -533,6 +533,7 @@ fn beacon_call(deadline: Option<std::time::Instant>) -> Call {
             },
         },
         deadline,
+        request: None,
     }
 }
 

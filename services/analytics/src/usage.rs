@@ -96,16 +96,22 @@ impl Usage {
         if !call.sees_tenant(tenant) {
             return Ok(Vec::new());
         }
+        let key = self.store.lookup_key(Lookup::User, user);
         let n: i64 = sqlx::query("SELECT COUNT(*) AS n FROM analytics_usage WHERE user_key = $1")
-            .bind(self.store.lookup_key(Lookup::User, user))
+            .bind(&key)
             .fetch_one(self.store.db().pool())
             .await?
             .try_get("n")?;
-        Ok(if n > 0 {
-            vec![Self::record(user, tenant)]
-        } else {
-            Vec::new()
-        })
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        // Located as the kit locates its records: audited, without fields.
+        let privacy = self.store.privacy();
+        let resource = format!("{user}/usageEvents");
+        let mut event = call.event(privacy, &resource, &key, &[], AuditOutcome::Ok);
+        event.detail = call.detail(&format!("{n} usage events"));
+        privacy.audit.record(event).await?;
+        Ok(vec![Self::record(user, tenant)])
     }
 
     /// Every usage event of the user, as one exported record.
@@ -124,6 +130,19 @@ impl Usage {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
+        // Audited before anything is sent, as ListUsageEvents is.
+        let privacy = self.store.privacy();
+        let key = self.store.lookup_key(Lookup::User, user);
+        let resource = format!("{user}/usageEvents");
+        let mut event = call.event(
+            privacy,
+            &resource,
+            &key,
+            &["usage_events"],
+            AuditOutcome::Ok,
+        );
+        event.detail = call.detail(&format!("{} usage events", rows.len()));
+        privacy.audit.record(event).await?;
         let text = |s: String| Value {
             kind: Some(Kind::StringValue(s)),
         };
@@ -174,8 +193,8 @@ impl Usage {
             return Ok(Vec::new());
         }
         let resource = format!("{user}/usageEvents");
-        let mut event = privacy.event(&call.access, &resource, &key, &[], AuditOutcome::Ok);
-        event.detail = format!("{deleted} usage events");
+        let mut event = call.event(privacy, &resource, &key, &[], AuditOutcome::Ok);
+        event.detail = call.detail(&format!("{deleted} usage events"));
         privacy.audit.commit(tx, &[event]).await?;
         Ok(vec![Self::record(user, tenant)])
     }

@@ -789,9 +789,8 @@ impl Api {
                 .map_err(ApiError::from)?;
             let resource = format!("{name}/link");
             let privacy = self.store.privacy();
-            let mut event =
-                privacy.event(&call.access, &resource, &subject_ref, &[], AuditOutcome::Ok);
-            event.detail = format!("link removed, {texts} free-text answers deleted");
+            let mut event = call.event(privacy, &resource, &subject_ref, &[], AuditOutcome::Ok);
+            event.detail = call.detail(&format!("link removed, {texts} free-text answers deleted"));
             privacy.audit.commit(tx, &[event]).await?;
             erased.push(SubjectRecord {
                 resource,

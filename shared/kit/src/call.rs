@@ -5,7 +5,8 @@
 
 use std::time::Instant;
 
-use custodian_privacy::{Access, Purpose};
+use custodian_privacy::{Access, Privacy, Purpose, audit::Event};
+use custodian_proto::audit::v1::AuditOutcome;
 use tonic::Status;
 
 /// When the caller stops waiting: the one the runtime's admission stack
@@ -18,6 +19,10 @@ pub use custodian_runtime::Deadline;
 pub struct Call {
     pub access: Access,
     pub deadline: Option<Instant>,
+    /// The data-subject request the call serves ("requests/{request}" of
+    /// the dsr service), named in the detail of every audit event the call
+    /// writes, so the trail of one request can be found again.
+    pub request: Option<String>,
 }
 
 /// Metadata naming the fields a purpose withheld, so a caller can tell an
@@ -34,10 +39,19 @@ impl Call {
             .get::<Access>()
             .cloned()
             .ok_or_else(|| Status::unauthenticated("no authorised caller"))?;
-        Ok(Self {
+        Ok(Self::new(
             access,
-            deadline: request.extensions().get::<Deadline>().map(|d| d.0),
-        })
+            request.extensions().get::<Deadline>().map(|d| d.0),
+        ))
+    }
+
+    /// A call made by `access`, serving no data-subject request.
+    pub fn new(access: Access, deadline: Option<Instant>) -> Self {
+        Self {
+            access,
+            deadline,
+            request: None,
+        }
     }
 
     pub fn purpose(&self) -> Purpose {
@@ -53,6 +67,57 @@ impl Call {
     /// company's own).
     pub fn sees_tenant(&self, tenant_id: &str) -> bool {
         self.access.sees_tenant(tenant_id)
+    }
+
+    /// Limits the call to the records held for `tenant_id` ("" for the
+    /// company's own), as a caller asks to see less than it may. A caller
+    /// already limited to another tenant would see more: refused, and the
+    /// call is left as it was.
+    ///
+    /// The limit is the caller's own tenant limit, narrowed, so every check
+    /// that honours it ([`Self::sees_tenant`], [`Self::tenant_limit`], the
+    /// store's queries) honours the narrowing too: `Some("")` sees only
+    /// records with tenant id "", the company's. A call forwarded with it
+    /// carries a tenant's limit; the company's, "", is refused as malformed
+    /// by the callee, so a forward fails rather than widens.
+    #[allow(clippy::result_large_err)] // answered as is
+    pub fn narrow(&mut self, tenant_id: &str) -> Result<(), Status> {
+        match self.access.tenant_limit() {
+            Some(own) if own != tenant_id => Err(Status::permission_denied(
+                "the caller is limited to one tenant; it cannot act on records of another \
+                 controller",
+            )),
+            _ => {
+                self.access.caller.tenant = Some(tenant_id.to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    /// An audit event of this call on one resource, naming the
+    /// data-subject request it serves.
+    pub fn event(
+        &self,
+        privacy: &Privacy,
+        resource: &str,
+        subject_ref: &str,
+        fields: &[&str],
+        outcome: AuditOutcome,
+    ) -> Event {
+        Event {
+            detail: self.detail(""),
+            ..privacy.event(&self.access, resource, subject_ref, fields, outcome)
+        }
+    }
+
+    /// An audit event's detail: `what`, then the data-subject request the
+    /// call serves, if any.
+    pub fn detail(&self, what: &str) -> String {
+        match (&self.request, what.is_empty()) {
+            (None, _) => what.to_owned(),
+            (Some(request), true) => format!("for {request}"),
+            (Some(request), false) => format!("{what}; for {request}"),
+        }
     }
 
     /// Who made the call: the person behind a service, or the caller.
@@ -82,14 +147,12 @@ mod tests {
     use custodian_privacy::{Caller, Method};
     use custodian_proto::audit::v1::AuditAction;
 
-    #[test]
-    fn a_call_keeps_the_deadline_the_runtime_left_in_the_request() {
-        let mut request = tonic::Request::new(());
-        request.extensions_mut().insert(Access {
+    fn access(tenant: Option<&str>) -> Access {
+        Access {
             caller: Caller {
                 subject: "ops:a".into(),
                 purposes: vec![Purpose::Support],
-                tenant: None,
+                tenant: tenant.map(str::to_owned),
                 requested_purpose: None,
                 on_behalf_of: None,
                 service: false,
@@ -100,7 +163,49 @@ mod tests {
                 action: AuditAction::Read,
                 purposes: &[Purpose::Support],
             },
-        });
+        }
+    }
+
+    #[test]
+    fn a_call_is_narrowed_never_widened() {
+        let mut company = Call::new(access(None), None);
+        company.narrow("").unwrap();
+        assert!(company.sees_tenant("") && !company.sees_tenant("acme"));
+        assert_eq!(company.tenant_limit(), Some(""));
+
+        let mut acme = Call::new(access(None), None);
+        acme.narrow("acme").unwrap();
+        assert!(acme.sees_tenant("acme") && !acme.sees_tenant(""));
+
+        let mut limited = Call::new(access(Some("acme")), None);
+        limited.narrow("acme").unwrap();
+        for other in ["", "globex"] {
+            let err = limited.narrow(other).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::PermissionDenied);
+            assert_eq!(limited.tenant_limit(), Some("acme"), "left as it was");
+        }
+    }
+
+    #[test]
+    fn events_name_the_request_the_call_serves() {
+        let mut call = Call::new(access(None), None);
+        assert_eq!(call.detail(""), "");
+        assert_eq!(call.detail("2 usage events"), "2 usage events");
+        call.request = Some("requests/0190f3c4-5b6a-7c8d-9e0f-1a2b3c4d5e6f".into());
+        assert_eq!(
+            call.detail(""),
+            "for requests/0190f3c4-5b6a-7c8d-9e0f-1a2b3c4d5e6f"
+        );
+        assert_eq!(
+            call.detail("2 usage events"),
+            "2 usage events; for requests/0190f3c4-5b6a-7c8d-9e0f-1a2b3c4d5e6f"
+        );
+    }
+
+    #[test]
+    fn a_call_keeps_the_deadline_the_runtime_left_in_the_request() {
+        let mut request = tonic::Request::new(());
+        request.extensions_mut().insert(access(None));
         assert_eq!(Call::of(&request).unwrap().deadline, None);
         // What the admission stack inserts, by the runtime's own type.
         let at = Instant::now() + std::time::Duration::from_secs(2);

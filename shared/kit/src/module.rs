@@ -170,7 +170,7 @@ impl ServiceModule for KitModule {
 
 /// The shared contracts, served once per process.
 struct Contracts {
-    subject: Vec<(&'static str, Arc<dyn SubjectData>)>,
+    subject: Vec<(&'static str, Arc<dyn SubjectData>, Store)>,
     sweepers: Vec<(&'static str, Arc<dyn Sweep>)>,
     owner: Option<Arc<dyn RetentionOwner>>,
     logs: Vec<custodian_privacy::audit::AuditLog>,
@@ -271,7 +271,7 @@ pub fn assemble(
             });
         }
         trails.push((name, context.privacy.clone()));
-        subject.push((name, service.subject_data()));
+        subject.push((name, service.subject_data(), service.store().clone()));
         sweepers.push((name, service.sweeper()));
         if let Some(o) = service.retention_owner() {
             anyhow::ensure!(owner.is_none(), "two services own retention facts");

@@ -136,6 +136,26 @@ impl Idempotency {
     }
 }
 
+/// What holds an idempotency key taken with [`Store::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// This call, since this time (which settles or releases it).
+    Ours(i64),
+    /// An earlier call, which answered this (as it was settled).
+    Answered(String),
+    /// Another call, still at work.
+    Busy,
+    /// A different request.
+    Different,
+}
+
+/// The `resource` of a claimed key whose call has not answered yet; an
+/// answered one holds [`ANSWERED`] and the answer. Neither is a resource
+/// name, so erasing a record never forgets them (they hold no personal
+/// value, and go with the day's sweep).
+const CLAIMED: &str = "claimed";
+const ANSWERED: &str = "answered:";
+
 /// A stored record, whole (nothing cut for a purpose).
 #[derive(Debug, Clone)]
 pub struct Stored<M> {
@@ -685,6 +705,37 @@ impl Store {
         .transpose()
     }
 
+    /// Seals bytes a service keeps beside its records (a data-subject
+    /// request's export) under the data key of `subject_id`, the subject of
+    /// a record of this service: erasing that subject's records shreds them
+    /// too. `context` binds the ciphertext to the place it is kept.
+    pub async fn seal_beside(
+        &self,
+        subject_id: &str,
+        plaintext: &[u8],
+        context: &str,
+    ) -> Result<String, ApiError> {
+        let key = self
+            .subject_key(subject_id)
+            .await?
+            .ok_or_else(|| internal("the subject's data key is gone"))?;
+        Ok(self.vault().seal(&key, plaintext, context))
+    }
+
+    /// Opens what [`Self::seal_beside`] sealed; `None` once the subject's
+    /// key was destroyed.
+    pub async fn open_beside(
+        &self,
+        subject_id: &str,
+        sealed: &str,
+        context: &str,
+    ) -> Result<Option<Vec<u8>>, ApiError> {
+        match self.subject_key(subject_id).await? {
+            Some(key) => self.vault().open(&key, sealed, context).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Destroys the data keys of these subjects that no record of this
     /// service uses any more (crypto-shredding).
     async fn shred_unused(
@@ -783,6 +834,113 @@ impl Store {
         .execute(&mut **tx)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Takes `idem` for this call, or tells what holds it: an earlier
+    /// call's answer, a call still at work (a claim younger than `lease`
+    /// microseconds), or a different request. For work whose answer spans
+    /// several transactions (every part of a service's data-subject rights),
+    /// so a retry waits for the first call or replays its answer. A claim
+    /// older than `lease` was left by a call that never finished (its
+    /// process stopped) and is taken over.
+    pub(crate) async fn claim(&self, idem: &Idempotency, lease: i64) -> Result<Claim, ApiError> {
+        let now = self.now();
+        for _ in 0..3 {
+            let done = sqlx::query(
+                "INSERT INTO kit_idempotency (service, scope, request_id, request_hash, resource, create_time) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, scope, request_id) DO NOTHING",
+            )
+            .bind(self.inner.service)
+            .bind(&idem.scope)
+            .bind(&idem.request_id)
+            .bind(&idem.request_hash)
+            .bind(CLAIMED)
+            .bind(now)
+            .execute(self.inner.db.pool())
+            .await?;
+            if done.rows_affected() == 1 {
+                return Ok(Claim::Ours(now));
+            }
+            let row = sqlx::query(
+                "SELECT request_hash, resource, create_time FROM kit_idempotency \
+                 WHERE service = $1 AND scope = $2 AND request_id = $3",
+            )
+            .bind(self.inner.service)
+            .bind(&idem.scope)
+            .bind(&idem.request_id)
+            .fetch_optional(self.inner.db.pool())
+            .await?;
+            // Released or swept in between: claim again.
+            let Some(row) = row else { continue };
+            let hash: String = row.try_get("request_hash")?;
+            let held: String = row.try_get("resource")?;
+            let since: i64 = row.try_get("create_time")?;
+            if hash != idem.request_hash {
+                return Ok(Claim::Different);
+            }
+            if let Some(answer) = held.strip_prefix(ANSWERED) {
+                return Ok(Claim::Answered(answer.to_owned()));
+            }
+            if since >= now.saturating_sub(lease) {
+                return Ok(Claim::Busy);
+            }
+            let taken = sqlx::query(
+                "UPDATE kit_idempotency SET create_time = $1 WHERE service = $2 AND scope = $3 \
+                 AND request_id = $4 AND resource = $5 AND create_time = $6",
+            )
+            .bind(now)
+            .bind(self.inner.service)
+            .bind(&idem.scope)
+            .bind(&idem.request_id)
+            .bind(CLAIMED)
+            .bind(since)
+            .execute(self.inner.db.pool())
+            .await?;
+            return Ok(if taken.rows_affected() == 1 {
+                Claim::Ours(now)
+            } else {
+                Claim::Busy
+            });
+        }
+        Ok(Claim::Busy)
+    }
+
+    /// Stores the answer of the call that claimed `idem` at `claimed`.
+    pub(crate) async fn settle(
+        &self,
+        idem: &Idempotency,
+        claimed: i64,
+        answer: &str,
+    ) -> Result<(), ApiError> {
+        sqlx::query(
+            "UPDATE kit_idempotency SET resource = $1 WHERE service = $2 AND scope = $3 \
+             AND request_id = $4 AND resource = $5 AND create_time = $6",
+        )
+        .bind(format!("{ANSWERED}{answer}"))
+        .bind(self.inner.service)
+        .bind(&idem.scope)
+        .bind(&idem.request_id)
+        .bind(CLAIMED)
+        .bind(claimed)
+        .execute(self.inner.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Gives up the claim of a call that failed, so a retry can run.
+    pub(crate) async fn release(&self, idem: &Idempotency, claimed: i64) -> Result<(), ApiError> {
+        sqlx::query(
+            "DELETE FROM kit_idempotency WHERE service = $1 AND scope = $2 AND request_id = $3 \
+             AND resource = $4 AND create_time = $5",
+        )
+        .bind(self.inner.service)
+        .bind(&idem.scope)
+        .bind(&idem.request_id)
+        .bind(CLAIMED)
+        .bind(claimed)
+        .execute(self.inner.db.pool())
+        .await?;
+        Ok(())
     }
 
     /// Forgets idempotency keys older than `cutoff`: retries come within
@@ -1570,9 +1728,7 @@ impl Store {
                 }
             }
         }
-        let template = self
-            .privacy()
-            .event(&call.access, "", "", &[], AuditOutcome::Ok);
+        let template = call.event(self.privacy(), "", "", &[], AuditOutcome::Ok);
         let now = self.now();
         let mut tx = self.db().pool().begin().await?;
         let mut events = Vec::new();
@@ -1862,9 +2018,7 @@ impl Store {
     /// resource declares, children deleted, the subjects' keys destroyed
     /// when no record needs them, one audit event per record, at once.
     pub(crate) async fn erase(&self, call: &Call, found: &[Found]) -> Result<(), ApiError> {
-        let template = self
-            .privacy()
-            .event(&call.access, "", "", &[], AuditOutcome::Ok);
+        let template = call.event(self.privacy(), "", "", &[], AuditOutcome::Ok);
         let mut tx = self.db().pool().begin().await?;
         let mut events = Vec::new();
         let mut subjects = Vec::new();

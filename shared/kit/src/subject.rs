@@ -5,13 +5,21 @@
 //! [`StoreSubjectData`] implements it for any [`Store`] from the
 //! declarations alone: locate by blind index, export every unit, correct
 //! the rectifiable fields, erase as each resource declares.
+//!
+//! What a call may reach is settled here, before any implementation runs:
+//! the router narrows the call to the controller the request names (never
+//! past the caller's own tenant limit), so an implementation only has to
+//! honour [`Call::sees_tenant`] as every handler does. The data-subject
+//! request a call serves goes on the [`Call`], into the detail of its audit
+//! events ([`Call::event`]); Rectify and Erase run once per request.
 
 use std::{collections::HashMap, pin::Pin, sync::Arc};
 
+use base64::{Engine as _, engine::general_purpose::STANDARD};
 use custodian_privacy::normalize;
 use custodian_proto::{
     audit::v1::AuditOutcome,
-    common::v1::{SubjectIdentifier, subject_identifier},
+    common::v1::{Controller, SubjectIdentifier, controller, subject_identifier},
     subject::v1::{
         EraseSubjectDataRequest, EraseSubjectDataResponse, ExportSubjectDataRequest,
         ExportSubjectDataResponse, FieldCorrection, LocateSubjectDataRequest,
@@ -22,6 +30,7 @@ use custodian_proto::{
 use custodian_runtime::{ApiError, error::Violations, time::to_timestamp};
 use futures::{Stream, future::BoxFuture};
 use prost_reflect::DynamicMessage;
+use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -29,7 +38,8 @@ use crate::{
     declare::DECLARATIONS,
     fields,
     gate::SERVICE_HEADER,
-    store::{Found, Row, Store},
+    pattern::Pattern,
+    store::{Claim, Found, Idempotency, Row, Store},
 };
 
 /// A service's part in data-subject rights.
@@ -173,8 +183,8 @@ impl StoreSubjectData {
                     Vec::new()
                 };
                 let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
-                privacy.event(
-                    &call.access,
+                call.event(
+                    privacy,
                     &Self::name(f),
                     &f.row.subject_id,
                     &fields,
@@ -332,19 +342,219 @@ impl SubjectData for StoreSubjectData {
     }
 }
 
-/// The contract, served once per process.
+/// How long a retry of Rectify or Erase with the same data-subject request
+/// finds the first call at work (ABORTED) before it takes the claim over:
+/// far beyond what such a call takes, so only a call whose process stopped
+/// loses its claim.
+const CLAIM_LEASE_MICROS: i64 = 5 * 60 * 1_000_000;
+
+/// The blind-index domain of the keys that remember answers by request.
+const ANSWER_DOMAIN: &str = "subject-request";
+
+/// One service's part, and the store where its answers are remembered.
+struct Part {
+    data: Arc<dyn SubjectData>,
+    store: Store,
+}
+
+/// The contract, served once per process. Before a service's part runs it
+/// narrows the call to the controller asked for and reads the data-subject
+/// request served (named in every audit event); Rectify and Erase run once
+/// per request, a retry replaying the first answer.
 pub struct SubjectRouter {
-    services: Vec<(&'static str, Arc<dyn SubjectData>)>,
+    services: Vec<(&'static str, Part)>,
 }
 
 impl SubjectRouter {
-    pub fn new(services: Vec<(&'static str, Arc<dyn SubjectData>)>) -> Self {
-        Self { services }
+    /// Each service's part and its store.
+    pub fn new(services: Vec<(&'static str, Arc<dyn SubjectData>, Store)>) -> Self {
+        Self {
+            services: services
+                .into_iter()
+                .map(|(name, data, store)| (name, Part { data, store }))
+                .collect(),
+        }
     }
 
-    #[allow(clippy::result_large_err)] // answered as is
-    fn pick<T>(&self, request: &Request<T>) -> Result<&Arc<dyn SubjectData>, Status> {
-        route(&self.services, request.metadata())
+    /// The part the call names, and the call narrowed to `controller` and
+    /// carrying the request `served`. Nothing is touched when either is
+    /// malformed or the controller is outside the caller's tenant limit
+    /// (which is audited as a denial).
+    async fn admit<T>(
+        &self,
+        request: &Request<T>,
+        controller: Option<&Controller>,
+        served: &str,
+    ) -> Result<(&Part, Call), Status> {
+        let mut call = Call::of(request)?;
+        let part = route(&self.services, request.metadata())?;
+        let mut v = Violations::new();
+        let tenant = controlled_by(controller, &mut v);
+        call.request = served_request(served, &mut v);
+        v.finish()?;
+        if let Some(tenant) = tenant
+            && let Err(status) = call.narrow(&tenant)
+        {
+            let privacy = part.store.privacy();
+            let resource = if tenant.is_empty() {
+                String::new()
+            } else {
+                format!("tenants/{tenant}")
+            };
+            let mut event = call.event(privacy, &resource, "", &[], AuditOutcome::Denied);
+            event.detail = call.detail("a controller outside the caller's tenant");
+            privacy.audit.record(event).await?;
+            return Err(status);
+        }
+        Ok((part, call))
+    }
+}
+
+/// The tenant id `controller` limits a call to ("" for the company's own
+/// records), `None` when it is unset.
+fn controlled_by(controller: Option<&Controller>, v: &mut Violations) -> Option<String> {
+    match controller.and_then(|c| c.kind.as_ref()) {
+        None => None,
+        Some(controller::Kind::Company(true)) => Some(String::new()),
+        Some(controller::Kind::Company(false)) => {
+            v.add(
+                "controller.company",
+                "must be true when set (leave controller unset for every record)",
+            );
+            None
+        }
+        Some(controller::Kind::Tenant(name)) => {
+            let form = Pattern::parse("tenants/{tenant}").expect("a valid pattern");
+            match form
+                .parse_name(name)
+                .and_then(|vars| vars.tenant().map(str::to_owned))
+            {
+                Some(tenant) => Some(tenant),
+                None => {
+                    v.add("controller.tenant", form.describe());
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// The data-subject request a call serves, `None` when it names none.
+fn served_request(name: &str, v: &mut Violations) -> Option<String> {
+    if name.is_empty() {
+        return None;
+    }
+    let form = Pattern::parse("requests/{request}").expect("a valid pattern");
+    if form.parse_name(name).is_none() {
+        v.add("request", form.describe());
+        return None;
+    }
+    Some(name.to_owned())
+}
+
+/// The key a Rectify or Erase answer is remembered under, when the call
+/// serves a data-subject request: per service (the store's), method and
+/// request, and per the records the call may see and the subject it names,
+/// so one request can erase the company's records now and a tenant's once
+/// it instructs so, or reach a person by email and by user name. The rest
+/// of the request (`rest`: the corrections) must be the same on a retry.
+/// Subject and corrections enter the table only through the keyed blind
+/// index.
+fn answer_key(
+    store: &Store,
+    call: &Call,
+    method: &str,
+    subject: &Option<SubjectIdentifier>,
+    rest: &[u8],
+) -> Option<Idempotency> {
+    let request_id = call.request.as_deref()?.strip_prefix("requests/")?;
+    let sees = match call.tenant_limit() {
+        None => "*".to_owned(),
+        Some(tenant) => format!("tenant:{tenant}"),
+    };
+    let who = match subject.as_ref().and_then(|s| s.kind.as_ref()) {
+        Some(subject_identifier::Kind::Email(e)) => {
+            format!(
+                "email:{}",
+                normalize::email(e).unwrap_or_else(|_| e.clone())
+            )
+        }
+        Some(subject_identifier::Kind::Phone(p)) => format!(
+            "phone:{}",
+            normalize::phone(p, None).unwrap_or_else(|_| p.clone())
+        ),
+        Some(subject_identifier::Kind::Id(name)) => format!("id:{name}"),
+        None => String::new(),
+    };
+    let vault = &store.privacy().vault;
+    Some(Idempotency {
+        scope: format!(
+            "{method}:{}",
+            vault.blind_index(ANSWER_DOMAIN, &format!("{sees}\u{1f}{who}"))
+        ),
+        request_id: request_id.to_owned(),
+        request_hash: vault.blind_index(ANSWER_DOMAIN, &hex::encode(Sha256::digest(rest))),
+    })
+}
+
+/// Runs `work` once per `key`: a retry gets the first answer, and nothing
+/// is changed or audited again. Without a key, just runs it.
+///
+/// The answer is remembered after the work, not in its transaction: a
+/// service's part may change its records in several (feedback's parts,
+/// analytics' consents and usage events). The key is claimed first, so a
+/// concurrent retry is refused rather than run twice; only a process that
+/// stops between the work and remembering its answer lets a retry (after
+/// the lease) run the work again, which finds what is left to do.
+async fn once<R>(
+    store: &Store,
+    key: Option<Idempotency>,
+    work: impl Future<Output = Result<R, Status>>,
+) -> Result<R, Status>
+where
+    R: prost::Message + Default,
+{
+    let Some(key) = key else {
+        return work.await;
+    };
+    let claimed = match store.claim(&key, CLAIM_LEASE_MICROS).await? {
+        Claim::Ours(at) => at,
+        Claim::Answered(answer) => {
+            let bytes = STANDARD.decode(answer).map_err(|_| {
+                ApiError::internal(std::io::Error::other("a stored answer is not base64"))
+            })?;
+            return Ok(R::decode(bytes.as_slice()).map_err(ApiError::internal)?);
+        }
+        Claim::Busy => {
+            return Err(Status::aborted(
+                "another call is carrying out this request for this subject; retry",
+            ));
+        }
+        Claim::Different => {
+            return Err(ApiError::FailedPrecondition(
+                "this request was already carried out for this subject with other corrections; \
+                 they are not applied"
+                    .to_owned(),
+            )
+            .into());
+        }
+    };
+    match work.await {
+        Ok(answer) => {
+            let encoded = STANDARD.encode(answer.encode_to_vec());
+            if let Err(err) = store.settle(&key, claimed, &encoded).await {
+                // Done, only not remembered: the answer is still true.
+                tracing::warn!(service = store.service(), error = %err, "remembering the answer to a data-subject request");
+            }
+            Ok(answer)
+        }
+        Err(status) => {
+            if let Err(err) = store.release(&key, claimed).await {
+                // The claim lapses with its lease.
+                tracing::warn!(service = store.service(), error = %err, "releasing a data-subject request after a failure");
+            }
+            Err(status)
+        }
     }
 }
 
@@ -391,9 +601,15 @@ impl SubjectDataService for SubjectRouter {
         &self,
         request: Request<LocateSubjectDataRequest>,
     ) -> Result<Response<LocateSubjectDataResponse>, Status> {
-        let call = Call::of(&request)?;
-        let service = self.pick(&request)?;
-        let records = service.locate(&call, request.into_inner().subject).await?;
+        let (part, call) = {
+            let r = request.get_ref();
+            self.admit(&request, r.controller.as_ref(), &r.request)
+                .await?
+        };
+        let records = part
+            .data
+            .locate(&call, request.into_inner().subject)
+            .await?;
         Ok(Response::new(LocateSubjectDataResponse { records }))
     }
 
@@ -403,9 +619,15 @@ impl SubjectDataService for SubjectRouter {
         &self,
         request: Request<ExportSubjectDataRequest>,
     ) -> Result<Response<Self::ExportSubjectDataStream>, Status> {
-        let call = Call::of(&request)?;
-        let service = self.pick(&request)?;
-        let items = service.export(&call, request.into_inner().subject).await?;
+        let (part, call) = {
+            let r = request.get_ref();
+            self.admit(&request, r.controller.as_ref(), &r.request)
+                .await?
+        };
+        let items = part
+            .data
+            .export(&call, request.into_inner().subject)
+            .await?;
         Ok(Response::new(Box::pin(futures::stream::iter(
             items.into_iter().map(Ok),
         ))))
@@ -415,20 +637,51 @@ impl SubjectDataService for SubjectRouter {
         &self,
         request: Request<RectifySubjectDataRequest>,
     ) -> Result<Response<RectifySubjectDataResponse>, Status> {
-        let call = Call::of(&request)?;
-        let service = self.pick(&request)?;
+        let (part, call) = {
+            let r = request.get_ref();
+            self.admit(&request, r.controller.as_ref(), &r.request)
+                .await?
+        };
         let req = request.into_inner();
-        let rectified = service.rectify(&call, req.subject, req.corrections).await?;
-        Ok(Response::new(RectifySubjectDataResponse { rectified }))
+        let corrections: Vec<u8> = req
+            .corrections
+            .iter()
+            .flat_map(prost::Message::encode_length_delimited_to_vec)
+            .collect();
+        let key = answer_key(
+            &part.store,
+            &call,
+            "RectifySubjectData",
+            &req.subject,
+            &corrections,
+        );
+        let answer = once(&part.store, key, async {
+            let rectified = part
+                .data
+                .rectify(&call, req.subject.clone(), req.corrections)
+                .await?;
+            Ok(RectifySubjectDataResponse { rectified })
+        })
+        .await?;
+        Ok(Response::new(answer))
     }
 
     async fn erase_subject_data(
         &self,
         request: Request<EraseSubjectDataRequest>,
     ) -> Result<Response<EraseSubjectDataResponse>, Status> {
-        let call = Call::of(&request)?;
-        let service = self.pick(&request)?;
-        let erased = service.erase(&call, request.into_inner().subject).await?;
-        Ok(Response::new(EraseSubjectDataResponse { erased }))
+        let (part, call) = {
+            let r = request.get_ref();
+            self.admit(&request, r.controller.as_ref(), &r.request)
+                .await?
+        };
+        let subject = request.into_inner().subject;
+        let key = answer_key(&part.store, &call, "EraseSubjectData", &subject, &[]);
+        let answer = once(&part.store, key, async {
+            let erased = part.data.erase(&call, subject.clone()).await?;
+            Ok(EraseSubjectDataResponse { erased })
+        })
+        .await?;
+        Ok(Response::new(answer))
     }
 }
