@@ -12,6 +12,10 @@ use custodian_privacy::{Purpose, keys::KeyFile, token::TokenIssuer};
 use custodian_proto::{
     analytics::v1::site_service_client::SiteServiceClient,
     audit::v1::audit_service_client::AuditServiceClient,
+    dsr::v1::{
+        request_service_client::RequestServiceClient,
+        tenant_inbox_service_client::TenantInboxServiceClient,
+    },
     feedback::v1::feedback_service_client::FeedbackServiceClient,
     feedback::v1::survey_service_client::SurveyServiceClient,
     identity::v1::{
@@ -320,6 +324,8 @@ clients! {
     sites, sites_as => SiteServiceClient;
     feedback, feedback_as => FeedbackServiceClient;
     surveys, surveys_as => SurveyServiceClient;
+    dsr_requests, dsr_requests_as => RequestServiceClient;
+    dsr_inbox, dsr_inbox_as => TenantInboxServiceClient;
 }
 
 impl TestApp {
