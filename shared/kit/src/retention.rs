@@ -425,6 +425,7 @@ pub fn defaults() -> Vec<custodian_proto::retention::v1::CategoryRetention> {
         DataCategory::UsageEvent,
         DataCategory::Feedback,
         DataCategory::ConsentRecord,
+        DataCategory::DsrRecord,
     ]
     .into_iter()
     .filter_map(|c| {

@@ -38,6 +38,10 @@ pub fn default_retention(category: DataCategory) -> Option<Duration> {
         // Proof of consent: three years after the decision's last change
         // (a withdrawal is a change), the limitation period for a claim.
         DataCategory::ConsentRecord => Some(3 * 365 * DAY),
+        // Data-subject requests: three years after completion, as proof of
+        // what was asked and done (CCPA asks for 24 months; GDPR claims
+        // reach three years).
+        DataCategory::DsrRecord => Some(3 * 365 * DAY),
         // Authorized users are kept while the tenant keeps them (they are
         // deleted with the tenant), unless the tenant sets a retention.
         DataCategory::AuthorizedUser | DataCategory::Unspecified => None,

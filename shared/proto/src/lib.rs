@@ -57,6 +57,12 @@ pub mod analytics {
     }
 }
 
+pub mod dsr {
+    pub mod v1 {
+        tonic::include_proto!("custodian.dsr.v1");
+    }
+}
+
 pub mod subject {
     pub mod v1 {
         tonic::include_proto!("custodian.subject.v1");
