@@ -202,6 +202,20 @@ impl Peers {
         self.routed(peer, forward)
     }
 
+    /// A channel to `peer` for work done later for someone recorded with
+    /// it (a data-subject request's steps), for one purpose its credential
+    /// holds; the callee audits `on_behalf_of`.
+    #[allow(clippy::result_large_err)] // answered as is
+    pub fn acting(
+        &self,
+        peer: &str,
+        purpose: Purpose,
+        on_behalf_of: &str,
+    ) -> Result<PeerChannel, Status> {
+        let forward = Forward::acting(&self.credential()?, purpose, on_behalf_of)?;
+        self.routed(peer, forward)
+    }
+
     /// A channel to `peer` for the service's own work (a scheduled sweep),
     /// for one purpose its credential holds.
     #[allow(clippy::result_large_err)] // answered as is

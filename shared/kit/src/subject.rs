@@ -212,7 +212,12 @@ impl StoreSubjectData {
             .flat_map(|b| fields::rectifiable(&b.spec))
             .collect();
         for (i, c) in corrections.iter().enumerate() {
-            if !all.contains(&c.field_path) {
+            let known = self
+                .store
+                .bindings()
+                .iter()
+                .any(|b| correctable(&fields::rectifiable(&b.spec), &c.field_path).is_some());
+            if !known {
                 v.add(
                     format!("corrections[{i}].field_path"),
                     format!("is not a correctable field here; correctable: {}", {
@@ -232,7 +237,10 @@ impl StoreSubjectData {
             }
             match found.iter().find(|f| Self::name(f) == c.resource) {
                 None => return Err(ApiError::not_found(c.resource.clone()).into()),
-                Some(f) if !fields::rectifiable(&f.binding.spec).contains(&c.field_path) => {
+                Some(f)
+                    if correctable(&fields::rectifiable(&f.binding.spec), &c.field_path)
+                        .is_none() =>
+                {
                     return Err(ApiError::invalid(
                         format!("corrections[{i}].field_path"),
                         format!("{} records have no such field", f.binding.spec.noun()),
@@ -250,13 +258,11 @@ impl StoreSubjectData {
             let mut record = f.row.message.clone();
             let mut touched = false;
             for c in &corrections {
-                let applies = if c.resource.is_empty() {
-                    rectifiable.contains(&c.field_path)
-                } else {
-                    c.resource == name
-                };
-                if applies {
-                    fields::set_rectified(&f.binding.spec, &mut record, &c.field_path, &c.value);
+                if !c.resource.is_empty() && c.resource != name {
+                    continue;
+                }
+                if let Some(path) = correctable(&rectifiable, &c.field_path) {
+                    fields::set_rectified(&f.binding.spec, &mut record, path, &c.value);
                     touched = true;
                 }
             }
@@ -282,6 +288,24 @@ impl StoreSubjectData {
             .filter(|f| changed.iter().any(|(_, row, _)| row.id == f.row.id))
             .map(Self::reference)
             .collect())
+    }
+}
+
+/// The unit a correction's path names in one resource: the path itself, or
+/// else the one unit it ends ("email" is a ticket's "requester.email" and a
+/// feedback's "author.email"), so a person can correct "their email" in
+/// every service without knowing how each spells it. Two units ending so
+/// (an agent's email beside the requester's) name neither: such a record
+/// is corrected by its resource name and full path.
+fn correctable<'a>(rectifiable: &'a [String], path: &str) -> Option<&'a str> {
+    if let Some(exact) = rectifiable.iter().find(|p| *p == path) {
+        return Some(exact);
+    }
+    let suffix = format!(".{path}");
+    let mut ending = rectifiable.iter().filter(|p| p.ends_with(&suffix));
+    match (ending.next(), ending.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
     }
 }
 
@@ -683,5 +707,35 @@ impl SubjectDataService for SubjectRouter {
         })
         .await?;
         Ok(Response::new(answer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::correctable;
+
+    #[test]
+    fn a_path_names_itself_or_the_one_unit_it_ends() {
+        let ticket: Vec<String> = [
+            "subject",
+            "requester.email",
+            "requester.person_name.family_name",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        assert_eq!(correctable(&ticket, "subject"), Some("subject"));
+        assert_eq!(correctable(&ticket, "email"), Some("requester.email"));
+        assert_eq!(
+            correctable(&ticket, "person_name.family_name"),
+            Some("requester.person_name.family_name")
+        );
+        assert_eq!(correctable(&ticket, "phone"), None);
+        // "mail" is not a segment of "requester.email".
+        assert_eq!(correctable(&ticket, "mail"), None);
+        let request: Vec<String> = ["requester.email", "agent.email"]
+            .map(str::to_owned)
+            .to_vec();
+        assert_eq!(correctable(&request, "email"), None, "ambiguous");
+        assert_eq!(correctable(&request, "agent.email"), Some("agent.email"));
     }
 }

@@ -440,6 +440,18 @@ impl Forward {
         })
     }
 
+    /// For work a service carries out later for someone recorded with it
+    /// (a data-subject request's steps): no live call behind it, so no
+    /// deadline or tenant limit to carry, but the callee audits who it is
+    /// done for.
+    #[allow(clippy::result_large_err)] // answered as is
+    pub fn acting(credential: &str, purpose: Purpose, on_behalf_of: &str) -> Result<Self, Status> {
+        let invalid = |_| Status::internal("credentials not representable as metadata");
+        let mut forward = Self::own(credential, purpose)?;
+        forward.on_behalf_of = Some(on_behalf_of.parse().map_err(invalid)?);
+        Ok(forward)
+    }
+
     /// For a service's own work (a scheduled sweep): no caller behind it.
     #[allow(clippy::result_large_err)] // answered as is
     pub fn own(credential: &str, purpose: Purpose) -> Result<Self, Status> {

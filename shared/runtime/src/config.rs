@@ -198,6 +198,28 @@ pub struct ServerArgs {
         value_name = "K"
     )]
     pub report_min_visitors: Option<u32>,
+
+    /// How long a completed access request's export bundle can be
+    /// downloaded before it is deleted [default: 7d].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_DSR_EXPORT_TTL",
+        value_name = "DURATION",
+        value_parser = humantime::parse_duration
+    )]
+    pub dsr_export_ttl: Option<Duration>,
+
+    /// The services a data-subject request reaches through the subject
+    /// contract, comma-separated [default: identity,tickets,analytics,feedback].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_DSR_SERVICES",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub dsr_services: Option<Vec<String>>,
 }
 
 /// "NAME=URL".
@@ -243,6 +265,9 @@ struct FileConfig {
     trusted_proxies: Option<Vec<String>>,
     analytics_queue_events: Option<usize>,
     report_min_visitors: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    dsr_export_ttl: Option<Duration>,
+    dsr_services: Option<Vec<String>>,
 }
 
 /// Resolved settings: every value known.
@@ -276,6 +301,10 @@ pub struct Config {
     pub analytics_queue_events: usize,
     /// k of the analytics reports.
     pub report_min_visitors: u32,
+    /// How long an export bundle is kept for download.
+    pub dsr_export_ttl: Duration,
+    /// The services data-subject requests reach.
+    pub dsr_services: Vec<String>,
 }
 
 // The database URL may carry a password, so Debug leaves it out.
@@ -309,6 +338,8 @@ impl std::fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("analytics_queue_events", &self.analytics_queue_events)
             .field("report_min_visitors", &self.report_min_visitors)
+            .field("dsr_export_ttl", &self.dsr_export_ttl)
+            .field("dsr_services", &self.dsr_services)
             .finish()
     }
 }
@@ -337,6 +368,10 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             analytics_queue_events: 50_000,
             report_min_visitors: 5,
+            dsr_export_ttl: Duration::from_secs(7 * 86_400),
+            dsr_services: ["identity", "tickets", "analytics", "feedback"]
+                .map(str::to_owned)
+                .to_vec(),
         }
     }
 }
@@ -410,6 +445,14 @@ impl Config {
                 .report_min_visitors
                 .or(file.report_min_visitors)
                 .unwrap_or(d.report_min_visitors),
+            dsr_export_ttl: args
+                .dsr_export_ttl
+                .or(file.dsr_export_ttl)
+                .unwrap_or(d.dsr_export_ttl),
+            dsr_services: args
+                .dsr_services
+                .or(file.dsr_services)
+                .unwrap_or(d.dsr_services),
         })
     }
 

@@ -181,6 +181,29 @@ pub fn inject_trace_context(
     Ok(request)
 }
 
+/// The current trace context as a W3C `traceparent` value, to be stored
+/// with work that continues later (a data-subject request's steps); `None`
+/// when nothing is traced.
+pub fn current_traceparent() -> Option<String> {
+    let cx = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut carrier));
+    carrier.remove("traceparent")
+}
+
+/// A span for work continuing the trace a stored `traceparent` names, so
+/// work resumed later (or by another replica) joins the same trace.
+pub fn continuing_span(name: &'static str, traceparent: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!("work", otel.name = name, otel.kind = "internal");
+    if let Some(traceparent) = traceparent {
+        let carrier: std::collections::HashMap<String, String> =
+            [("traceparent".to_owned(), traceparent.to_owned())].into();
+        let parent = global::get_text_map_propagator(|p| p.extract(&carrier));
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
 /// Calls refused before or by a handler for the caller's own reasons (bad
 /// input, no token, no permission, shed under load): counted as metrics,
 /// each logged only at `debug`, and summed up in at most one `warn` line per
