@@ -1672,7 +1672,10 @@ fn retention_of(category: i32) -> Option<i64> {
 /// the contracts' options.
 fn check_map(map: &DataMap) {
     let services: Vec<&str> = map.systems.iter().map(|s| s.service.as_str()).collect();
-    assert_eq!(services, ["analytics", "feedback", "identity", "tickets"]);
+    assert_eq!(
+        services,
+        ["analytics", "dsr", "feedback", "identity", "tickets"]
+    );
     let mut mapped = BTreeSet::new();
     for system in &map.systems {
         let package = format!("custodian.{}.v1.", system.service);

@@ -37,6 +37,8 @@ pub enum Target {
     Analytics,
     /// Feedback, testimonials and surveys only.
     Feedback,
+    /// Data-subject requests only (reaches the others through `--peer`).
+    Dsr,
 }
 
 /// One service of the suite.
@@ -68,6 +70,10 @@ fn feedback(context: Context) -> anyhow::Result<Arc<dyn KitService>> {
     Ok(Arc::new(custodian_feedback::Feedback::new(context)))
 }
 
+fn dsr(context: Context) -> anyhow::Result<Arc<dyn KitService>> {
+    Ok(Arc::new(custodian_dsr::Dsr::new(context)))
+}
+
 /// Every service of the suite, by `--target` name. A new service is one
 /// more entry here.
 const SERVICES: &[Service] = &[
@@ -94,6 +100,12 @@ const SERVICES: &[Service] = &[
         name: custodian_feedback::NAME,
         construct: feedback,
         peer_purposes: custodian_feedback::PEER_PURPOSES,
+    },
+    Service {
+        target: Target::Dsr,
+        name: custodian_dsr::NAME,
+        construct: dsr,
+        peer_purposes: custodian_dsr::PEER_PURPOSES,
     },
 ];
 

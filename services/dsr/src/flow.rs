@@ -1,0 +1,1208 @@
+//! The orchestrator. A verified request becomes steps, each a row of
+//! `dsr_steps`:
+//!
+//! 1. `locate`: ask every configured service, through the subject contract,
+//!    which records it holds on the verified email; when identity finds the
+//!    person's authorized-user records, the other services are asked again
+//!    by those names (their records point to users, not emails).
+//! 2. plan: records the company controls are acted on at once (one `act`
+//!    step per service); records held for a customer are routed to that
+//!    customer's inbox, and acted on (`act` steps scoped to that tenant)
+//!    only when it instructs so.
+//! 3. finish: when every step has run and every customer has answered, the
+//!    request completes; `mail` steps tell the requester what happened.
+//!
+//! A step is claimed with a lease before it runs (its attempt counted) and
+//! marked done or failed after, fenced by that lease: a replica whose lease
+//! ran out cannot overwrite another's result. A failed call is retried
+//! with backoff unless it is the caller's fault. Every call carries the
+//! request's name, so a service replays what it already did for it: a step
+//! cut short by a crash runs again without acting twice. Leases and
+//! backoff run on the system clock; deadlines on the injectable one.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use custodian_kit::Call;
+use custodian_privacy::{Access, Caller, Method, Purpose};
+use custodian_proto::{
+    audit::v1::{AuditAction, AuditOutcome},
+    common::v1::{Controller, SubjectIdentifier, controller, subject_identifier},
+    dsr::v1::{Request, inbox_item::State as InboxItemState, request},
+    subject::v1::{
+        EraseSubjectDataRequest, ExportSubjectDataRequest, FieldCorrection,
+        LocateSubjectDataRequest, RectifySubjectDataRequest, SubjectRecord,
+        subject_data_service_client::SubjectDataServiceClient,
+    },
+};
+use custodian_runtime::{ApiError, time::now_micros};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+use sqlx::Row as _;
+use tokio::{sync::watch, task::JoinHandle};
+use tonic::{Code, Status};
+use tracing::Instrument as _;
+
+use crate::{Core, bundle, mail};
+
+/// How long a claimed step is ours.
+const LEASE: Duration = Duration::from_secs(60);
+/// Steps one replica runs at once.
+const PARALLEL: i64 = 8;
+/// Longest wait between two attempts of a failing step.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often idle replicas look for work another replica left.
+const POLL: Duration = Duration::from_millis(500);
+
+pub const LOCATE: &str = "locate";
+pub const ACT: &str = "act";
+pub const MAIL: &str = "mail";
+
+/// Phases of a request's run (`dsr_runs.phase`).
+pub const VERIFY: &str = "verify";
+pub const LOCATING: &str = "locate";
+pub const ACTING: &str = "act";
+pub const DONE: &str = "done";
+pub const CANCELLED: &str = "cancelled";
+
+/// The subject an email locate step asks for.
+pub const BY_EMAIL: &str = "email";
+
+/// The orchestrator task of this replica.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+pub fn start(core: Arc<Core>) -> Running {
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut last_sweep = std::time::Instant::now();
+        loop {
+            if *stopped.borrow() {
+                return;
+            }
+            let claimed = match claim(&core).await {
+                Ok(claimed) => claimed,
+                Err(err) => {
+                    tracing::warn!(error = %err, "dsr: claiming steps failed; retrying");
+                    Vec::new()
+                }
+            };
+            if claimed.is_empty() {
+                // Requests whose last step finished in a replica that died
+                // before it moved the request on.
+                if last_sweep.elapsed() > Duration::from_secs(5) {
+                    last_sweep = std::time::Instant::now();
+                    if let Err(err) = advance_all(&core).await {
+                        tracing::warn!(error = %err, "dsr: advancing requests failed");
+                    }
+                }
+                tokio::select! {
+                    _ = core.wake.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = stopped.changed() => return,
+                }
+                continue;
+            }
+            futures::future::join_all(claimed.into_iter().map(|step| run(&core, step))).await;
+        }
+    });
+    Running { stop, task }
+}
+
+/// One claimed step.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub id: String,
+    pub request_id: String,
+    pub phase: String,
+    pub service: String,
+    pub scope: String,
+    pub attempts: i64,
+}
+
+/// Claims due steps: each one by a compare-and-set on its lease, so of two
+/// replicas only one gets it.
+async fn claim(core: &Core) -> Result<Vec<Step>, ApiError> {
+    let pool = core.context.db.pool();
+    let now = now_micros();
+    let rows = sqlx::query(
+        "SELECT id, request_id, phase, service, scope, attempts FROM dsr_steps \
+         WHERE state = 'pending' AND next_time <= $1 AND (lease_until IS NULL OR lease_until < $1) \
+         ORDER BY next_time, id LIMIT $2",
+    )
+    .bind(now)
+    .bind(PARALLEL)
+    .fetch_all(pool)
+    .await?;
+    let mut claimed = Vec::new();
+    for row in rows {
+        let id: String = row.try_get("id")?;
+        let taken = sqlx::query(
+            "UPDATE dsr_steps SET lease_owner = $1, lease_until = $2, attempts = attempts + 1, \
+             update_time = $3 WHERE id = $4 AND state = 'pending' \
+             AND (lease_until IS NULL OR lease_until < $3)",
+        )
+        .bind(&core.worker)
+        .bind(now + LEASE.as_micros() as i64)
+        .bind(now)
+        .bind(&id)
+        .execute(pool)
+        .await?;
+        if taken.rows_affected() == 1 {
+            claimed.push(Step {
+                id,
+                request_id: row.try_get("request_id")?,
+                phase: row.try_get("phase")?,
+                service: row.try_get("service")?,
+                scope: row.try_get("scope")?,
+                attempts: row.try_get::<i64, _>("attempts")? + 1,
+            });
+        }
+    }
+    Ok(claimed)
+}
+
+/// What a step left behind.
+struct Outcome {
+    /// Stored with the step (record references, counts; no values).
+    result: String,
+    /// For the history.
+    event: Option<(String, String, String)>,
+}
+
+async fn run(core: &Arc<Core>, step: Step) {
+    let traceparent = traceparent(core, &step.request_id).await.ok().flatten();
+    let span = custodian_runtime::telemetry::continuing_span("dsr.step", traceparent.as_deref());
+    async {
+        let result = match step.phase.as_str() {
+            LOCATE => locate(core, &step).await,
+            ACT => act(core, &step).await,
+            MAIL => send(core, &step).await,
+            _ => Err(Status::internal("unknown step")),
+        };
+        let recorded = match result {
+            Ok(outcome) => finish_step(core, &step, "done", &outcome.result, outcome.event).await,
+            Err(status) if permanent(&status) => {
+                let what = format!("{:?}: {}", status.code(), status.message());
+                finish_step(
+                    core,
+                    &step,
+                    "failed",
+                    "",
+                    Some(("failed".into(), target(&step), what)),
+                )
+                .await
+            }
+            Err(status) => retry_later(core, &step, &status).await,
+        };
+        if let Err(err) = recorded {
+            tracing::warn!(error = %err, step = %step.id, "dsr: recording a step failed");
+        }
+        if let Err(err) = advance(core, &step.request_id).await {
+            tracing::warn!(error = %err, request = %step.request_id, "dsr: advancing failed");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// The caller's fault, not the moment's: retrying cannot help.
+fn permanent(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::PermissionDenied
+            | Code::NotFound
+            | Code::OutOfRange
+            | Code::Unimplemented
+            | Code::AlreadyExists
+    )
+}
+
+fn target(step: &Step) -> String {
+    match (step.phase.as_str(), step.scope.as_str()) {
+        (MAIL, _) => step.service.clone(),
+        (LOCATE, BY_EMAIL) | (ACT, "") => step.service.clone(),
+        (LOCATE, user) => format!("{} (by {user})", step.service),
+        (_, tenant) => format!("{} for {tenant}", step.service),
+    }
+}
+
+async fn finish_step(
+    core: &Core,
+    step: &Step,
+    state: &str,
+    result: &str,
+    event: Option<(String, String, String)>,
+) -> Result<(), ApiError> {
+    let now = now_micros();
+    let mut tx = core.context.db.pool().begin().await?;
+    // Fenced by the lease: a replica that lost it leaves the row alone.
+    let marked = sqlx::query(
+        "UPDATE dsr_steps SET state = $1, result = $2, lease_owner = NULL, lease_until = NULL, \
+         error = NULL, update_time = $3 WHERE id = $4 AND lease_owner = $5 AND state = 'pending'",
+    )
+    .bind(state)
+    .bind(result)
+    .bind(now)
+    .bind(&step.id)
+    .bind(&core.worker)
+    .execute(&mut *tx)
+    .await?;
+    if marked.rows_affected() == 1
+        && let Some((kind, target, description)) = event
+    {
+        insert_event(
+            &mut *tx,
+            core,
+            &step.request_id,
+            &kind,
+            &target,
+            &description,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn retry_later(core: &Core, step: &Step, status: &Status) -> Result<(), ApiError> {
+    let wait = Duration::from_millis(250)
+        .saturating_mul(1 << step.attempts.clamp(0, 16) as u32)
+        .min(MAX_BACKOFF);
+    tracing::info!(
+        step = %step.id,
+        code = ?status.code(),
+        attempts = step.attempts,
+        retry_in_ms = wait.as_millis() as u64,
+        "dsr: a step will be retried"
+    );
+    sqlx::query(
+        "UPDATE dsr_steps SET lease_owner = NULL, lease_until = NULL, next_time = $1, error = $2, \
+         update_time = $3 WHERE id = $4 AND lease_owner = $5 AND state = 'pending'",
+    )
+    .bind(now_micros() + wait.as_micros() as i64)
+    .bind(format!("{:?}", status.code()))
+    .bind(now_micros())
+    .bind(&step.id)
+    .bind(&core.worker)
+    .execute(core.context.db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Adds one line to a request's history.
+pub async fn insert_event<'c, E>(
+    executor: E,
+    core: &Core,
+    request_id: &str,
+    kind: &str,
+    target: &str,
+    description: &str,
+) -> Result<(), ApiError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO dsr_events (id, request_id, time, kind, target, description) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(request_id)
+    .bind(core.now())
+    .bind(kind)
+    .bind(target)
+    .bind(description)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Adds a step unless it exists: planning twice plans once.
+pub async fn insert_step<'c, E>(
+    executor: E,
+    request_id: &str,
+    phase: &str,
+    service: &str,
+    scope: &str,
+) -> Result<(), ApiError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let now = now_micros();
+    sqlx::query(
+        "INSERT INTO dsr_steps (id, request_id, phase, service, scope, state, attempts, next_time, \
+         create_time, update_time) VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6) \
+         ON CONFLICT (request_id, phase, service, scope) DO NOTHING",
+    )
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(request_id)
+    .bind(phase)
+    .bind(service)
+    .bind(scope)
+    .bind(now)
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+async fn traceparent(core: &Core, request_id: &str) -> Result<Option<String>, ApiError> {
+    Ok(
+        sqlx::query("SELECT traceparent FROM dsr_runs WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(core.context.db.pool())
+            .await?
+            .and_then(|r| r.try_get::<Option<String>, _>("traceparent").ok().flatten()),
+    )
+}
+
+/// The orchestrator's own call: dsr's service identity, for the request,
+/// as `method` (what its audit events name).
+pub fn own_call(request_name: &str, method: &'static str, action: AuditAction) -> Call {
+    Call {
+        access: Access {
+            caller: Caller {
+                subject: format!("svc:{}", crate::NAME),
+                purposes: vec![Purpose::DsrFulfilment],
+                tenant: None,
+                requested_purpose: Some(Purpose::DsrFulfilment),
+                on_behalf_of: Some(request_name.to_owned()),
+                service: true,
+            },
+            purpose: Purpose::DsrFulfilment,
+            method: Method {
+                path: method,
+                action,
+                purposes: &[Purpose::DsrFulfilment],
+            },
+        },
+        deadline: None,
+        request: Some(request_name.to_owned()),
+    }
+}
+
+pub fn request_name(request_id: &str) -> String {
+    format!("requests/{request_id}")
+}
+
+/// The request, whole (the orchestrator needs the verified email).
+pub async fn load(core: &Core, request_id: &str) -> Result<custodian_kit::Stored<Request>, Status> {
+    let name = request_name(request_id);
+    let call = own_call(&name, ORCHESTRATE, AuditAction::Read);
+    core.requests.find(&call, &name, "name").await
+}
+
+const ORCHESTRATE: &str = "/custodian.dsr.v1.RequestService/(orchestrator)";
+const LOCATE_METHOD: &str = "/custodian.subject.v1.SubjectDataService/LocateSubjectData";
+const EXPORT_METHOD: &str = "/custodian.subject.v1.SubjectDataService/ExportSubjectData";
+const RECTIFY_METHOD: &str = "/custodian.subject.v1.SubjectDataService/RectifySubjectData";
+const ERASE_METHOD: &str = "/custodian.subject.v1.SubjectDataService/EraseSubjectData";
+
+/// A located record, as a step keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Located {
+    pub resource: String,
+    pub service: String,
+    pub data_category: i32,
+    /// "" for the company, else "tenants/{tenant}".
+    pub controller: String,
+}
+
+impl Located {
+    fn of(record: &SubjectRecord) -> Self {
+        Self {
+            resource: record.resource.clone(),
+            service: record.service.clone(),
+            data_category: record.data_category,
+            controller: match record.controller.as_ref().and_then(|c| c.kind.as_ref()) {
+                Some(controller::Kind::Tenant(t)) => t.clone(),
+                _ => String::new(),
+            },
+        }
+    }
+
+    pub fn reference(&self) -> SubjectRecord {
+        SubjectRecord {
+            resource: self.resource.clone(),
+            service: self.service.clone(),
+            data_category: self.data_category,
+            controller: Some(controller_of(&self.controller)),
+        }
+    }
+}
+
+pub fn controller_of(scope: &str) -> Controller {
+    Controller {
+        kind: Some(if scope.is_empty() {
+            controller::Kind::Company(true)
+        } else {
+            controller::Kind::Tenant(scope.to_owned())
+        }),
+    }
+}
+
+fn subject(step_scope: &str, email: &str) -> SubjectIdentifier {
+    SubjectIdentifier {
+        kind: Some(if step_scope == BY_EMAIL {
+            subject_identifier::Kind::Email(email.to_owned())
+        } else {
+            subject_identifier::Kind::Id(step_scope.to_owned())
+        }),
+    }
+}
+
+fn client(
+    core: &Core,
+    service: &str,
+    request: &str,
+) -> Result<SubjectDataServiceClient<custodian_kit::peers::PeerChannel>, Status> {
+    Ok(SubjectDataServiceClient::new(core.context.peers.acting(
+        service,
+        Purpose::DsrFulfilment,
+        request,
+    )?))
+}
+
+async fn audit_step(
+    core: &Core,
+    request: &custodian_kit::Stored<Request>,
+    method: &'static str,
+    action: AuditAction,
+    detail: String,
+) -> Result<(), ApiError> {
+    let name = request_name(&request.id);
+    let call = own_call(&name, method, action);
+    let mut event = core.context.privacy.event(
+        &call.access,
+        &name,
+        &request.subject_id,
+        &[],
+        AuditOutcome::Ok,
+    );
+    event.detail = detail;
+    core.context.privacy.record_all(vec![event]).await
+}
+
+/// Asks one service where the subject's records are.
+async fn locate(core: &Core, step: &Step) -> Result<Outcome, Status> {
+    let request = load(core, &step.request_id).await?;
+    let name = request_name(&request.id);
+    let email = email_of(&request.message);
+    audit_step(
+        core,
+        &request,
+        LOCATE_METHOD,
+        AuditAction::Locate,
+        target(step),
+    )
+    .await?;
+    let answer = client(core, &step.service, &name)?
+        .locate_subject_data(LocateSubjectDataRequest {
+            subject: Some(subject(&step.scope, &email)),
+            controller: None,
+            request: name.clone(),
+        })
+        .await;
+    let records: Vec<Located> = match answer {
+        Ok(answer) => answer
+            .into_inner()
+            .records
+            .iter()
+            .map(Located::of)
+            .collect(),
+        // A service that does not find records by user name.
+        Err(status) if step.scope != BY_EMAIL && status.code() == Code::InvalidArgument => {
+            Vec::new()
+        }
+        Err(status) => return Err(status),
+    };
+    // The person's authorized-user records lead to what other services hold
+    // for that user.
+    if step.scope == BY_EMAIL {
+        let users: BTreeSet<&str> = records
+            .iter()
+            .map(|r| r.resource.as_str())
+            .filter(|r| is_user_name(r))
+            .collect();
+        for user in users {
+            for service in &core.context.config.dsr_services {
+                if *service != step.service {
+                    insert_step(
+                        core.context.db.pool(),
+                        &step.request_id,
+                        LOCATE,
+                        service,
+                        user,
+                    )
+                    .await?;
+                }
+            }
+        }
+    }
+    let held_for: BTreeSet<&str> = records
+        .iter()
+        .filter(|r| !r.controller.is_empty())
+        .map(|r| r.controller.as_str())
+        .collect();
+    let description = if held_for.is_empty() {
+        format!("{} records", records.len())
+    } else {
+        format!(
+            "{} records, {} held for {}",
+            records.len(),
+            records.iter().filter(|r| !r.controller.is_empty()).count(),
+            held_for.into_iter().collect::<Vec<_>>().join(", ")
+        )
+    };
+    Ok(Outcome {
+        result: serde_json::to_string(&records).map_err(ApiError::internal)?,
+        event: Some(("located".into(), target(step), description)),
+    })
+}
+
+fn is_user_name(resource: &str) -> bool {
+    let parts: Vec<&str> = resource.split('/').collect();
+    matches!(parts.as_slice(), ["tenants", _, "users", _])
+}
+
+pub fn email_of(request: &Request) -> String {
+    request
+        .requester
+        .as_ref()
+        .map(|r| r.email.clone())
+        .unwrap_or_default()
+}
+
+/// Every locate result of a request: (subject asked for, record).
+async fn located(core: &Core, request_id: &str) -> Result<Vec<(String, Located)>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT scope, result FROM dsr_steps WHERE request_id = $1 AND phase = $2 AND state = 'done'",
+    )
+    .bind(request_id)
+    .bind(LOCATE)
+    .fetch_all(core.context.db.pool())
+    .await?;
+    let mut out = Vec::new();
+    for row in rows {
+        let scope: String = row.try_get("scope")?;
+        let result: Option<String> = row.try_get("result")?;
+        let records: Vec<Located> =
+            serde_json::from_str(result.as_deref().unwrap_or("[]")).map_err(ApiError::internal)?;
+        out.extend(records.into_iter().map(|r| (scope.clone(), r)));
+    }
+    Ok(out)
+}
+
+/// Carries the request out in one service for one controller, for every
+/// subject (email, user names) that located records there.
+async fn act(core: &Core, step: &Step) -> Result<Outcome, Status> {
+    let request = load(core, &step.request_id).await?;
+    let name = request_name(&request.id);
+    let email = email_of(&request.message);
+    let kind = request::Kind::try_from(request.message.kind).unwrap_or_default();
+    let here: Vec<(String, Located)> = located(core, &step.request_id)
+        .await?
+        .into_iter()
+        .filter(|(_, r)| service_of(&r.service, core) == step.service && r.controller == step.scope)
+        .collect();
+    let subjects: BTreeSet<String> = here.iter().map(|(subject, _)| subject.clone()).collect();
+    let controller = Some(controller_of(&step.scope));
+    let mut client = client(core, &step.service, &name)?;
+    let mut count = 0usize;
+    let verb = match kind {
+        request::Kind::Access | request::Kind::Portability => {
+            audit_step(
+                core,
+                &request,
+                EXPORT_METHOD,
+                AuditAction::Export,
+                target(step),
+            )
+            .await?;
+            let mut records = Vec::new();
+            for subject_key in &subjects {
+                let mut stream = client
+                    .export_subject_data(ExportSubjectDataRequest {
+                        subject: Some(subject(subject_key, &email)),
+                        controller: controller.clone(),
+                        request: name.clone(),
+                    })
+                    .await?
+                    .into_inner();
+                while let Some(item) = stream.next().await {
+                    records.push(item?);
+                }
+            }
+            count = records.len();
+            bundle::store_part(core, &request, &step.id, &records).await?;
+            "exported"
+        }
+        request::Kind::Rectification => {
+            audit_step(
+                core,
+                &request,
+                RECTIFY_METHOD,
+                AuditAction::Rectify,
+                target(step),
+            )
+            .await?;
+            for subject_key in &subjects {
+                // A correction naming a record goes only where that record is.
+                let corrections = request
+                    .message
+                    .corrections
+                    .iter()
+                    .filter(|c| {
+                        c.resource.is_empty()
+                            || here
+                                .iter()
+                                .any(|(s, r)| s == subject_key && r.resource == c.resource)
+                    })
+                    .cloned()
+                    .collect();
+                let answer = rectify_here(
+                    &mut client,
+                    RectifySubjectDataRequest {
+                        subject: Some(subject(subject_key, &email)),
+                        corrections,
+                        controller: controller.clone(),
+                        request: name.clone(),
+                    },
+                )
+                .await?;
+                count += answer;
+            }
+            "rectified"
+        }
+        request::Kind::Erasure => {
+            audit_step(
+                core,
+                &request,
+                ERASE_METHOD,
+                AuditAction::Erase,
+                target(step),
+            )
+            .await?;
+            for subject_key in &subjects {
+                let answer = client
+                    .erase_subject_data(EraseSubjectDataRequest {
+                        subject: Some(subject(subject_key, &email)),
+                        controller: controller.clone(),
+                        request: name.clone(),
+                    })
+                    .await?;
+                count += answer.into_inner().erased.len();
+            }
+            "erased"
+        }
+        // Objections and restrictions are recorded and routed; no service
+        // changes data for them.
+        _ => "recorded",
+    };
+    Ok(Outcome {
+        result: count.to_string(),
+        event: Some((verb.into(), target(step), format!("{count} records"))),
+    })
+}
+
+/// Applies the corrections this service has fields for, and the number of
+/// records changed. A correction of every record (no `resource`) names the
+/// field as one service's resources spell it ("email", "requester.email",
+/// "author.email"); a service without that field refuses the path, so such
+/// corrections are left out for it instead of failing the request there.
+/// Any other refusal stands.
+async fn rectify_here(
+    client: &mut SubjectDataServiceClient<custodian_kit::peers::PeerChannel>,
+    mut request: RectifySubjectDataRequest,
+) -> Result<usize, Status> {
+    loop {
+        if request.corrections.is_empty() {
+            return Ok(0);
+        }
+        let status = match client.rectify_subject_data(request.clone()).await {
+            Ok(answer) => return Ok(answer.into_inner().rectified.len()),
+            Err(status) => status,
+        };
+        let foreign = foreign_fields(&status, &request.corrections);
+        if foreign.is_empty() {
+            return Err(status);
+        }
+        request.corrections = std::mem::take(&mut request.corrections)
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !foreign.contains(i))
+            .map(|(_, c)| c)
+            .collect();
+    }
+}
+
+/// The corrections of every record whose field path a service refused, when
+/// those are all it refused; else none.
+fn foreign_fields(status: &Status, corrections: &[FieldCorrection]) -> BTreeSet<usize> {
+    use tonic_types::StatusExt as _;
+    let mut out = BTreeSet::new();
+    if status.code() != Code::InvalidArgument {
+        return out;
+    }
+    let Some(bad) = status.get_error_details().bad_request().cloned() else {
+        return out;
+    };
+    for violation in &bad.field_violations {
+        let index = violation
+            .field
+            .strip_prefix("corrections[")
+            .and_then(|rest| rest.strip_suffix("].field_path"))
+            .and_then(|i| i.parse::<usize>().ok());
+        match index {
+            Some(i) if corrections.get(i).is_some_and(|c| c.resource.is_empty()) => {
+                out.insert(i);
+            }
+            _ => return BTreeSet::new(),
+        }
+    }
+    out
+}
+
+/// The short name of the configured service that answered with a gRPC
+/// service name ("custodian.identity.v1.ContactService" → "identity").
+fn service_of(grpc: &str, core: &Core) -> String {
+    let package = grpc.split('.').nth(1).unwrap_or_default();
+    core.context
+        .config
+        .dsr_services
+        .iter()
+        .find(|s| s.as_str() == package)
+        .cloned()
+        .unwrap_or_else(|| package.to_owned())
+}
+
+/// Sends one notice.
+async fn send(core: &Core, step: &Step) -> Result<Outcome, Status> {
+    let request = load(core, &step.request_id).await?;
+    let from = &core.context.config.mail_from;
+    let notice_owned;
+    let tenants;
+    let notice = match step.service.as_str() {
+        "routed" => {
+            tenants = step.scope.split(',').map(str::to_owned).collect::<Vec<_>>();
+            mail::Notice::Routed { tenants: &tenants }
+        }
+        "declined" => {
+            notice_owned = decline_reason(core, &step.request_id, &step.scope).await?;
+            mail::Notice::Declined {
+                tenant: &step.scope,
+                reason: &notice_owned,
+            }
+        }
+        "extended" => mail::Notice::Extended {
+            reason: &request.message.extension_reason,
+            due: request
+                .message
+                .due_time
+                .as_ref()
+                .map(crate::ts_micros)
+                .unwrap_or_default(),
+        },
+        "cancelled" => mail::Notice::Cancelled,
+        "completed" => mail::Notice::Completed {
+            export_until: bundle::expires(core, &step.request_id).await?,
+        },
+        _ => return Err(Status::internal("unknown notice")),
+    };
+    for message in mail::notice(from, &request.message, &notice) {
+        core.context
+            .mailer
+            .send(&message)
+            .await
+            .map_err(|err| Status::unavailable(format!("mail: {err}")))?;
+    }
+    Ok(Outcome {
+        result: String::new(),
+        event: Some(("mailed".into(), step.service.clone(), String::new())),
+    })
+}
+
+async fn decline_reason(core: &Core, request_id: &str, tenant: &str) -> Result<String, ApiError> {
+    let tenant_id = tenant.strip_prefix("tenants/").unwrap_or(tenant);
+    Ok(
+        sqlx::query("SELECT reason FROM dsr_inbox WHERE request_id = $1 AND tenant_id = $2")
+            .bind(request_id)
+            .bind(tenant_id)
+            .fetch_optional(core.context.db.pool())
+            .await?
+            .map(|r| r.try_get::<String, _>("reason"))
+            .transpose()?
+            .unwrap_or_default(),
+    )
+}
+
+/// Moves every unfinished request on (after a restart, or when a replica
+/// died between a step and its request's next move).
+async fn advance_all(core: &Core) -> Result<(), Status> {
+    let ids: Vec<String> = sqlx::query("SELECT request_id FROM dsr_runs WHERE phase IN ($1, $2)")
+        .bind(LOCATING)
+        .bind(ACTING)
+        .fetch_all(core.context.db.pool())
+        .await
+        .map_err(ApiError::from)?
+        .into_iter()
+        .map(|r| r.try_get("request_id"))
+        .collect::<Result<_, _>>()
+        .map_err(ApiError::from)?;
+    for id in ids {
+        advance(core, &id).await?;
+    }
+    Ok(())
+}
+
+async fn phase(core: &Core, request_id: &str) -> Result<Option<String>, ApiError> {
+    Ok(
+        sqlx::query("SELECT phase FROM dsr_runs WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(core.context.db.pool())
+            .await?
+            .map(|r| r.try_get::<String, _>("phase"))
+            .transpose()?,
+    )
+}
+
+/// Moves a phase on, if no one else did.
+async fn move_phase(core: &Core, request_id: &str, from: &str, to: &str) -> Result<bool, ApiError> {
+    let moved = sqlx::query(
+        "UPDATE dsr_runs SET phase = $1, update_time = $2 WHERE request_id = $3 AND phase = $4",
+    )
+    .bind(to)
+    .bind(now_micros())
+    .bind(request_id)
+    .bind(from)
+    .execute(core.context.db.pool())
+    .await?;
+    Ok(moved.rows_affected() == 1)
+}
+
+/// How many steps of `phase` (and `scope`, if given) have not finished.
+async fn unfinished(
+    core: &Core,
+    request_id: &str,
+    phase: &str,
+    scope: Option<&str>,
+) -> Result<i64, ApiError> {
+    let row = match scope {
+        None => sqlx::query(
+            "SELECT COUNT(*) AS n FROM dsr_steps WHERE request_id = $1 AND phase = $2 AND state = 'pending'",
+        )
+        .bind(request_id)
+        .bind(phase)
+        .fetch_one(core.context.db.pool())
+        .await?,
+        Some(scope) => sqlx::query(
+            "SELECT COUNT(*) AS n FROM dsr_steps WHERE request_id = $1 AND phase = $2 AND scope = $3 AND state = 'pending'",
+        )
+        .bind(request_id)
+        .bind(phase)
+        .bind(scope)
+        .fetch_one(core.context.db.pool())
+        .await?,
+    };
+    Ok(row.try_get("n")?)
+}
+
+/// Takes a request as far as its finished steps allow. Safe to run again
+/// and by several replicas at once: every insert is idempotent, and every
+/// move of a phase a compare-and-set.
+pub async fn advance(core: &Core, request_id: &str) -> Result<(), Status> {
+    match phase(core, request_id).await?.as_deref() {
+        Some(LOCATING) => {
+            if unfinished(core, request_id, LOCATE, None).await? > 0 {
+                return Ok(());
+            }
+            plan(core, request_id).await?;
+            if move_phase(core, request_id, LOCATING, ACTING).await? {
+                core.wake.notify_one();
+            }
+            Box::pin(advance(core, request_id)).await
+        }
+        Some(ACTING) => finish_tenants_and_request(core, request_id).await,
+        _ => Ok(()),
+    }
+}
+
+/// From where the records are to what is done with them.
+async fn plan(core: &Core, request_id: &str) -> Result<(), Status> {
+    let request = load(core, request_id).await?;
+    let kind = request::Kind::try_from(request.message.kind).unwrap_or_default();
+    let located = located(core, request_id).await?;
+    // The company's records, per service; a customer's, per customer.
+    let mut company: BTreeSet<String> = BTreeSet::new();
+    let mut tenants: BTreeMap<String, BTreeSet<Located>> = BTreeMap::new();
+    for (_, record) in &located {
+        if record.controller.is_empty() {
+            company.insert(service_of(&record.service, core));
+        } else {
+            tenants
+                .entry(record.controller.clone())
+                .or_default()
+                .insert(record.clone());
+        }
+    }
+    let due = request.message.due_time.as_ref().map(crate::ts_micros);
+    let mut tx = core
+        .context
+        .db
+        .pool()
+        .begin()
+        .await
+        .map_err(ApiError::from)?;
+    if acts(kind) {
+        for service in &company {
+            insert_step(&mut *tx, request_id, ACT, service, "").await?;
+        }
+    }
+    let now = core.now();
+    for (tenant, records) in &tenants {
+        let tenant_id = tenant.strip_prefix("tenants/").unwrap_or(tenant);
+        let references: Vec<Located> = records.iter().cloned().collect();
+        sqlx::query(
+            "INSERT INTO dsr_inbox (id, tenant_id, request_id, kind, records, state, reason, \
+             due_time, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, '', $7, $8, $8) \
+             ON CONFLICT (request_id, tenant_id) DO NOTHING",
+        )
+        .bind(uuid::Uuid::now_v7().to_string())
+        .bind(tenant_id)
+        .bind(request_id)
+        .bind(mail::kind_word(kind))
+        .bind(serde_json::to_string(&references).map_err(ApiError::internal)?)
+        .bind(InboxItemState::Pending as i64)
+        .bind(due)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::from)?;
+    }
+    if !tenants.is_empty() {
+        let names: Vec<&str> = tenants.keys().map(String::as_str).collect();
+        insert_step(&mut *tx, request_id, MAIL, "routed", &names.join(",")).await?;
+    }
+    // Written once: the phase move that follows is the planner's commit.
+    if phase(core, request_id).await?.as_deref() == Some(LOCATING) {
+        let description = format!(
+            "{} records: {} the company's, {} held for {} customers",
+            located.len(),
+            located
+                .iter()
+                .filter(|(_, r)| r.controller.is_empty())
+                .count(),
+            located
+                .iter()
+                .filter(|(_, r)| !r.controller.is_empty())
+                .count(),
+            tenants.len()
+        );
+        insert_event(&mut *tx, core, request_id, "planned", "", &description).await?;
+        for tenant in tenants.keys() {
+            insert_event(&mut *tx, core, request_id, "routed", tenant, "").await?;
+        }
+    }
+    tx.commit().await.map_err(ApiError::from)?;
+    Ok(())
+}
+
+/// Whether the services act on data for this kind of request.
+pub fn acts(kind: request::Kind) -> bool {
+    matches!(
+        kind,
+        request::Kind::Access
+            | request::Kind::Portability
+            | request::Kind::Rectification
+            | request::Kind::Erasure
+    )
+}
+
+async fn finish_tenants_and_request(core: &Core, request_id: &str) -> Result<(), Status> {
+    let pool = core.context.db.pool();
+    // Customers whose instruction has been carried out.
+    let fulfilling: Vec<String> =
+        sqlx::query("SELECT tenant_id FROM dsr_inbox WHERE request_id = $1 AND state = $2")
+            .bind(request_id)
+            .bind(InboxItemState::Fulfilling as i64)
+            .fetch_all(pool)
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(|r| r.try_get("tenant_id"))
+            .collect::<Result<_, _>>()
+            .map_err(ApiError::from)?;
+    for tenant_id in fulfilling {
+        let scope = format!("tenants/{tenant_id}");
+        if unfinished(core, request_id, ACT, Some(&scope)).await? == 0 {
+            sqlx::query(
+                "UPDATE dsr_inbox SET state = $1, update_time = $2 WHERE request_id = $3 \
+                 AND tenant_id = $4 AND state = $5",
+            )
+            .bind(InboxItemState::Fulfilled as i64)
+            .bind(core.now())
+            .bind(request_id)
+            .bind(&tenant_id)
+            .bind(InboxItemState::Fulfilling as i64)
+            .execute(pool)
+            .await
+            .map_err(ApiError::from)?;
+        }
+    }
+    if unfinished(core, request_id, ACT, None).await? > 0 {
+        return Ok(());
+    }
+    let waiting: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM dsr_inbox WHERE request_id = $1 AND state IN ($2, $3, $4)",
+    )
+    .bind(request_id)
+    .bind(InboxItemState::Pending as i64)
+    .bind(InboxItemState::Acknowledged as i64)
+    .bind(InboxItemState::Fulfilling as i64)
+    .fetch_one(pool)
+    .await
+    .map_err(ApiError::from)?
+    .try_get("n")
+    .map_err(ApiError::from)?;
+    let request = load(core, request_id).await?;
+    let state = request::State::try_from(request.message.state).unwrap_or_default();
+    if waiting > 0 {
+        if state != request::State::AwaitingTenants {
+            set_state(core, request_id, request::State::AwaitingTenants, None).await?;
+        }
+        return Ok(());
+    }
+    // Done: the export (if any) may be downloaded until its expiry.
+    let kind = request::Kind::try_from(request.message.kind).unwrap_or_default();
+    let expiry = matches!(kind, request::Kind::Access | request::Kind::Portability)
+        .then(|| core.now() + core.context.config.dsr_export_ttl.as_micros() as i64);
+    if let Some(expiry) = expiry {
+        sqlx::query(
+            "UPDATE dsr_runs SET export_expire_time = $1 WHERE request_id = $2 \
+             AND export_expire_time IS NULL",
+        )
+        .bind(expiry)
+        .bind(request_id)
+        .execute(pool)
+        .await
+        .map_err(ApiError::from)?;
+    }
+    // A step that failed for good leaves the request to the privacy team,
+    // and the requester is not told it is done.
+    let failed: i64 = sqlx::query(
+        "SELECT COUNT(*) AS n FROM dsr_steps WHERE request_id = $1 AND phase <> $2 AND state = 'failed'",
+    )
+    .bind(request_id)
+    .bind(MAIL)
+    .fetch_one(pool)
+    .await
+    .map_err(ApiError::from)?
+    .try_get("n")
+    .map_err(ApiError::from)?;
+    let end = if failed > 0 {
+        request::State::Failed
+    } else {
+        request::State::Completed
+    };
+    if state != end {
+        set_state(core, request_id, end, Some(core.now())).await?;
+    }
+    let mut tx = pool.begin().await.map_err(ApiError::from)?;
+    if end == request::State::Completed {
+        insert_step(&mut *tx, request_id, MAIL, "completed", "").await?;
+    }
+    let moved = sqlx::query(
+        "UPDATE dsr_runs SET phase = $1, update_time = $2 WHERE request_id = $3 AND phase = $4",
+    )
+    .bind(DONE)
+    .bind(now_micros())
+    .bind(request_id)
+    .bind(ACTING)
+    .execute(&mut *tx)
+    .await
+    .map_err(ApiError::from)?;
+    if moved.rows_affected() == 1 {
+        let (kind, description) = match end {
+            request::State::Completed => ("completed", String::new()),
+            _ => (
+                "failed",
+                format!("{failed} steps failed; the privacy team finishes the request"),
+            ),
+        };
+        insert_event(&mut *tx, core, request_id, kind, "", &description).await?;
+    }
+    tx.commit().await.map_err(ApiError::from)?;
+    core.wake.notify_one();
+    Ok(())
+}
+
+/// Whether a request's state is final: nothing moves it on.
+pub fn is_final(state: request::State) -> bool {
+    matches!(
+        state,
+        request::State::Completed | request::State::Cancelled | request::State::Failed
+    )
+}
+
+/// Sets a request's state (and completion time) through the kit: sealed
+/// record, compare-and-set, audited as the orchestrator. Only forward: a
+/// final state is never left, and a request leaves verification only once,
+/// so a late writer (a verify answered after the orchestrator finished, a
+/// completion racing a cancel) cannot move it back.
+pub async fn set_state(
+    core: &Core,
+    request_id: &str,
+    state: request::State,
+    complete: Option<i64>,
+) -> Result<(), Status> {
+    let name = request_name(request_id);
+    let current = load(core, request_id).await?;
+    let before = request::State::try_from(current.message.state).unwrap_or_default();
+    if before == state
+        || is_final(before)
+        || (state == request::State::InProgress && before != request::State::AwaitingVerification)
+    {
+        return Ok(());
+    }
+    let call = own_call(&name, ORCHESTRATE, AuditAction::Update);
+    let moved = core
+        .requests
+        .update(
+            &call,
+            &name,
+            "name",
+            "request",
+            |before, r| {
+                let was = request::State::try_from(before.message.state).unwrap_or_default();
+                if is_final(was) {
+                    return Err(ApiError::FailedPrecondition("final".into()));
+                }
+                r.state = state as i32;
+                if let Some(at) = complete {
+                    r.complete_time = Some(custodian_runtime::time::to_timestamp(at));
+                }
+                Ok(())
+            },
+            |_, _, _| {},
+        )
+        .await;
+    match moved {
+        Ok(_) => Ok(()),
+        // Another writer made it final in between: theirs stands.
+        Err(status) if status.code() == Code::FailedPrecondition => Ok(()),
+        Err(status) => Err(status),
+    }
+}

@@ -1,0 +1,255 @@
+//! What the requester (and their agent) is told, and when: the
+//! acknowledgement with the code on receipt, a new code on request, which
+//! customers hold their data, a customer's refusal, an extension with its
+//! reason, cancellation and completion. Plain text, in the requester's
+//! mailbox only; nothing here is logged.
+
+use custodian_mail::{Mailbox, OutgoingMail, new_message_id};
+use custodian_proto::dsr::v1::{Request, request::Kind};
+use custodian_runtime::time::to_timestamp;
+
+use crate::codes::{MAX_ATTEMPTS, VALID_FOR};
+
+const DOMAIN: &str = "dsr.custodian.local";
+
+pub fn kind_word(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Access => "access",
+        Kind::Portability => "portability",
+        Kind::Rectification => "rectification",
+        Kind::Erasure => "erasure",
+        Kind::Objection => "objection",
+        Kind::Restriction => "restriction",
+        Kind::Unspecified => "unspecified",
+    }
+}
+
+fn what(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Access => "a copy of your personal information",
+        Kind::Portability => "your personal information in a machine-readable form",
+        Kind::Rectification => "the correction of your personal information",
+        Kind::Erasure => "the deletion of your personal information",
+        Kind::Objection => "your objection to the use of your personal information",
+        Kind::Restriction => "a restriction of the use of your personal information",
+        Kind::Unspecified => "a request about your personal information",
+    }
+}
+
+/// A UTC date and time, as a person reads it.
+pub fn date(micros: i64) -> String {
+    let ts = to_timestamp(micros);
+    time::OffsetDateTime::from_unix_timestamp(ts.seconds)
+        .map(|t| {
+            format!(
+                "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute()
+            )
+        })
+        .unwrap_or_default()
+}
+
+fn to(request: &Request) -> Vec<Mailbox> {
+    let requester = request.requester.clone().unwrap_or_default();
+    let name = requester
+        .person_name
+        .map(|n| {
+            format!("{} {}", n.given_name, n.family_name)
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default();
+    vec![Mailbox::new(name, requester.email)]
+}
+
+fn agent(request: &Request) -> Option<Vec<Mailbox>> {
+    let agent = request.agent.clone().unwrap_or_default();
+    (!agent.email.is_empty()).then(|| vec![Mailbox::new(agent.display_name, agent.email)])
+}
+
+fn message(from: &str, to: Vec<Mailbox>, subject: String, text: String) -> OutgoingMail {
+    OutgoingMail {
+        from: Mailbox::new("Privacy Officer", from),
+        to,
+        subject,
+        text,
+        message_id: new_message_id(DOMAIN),
+        in_reply_to: None,
+        references: Vec::new(),
+    }
+}
+
+fn reference(request: &Request) -> String {
+    request
+        .name
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The acknowledgement on receipt, with the first code.
+pub fn acknowledgement(from: &str, request: &Request, due: i64, code: &str) -> OutgoingMail {
+    let kind = Kind::try_from(request.kind).unwrap_or_default();
+    let on_behalf = if request.agent.as_ref().is_some_and(|a| a.submitted_by_agent) {
+        "An authorized agent submitted it on your behalf. "
+    } else {
+        ""
+    };
+    let text = format!(
+        "Hello,\n\n\
+         we received your request for {what} (reference {reference}). {on_behalf}\
+         We will answer by {due}.\n\n\
+         Before we look for any of your information, please confirm that this \
+         mailbox is yours with this code:\n\n    {code}\n\n\
+         The code works for {minutes} minutes and {MAX_ATTEMPTS} attempts. If you did not \
+         ask for this, ignore this message: nothing happens without the code.\n\n\
+         Privacy Officer\n",
+        what = what(kind),
+        reference = reference(request),
+        due = date(due),
+        minutes = VALID_FOR / 60_000_000,
+    );
+    message(
+        from,
+        to(request),
+        format!(
+            "Your privacy request {}: please confirm",
+            reference(request)
+        ),
+        text,
+    )
+}
+
+/// The agent's copy: no code, which only the person may use.
+pub fn agent_copy(from: &str, request: &Request, due: i64) -> Option<OutgoingMail> {
+    let to = agent(request)?;
+    let kind = Kind::try_from(request.kind).unwrap_or_default();
+    let text = format!(
+        "Hello,\n\n\
+         we received the request you submitted for {what} on behalf of another \
+         person (reference {reference}). We will answer by {due}. The person \
+         must confirm it with the code we mailed to them.\n\n\
+         Privacy Officer\n",
+        what = what(kind),
+        reference = reference(request),
+        due = date(due),
+    );
+    Some(message(
+        from,
+        to,
+        format!("Privacy request {} received", reference(request)),
+        text,
+    ))
+}
+
+/// A new code.
+pub fn code(from: &str, request: &Request, code: &str) -> OutgoingMail {
+    let text = format!(
+        "Hello,\n\n\
+         here is a new code for your privacy request {reference}:\n\n    {code}\n\n\
+         Earlier codes no longer work. This one works for {minutes} minutes and \
+         {MAX_ATTEMPTS} attempts.\n\n\
+         Privacy Officer\n",
+        reference = reference(request),
+        minutes = VALID_FOR / 60_000_000,
+    );
+    message(
+        from,
+        to(request),
+        format!("Your privacy request {}: new code", reference(request)),
+        text,
+    )
+}
+
+/// The notices sent by the orchestrator, each once.
+pub enum Notice<'a> {
+    /// Customers hold some of the data; the request went to them.
+    Routed {
+        tenants: &'a [String],
+    },
+    Declined {
+        tenant: &'a str,
+        reason: &'a str,
+    },
+    Extended {
+        reason: &'a str,
+        due: i64,
+    },
+    Cancelled,
+    Completed {
+        export_until: Option<i64>,
+    },
+}
+
+pub fn notice(from: &str, request: &Request, notice: &Notice<'_>) -> Vec<OutgoingMail> {
+    let reference = reference(request);
+    let kind = Kind::try_from(request.kind).unwrap_or_default();
+    let (subject, body) = match notice {
+        Notice::Routed { tenants } => (
+            "some of your information is held for our customers",
+            format!(
+                "some of your personal information is held by us on behalf of our \
+                 customer(s), who decide about it:\n\n{}\n\n\
+                 We have forwarded your request to them and will carry out what they \
+                 instruct; you may also contact them directly. What we hold for \
+                 ourselves is handled by us as you asked.",
+                tenants
+                    .iter()
+                    .map(|t| format!("    {t}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ),
+        ),
+        Notice::Declined { tenant, reason } => (
+            "a customer declined your request",
+            format!(
+                "our customer {tenant}, who decides about the personal information we \
+                 hold on its behalf, declined your request for {what}, with this \
+                 reason:\n\n{reason}\n\nYou may contact them directly.",
+                what = what(kind),
+            ),
+        ),
+        Notice::Extended { reason, due } => (
+            "we need more time",
+            format!(
+                "we need more time to answer your request for {what}, for this \
+                 reason:\n\n{reason}\n\nWe will answer by {due}.",
+                what = what(kind),
+                due = date(*due),
+            ),
+        ),
+        Notice::Cancelled => (
+            "cancelled",
+            format!(
+                "your request for {what} was cancelled; nothing more will be done \
+                 for it.",
+                what = what(kind),
+            ),
+        ),
+        Notice::Completed { export_until } => (
+            "done",
+            match export_until {
+                Some(until) => format!(
+                    "your request for {what} is complete. The copy of your information \
+                     is ready; our privacy team will send it to you. It is kept until \
+                     {until}, then deleted.",
+                    what = what(kind),
+                    until = date(*until),
+                ),
+                None => format!("your request for {what} is complete.", what = what(kind)),
+            },
+        ),
+    };
+    let text = format!("Hello,\n\n{body}\n\nReference: {reference}\n\nPrivacy Officer\n");
+    let subject = format!("Your privacy request {reference}: {subject}");
+    let mut out = vec![message(from, to(request), subject.clone(), text.clone())];
+    if let Some(agent) = agent(request) {
+        out.push(message(from, agent, subject, text));
+    }
+    out
+}
