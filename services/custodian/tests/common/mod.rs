@@ -1,0 +1,293 @@
+//! What the process tests share: the built `custodian` binary started on a
+//! free port and awaited through its serving line and health (never by
+//! sleeping), killed with SIGKILL, its stderr kept for failure messages;
+//! and a PostgreSQL database kept across restarts.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::{
+    net::SocketAddr,
+    os::unix::process::ExitStatusExt as _,
+    path::Path,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt as _, AsyncRead, BufReader},
+    sync::mpsc,
+};
+use tonic::{
+    Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_custodian");
+
+/// How long a start (migrations and recovery included) may take.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends the token, and for the shared contracts the service they are for.
+#[derive(Clone)]
+pub struct Bearer {
+    token: MetadataValue<Ascii>,
+    service: Option<MetadataValue<Ascii>>,
+}
+
+impl Bearer {
+    pub fn new(token: &str) -> Self {
+        Self {
+            token: format!("Bearer {token}").parse().expect("ASCII token"),
+            service: None,
+        }
+    }
+
+    pub fn with_service(mut self, service: &str) -> Self {
+        self.service = Some(service.parse().expect("ASCII"));
+        self
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.token.clone());
+        if let Some(service) = &self.service {
+            request
+                .metadata_mut()
+                .insert("custodian-service", service.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// Everything every start of the server wrote to stderr, for failure
+/// messages: a failure may come from an earlier start than the last.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<String>>);
+
+impl Log {
+    pub fn text(&self) -> String {
+        self.0.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn push(&self, line: &str) {
+        if let Ok(mut text) = self.0.lock() {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+}
+
+/// Reads `from` line by line, each line to `log` and, if given, `lines`;
+/// reading to the end keeps the server from blocking on a full pipe.
+pub fn read_lines(
+    from: impl AsyncRead + Unpin + Send + 'static,
+    log: Option<Log>,
+    lines: Option<mpsc::UnboundedSender<String>>,
+) {
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(from).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if let Some(log) = &log {
+                log.push(&line);
+            }
+            if let Some(lines) = &lines {
+                let _ = lines.send(line);
+            }
+        }
+    });
+}
+
+/// The running binary; killed when dropped.
+pub struct Server {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    pub log: Log,
+}
+
+impl Server {
+    /// Starts `custodian` on a free port with `data_dir` (and the database
+    /// at `database_url`, else SQLite files in `data_dir`), and waits until
+    /// health says SERVING: recovery from the last kill is part of the start.
+    pub async fn start(data_dir: &Path, database_url: Option<&str>, log: &Log) -> Self {
+        Self::start_with(data_dir, database_url, "127.0.0.1:0", &[], log).await
+    }
+
+    /// As [`Self::start`], listening on `listen`, with more arguments
+    /// (`--target`, `--peer`, `--key-file`, ...).
+    pub async fn start_with(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        listen: &str,
+        args: &[String],
+        log: &Log,
+    ) -> Self {
+        log.push("--- start ---");
+        let mut command = tokio::process::Command::new(BIN);
+        command
+            .env_clear()
+            .env("CUSTODIAN_LOG", "warn")
+            .args(["--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(args);
+        if let Some(url) = database_url {
+            command.args(["--database-url", url]);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {BIN}: {e}"));
+        let (tx, mut lines) = mpsc::unbounded_channel();
+        read_lines(child.stdout.take().expect("piped"), None, Some(tx));
+        read_lines(child.stderr.take().expect("piped"), Some(log.clone()), None);
+        let addr = tokio::time::timeout(STARTUP_TIMEOUT, async {
+            while let Some(line) = lines.recv().await {
+                if let Some(addr) = serving_addr(&line) {
+                    return Some(addr);
+                }
+            }
+            None
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no serving line within {STARTUP_TIMEOUT:?}; stderr:\n{}",
+                log.text()
+            )
+        })
+        .unwrap_or_else(|| panic!("custodian exited before serving; stderr:\n{}", log.text()));
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("URI")
+            .connect()
+            .await
+            .expect("connecting");
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health watch")
+            .into_inner();
+        let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+        tokio::time::timeout(STARTUP_TIMEOUT, async {
+            while health
+                .message()
+                .await
+                .expect("health stream")
+                .expect("health stream open")
+                .status
+                != serving
+            {}
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "not SERVING within {STARTUP_TIMEOUT:?}; stderr:\n{}",
+                log.text()
+            )
+        });
+        Self {
+            child,
+            addr,
+            channel,
+            log: log.clone(),
+        }
+    }
+
+    /// SIGKILL, and the exit, which must be by that signal: a server that
+    /// died by itself before it is a failure of its own.
+    pub async fn kill_9(&mut self) {
+        self.child.start_kill().expect("sending SIGKILL");
+        let status = tokio::time::timeout(STARTUP_TIMEOUT, self.child.wait())
+            .await
+            .expect("custodian exits after SIGKILL")
+            .expect("waiting for custodian");
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "custodian exited with {status} before the kill; stderr:\n{}",
+            self.log.text()
+        );
+    }
+}
+
+/// The address in `custodian: serving SERVICES on ADDR (STORAGE)`.
+pub fn serving_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.strip_prefix("custodian: serving ")?;
+    let (_, after) = rest.split_once(" on ")?;
+    after.split_whitespace().next()?.parse().ok()
+}
+
+/// A PostgreSQL database kept across the restarts, dropped when the test
+/// ends (also when it fails).
+pub struct Postgres {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+impl Postgres {
+    /// `None` (the run skipped, with a message) when PostgreSQL cannot be
+    /// reached outside CI; under CI that fails the test.
+    pub async fn create() -> Option<Self> {
+        sqlx::any::install_default_drivers();
+        let admin = std::env::var("CUSTODIAN_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let pool = match sqlx::AnyPool::connect(&admin).await {
+            Ok(pool) => pool,
+            Err(err) if !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+                eprintln!(
+                    "skipping the PostgreSQL run: cannot reach PostgreSQL ({err}); set CUSTODIAN_TEST_POSTGRES_URL"
+                );
+                return None;
+            }
+            Err(err) => panic!("CI=true and PostgreSQL is unreachable: {err}"),
+        };
+        let name = format!("custodian_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .expect("creating a database");
+        pool.close().await;
+        let (base, _) = admin.rsplit_once('/').expect("a database name");
+        let url = format!("{base}/{name}");
+        Some(Self { admin, name, url })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on;
+        // a thread with its own runtime removes the database.
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let pool = sqlx::AnyPool::connect(&admin).await.ok()?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&pool)
+                .await
+                .ok()?;
+                pool.close().await;
+                Some(())
+            })
+        })
+        .join();
+    }
+}
