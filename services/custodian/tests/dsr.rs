@@ -9,8 +9,13 @@
 //! once (one ERASE audit event each, naming the request), and every audit
 //! chain verifies.
 //!
-//! Runs on SQLite (a database file per service) and on PostgreSQL (one
-//! database shared by all five, each service its own tables).
+//! A second dsr replica works on the same database the whole time, never
+//! killed: the two claim steps from one table, and the leases keep them
+//! from running one step twice.
+//!
+//! Runs on SQLite (a database file per service, the two dsr replicas on
+//! one) and on PostgreSQL (one database shared by all, each service its own
+//! tables).
 
 mod common;
 
@@ -109,7 +114,7 @@ impl Suite {
             database_url: database_url.map(str::to_owned),
             ports: PEERS
                 .iter()
-                .chain(["dsr"].iter())
+                .chain(["dsr", "dsr-b"].iter())
                 .map(|name| (*name, free_port()))
                 .collect(),
             log: Log::default(),
@@ -132,13 +137,25 @@ impl Suite {
     }
 
     async fn start(&self, name: &'static str) -> Server {
+        // The second replica of dsr: its own folder and port, dsr's database.
+        let (target, database_url) = match (name, &self.database_url) {
+            ("dsr-b", None) => (
+                "dsr",
+                Some(format!(
+                    "sqlite://{}?mode=rwc",
+                    self.dir.join("dsr/dsr.db").display()
+                )),
+            ),
+            ("dsr-b", Some(url)) => ("dsr", Some(url.clone())),
+            (_, url) => (name, url.clone()),
+        };
         let mut args = vec![
             "--target".to_owned(),
-            name.to_owned(),
+            target.to_owned(),
             "--key-file".to_owned(),
             self.key_file.display().to_string(),
         ];
-        let peers: &[&str] = match name {
+        let peers: &[&str] = match target {
             "identity" => &[],
             "dsr" => &PEERS,
             _ => &["identity"],
@@ -149,7 +166,7 @@ impl Suite {
         }
         Server::start_with(
             &self.dir.join(name),
-            self.database_url.as_deref(),
+            database_url.as_deref(),
             &format!("127.0.0.1:{}", self.ports[name]),
             &args,
             &self.log,
@@ -335,7 +352,7 @@ fn located_in(request: &Request, service: &str) -> bool {
 async fn run(dir: &Path, database_url: Option<&str>) {
     let suite = Suite::new(dir, database_url);
     let mut servers: BTreeMap<&'static str, Server> = BTreeMap::new();
-    for name in PEERS.iter().chain(["dsr"].iter()) {
+    for name in PEERS.iter().chain(["dsr", "dsr-b"].iter()) {
         servers.insert(name, suite.start(name).await);
     }
     seed(&suite).await;

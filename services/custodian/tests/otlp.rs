@@ -13,6 +13,10 @@ use tokio::io::AsyncBufReadExt as _;
 
 use custodian_proto::{
     common::v1::PersonName,
+    dsr::v1::{
+        CreateRequestRequest, GetRequestRequest, Jurisdiction, Request, Requester,
+        VerifyRequestRequest, request, request_service_client::RequestServiceClient,
+    },
     identity::v1::{
         Contact, CreateContactRequest, CreateTenantRequest, ListTenantsRequest, Tenant,
         contact_service_client::ContactServiceClient, tenant_service_client::TenantServiceClient,
@@ -26,6 +30,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_custodian");
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const DSR_TRACE_ID: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
 
 /// Keeps every span it is sent.
 #[derive(Clone, Default)]
@@ -96,6 +101,8 @@ async fn spans_are_exported_with_the_callers_trace_id() {
                 "administration",
                 "--purpose",
                 "service_delivery",
+                "--purpose",
+                "dsr_fulfilment",
                 "--data-dir",
             ])
             .arg(data_dir.path())
@@ -175,10 +182,82 @@ async fn spans_are_exported_with_the_callers_trace_id() {
     contact
         .metadata_mut()
         .insert("authorization", bearer.parse().unwrap());
-    ContactServiceClient::new(channel)
+    ContactServiceClient::new(channel.clone())
         .create_contact(contact)
         .await
         .unwrap();
+
+    // A data-subject request is one trace: the steps dsr runs later, in the
+    // background, continue the trace of the call that created it, and so
+    // do the calls they make to the other services.
+    fn with<T>(bearer: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", bearer.parse().unwrap());
+        request
+    }
+    let authed = |message| with(&bearer, message);
+    let authed_get = |message| with(&bearer, message);
+    let mut create = authed(CreateRequestRequest {
+        request: Some(Request {
+            kind: request::Kind::Access as i32,
+            jurisdiction: Jurisdiction::Gdpr as i32,
+            requester: Some(Requester {
+                email: "annika@example.com".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    });
+    create.metadata_mut().insert(
+        "traceparent",
+        format!("00-{DSR_TRACE_ID}-00f067aa0ba902b8-01")
+            .parse()
+            .unwrap(),
+    );
+    let mut requests = RequestServiceClient::new(channel);
+    let name = requests
+        .create_request(create)
+        .await
+        .unwrap()
+        .into_inner()
+        .name;
+    let code = std::fs::read_dir(data_dir.path().join("outbox"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .find_map(|text| {
+            text.lines().find_map(|l| {
+                let code = l.strip_prefix("    ")?;
+                (code.len() == 8 && code.bytes().all(|b| b.is_ascii_digit()))
+                    .then(|| code.to_owned())
+            })
+        })
+        .expect("the code in the outbox");
+    requests
+        .verify_request(with(
+            &bearer,
+            VerifyRequestRequest {
+                name: name.clone(),
+                code,
+            },
+        ))
+        .await
+        .unwrap();
+    // Annika is a contact of acme: located everywhere, routed to acme.
+    let began = std::time::Instant::now();
+    while requests
+        .get_request(authed_get(GetRequestRequest { name: name.clone() }))
+        .await
+        .unwrap()
+        .into_inner()
+        .state
+        != request::State::AwaitingTenants as i32
+    {
+        assert!(began.elapsed() < Duration::from_secs(20), "not routed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Stopping flushes the exporter.
     let pid = server.id().expect("running").to_string();
@@ -216,6 +295,30 @@ async fn spans_are_exported_with_the_callers_trace_id() {
         "the caller's span is the parent"
     );
     assert!(spans.iter().any(|s| s.name.ends_with("/CreateContact")));
+    let request_trace: Vec<&str> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) == DSR_TRACE_ID)
+        .map(|s| s.name.as_str())
+        .collect();
+    for part in [
+        "/custodian.dsr.v1.RequestService/CreateRequest",
+        "dsr.step",
+        "/custodian.subject.v1.SubjectDataService/LocateSubjectData",
+    ] {
+        assert!(
+            request_trace.contains(&part),
+            "{part} is not in the request's trace: {request_trace:?}"
+        );
+    }
+    // Four services located, each in a step and a call of its own.
+    assert!(
+        request_trace
+            .iter()
+            .filter(|n| n.ends_with("/LocateSubjectData"))
+            .count()
+            >= 4,
+        "{request_trace:?}"
+    );
     let everything = format!("{exported:?}");
     for secret in ["annika", "Zwiebelbaum", token.trim()] {
         assert!(
