@@ -1987,27 +1987,61 @@ impl Store {
     }
 
     async fn with_children(&self, found: Vec<Found>) -> Result<Vec<Found>, ApiError> {
-        let mut out = Vec::new();
+        // Children are read for many parents at once: a subject with
+        // thousands of tickets is a few queries, not one per ticket.
+        const PER_QUERY: usize = 500;
+        let mut children_of: std::collections::HashMap<(String, String), Vec<Found>> =
+            std::collections::HashMap::new();
+        let mut bindings: Vec<Arc<Binding>> = Vec::new();
+        for parent in &found {
+            if !bindings.iter().any(|b| Arc::ptr_eq(b, &parent.binding)) {
+                bindings.push(parent.binding.clone());
+            }
+        }
+        for binding in &bindings {
+            let ids: Vec<&str> = found
+                .iter()
+                .filter(|f| Arc::ptr_eq(&f.binding, binding))
+                .map(|f| f.row.id.as_str())
+                .collect();
+            for child in self.children(binding) {
+                for chunk in ids.chunks(PER_QUERY) {
+                    let placeholders: Vec<String> =
+                        (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                    let sql = format!(
+                        "{} WHERE r.parent_id IN ({}) ORDER BY r.id",
+                        child.select(self.inner.service),
+                        placeholders.join(", ")
+                    );
+                    let mut query = sqlx::query(AssertSqlSafe(sql));
+                    for id in chunk {
+                        query = query.bind(*id);
+                    }
+                    for row in &query.fetch_all(self.inner.db.pool()).await? {
+                        let row = self.open(&child, row)?;
+                        children_of
+                            .entry((child.table.to_owned(), row.parent_id.clone()))
+                            .or_default()
+                            .push(Found {
+                                binding: child.clone(),
+                                row,
+                            });
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(found.len());
         for parent in found {
             let children = self.children(&parent.binding);
             let (tenant_id, id) = (parent.row.tenant_id.clone(), parent.row.id.clone());
             out.push(parent);
             for child in children {
-                let sql = format!(
-                    "{} WHERE r.parent_id = $1 ORDER BY r.id",
-                    child.select(self.inner.service)
-                );
-                let rows = sqlx::query(AssertSqlSafe(sql))
-                    .bind(&id)
-                    .fetch_all(self.inner.db.pool())
-                    .await?;
-                for row in &rows {
-                    let row = self.open(&child, row)?;
-                    debug_assert_eq!(row.tenant_id, tenant_id);
-                    out.push(Found {
-                        binding: child.clone(),
-                        row,
-                    });
+                for found in children_of
+                    .remove(&(child.table.to_owned(), id.clone()))
+                    .unwrap_or_default()
+                {
+                    debug_assert_eq!(found.row.tenant_id, tenant_id);
+                    out.push(found);
                 }
             }
         }
