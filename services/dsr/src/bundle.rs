@@ -26,30 +26,33 @@ fn json_options() -> SerializeOptions {
         .stringify_64_bit_integers(false)
 }
 
-/// One exported record as the bundle shows it.
-fn record_json(record: &ExportSubjectDataResponse) -> Result<serde_json::Value, ApiError> {
+/// Writes one exported record as the bundle shows it: the contract's
+/// message in its JSON form, with the proto field names.
+fn write_record(out: &mut Vec<u8>, record: &ExportSubjectDataResponse) -> Result<(), ApiError> {
     let dynamic = record.transcode_to_dynamic();
-    let mut out = Vec::new();
-    let mut serializer = serde_json::Serializer::new(&mut out);
+    let mut serializer = serde_json::Serializer::new(out);
     dynamic
         .serialize_with_options(&mut serializer, &json_options())
-        .map_err(ApiError::internal)?;
-    serde_json::from_slice(&out).map_err(ApiError::internal)
+        .map_err(ApiError::internal)
 }
 
-/// Seals what one step collected, replacing what an earlier attempt of the
-/// same step left.
+/// Seals what one step collected (a JSON array), replacing what an earlier
+/// attempt of the same step left.
 pub async fn store_part(
     core: &Core,
     request: &Stored<Request>,
     step_id: &str,
     records: &[ExportSubjectDataResponse],
 ) -> Result<(), ApiError> {
-    let values = records
-        .iter()
-        .map(record_json)
-        .collect::<Result<Vec<_>, _>>()?;
-    let plain = serde_json::to_vec(&values).map_err(ApiError::internal)?;
+    let mut plain = Vec::with_capacity(records.len() * 512);
+    plain.push(b'[');
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            plain.push(b',');
+        }
+        write_record(&mut plain, record)?;
+    }
+    plain.push(b']');
     let sealed = core
         .store
         .seal_beside(&request.subject_id, &plain, &context(&request.id, step_id))
@@ -86,20 +89,23 @@ pub async fn expires(core: &Core, request_id: &str) -> Result<Option<i64>, ApiEr
     )
 }
 
-/// The whole document, or `None` when nothing is left to give (expired,
-/// or the request's key was shredded).
+/// The whole document, or `None` when nothing is left to give (the
+/// request's key was shredded). The parts are joined as they were sealed:
+/// each service's records are distinct resources, deduplicated by the step
+/// that collected them.
 pub async fn assemble(core: &Core, request: &Stored<Request>) -> Result<Option<Vec<u8>>, ApiError> {
     let rows = sqlx::query(
-        "SELECT step_id, sealed FROM dsr_export_parts WHERE request_id = $1 ORDER BY step_id",
+        "SELECT step_id, records, sealed FROM dsr_export_parts WHERE request_id = $1 ORDER BY step_id",
     )
     .bind(&request.id)
     .fetch_all(core.context.db.pool())
     .await?;
-    let mut seen = std::collections::BTreeSet::new();
-    let mut records = Vec::new();
+    let mut parts = Vec::with_capacity(rows.len());
+    let mut count = 0i64;
     for row in rows {
         let step_id: String = row.try_get("step_id")?;
         let sealed: String = row.try_get("sealed")?;
+        count += row.try_get::<i64, _>("records")?;
         let Some(plain) = core
             .store
             .open_beside(
@@ -111,34 +117,39 @@ pub async fn assemble(core: &Core, request: &Stored<Request>) -> Result<Option<V
         else {
             return Ok(None);
         };
-        let part: Vec<serde_json::Value> =
-            serde_json::from_slice(&plain).map_err(ApiError::internal)?;
-        for record in part {
-            // A record found by email and by user name is one record.
-            let resource = record
-                .pointer("/record/resource")
-                .and_then(|r| r.as_str())
-                .unwrap_or_default()
-                .to_owned();
-            if seen.insert(resource) {
-                records.push(record);
-            }
-        }
+        parts.push(plain);
     }
     let kind = request::Kind::try_from(request.message.kind).unwrap_or_default();
     let requester = request.message.requester.clone().unwrap_or_default();
-    let document = serde_json::json!({
+    let head = serde_json::json!({
         "request": format!("requests/{}", request.id),
         "kind": crate::mail::kind_word(kind),
         "generated_time": crate::mail::date(core.now()),
         "subject": { "email": requester.email },
         "controller_note": "records whose controller is a tenant are held on behalf of that customer",
-        "record_count": records.len(),
-        "records": records,
+        "record_count": count,
     });
-    serde_json::to_vec_pretty(&document)
-        .map(Some)
-        .map_err(ApiError::internal)
+    let mut out = serde_json::to_vec(&head).map_err(ApiError::internal)?;
+    // The head's closing brace gives way to the records.
+    out.pop();
+    out.extend_from_slice(b",\"records\":[");
+    let mut first = true;
+    for part in &parts {
+        // Each part is a JSON array: its items, without the brackets.
+        let items = part
+            .get(1..part.len().saturating_sub(1))
+            .unwrap_or_default();
+        if items.is_empty() {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        out.extend_from_slice(items);
+    }
+    out.extend_from_slice(b"]}");
+    Ok(Some(out))
 }
 
 /// Deletes exports whose download time is over.

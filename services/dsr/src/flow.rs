@@ -633,6 +633,8 @@ async fn act(core: &Core, step: &Step) -> Result<Outcome, Status> {
             )
             .await?;
             let mut records = Vec::new();
+            // A record found by email and by user name is one record.
+            let mut seen = BTreeSet::new();
             for subject_key in &subjects {
                 let mut stream = client
                     .export_subject_data(ExportSubjectDataRequest {
@@ -643,7 +645,11 @@ async fn act(core: &Core, step: &Step) -> Result<Outcome, Status> {
                     .await?
                     .into_inner();
                 while let Some(item) = stream.next().await {
-                    records.push(item?);
+                    let item = item?;
+                    let resource = item.record.as_ref().map(|r| r.resource.clone());
+                    if seen.insert(resource) {
+                        records.push(item);
+                    }
                 }
             }
             count = records.len();
