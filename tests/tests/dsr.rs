@@ -1609,6 +1609,19 @@ storage_test!(
             .expect("decline");
         assert_eq!(decided.state, ItemState::Declined as i32);
         assert_eq!(decided.reason, reason);
+        // The customer's words about Otto are sealed, like the request.
+        let stored: Vec<String> = sqlx::query("SELECT reason FROM dsr_inbox")
+            .fetch_all(&app.raw)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<String, _>("reason"))
+            .collect();
+        assert!(stored.iter().any(|r| !r.is_empty()));
+        assert!(
+            stored.iter().all(|r| !r.contains("legal hold")),
+            "{stored:?}"
+        );
         let again = instruct(&app, "acme", &item.name, Instruction::Decline, reason)
             .await
             .expect("the same again");

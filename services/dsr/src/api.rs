@@ -162,7 +162,14 @@ pub async fn compose(core: &Core, mut request: Request, id: &str) -> Result<Requ
             tenant: format!("tenants/{tenant_id}"),
             records: records.len() as i32,
             decision: decision as i32,
-            reason: row.try_get("reason")?,
+            reason: crate::inbox::open_reason(
+                core,
+                id,
+                &tenant_id,
+                &row.try_get::<String, _>("reason")?,
+            )
+            .await
+            .map_err(|s| ApiError::internal(std::io::Error::other(s.message().to_owned())))?,
         });
     }
     let found: i64 = sqlx::query(

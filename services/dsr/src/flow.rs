@@ -841,18 +841,20 @@ async fn send(core: &Core, step: &Step) -> Result<Outcome, Status> {
     })
 }
 
-async fn decline_reason(core: &Core, request_id: &str, tenant: &str) -> Result<String, ApiError> {
+async fn decline_reason(core: &Core, request_id: &str, tenant: &str) -> Result<String, Status> {
     let tenant_id = tenant.strip_prefix("tenants/").unwrap_or(tenant);
-    Ok(
+    let sealed =
         sqlx::query("SELECT reason FROM dsr_inbox WHERE request_id = $1 AND tenant_id = $2")
             .bind(request_id)
             .bind(tenant_id)
             .fetch_optional(core.context.db.pool())
-            .await?
+            .await
+            .map_err(ApiError::from)?
             .map(|r| r.try_get::<String, _>("reason"))
-            .transpose()?
-            .unwrap_or_default(),
-    )
+            .transpose()
+            .map_err(ApiError::from)?
+            .unwrap_or_default();
+    crate::inbox::open_reason(core, request_id, tenant_id, &sealed).await
 }
 
 /// Moves every unfinished request on (after a restart, or when a replica

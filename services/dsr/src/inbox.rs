@@ -54,6 +54,64 @@ fn item(row: &AnyRow) -> Result<InboxItem, ApiError> {
     })
 }
 
+fn reason_context(request_id: &str, tenant_id: &str) -> String {
+    format!("dsr_inbox.reason:{request_id}:{tenant_id}")
+}
+
+/// Seals a customer's decline reason: its words about a person, kept under
+/// the request's key like the request itself (erasing it shreds them).
+pub async fn seal_reason(
+    core: &Core,
+    subject_id: &str,
+    request_id: &str,
+    tenant_id: &str,
+    reason: &str,
+) -> Result<String, ApiError> {
+    if reason.is_empty() {
+        return Ok(String::new());
+    }
+    core.store
+        .seal_beside(
+            subject_id,
+            reason.as_bytes(),
+            &reason_context(request_id, tenant_id),
+        )
+        .await
+}
+
+/// Opens a sealed decline reason; empty once the request's key is gone.
+pub async fn open_reason(
+    core: &Core,
+    request_id: &str,
+    tenant_id: &str,
+    sealed: &str,
+) -> Result<String, Status> {
+    if sealed.is_empty() {
+        return Ok(String::new());
+    }
+    let request = flow::load(core, request_id).await?;
+    let plain = core
+        .store
+        .open_beside(
+            &request.subject_id,
+            sealed,
+            &reason_context(request_id, tenant_id),
+        )
+        .await?;
+    Ok(plain
+        .map(|p| String::from_utf8_lossy(&p).into_owned())
+        .unwrap_or_default())
+}
+
+/// An item as its reader sees it: the reason opened.
+async fn opened(core: &Core, mut item: InboxItem) -> Result<InboxItem, Status> {
+    if !item.reason.is_empty() {
+        let (tenant, _) = parse(&item.name)?;
+        item.reason = open_reason(core, &request_id_of(&item), &tenant, &item.reason).await?;
+    }
+    Ok(item)
+}
+
 /// "tenants/{tenant}/inboxItems/{item}" → (tenant, item).
 fn parse(name: &str) -> Result<(String, String), ApiError> {
     let bad = || ApiError::invalid("name", "must be tenants/{tenant}/inboxItems/{item}");
@@ -93,7 +151,7 @@ impl Inbox {
             None
         };
         match row {
-            Some(row) => Ok(item(&row)?),
+            Some(row) => opened(&self.core, item(&row)?).await,
             None => Err(self
                 .core
                 .context
@@ -186,7 +244,10 @@ impl TenantInboxService for Inbox {
             .fetch_all(self.core.context.db.pool())
             .await
             .map_err(ApiError::from)?;
-        let items = rows.iter().map(item).collect::<Result<Vec<_>, _>>()?;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            items.push(opened(&self.core, item(row)?).await?);
+        }
         let (items, next_page_token) =
             page.finish(items, |i| i.name.rsplit('/').next().unwrap_or_default());
         let names: Vec<String> = items.iter().map(|i| i.name.clone()).collect();
@@ -277,6 +338,7 @@ impl TenantInboxService for Inbox {
         let core = &self.core;
         let stored = flow::load(core, &request_id).await?;
         let kind = request::Kind::try_from(stored.message.kind).unwrap_or_default();
+        let sealed = seal_reason(core, &stored.subject_id, &request_id, &tenant, &reason).await?;
         let pool = core.context.db.pool();
         let mut tx = pool.begin().await.map_err(ApiError::from)?;
         let (to, event) = match instruction {
@@ -288,7 +350,7 @@ impl TenantInboxService for Inbox {
              AND state IN ($5, $6)",
         )
         .bind(to as i64)
-        .bind(&reason)
+        .bind(&sealed)
         .bind(core.now())
         .bind(&id)
         .bind(State::Pending as i64)
