@@ -333,12 +333,79 @@ async fn until(suite: &Suite, names: &[String], what: &str, done: impl Fn(&Reque
         if all {
             return;
         }
+        if began.elapsed() >= SETTLE {
+            let db = suite.dsr_db().await;
+            let steps: Vec<String> = sqlx::query(
+                "SELECT request_id, phase, service, scope, state, attempts, error, lease_owner FROM dsr_steps ORDER BY request_id, id",
+            )
+            .fetch_all(&db)
+            .await
+            .expect("steps")
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {} {} {} {:?} {:?}",
+                    r.get::<String, _>("request_id"),
+                    r.get::<String, _>("phase"),
+                    r.get::<String, _>("service"),
+                    r.get::<String, _>("scope"),
+                    r.get::<String, _>("state"),
+                    r.get::<i64, _>("attempts"),
+                    r.get::<Option<String>, _>("error"),
+                    r.get::<Option<String>, _>("lease_owner"),
+                )
+            })
+            .collect();
+            let runs: Vec<String> = sqlx::query("SELECT request_id, phase FROM dsr_runs")
+                .fetch_all(&db)
+                .await
+                .expect("runs")
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} {}",
+                        r.get::<String, _>("request_id"),
+                        r.get::<String, _>("phase")
+                    )
+                })
+                .collect();
+            panic!(
+                "requests not {what} within {SETTLE:?}; runs {runs:#?}; steps {steps:#?}; stderr:\n{}",
+                suite.log.text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the requests' histories grow (a step ended): true; false
+/// once they all wait for the customer, with nothing left to do.
+async fn progressed(suite: &Suite, names: &[String]) -> bool {
+    let mut before = None;
+    let began = Instant::now();
+    loop {
+        let mut events = 0;
+        let mut waiting = 0;
+        for name in names {
+            if let Some(r) = get(suite, name).await {
+                events += r.history.len();
+                waiting += usize::from(r.state == request::State::AwaitingTenants as i32);
+            }
+        }
+        if waiting == names.len() {
+            return false;
+        }
+        match before {
+            None => before = Some(events),
+            Some(b) if events > b => return true,
+            Some(_) => {}
+        }
         assert!(
             began.elapsed() < SETTLE,
-            "requests not {what} within {SETTLE:?}; stderr:\n{}",
+            "no progress within {SETTLE:?}; stderr:\n{}",
             suite.log.text()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -409,9 +476,12 @@ async fn run(dir: &Path, database_url: Option<&str>) {
     servers.get_mut("dsr").expect("dsr").kill_9().await;
     servers.insert("tickets", suite.start("tickets").await);
     servers.insert("dsr", suite.start("dsr").await);
-    // And dies again and again while it works.
-    for round in 0..KILLS {
-        tokio::time::sleep(Duration::from_millis(60 + 90 * round)).await;
+    // And dies again and again while it works: each time right after it
+    // has moved some request on, until every request waits for acme.
+    for _ in 0..KILLS {
+        if !progressed(&suite, &names).await {
+            break;
+        }
         servers.get_mut("dsr").expect("dsr").kill_9().await;
         servers.insert("dsr", suite.start("dsr").await);
     }

@@ -5,6 +5,9 @@
 //! collectors. The servers are started on free ports with fresh folders
 //! and awaited through their output and health, never by sleeping.
 
+mod common;
+
+use common::Postgres;
 use std::{
     net::SocketAddr,
     os::unix::fs::PermissionsExt as _,
@@ -245,51 +248,6 @@ async fn create_data(channel: &Channel, token: &str) {
         .expect("create contact");
 }
 
-/// A fresh PostgreSQL database for one test, dropped at the end; `None`
-/// (the PostgreSQL run skipped) when the server cannot be reached outside CI.
-struct Postgres {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Postgres {
-    async fn create() -> Option<Self> {
-        sqlx::any::install_default_drivers();
-        let admin = std::env::var("CUSTODIAN_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-        let pool = match sqlx::AnyPool::connect(&admin).await {
-            Ok(pool) => pool,
-            Err(err) if std::env::var("CI").as_deref() != Ok("true") => {
-                eprintln!("skipping the PostgreSQL run: {err}");
-                return None;
-            }
-            Err(err) => panic!("CI=true and PostgreSQL is unreachable: {err}"),
-        };
-        let name = format!("custodian_test_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&pool)
-            .await
-            .expect("creating a database");
-        pool.close().await;
-        let (base, _) = admin.rsplit_once('/').expect("a database name");
-        let url = format!("{base}/{name}");
-        Some(Self { admin, name, url })
-    }
-
-    async fn drop_database(self) {
-        if let Ok(pool) = sqlx::AnyPool::connect(&self.admin).await {
-            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            )))
-            .execute(&pool)
-            .await;
-            pool.close().await;
-        }
-    }
-}
-
 // --- 3. a lost or wrong key file stops the start ------------------------------------
 
 async fn lost_key_file(database_url: Option<&str>) {
@@ -370,7 +328,6 @@ async fn a_lost_or_wrong_key_file_stops_the_start_postgres() {
         return;
     };
     lost_key_file(Some(&pg.url)).await;
-    pg.drop_database().await;
 }
 
 // --- 6. bounded logs under a flood of refusals ---------------------------------------

@@ -110,7 +110,12 @@ fn check(request: &Request, prefix: &str, v: &mut Violations) {
 
 /// A request as the API shows it: the record, with its history, the
 /// customers it went to and the times the history holds.
-pub async fn compose(core: &Core, mut request: Request, id: &str) -> Result<Request, ApiError> {
+pub async fn compose(
+    core: &Core,
+    mut request: Request,
+    id: &str,
+    subject_id: &str,
+) -> Result<Request, ApiError> {
     let pool = core.context.db.pool();
     let events = sqlx::query(
         "SELECT time, kind, target, description FROM dsr_events WHERE request_id = $1 ORDER BY id",
@@ -164,38 +169,21 @@ pub async fn compose(core: &Core, mut request: Request, id: &str) -> Result<Requ
             decision: decision as i32,
             reason: crate::inbox::open_reason(
                 core,
+                subject_id,
                 id,
                 &tenant_id,
                 &row.try_get::<String, _>("reason")?,
             )
-            .await
-            .map_err(|s| ApiError::internal(std::io::Error::other(s.message().to_owned())))?,
+            .await?,
         });
     }
-    let found: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM dsr_steps WHERE request_id = $1 AND phase = 'locate' AND state = 'done'",
-    )
-    .bind(id)
-    .fetch_one(pool)
-    .await?
-    .try_get("n")?;
-    if found > 0 {
-        let located = sqlx::query(
-            "SELECT result FROM dsr_steps WHERE request_id = $1 AND phase = 'locate' AND state = 'done'",
-        )
-        .bind(id)
-        .fetch_all(pool)
-        .await?;
-        let mut names = std::collections::BTreeSet::new();
-        for row in located {
-            let result: Option<String> = row.try_get("result")?;
-            let records: Vec<flow::Located> =
-                serde_json::from_str(result.as_deref().unwrap_or("[]"))
-                    .map_err(ApiError::internal)?;
-            names.extend(records.into_iter().map(|r| r.resource));
-        }
-        request.records_found = names.len() as i32;
-    }
+    // A record found by email and by user name counts once.
+    request.records_found = flow::located(core, id)
+        .await?
+        .into_iter()
+        .map(|(_, record)| record.resource)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len() as i32;
     request.export_expire_time = bundle::expires(core, id).await?.map(to_timestamp);
     Ok(request)
 }
@@ -207,7 +195,7 @@ impl Api {
         stored: &Stored<Request>,
     ) -> Result<Response<Request>, Status> {
         let Shown { message, withheld } = self.core.requests.shown(call, stored)?;
-        let message = compose(&self.core, message, &stored.id).await?;
+        let message = compose(&self.core, message, &stored.id, &stored.subject_id).await?;
         Ok(respond(message, &withheld))
     }
 
@@ -216,14 +204,14 @@ impl Api {
         call: &Call,
         stored: Stored<Request>,
     ) -> Result<Response<Request>, Status> {
-        let id = stored.id.clone();
+        let (id, subject_id) = (stored.id.clone(), stored.subject_id.clone());
         let Shown { message, withheld } = self
             .core
             .requests
             .audited(call, vec![stored])
             .await?
             .remove(0);
-        let message = compose(&self.core, message, &id).await?;
+        let message = compose(&self.core, message, &id, &subject_id).await?;
         Ok(respond(message, &withheld))
     }
 
@@ -430,13 +418,16 @@ impl RequestService for Api {
                 .push(Filter::Before("due_time", Arg::Int(before)));
         }
         let (records, next_page_token) = self.core.requests.query(&call, &query, &page).await?;
-        let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
+        let ids: Vec<(String, String)> = records
+            .iter()
+            .map(|r| (r.id.clone(), r.subject_id.clone()))
+            .collect();
         let shown = self.core.requests.audited(&call, records).await?;
         let mut requests = Vec::with_capacity(shown.len());
         let mut withheld = std::collections::BTreeSet::new();
-        for (shown, id) in shown.into_iter().zip(ids) {
+        for (shown, (id, subject_id)) in shown.into_iter().zip(ids) {
             withheld.extend(shown.withheld);
-            requests.push(compose(&self.core, shown.message, &id).await?);
+            requests.push(compose(&self.core, shown.message, &id, &subject_id).await?);
         }
         Ok(respond(
             ListRequestsResponse {
@@ -506,22 +497,29 @@ impl RequestService for Api {
             .begin()
             .await
             .map_err(ApiError::from)?;
-        let moved = sqlx::query(
-            "UPDATE dsr_runs SET phase = $1, update_time = $2 WHERE request_id = $3 AND phase = $4",
-        )
-        .bind(flow::LOCATING)
-        .bind(custodian_runtime::time::now_micros())
-        .bind(&stored.id)
-        .bind(flow::VERIFY)
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
-        if moved.rows_affected() == 1 {
-            sqlx::query("DELETE FROM dsr_codes WHERE request_id = $1")
-                .bind(&stored.id)
-                .execute(&mut *tx)
-                .await
-                .map_err(ApiError::from)?;
+        // Spent here: a concurrent verify with the same code spends nothing.
+        let spent = sqlx::query("DELETE FROM dsr_codes WHERE request_id = $1 AND code_key = $2")
+            .bind(&stored.id)
+            .bind(codes::key(core, &stored.id, &req.code))
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
+        let moved = if spent.rows_affected() == 1 {
+            sqlx::query(
+                "UPDATE dsr_runs SET phase = $1, update_time = $2 WHERE request_id = $3 AND phase = $4",
+            )
+            .bind(flow::LOCATING)
+            .bind(custodian_runtime::time::now_micros())
+            .bind(&stored.id)
+            .bind(flow::VERIFY)
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::from)?
+            .rows_affected()
+        } else {
+            0
+        };
+        if moved == 1 {
             for service in &core.context.config.dsr_services {
                 flow::insert_step(&mut *tx, &stored.id, flow::LOCATE, service, flow::BY_EMAIL)
                     .await?;

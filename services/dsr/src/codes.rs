@@ -30,11 +30,12 @@ pub fn generate() -> Result<String, ApiError> {
     Ok(format!("{:08}", u64::from_le_bytes(buf) % 100_000_000))
 }
 
-fn key(core: &Core, request_id: &str, code: &str) -> String {
-    core.context
-        .privacy
-        .vault
-        .blind_index("dsr-verification-code", &format!("{request_id}:{code}"))
+/// The stored form of `code` for a request.
+pub fn key(core: &Core, request_id: &str, code: &str) -> String {
+    core.context.privacy.vault.blind_index(
+        "dsr-verification-code",
+        &format!("{request_id}:{}", code.trim()),
+    )
 }
 
 /// What a check of a code found.
@@ -115,8 +116,9 @@ fn exhausted(message: String) -> Status {
     Status::resource_exhausted(message)
 }
 
-/// Checks `code`, counting the attempt. The right code is deleted in the
-/// same statement that finds it, so it works once.
+/// Checks `code`, counting a wrong attempt. The right code is left for the
+/// caller to spend (delete by its [`key`]) in the transaction that acts on
+/// it, so a crash leaves it either spent and acted on, or neither.
 pub async fn check(core: &Core, request_id: &str, code: &str) -> Result<Checked, ApiError> {
     let now = core.now();
     let pool = core.context.db.pool();
@@ -137,16 +139,16 @@ pub async fn check(core: &Core, request_id: &str, code: &str) -> Result<Checked,
         return Ok(Checked::Expired);
     }
     let right = sqlx::query(
-        "DELETE FROM dsr_codes WHERE request_id = $1 AND code_key = $2 AND attempts < $3 \
-         AND expire_time > $4",
+        "SELECT request_id FROM dsr_codes WHERE request_id = $1 AND code_key = $2 \
+         AND attempts < $3 AND expire_time > $4",
     )
     .bind(request_id)
-    .bind(key(core, request_id, code.trim()))
+    .bind(key(core, request_id, code))
     .bind(MAX_ATTEMPTS)
     .bind(now)
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    if right.rows_affected() == 1 {
+    if right.is_some() {
         return Ok(Checked::Right);
     }
     let counted = sqlx::query(

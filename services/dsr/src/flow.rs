@@ -587,7 +587,7 @@ pub fn email_of(request: &Request) -> String {
 }
 
 /// Every locate result of a request: (subject asked for, record).
-async fn located(core: &Core, request_id: &str) -> Result<Vec<(String, Located)>, ApiError> {
+pub async fn located(core: &Core, request_id: &str) -> Result<Vec<(String, Located)>, ApiError> {
     let rows = sqlx::query(
         "SELECT scope, result FROM dsr_steps WHERE request_id = $1 AND phase = $2 AND state = 'done'",
     )
@@ -854,7 +854,7 @@ async fn decline_reason(core: &Core, request_id: &str, tenant: &str) -> Result<S
             .transpose()
             .map_err(ApiError::from)?
             .unwrap_or_default();
-    crate::inbox::open_reason(core, request_id, tenant_id, &sealed).await
+    crate::inbox::reason_of(core, request_id, tenant_id, &sealed).await
 }
 
 /// Moves every unfinished request on (after a restart, or when a replica

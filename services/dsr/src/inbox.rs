@@ -82,6 +82,26 @@ pub async fn seal_reason(
 /// Opens a sealed decline reason; empty once the request's key is gone.
 pub async fn open_reason(
     core: &Core,
+    subject_id: &str,
+    request_id: &str,
+    tenant_id: &str,
+    sealed: &str,
+) -> Result<String, ApiError> {
+    if sealed.is_empty() {
+        return Ok(String::new());
+    }
+    let plain = core
+        .store
+        .open_beside(subject_id, sealed, &reason_context(request_id, tenant_id))
+        .await?;
+    Ok(plain
+        .map(|p| String::from_utf8_lossy(&p).into_owned())
+        .unwrap_or_default())
+}
+
+/// A decline reason opened, for readers that hold only the request's id.
+pub async fn reason_of(
+    core: &Core,
     request_id: &str,
     tenant_id: &str,
     sealed: &str,
@@ -90,24 +110,14 @@ pub async fn open_reason(
         return Ok(String::new());
     }
     let request = flow::load(core, request_id).await?;
-    let plain = core
-        .store
-        .open_beside(
-            &request.subject_id,
-            sealed,
-            &reason_context(request_id, tenant_id),
-        )
-        .await?;
-    Ok(plain
-        .map(|p| String::from_utf8_lossy(&p).into_owned())
-        .unwrap_or_default())
+    Ok(open_reason(core, &request.subject_id, request_id, tenant_id, sealed).await?)
 }
 
 /// An item as its reader sees it: the reason opened.
 async fn opened(core: &Core, mut item: InboxItem) -> Result<InboxItem, Status> {
     if !item.reason.is_empty() {
         let (tenant, _) = parse(&item.name)?;
-        item.reason = open_reason(core, &request_id_of(&item), &tenant, &item.reason).await?;
+        item.reason = reason_of(core, &request_id_of(&item), &tenant, &item.reason).await?;
     }
     Ok(item)
 }

@@ -563,7 +563,16 @@ where
             .into());
         }
     };
-    match work.await {
+    // A caller that goes away (its process killed) drops this future:
+    // the claim is then given back at once, not held for the lease.
+    let mut guard = ClaimGuard {
+        store: store.clone(),
+        key: Some(key.clone()),
+        claimed,
+    };
+    let worked = work.await;
+    guard.key = None;
+    match worked {
         Ok(answer) => {
             let encoded = STANDARD.encode(answer.encode_to_vec());
             if let Err(err) = store.settle(&key, claimed, &encoded).await {
@@ -578,6 +587,29 @@ where
                 tracing::warn!(service = store.service(), error = %err, "releasing a data-subject request after a failure");
             }
             Err(status)
+        }
+    }
+}
+
+/// Gives a claim back when the work holding it is dropped unfinished.
+struct ClaimGuard {
+    store: Store,
+    key: Option<Idempotency>,
+    claimed: i64,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let Some(key) = self.key.take() else {
+            return;
+        };
+        let (store, claimed) = (self.store.clone(), self.claimed);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(err) = store.release(&key, claimed).await {
+                    tracing::warn!(service = store.service(), error = %err, "releasing a data-subject request whose caller went away");
+                }
+            });
         }
     }
 }
