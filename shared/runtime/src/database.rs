@@ -46,6 +46,10 @@ pub struct Database {
 /// How often the SQLite checkpointer copies the write-ahead log into the
 /// database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// What a write-ahead log file keeps of its size once the log starts over.
+const WAL_KEPT_BYTES: i64 = 64 * 1024 * 1024;
+/// The log's length, in pages, past which the checkpointer starts it over.
+const WAL_RESTART_FRAMES: i64 = 64 * 1024;
 
 /// The URL scheme, which is all that may be shown of a database URL: the rest
 /// can carry a password.
@@ -73,9 +77,16 @@ impl Database {
         // log's threshold, and a checkpoint syncs the file: an audit commit
         // that a read waits on could wait for a disk sync. A task of its own
         // checkpoints instead, beside the writers, never in their way.
+        let file = sqlite_file(url);
         let checkpointer = backend == Backend::Sqlite
-            && tokio::runtime::Handle::try_current()
-                .map(|rt| rt.spawn(checkpoint(url.to_owned(), Arc::downgrade(&alive))))
+            && !file.is_empty()
+            && file != ":memory:"
+            && std::thread::Builder::new()
+                .name("sqlite-checkpoint".into())
+                .spawn({
+                    let (path, alive) = (Path::new(file).to_path_buf(), Arc::downgrade(&alive));
+                    move || checkpoint(path, alive)
+                })
                 .is_ok();
         let options = AnyConnectOptions::from_str(url)
             .with_context(|| format!("invalid {} database URL", scheme_of(url)))?;
@@ -294,31 +305,71 @@ pub fn tcp_nodelay_to(port: u16) {
     let _ = port;
 }
 
-/// Checkpoints the SQLite database at `url` on a connection of its own
-/// until the last clone of its [`Database`] is dropped. PASSIVE: it copies
-/// what no reader still needs and waits for nobody.
-async fn checkpoint(url: String, alive: std::sync::Weak<()>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut connection: Option<sqlx::AnyConnection> = None;
+/// Checkpoints the SQLite database at `path` until the last clone of its
+/// [`Database`] is dropped, on a thread and a rusqlite connection of its
+/// own. PASSIVE: it copies what no reader still needs and waits for nobody.
+///
+/// The checkpointer before this one (a task on the request runtime, through
+/// sqlx) copied nothing under h2load while requests kept coming: the log
+/// reached 3 GB, the database file kept its one page, and every page a
+/// reader looked up searched the whole log's index. This one copied
+/// throughout the same run. Past [`WAL_RESTART_FRAMES`] it also starts the
+/// log over, which a writer does only at a moment no reader is in the log,
+/// and under steady reads there is none; `journal_size_limit` then gives
+/// the file back its space.
+fn checkpoint(path: std::path::PathBuf, alive: std::sync::Weak<()>) {
+    let mut connection: Option<rusqlite::Connection> = None;
+    let mut failing = false;
     loop {
-        tick.tick().await;
+        std::thread::sleep(CHECKPOINT_EVERY);
         if alive.strong_count() == 0 {
             return;
         }
         let conn = match connection.as_mut() {
             Some(conn) => conn,
-            None => match AnyConnectOptions::from_str(&url) {
-                Ok(options) => match sqlx::ConnectOptions::connect(&options).await {
-                    Ok(conn) => connection.insert(conn),
-                    Err(_) => continue,
-                },
-                Err(_) => return,
+            None => match rusqlite::Connection::open_with_flags(
+                &path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ) {
+                Ok(conn) => connection.insert(conn),
+                Err(_) => continue,
             },
         };
-        if let Err(err) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").await {
-            tracing::warn!(error = %err, "SQLite checkpoint failed");
-            connection = None;
+        let checkpoint = |mode: &str| {
+            conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+                Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+            })
+        };
+        // While readers never stop, the log is copied but never started
+        // over (a writer starts it over only when no reader is in it), so
+        // past a size the checkpointer waits a moment for the readers in
+        // it (each a point read) and starts it over itself.
+        let outcome = conn
+            .execute_batch(&format!(
+                "PRAGMA journal_size_limit = {WAL_KEPT_BYTES}; PRAGMA busy_timeout = 100;"
+            ))
+            .and_then(|()| checkpoint("PASSIVE"))
+            .and_then(|(log, copied)| {
+                if log > WAL_RESTART_FRAMES {
+                    checkpoint("RESTART")
+                } else {
+                    Ok((log, copied))
+                }
+            });
+        match outcome {
+            Ok((log, copied)) => {
+                failing = false;
+                tracing::trace!(log, copied, "SQLite checkpoint");
+            }
+            Err(err) => {
+                // Once per spell of failures, not four times a second.
+                if !failing {
+                    tracing::warn!(error = %err, "SQLite checkpoint failed");
+                }
+                failing = true;
+                connection = None;
+            }
         }
     }
 }
@@ -379,4 +430,68 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 /// True when `err` is a unique-constraint violation, on either backend.
 pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under reads and writes that never pause, the checkpointer keeps
+    /// copying the log into the database file: what was written a few
+    /// checkpoints ago is in the file, not only in the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_is_copied_while_reads_never_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("busy.db");
+        let url = format!("sqlite://{}", path.display());
+        let db = Database::connect_lazy(&url, 2).unwrap();
+        assert!(db.checkpointed());
+        sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (db, stop) = (db.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let reader = db.sqlite_reader().unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    reader
+                        .read(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0)))
+                        .unwrap();
+                }
+            })
+        };
+        let mut writer = rusqlite::Connection::open(&path).unwrap();
+        writer
+            .execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")
+            .unwrap();
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let mut write = |rows: usize| {
+            let tx = writer.transaction().unwrap();
+            for _ in 0..rows {
+                tx.execute("INSERT INTO t (v) VALUES (zeroblob(1000))", [])
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+        };
+        // Writes that span several checkpoints; then, still writing, the
+        // file must come to hold what was written then.
+        let start = std::time::Instant::now();
+        while start.elapsed() < CHECKPOINT_EVERY * 4 {
+            write(4);
+        }
+        let written = size(&path.with_extension("db-wal")) / 2;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while size(&path) < written && std::time::Instant::now() < deadline {
+            write(4);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap();
+        assert!(
+            size(&path) >= written,
+            "the database file has {} bytes of the {written} written",
+            size(&path)
+        );
+    }
 }
