@@ -858,3 +858,55 @@ storage_test!(evaluation_signups_every_method, |app: TestApp| async move {
     );
     app.stop().await.unwrap();
 });
+
+// Point reads that arrive together are answered together (on PostgreSQL,
+// one batched query): each caller still gets its own record, and an
+// unknown name in the same burst is NOT_FOUND.
+storage_test!(
+    concurrent_reads_each_get_their_own_record,
+    |app: TestApp| async move {
+        fixtures::tenant(&app, "acme").await;
+        let mut created = Vec::new();
+        for n in 0..40 {
+            let contact = app
+                .contacts()
+                .create_contact(create_contact(
+                    "acme",
+                    fixtures::contact(&format!("c{n}@example.com")),
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            created.push(contact);
+        }
+        let missing = format!(
+            "tenants/acme/contacts/{}",
+            uuid::Uuid::now_v7().as_hyphenated()
+        );
+        let reads = (0..5).flat_map(|_| created.iter()).map(|contact| {
+            let mut client = app.contacts();
+            let name = contact.name.clone();
+            async move {
+                client
+                    .get_contact(GetContactRequest { name })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        });
+        let unknown = (0..5).map(|_| {
+            let mut client = app.contacts();
+            let name = missing.clone();
+            async move { client.get_contact(GetContactRequest { name }).await }
+        });
+        let (got, unknown) = tokio::join!(
+            futures::future::join_all(reads),
+            futures::future::join_all(unknown)
+        );
+        for (answer, expected) in got.into_iter().zip((0..5).flat_map(|_| created.iter())) {
+            assert_eq!(&answer.unwrap(), expected);
+        }
+        for answer in unknown {
+            assert_eq!(answer.unwrap_err().code(), Code::NotFound);
+        }
+    }
+);

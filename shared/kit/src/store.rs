@@ -683,6 +683,33 @@ impl Store {
                 .map_err(ApiError::internal)?;
             return raw.map(|raw| self.open_raw(binding, raw)).transpose();
         }
+        // On PostgreSQL, batched with the concurrent reads of this table.
+        if let Some(reads) = self.inner.db.pg_point_reads() {
+            let sql = format!(
+                "{} WHERE r.id = ANY($1)",
+                binding.select(self.inner.service)
+            );
+            let row = reads.read(&sql, id).await.map_err(ApiError::internal)?;
+            return row
+                .map(|r| {
+                    use sqlx::Row as _;
+                    self.open_raw(
+                        binding,
+                        Raw {
+                            id: r.try_get("id")?,
+                            tenant_id: r.try_get("tenant_id")?,
+                            parent_id: r.try_get("parent_id")?,
+                            subject_id: r.try_get("subject_id")?,
+                            data: r.try_get("data")?,
+                            attrs: r.try_get("attrs")?,
+                            create_time: r.try_get("create_time")?,
+                            update_time: r.try_get("update_time")?,
+                            wrapped_key: r.try_get("wrapped_key")?,
+                        },
+                    )
+                })
+                .transpose();
+        }
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id)
             .fetch_optional(self.inner.db.pool())
