@@ -153,7 +153,37 @@ LEN=$(stat -c %s "$WORK/message.bin")
     cat "$WORK/message.bin"
 } >"$WORK/frame.bin"
 
+# The same for CreateContactRequest{parent, contact{person_name, email,
+# organization, notes}}: every call creates another contact (no request_id).
+field() { # number, then the field's bytes on stdin
+    local body
+    body=$(mktemp -p "$WORK")
+    cat >"$body"
+    byte $((($1 << 3) | 2))
+    varint "$(stat -c %s "$body")"
+    cat "$body"
+}
+{
+    printf 'tenants/bench' | field 1
+    {
+        { printf 'Bench' | field 1; printf 'Contact' | field 2; } | field 2
+        printf 'c1@example.com' | field 3
+        printf 'Example Supplies' | field 6
+        printf 'Met at the trade fair; prefers email over calls.' | field 8
+    } | field 2
+} >"$WORK/create.bin"
+LEN=$(stat -c %s "$WORK/create.bin")
+{
+    byte 0
+    byte $(((LEN >> 24) & 255))
+    byte $(((LEN >> 16) & 255))
+    byte $(((LEN >> 8) & 255))
+    byte $((LEN & 255))
+    cat "$WORK/create.bin"
+} >"$WORK/create.frame"
+
 PATH_GET="/custodian.identity.v1.ContactService/GetContact"
+PATH_CREATE="/custodian.identity.v1.ContactService/CreateContact"
 run_h2load() { # addr requests [extra h2load options...]
     local addr=$1 n=$2
     shift 2
@@ -196,6 +226,16 @@ measure custodian "$ADDR"
 echo_rate=$(checked_rate "$WORK/echo.out" "$REQUESTS")
 rate=$(checked_rate "$WORK/custodian.out" "$REQUESTS")
 
+# Creates, a tenth as many, same connections and streams; each answer must
+# carry the created Contact (checked as for the reads).
+CREATES=$((REQUESTS / 10))
+echo "== CreateContact: $CREATES requests, $CLIENTS connections x $STREAMS streams"
+h2load -n "$CREATES" -c "$CLIENTS" -m "$STREAMS" \
+    -H 'content-type: application/grpc' -H 'te: trailers' -H "$AUTH" \
+    -d "$WORK/create.frame" "http://${ADDR}${PATH_CREATE}" >"$WORK/create.out"
+grep -E '^(finished in|requests:|time for request:)' "$WORK/create.out"
+create_rate=$(checked_rate "$WORK/create.out" "$CREATES")
+
 # Half the peak, paced: h2load's --rps is per connection, and one stream per
 # connection. With several streams h2load sends each tick's requests
 # together and counts the time they wait inside h2load: the echo server
@@ -229,4 +269,6 @@ echo "backend:             $backend"
 echo "echo req/s:          $echo_rate"
 echo "GetContact req/s:    $rate"
 awk -v a="$rate" -v b="$echo_rate" 'BEGIN { printf "share of echo:       %.3f\n", a / b }'
+echo "CreateContact req/s: $create_rate"
+awk -v a="$create_rate" -v b="$rate" 'BEGIN { printf "create / get:        %.3f\n", a / b }'
 echo "at $((per_client * CLIENTS)) req/s:     p50 ${p50} ms, p99 ${p99} ms (echo: p50 ${echo_p50} ms, p99 ${echo_p99} ms)"

@@ -267,7 +267,7 @@ impl SqliteReader {
 /// before: one query per `GetContact`, and PostgreSQL's backends took
 /// about as much of the machine's CPU as the service itself.
 pub struct PgPointReads {
-    pool: sqlx::PgPool,
+    options: sqlx::postgres::PgConnectOptions,
     statements: std::sync::Mutex<std::collections::HashMap<Arc<str>, mpsc::Sender<Wanted>>>,
 }
 
@@ -293,22 +293,8 @@ impl PgPointReads {
         let options: sqlx::postgres::PgConnectOptions = url
             .parse()
             .with_context(|| format!("invalid {} database URL", scheme_of(url)))?;
-        let port = options.get_port();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(BATCHES_IN_FLIGHT as u32)
-            .acquire_timeout(Duration::from_secs(5))
-            .test_before_acquire(false)
-            .idle_timeout(Duration::from_secs(10 * 60))
-            .max_lifetime(Duration::from_secs(30 * 60))
-            .after_connect(move |_, _| {
-                Box::pin(async move {
-                    tcp_nodelay_to(port);
-                    Ok(())
-                })
-            })
-            .connect_lazy_with(options);
         Ok(Self {
-            pool,
+            options,
             statements: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
@@ -334,7 +320,7 @@ impl PgPointReads {
                     let (queue, receiver) = mpsc::channel(4 * BATCH_IDS);
                     let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
                     for _ in 0..BATCHES_IN_FLIGHT {
-                        tokio::spawn(batches(self.pool.clone(), sql.clone(), receiver.clone()));
+                        tokio::spawn(batches(self.options.clone(), sql.clone(), receiver.clone()));
                     }
                     statements.insert(sql, queue.clone());
                     queue
@@ -356,13 +342,15 @@ impl PgPointReads {
 
 /// Takes whatever reads of one statement wait (at least one, at most
 /// [`BATCH_IDS`]) and answers them with one query, until every sender is
-/// gone.
+/// gone. Each of these loops keeps a connection of its own (a pool's
+/// bookkeeping cost more than the query's here), made again after an error.
 async fn batches(
-    pool: sqlx::PgPool,
+    options: sqlx::postgres::PgConnectOptions,
     sql: Arc<str>,
     receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Wanted>>>,
 ) {
-    use sqlx::Row as _;
+    use sqlx::{Connection as _, Row as _};
+    let mut connection: Option<sqlx::PgConnection> = None;
     loop {
         let mut wanted = Vec::new();
         {
@@ -378,11 +366,22 @@ async fn batches(
                 }
             }
         }
-        let ids: Vec<&str> = wanted.iter().map(|w| w.id.as_str()).collect();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(&*sql))
-            .bind(&ids)
-            .fetch_all(&pool)
-            .await;
+        let rows = async {
+            let conn = match connection.as_mut() {
+                Some(conn) => conn,
+                None => {
+                    let conn = sqlx::PgConnection::connect_with(&options).await?;
+                    tcp_nodelay_to(options.get_port());
+                    connection.insert(conn)
+                }
+            };
+            let ids: Vec<&str> = wanted.iter().map(|w| w.id.as_str()).collect();
+            sqlx::query(sqlx::AssertSqlSafe(&*sql))
+                .bind(&ids)
+                .fetch_all(conn)
+                .await
+        }
+        .await;
         match rows {
             Ok(rows) => {
                 let mut by_id = std::collections::HashMap::with_capacity(rows.len());
@@ -396,6 +395,7 @@ async fn batches(
                 }
             }
             Err(err) => {
+                connection = None;
                 let err = Arc::new(err);
                 for w in wanted {
                     let _ = w.done.send(Err(err.clone()));
