@@ -138,24 +138,7 @@ varint() {
     done
     byte "$n"
 }
-{
-    byte 10
-    varint "${#NAME}"
-    printf '%s' "$NAME"
-} >"$WORK/message.bin"
-LEN=$(stat -c %s "$WORK/message.bin")
-{
-    byte 0
-    byte $(((LEN >> 24) & 255))
-    byte $(((LEN >> 16) & 255))
-    byte $(((LEN >> 8) & 255))
-    byte $((LEN & 255))
-    cat "$WORK/message.bin"
-} >"$WORK/frame.bin"
-
-# The same for CreateContactRequest{parent, contact{person_name, email,
-# organization, notes}}: every call creates another contact (no request_id).
-field() { # number, then the field's bytes on stdin
+field() { # number, then the field's bytes on stdin: a length-delimited field
     local body
     body=$(mktemp -p "$WORK")
     cat >"$body"
@@ -163,6 +146,21 @@ field() { # number, then the field's bytes on stdin
     varint "$(stat -c %s "$body")"
     cat "$body"
 }
+frame() { # the message on stdin, as one uncompressed gRPC frame
+    local body len
+    body=$(mktemp -p "$WORK")
+    cat >"$body"
+    len=$(stat -c %s "$body")
+    byte 0
+    byte $(((len >> 24) & 255))
+    byte $(((len >> 16) & 255))
+    byte $(((len >> 8) & 255))
+    byte $((len & 255))
+    cat "$body"
+}
+printf '%s' "$NAME" | field 1 | frame >"$WORK/frame.bin"
+# CreateContactRequest{parent, contact{person_name, email, organization,
+# notes}}: every call creates another contact (no request_id).
 {
     printf 'tenants/bench' | field 1
     {
@@ -171,16 +169,7 @@ field() { # number, then the field's bytes on stdin
         printf 'Example Supplies' | field 6
         printf 'Met at the trade fair; prefers email over calls.' | field 8
     } | field 2
-} >"$WORK/create.bin"
-LEN=$(stat -c %s "$WORK/create.bin")
-{
-    byte 0
-    byte $(((LEN >> 24) & 255))
-    byte $(((LEN >> 16) & 255))
-    byte $(((LEN >> 8) & 255))
-    byte $((LEN & 255))
-    cat "$WORK/create.bin"
-} >"$WORK/create.frame"
+} | frame >"$WORK/create.frame"
 
 PATH_GET="/custodian.identity.v1.ContactService/GetContact"
 PATH_CREATE="/custodian.identity.v1.ContactService/CreateContact"

@@ -462,20 +462,7 @@ impl Store {
     // --- rows ------------------------------------------------------------
 
     pub(crate) fn open(&self, binding: &Binding, row: &AnyRow) -> Result<Row, ApiError> {
-        self.open_raw(
-            binding,
-            Raw {
-                id: row.try_get("id")?,
-                tenant_id: row.try_get("tenant_id")?,
-                parent_id: row.try_get("parent_id")?,
-                subject_id: row.try_get("subject_id")?,
-                data: row.try_get("data")?,
-                attrs: row.try_get("attrs")?,
-                create_time: row.try_get("create_time")?,
-                update_time: row.try_get("update_time")?,
-                wrapped_key: row.try_get("wrapped_key")?,
-            },
-        )
+        self.open_raw(binding, Raw::of(row)?)
     }
 
     fn open_raw(&self, binding: &Binding, raw: Raw) -> Result<Row, ApiError> {
@@ -691,23 +678,7 @@ impl Store {
             );
             let row = reads.read(&sql, id).await.map_err(ApiError::internal)?;
             return row
-                .map(|r| {
-                    use sqlx::Row as _;
-                    self.open_raw(
-                        binding,
-                        Raw {
-                            id: r.try_get("id")?,
-                            tenant_id: r.try_get("tenant_id")?,
-                            parent_id: r.try_get("parent_id")?,
-                            subject_id: r.try_get("subject_id")?,
-                            data: r.try_get("data")?,
-                            attrs: r.try_get("attrs")?,
-                            create_time: r.try_get("create_time")?,
-                            update_time: r.try_get("update_time")?,
-                            wrapped_key: r.try_get("wrapped_key")?,
-                        },
-                    )
-                })
+                .map(|r| self.open_raw(binding, Raw::of(&*r)?))
                 .transpose();
         }
         let row = sqlx::query(AssertSqlSafe(sql))
@@ -1086,6 +1057,30 @@ struct Raw {
     create_time: i64,
     update_time: i64,
     wrapped_key: Option<String>,
+}
+
+impl Raw {
+    /// The row's columns, as `Binding::select` names them, from either
+    /// driver's row.
+    fn of<R>(row: &R) -> Result<Self, sqlx::Error>
+    where
+        R: sqlx::Row,
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(Self {
+            id: row.try_get("id")?,
+            tenant_id: row.try_get("tenant_id")?,
+            parent_id: row.try_get("parent_id")?,
+            subject_id: row.try_get("subject_id")?,
+            data: row.try_get("data")?,
+            attrs: row.try_get("attrs")?,
+            create_time: row.try_get("create_time")?,
+            update_time: row.try_get("update_time")?,
+            wrapped_key: row.try_get("wrapped_key")?,
+        })
+    }
 }
 
 /// Whether a record (by tenant, email key, phone key) is under a legal hold.
