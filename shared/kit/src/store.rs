@@ -645,7 +645,18 @@ impl Store {
     }
 
     async fn fetch(&self, binding: &Binding, id: &str) -> Result<Option<Row>, ApiError> {
-        let sql = format!("{} WHERE r.id = $1", binding.select(self.inner.service));
+        let select = binding.select(self.inner.service);
+        // On PostgreSQL, batched with the concurrent reads of this table.
+        if let Some(reads) = self.inner.db.pg_point_reads() {
+            let row = reads
+                .read(&format!("{select} WHERE r.id = ANY($1)"), id)
+                .await
+                .map_err(ApiError::internal)?;
+            return row
+                .map(|r| self.open_raw(binding, Raw::of(&*r)?))
+                .transpose();
+        }
+        let sql = format!("{select} WHERE r.id = $1");
         // The hot read path: in place on SQLite (see `SqliteReader`).
         if let Some(reader) = self.inner.db.sqlite_reader() {
             let raw = reader
@@ -669,17 +680,6 @@ impl Store {
                 })
                 .map_err(ApiError::internal)?;
             return raw.map(|raw| self.open_raw(binding, raw)).transpose();
-        }
-        // On PostgreSQL, batched with the concurrent reads of this table.
-        if let Some(reads) = self.inner.db.pg_point_reads() {
-            let sql = format!(
-                "{} WHERE r.id = ANY($1)",
-                binding.select(self.inner.service)
-            );
-            let row = reads.read(&sql, id).await.map_err(ApiError::internal)?;
-            return row
-                .map(|r| self.open_raw(binding, Raw::of(&*r)?))
-                .transpose();
         }
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id)

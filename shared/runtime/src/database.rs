@@ -78,19 +78,16 @@ impl Database {
         let alive = Arc::new(());
         // SQLite checkpoints in whichever connection commits past the
         // log's threshold, and a checkpoint syncs the file: an audit commit
-        // that a read waits on could wait for a disk sync. A task of its own
-        // checkpoints instead, beside the writers, never in their way.
-        let file = sqlite_file(url);
-        let checkpointer = backend == Backend::Sqlite
-            && !file.is_empty()
-            && file != ":memory:"
-            && std::thread::Builder::new()
+        // that a read waits on could wait for a disk sync. A thread of its
+        // own checkpoints instead, beside the writers, never in their way.
+        let file = sqlite_path(backend, url);
+        let checkpointer = file.is_some_and(|path| {
+            let (path, alive) = (path.to_path_buf(), Arc::downgrade(&alive));
+            std::thread::Builder::new()
                 .name("sqlite-checkpoint".into())
-                .spawn({
-                    let (path, alive) = (Path::new(file).to_path_buf(), Arc::downgrade(&alive));
-                    move || checkpoint(path, alive)
-                })
-                .is_ok();
+                .spawn(move || checkpoint(path, alive))
+                .is_ok()
+        });
         let options = AnyConnectOptions::from_str(url)
             .with_context(|| format!("invalid {} database URL", scheme_of(url)))?;
         let port = postgres_port(url);
@@ -137,10 +134,7 @@ impl Database {
             url: url.into(),
             _alive: alive,
             checkpointed: checkpointer,
-            reader: (backend == Backend::Sqlite)
-                .then(|| sqlite_file(url))
-                .filter(|p| !p.is_empty() && *p != ":memory:")
-                .map(|p| Arc::new(SqliteReader::new(Path::new(p)))),
+            reader: file.map(|p| Arc::new(SqliteReader::new(p))),
             pg_reads: match backend {
                 Backend::Postgres => Some(Arc::new(PgPointReads::new(url)?)),
                 Backend::Sqlite => None,
@@ -190,10 +184,7 @@ impl Database {
 
     /// The database file, on SQLite.
     pub fn sqlite_path(&self) -> Option<&Path> {
-        (self.backend == Backend::Sqlite)
-            .then(|| sqlite_file(&self.url))
-            .filter(|p| !p.is_empty() && *p != ":memory:")
-            .map(Path::new)
+        sqlite_path(self.backend, &self.url)
     }
 
     pub async fn close(&self) {
@@ -382,14 +373,15 @@ async fn batches(
                 .await
         }
         .await;
-        match rows {
-            Ok(rows) => {
-                let mut by_id = std::collections::HashMap::with_capacity(rows.len());
-                for row in rows {
-                    if let Ok(id) = row.try_get::<String, _>("id") {
-                        by_id.insert(id, Arc::new(row));
-                    }
-                }
+        // A row whose id cannot be read fails the batch: answering
+        // NOT_FOUND for it would hide the fault.
+        let found = rows.and_then(|rows| {
+            rows.into_iter()
+                .map(|row| Ok((row.try_get::<String, _>("id")?, Arc::new(row))))
+                .collect::<Result<std::collections::HashMap<_, _>, sqlx::Error>>()
+        });
+        match found {
+            Ok(by_id) => {
                 for w in wanted {
                     let _ = w.done.send(Ok(by_id.get(&w.id).cloned()));
                 }
@@ -530,6 +522,15 @@ fn checkpoint(path: std::path::PathBuf, alive: std::sync::Weak<()>) {
             }
         }
     }
+}
+
+/// The database file of a SQLite URL; `None` for other databases and for
+/// an in-memory one.
+fn sqlite_path(backend: Backend, url: &str) -> Option<&Path> {
+    (backend == Backend::Sqlite)
+        .then(|| sqlite_file(url))
+        .filter(|p| !p.is_empty() && *p != ":memory:")
+        .map(Path::new)
 }
 
 /// The file part of a SQLite URL.
