@@ -69,15 +69,33 @@ pub enum Arg {
     NullInt,
 }
 
-fn bind<'q>(
-    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+fn bind<'q, DB>(
+    query: sqlx::query::Query<'q, DB, DB::Arguments>,
     arg: &Arg,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+) -> sqlx::query::Query<'q, DB, DB::Arguments>
+where
+    DB: sqlx::Database,
+    Option<String>: for<'e> sqlx::Encode<'e, DB> + sqlx::Type<DB>,
+    Option<i64>: for<'e> sqlx::Encode<'e, DB> + sqlx::Type<DB>,
+    String: for<'e> sqlx::Encode<'e, DB> + sqlx::Type<DB>,
+    i64: for<'e> sqlx::Encode<'e, DB> + sqlx::Type<DB>,
+{
     match arg {
         Arg::Text(s) => query.bind(s.clone()),
         Arg::Int(n) => query.bind(*n),
         Arg::NullText => query.bind(None::<String>),
         Arg::NullInt => query.bind(None::<i64>),
+    }
+}
+
+impl rusqlite::ToSql for Arg {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+        Ok(match self {
+            Arg::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Arg::Int(n) => ToSqlOutput::Owned(Value::Integer(*n)),
+            Arg::NullText | Arg::NullInt => ToSqlOutput::Owned(Value::Null),
+        })
     }
 }
 
@@ -213,6 +231,41 @@ pub(crate) struct Row {
     pub message: DynamicMessage,
 }
 
+/// A constraint a record's insert can break.
+enum Violation {
+    Unique,
+    ForeignKey,
+}
+
+/// How a create's subject and data key are found.
+enum Subject {
+    /// A child's: its parent's subject, whose key was read before.
+    Known(String, DataKey),
+    /// The person the record's email names, made or found inside the
+    /// create's own transaction (the unique blind index decides).
+    ByEmail(Option<String>),
+}
+
+/// A new record's row, but for its subject and its documents, which are
+/// settled inside the write.
+struct NewRow {
+    id: String,
+    tenant_id: String,
+    parent_id: String,
+    email_key: Option<String>,
+    phone_key: Option<String>,
+    now: i64,
+    /// The binding's own columns.
+    columns: Vec<Arg>,
+}
+
+/// Why a create's write kept nothing.
+enum Refused {
+    /// A concurrent call with the same idempotency key got there first.
+    Replayed,
+    Failed(ApiError),
+}
+
 /// One resource of a service: its declaration and its table.
 #[derive(Debug)]
 pub struct Binding {
@@ -301,25 +354,66 @@ impl Binding {
         if let sqlx::Error::Database(db) = &err {
             match db.kind() {
                 sqlx::error::ErrorKind::UniqueViolation => {
-                    let noun = self.spec.noun();
-                    let lookup = self
-                        .spec
-                        .lookups
-                        .first()
-                        .map_or("key", |(_, u)| u.dotted.as_str());
-                    return ApiError::AlreadyExists(if tenant_id.is_empty() {
-                        format!("a {noun} with this {lookup} already exists")
-                    } else {
-                        format!("a {noun} with this {lookup} already exists in tenants/{tenant_id}")
-                    });
+                    return self.violation(tenant_id, Violation::Unique);
                 }
                 sqlx::error::ErrorKind::ForeignKeyViolation => {
-                    return ApiError::not_found(format!("tenants/{tenant_id}"));
+                    return self.violation(tenant_id, Violation::ForeignKey);
                 }
                 _ => {}
             }
         }
         err.into()
+    }
+
+    /// As [`Self::write_error`], for a write on the native SQLite writer.
+    fn sqlite_write_error(&self, tenant_id: &str, err: rusqlite::Error) -> ApiError {
+        use rusqlite::ffi;
+        match err.sqlite_error().map(|e| e.extended_code) {
+            Some(ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => {
+                self.violation(tenant_id, Violation::Unique)
+            }
+            Some(ffi::SQLITE_CONSTRAINT_FOREIGNKEY) => {
+                self.violation(tenant_id, Violation::ForeignKey)
+            }
+            _ => ApiError::internal(err),
+        }
+    }
+
+    fn violation(&self, tenant_id: &str, violation: Violation) -> ApiError {
+        match violation {
+            Violation::Unique => {
+                let noun = self.spec.noun();
+                let lookup = self
+                    .spec
+                    .lookups
+                    .first()
+                    .map_or("key", |(_, u)| u.dotted.as_str());
+                ApiError::AlreadyExists(if tenant_id.is_empty() {
+                    format!("a {noun} with this {lookup} already exists")
+                } else {
+                    format!("a {noun} with this {lookup} already exists in tenants/{tenant_id}")
+                })
+            }
+            // The one foreign key of a record is its tenant.
+            Violation::ForeignKey => ApiError::not_found(format!("tenants/{tenant_id}")),
+        }
+    }
+
+    /// The statement that inserts a record: the kit's columns, then the
+    /// binding's own, in [`Store::insert_args`]'s order.
+    fn insert_sql(&self) -> String {
+        let columns = self.column_names();
+        format!(
+            "INSERT INTO {} (id, tenant_id, parent_id, subject_id, data, attrs, email_key, phone_key, \
+             create_time, update_time{}{}) VALUES ({})",
+            self.table,
+            if columns.is_empty() { "" } else { ", " },
+            columns.join(", "),
+            (1..=10 + columns.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 
     fn controller(&self, tenant_id: &str) -> ControllerMsg {
@@ -339,6 +433,12 @@ pub(crate) struct Found {
     pub binding: Arc<Binding>,
     pub row: Row,
 }
+
+/// Records what an idempotency key created (or that a call holds it),
+/// unless the key is already taken.
+const REMEMBER: &str = "INSERT INTO kit_idempotency (service, scope, request_id, request_hash, \
+     resource, create_time) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (service, scope, request_id) DO NOTHING RETURNING request_id";
 
 fn internal(what: &'static str) -> ApiError {
     ApiError::internal(std::io::Error::other(what))
@@ -813,25 +913,183 @@ impl Store {
 
     /// Remembers what an idempotency key created; false when a concurrent
     /// call with the same key got there first.
-    pub async fn remember(
+    pub async fn remember<DB>(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        tx: &mut sqlx::Transaction<'_, DB>,
         idem: &Idempotency,
         resource: &str,
-    ) -> Result<bool, ApiError> {
-        let done = sqlx::query(
-            "INSERT INTO kit_idempotency (service, scope, request_id, request_hash, resource, create_time) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, scope, request_id) DO NOTHING",
-        )
-        .bind(self.inner.service)
-        .bind(&idem.scope)
-        .bind(&idem.request_id)
-        .bind(&idem.request_hash)
-        .bind(resource)
-        .bind(self.now())
-        .execute(&mut **tx)
-        .await?;
-        Ok(done.rows_affected() == 1)
+    ) -> Result<bool, ApiError>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+        String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        let done = sqlx::query::<DB>(REMEMBER)
+            .bind(self.inner.service)
+            .bind(&idem.scope)
+            .bind(&idem.request_id)
+            .bind(&idem.request_hash)
+            .bind(resource)
+            .bind(self.now())
+            .fetch_optional(&mut **tx)
+            .await?;
+        Ok(done.is_some())
+    }
+
+    /// As [`Self::remember`], on the native SQLite writer.
+    fn remember_sqlite(
+        &self,
+        conn: &rusqlite::Connection,
+        idem: &Idempotency,
+        resource: &str,
+    ) -> rusqlite::Result<bool> {
+        use rusqlite::OptionalExtension as _;
+        let done = conn
+            .prepare_cached(REMEMBER)?
+            .query_row(
+                rusqlite::params![
+                    self.inner.service,
+                    idem.scope,
+                    idem.request_id,
+                    idem.request_hash,
+                    resource,
+                    self.now()
+                ],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?;
+        Ok(done.is_some())
+    }
+
+    /// A create's write through sqlx (the native PostgreSQL driver, or
+    /// `Any`): the subject's key, the record, its idempotency key and its
+    /// audit event, in one transaction. Returns the record's subject and
+    /// its message.
+    #[allow(clippy::too_many_arguments)] // a create's parts, settled by the caller
+    async fn insert_tx<DB>(
+        &self,
+        mut tx: sqlx::Transaction<'_, DB>,
+        binding: &Binding,
+        name: &str,
+        subject: Subject,
+        row: NewRow,
+        message: DynamicMessage,
+        idem: Option<&Idempotency>,
+        mut event: Event,
+    ) -> Result<(String, DynamicMessage), Refused>
+    where
+        DB: sqlx::Database,
+        for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+        DB::Arguments: sqlx::IntoArguments<DB>,
+        String: for<'q> sqlx::Encode<'q, DB> + for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+        Option<String>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        Option<i64>: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'s> &'s str: sqlx::ColumnIndex<DB::Row>,
+    {
+        let failed = |err: ApiError| Refused::Failed(err);
+        let (subject_id, key) = match subject {
+            Subject::Known(subject, key) => (subject, key),
+            Subject::ByEmail(email_key) => self
+                .vault()
+                .subject_key(&mut tx, email_key.as_deref())
+                .await
+                .map_err(failed)?,
+        };
+        let tenant_id = row.tenant_id.clone();
+        let args = self.insert_args(binding, name, &subject_id, &key, row, &message);
+        let mut q = sqlx::query::<DB>(AssertSqlSafe(binding.insert_sql()));
+        for arg in &args {
+            q = bind(q, arg);
+        }
+        q.execute(&mut *tx)
+            .await
+            .map_err(|err| failed(binding.write_error(&tenant_id, err)))?;
+        if let Some(idem) = idem
+            && !self.remember(&mut tx, idem, name).await.map_err(failed)?
+        {
+            return Err(Refused::Replayed);
+        }
+        event.subject_ref.clone_from(&subject_id);
+        self.privacy()
+            .audit
+            .commit(tx, &[event])
+            .await
+            .map_err(failed)?;
+        Ok((subject_id, message))
+    }
+
+    /// As [`Self::insert_tx`], on the native SQLite writer: in place, in a
+    /// savepoint of a transaction the writes queued beside it share.
+    #[allow(clippy::too_many_arguments)] // a create's parts, settled by the caller
+    fn insert_sqlite(
+        &self,
+        conn: &rusqlite::Connection,
+        binding: &Binding,
+        name: &str,
+        subject: Subject,
+        row: NewRow,
+        message: DynamicMessage,
+        idem: Option<&Idempotency>,
+        mut event: Event,
+    ) -> Result<(String, DynamicMessage), Refused> {
+        let failed = |err: rusqlite::Error| Refused::Failed(ApiError::internal(err));
+        let (subject_id, key) = match subject {
+            Subject::Known(subject, key) => (subject, key),
+            Subject::ByEmail(email_key) => self
+                .vault()
+                .subject_key_sqlite(conn, email_key.as_deref())
+                .map_err(Refused::Failed)?,
+        };
+        let tenant_id = row.tenant_id.clone();
+        let args = self.insert_args(binding, name, &subject_id, &key, row, &message);
+        conn.prepare_cached(&binding.insert_sql())
+            .and_then(|mut insert| insert.execute(rusqlite::params_from_iter(&args)))
+            .map_err(|err| Refused::Failed(binding.sqlite_write_error(&tenant_id, err)))?;
+        if let Some(idem) = idem
+            && !self.remember_sqlite(conn, idem, name).map_err(failed)?
+        {
+            return Err(Refused::Replayed);
+        }
+        event.subject_ref.clone_from(&subject_id);
+        self.privacy()
+            .audit
+            .stage_sqlite(conn, &[event])
+            .map_err(failed)?;
+        Ok((subject_id, message))
+    }
+
+    /// A new record's values in [`Binding::insert_sql`]'s order, its
+    /// personal fields sealed under `key`.
+    fn insert_args(
+        &self,
+        binding: &Binding,
+        name: &str,
+        subject_id: &str,
+        key: &DataKey,
+        row: NewRow,
+        message: &DynamicMessage,
+    ) -> Vec<Arg> {
+        let (sealed, attrs) = self.documents(binding, name, message, Some(key));
+        let text = |value: Option<String>| value.map_or(Arg::NullText, Arg::Text);
+        let mut args = vec![
+            Arg::Text(row.id),
+            Arg::Text(row.tenant_id),
+            Arg::Text(row.parent_id),
+            Arg::Text(subject_id.to_owned()),
+            Arg::Text(sealed),
+            Arg::Text(attrs),
+            text(row.email_key),
+            text(row.phone_key),
+            Arg::Int(row.now),
+            Arg::Int(row.now),
+        ];
+        args.extend(row.columns);
+        args
     }
 
     /// Takes `idem` for this call, or tells what holds it: an earlier
@@ -844,18 +1102,15 @@ impl Store {
     pub(crate) async fn claim(&self, idem: &Idempotency, lease: i64) -> Result<Claim, ApiError> {
         let now = self.now();
         for _ in 0..3 {
-            let done = sqlx::query(
-                "INSERT INTO kit_idempotency (service, scope, request_id, request_hash, resource, create_time) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, scope, request_id) DO NOTHING",
-            )
-            .bind(self.inner.service)
-            .bind(&idem.scope)
-            .bind(&idem.request_id)
-            .bind(&idem.request_hash)
-            .bind(CLAIMED)
-            .bind(now)
-            .execute(self.inner.db.pool())
-            .await?;
+            let done = sqlx::query(REMEMBER)
+                .bind(self.inner.service)
+                .bind(&idem.scope)
+                .bind(&idem.request_id)
+                .bind(&idem.request_hash)
+                .bind(CLAIMED)
+                .bind(now)
+                .execute(self.inner.db.pool())
+                .await?;
             if done.rows_affected() == 1 {
                 return Ok(Claim::Ours(now));
             }
@@ -1480,9 +1735,8 @@ where
             Some(subject) => store.subject_key(subject).await?,
             None => None,
         };
-        let mut tx = store.db().pool().begin().await.map_err(ApiError::from)?;
-        let (subject_id, key) = match (parent_subject, parent_key) {
-            (Some(subject), Some(key)) => (subject, Some(key)),
+        let subject = match (parent_subject, parent_key) {
+            (Some(subject), Some(key)) => Subject::Known(subject, key),
             // The parent's subject was erased: nothing personal may be
             // sealed under a key that no longer exists.
             (Some(_), None) => {
@@ -1501,60 +1755,69 @@ where
                 ))
                 .into());
             }
-            (None, _) => {
-                let (subject, key) = store
-                    .vault()
-                    .subject_key(&mut tx, email_key.as_deref())
-                    .await?;
-                (subject, Some(key))
-            }
+            (None, _) => Subject::ByEmail(email_key.clone()),
         };
-        let (sealed, attrs) = store.documents(&self.binding, &name, &message, key.as_ref());
-        let columns = self.binding.column_names();
-        let mut placeholders: Vec<String> =
-            (1..=10 + columns.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
-            "INSERT INTO {} (id, tenant_id, parent_id, subject_id, data, attrs, email_key, phone_key, \
-             create_time, update_time{}{}) VALUES ({})",
-            self.binding.table,
-            if columns.is_empty() { "" } else { ", " },
-            columns.join(", "),
-            std::mem::take(&mut placeholders).join(", ")
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .bind(&id)
-            .bind(&new.tenant_id)
-            .bind(&new.parent_id)
-            .bind(&subject_id)
-            .bind(sealed)
-            .bind(attrs)
-            .bind(email_key)
-            .bind(phone_key)
-            .bind(now)
-            .bind(now);
-        for arg in store.column_args(&self.binding, &message) {
-            q = bind(q, &arg);
-        }
-        if let Err(err) = q.execute(&mut *tx).await {
-            return Err(self.binding.write_error(&new.tenant_id, err).into());
-        }
-        if let Some(idem) = &new.idempotency
-            && !store.remember(&mut tx, idem, &name).await?
-        {
-            drop(tx);
-            let resource = store
-                .replayed(idem)
-                .await?
-                .ok_or_else(|| internal("idempotency key vanished"))?;
-            return self.replay(call, &resource).await.map(|s| (s, true));
-        }
         let present = fields::present_personal(&self.binding.spec, &message);
         let fields: Vec<&str> = present.iter().map(String::as_str).collect();
-        let event =
-            store
-                .privacy()
-                .event(&call.access, &name, &subject_id, &fields, AuditOutcome::Ok);
-        store.privacy().audit.commit(tx, &[event]).await?;
+        // Its subject is known only inside the write.
+        let event = store
+            .privacy()
+            .event(&call.access, &name, "", &fields, AuditOutcome::Ok);
+        let row = NewRow {
+            id: id.clone(),
+            tenant_id: new.tenant_id.clone(),
+            parent_id: new.parent_id.clone(),
+            email_key,
+            phone_key,
+            now,
+            columns: store.column_args(&self.binding, &message),
+        };
+        let written = match store.db().sqlite_writer() {
+            Some(writer) => {
+                let (writing, binding, name) = (store.clone(), self.binding.clone(), name.clone());
+                let idempotency = new.idempotency.clone();
+                let written = writer
+                    .write(move |conn| {
+                        writing.insert_sqlite(
+                            conn,
+                            &binding,
+                            &name,
+                            subject,
+                            row,
+                            message,
+                            idempotency.as_ref(),
+                            event,
+                        )
+                    })
+                    .await?;
+                if written.is_ok() {
+                    store.privacy().audit.wake();
+                }
+                written
+            }
+            None => {
+                let tx = store.db().pool().begin().await.map_err(ApiError::from)?;
+                let idem = new.idempotency.as_ref();
+                store
+                    .insert_tx(tx, &self.binding, &name, subject, row, message, idem, event)
+                    .await
+            }
+        };
+        let (subject_id, message) = match written {
+            Ok(created) => created,
+            Err(Refused::Failed(err)) => return Err(err.into()),
+            Err(Refused::Replayed) => {
+                let idem = new
+                    .idempotency
+                    .as_ref()
+                    .ok_or_else(|| internal("a replay without an idempotency key"))?;
+                let resource = store
+                    .replayed(idem)
+                    .await?
+                    .ok_or_else(|| internal("idempotency key vanished"))?;
+                return self.replay(call, &resource).await.map(|s| (s, true));
+            }
+        };
         let stored = self.stored(Row {
             id,
             tenant_id: new.tenant_id,

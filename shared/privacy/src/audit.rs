@@ -517,17 +517,7 @@ impl AuditLog {
         String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     {
-        let now = self.now();
-        let rows: Vec<(String, Event)> = events
-            .iter()
-            .map(|event| {
-                let mut event = event.clone().storable();
-                if event.time == 0 {
-                    event.time = now;
-                }
-                (uuid::Uuid::now_v7().to_string(), event)
-            })
-            .collect();
+        let rows = self.staged_rows(events);
         for chunk in chunks(&rows) {
             let sql = format!(
                 "INSERT INTO audit_pending (service, id, time, caller, on_behalf_of, purpose, action, \
@@ -555,6 +545,55 @@ impl AuditLog {
             query.execute(&mut **tx).await?;
         }
         Ok(())
+    }
+
+    /// Stages the events of a change in a native SQLite transaction (the
+    /// kit's grouped writer, see `SqliteWriter`); as [`Self::stage_in_tx`],
+    /// call [`Self::wake`] once it has committed.
+    pub fn stage_sqlite(
+        &self,
+        conn: &rusqlite::Connection,
+        events: &[Event],
+    ) -> rusqlite::Result<()> {
+        let mut insert = conn.prepare_cached(
+            "INSERT INTO audit_pending (service, id, time, caller, on_behalf_of, purpose, action, \
+             method, resource, subject_ref, fields, outcome, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )?;
+        for (id, e) in self.staged_rows(events) {
+            insert.execute(rusqlite::params![
+                self.service,
+                id,
+                e.time,
+                e.caller,
+                e.on_behalf_of,
+                e.purpose,
+                i64::from(e.action),
+                e.method,
+                e.resource,
+                e.subject_ref,
+                e.fields.join(","),
+                i64::from(e.outcome),
+                e.detail,
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Events as they are staged: storable, timed, each with an id that
+    /// orders it.
+    fn staged_rows(&self, events: &[Event]) -> Vec<(String, Event)> {
+        let now = self.now();
+        events
+            .iter()
+            .map(|event| {
+                let mut event = event.clone().storable();
+                if event.time == 0 {
+                    event.time = now;
+                }
+                (uuid::Uuid::now_v7().to_string(), event)
+            })
+            .collect()
     }
 
     /// Events by filter, oldest first, after sequence `after_seq`.

@@ -152,17 +152,7 @@ fn open_sqlite(
     path: &std::path::Path,
     checkpointed: bool,
 ) -> Result<rusqlite::Connection, ApiError> {
-    let conn = rusqlite::Connection::open(path).map_err(ApiError::internal)?;
-    // The pool's settings (see `Database::connect_lazy`); the checkpointer,
-    // when it runs, checkpoints for this connection too.
-    conn.execute_batch(if checkpointed {
-        "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA secure_delete = ON; \
-         PRAGMA wal_autocheckpoint = 0;"
-    } else {
-        "PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA secure_delete = ON;"
-    })
-    .map_err(ApiError::internal)?;
-    Ok(conn)
+    custodian_runtime::database::open_for_writing(path, checkpointed).map_err(ApiError::internal)
 }
 
 fn seal_sqlite(

@@ -16,6 +16,15 @@ use sqlx::Row as _;
 
 use crate::crypto::{self, BlindIndexKey, CryptoError, DataKey, Keyring, WrappedKey};
 
+/// A subject's key, made unless the email's subject already has one (the
+/// unique index on the email's blind index decides, on both backends).
+const INSERT_KEY: &str = "INSERT INTO subject_keys (service, id, email_index, wrapped_key, \
+     master_key_id, create_time) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (service, email_index) DO NOTHING RETURNING id";
+/// The key of the subject an email's blind index names.
+const SELECT_KEY: &str =
+    "SELECT id, wrapped_key FROM subject_keys WHERE service = $1 AND email_index = $2";
+
 /// Blind-index domains: equal strings in different domains index apart.
 pub const EMAIL: &str = "email";
 pub const PHONE: &str = "phone";
@@ -90,35 +99,77 @@ impl Vault {
         i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         for<'s> &'s str: sqlx::ColumnIndex<DB::Row>,
     {
-        let id = uuid::Uuid::now_v7().to_string();
-        let fresh = DataKey::generate();
-        let wrapped = self.keyring.wrap(&fresh, &self.aad(&id));
-        let inserted = sqlx::query::<DB>(
-            "INSERT INTO subject_keys (service, id, email_index, wrapped_key, master_key_id, create_time) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (service, email_index) DO NOTHING \
-             RETURNING id",
-        )
-        .bind(self.service.to_owned())
-        .bind(id.clone())
-        .bind(email_index.map(str::to_owned))
-        .bind(wrapped.to_text())
-        .bind(wrapped.master_key_id.clone())
-        .bind(now_micros())
-        .fetch_optional(&mut **tx)
-        .await?;
+        let (id, fresh, wrapped) = self.fresh_key();
+        let inserted = sqlx::query::<DB>(INSERT_KEY)
+            .bind(self.service.to_owned())
+            .bind(id.clone())
+            .bind(email_index.map(str::to_owned))
+            .bind(wrapped.to_text())
+            .bind(wrapped.master_key_id.clone())
+            .bind(now_micros())
+            .fetch_optional(&mut **tx)
+            .await?;
         if inserted.is_some() {
             return Ok((id, fresh));
         }
-        let row = sqlx::query::<DB>(
-            "SELECT id, wrapped_key FROM subject_keys WHERE service = $1 AND email_index = $2",
-        )
-        .bind(self.service.to_owned())
-        .bind(email_index.map(str::to_owned))
-        .fetch_one(&mut **tx)
-        .await?;
+        let row = sqlx::query::<DB>(SELECT_KEY)
+            .bind(self.service.to_owned())
+            .bind(email_index.map(str::to_owned))
+            .fetch_one(&mut **tx)
+            .await?;
         let id: String = row.try_get("id")?;
         let key = self.unwrap(&id, &row.try_get::<String, _>("wrapped_key")?)?;
         Ok((id, key))
+    }
+
+    /// As [`Self::subject_key`], in a native SQLite transaction (the kit's
+    /// grouped writer, see `SqliteWriter`).
+    pub fn subject_key_sqlite(
+        &self,
+        conn: &rusqlite::Connection,
+        email_index: Option<&str>,
+    ) -> Result<(String, DataKey), ApiError> {
+        use rusqlite::OptionalExtension as _;
+        let (id, fresh, wrapped) = self.fresh_key();
+        let inserted = conn
+            .prepare_cached(INSERT_KEY)
+            .and_then(|mut insert| {
+                insert
+                    .query_row(
+                        rusqlite::params![
+                            self.service,
+                            id,
+                            email_index,
+                            wrapped.to_text(),
+                            wrapped.master_key_id,
+                            now_micros()
+                        ],
+                        |r| r.get::<_, String>(0),
+                    )
+                    .optional()
+            })
+            .map_err(ApiError::internal)?;
+        if inserted.is_some() {
+            return Ok((id, fresh));
+        }
+        let (id, wrapped_text) = conn
+            .prepare_cached(SELECT_KEY)
+            .and_then(|mut select| {
+                select.query_row(rusqlite::params![self.service, email_index], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+                })
+            })
+            .map_err(ApiError::internal)?;
+        let key = self.unwrap(&id, &wrapped_text)?;
+        Ok((id, key))
+    }
+
+    /// A new subject's id and data key, the key wrapped for storing.
+    fn fresh_key(&self) -> (String, DataKey, WrappedKey) {
+        let id = uuid::Uuid::now_v7().to_string();
+        let fresh = DataKey::generate();
+        let wrapped = self.keyring.wrap(&fresh, &self.aad(&id));
+        (id, fresh, wrapped)
     }
 
     /// Opens a wrapped key read together with a record.

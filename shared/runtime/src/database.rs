@@ -22,6 +22,9 @@ use sqlx::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+mod writer;
+pub use writer::{SqliteWriter, open_for_writing};
+
 /// Which database engine is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -44,6 +47,9 @@ pub struct Database {
     reader: Option<Arc<SqliteReader>>,
     /// Point reads on PostgreSQL, batched (see [`PgPointReads`]).
     pg_reads: Option<Arc<PgPointReads>>,
+    /// Write transactions on SQLite, in place and grouped (see
+    /// [`SqliteWriter`]).
+    writer: Option<Arc<SqliteWriter>>,
 }
 
 /// How often the SQLite checkpointer copies the write-ahead log into the
@@ -135,6 +141,13 @@ impl Database {
             _alive: alive,
             checkpointed: checkpointer,
             reader: file.map(|p| Arc::new(SqliteReader::new(p))),
+            writer: match file {
+                Some(path) => Some(Arc::new(
+                    SqliteWriter::start(path.to_path_buf(), checkpointer)
+                        .context("starting the SQLite writer")?,
+                )),
+                None => None,
+            },
             pg_reads: match backend {
                 Backend::Postgres => Some(Arc::new(PgPointReads::new(url)?)),
                 Backend::Sqlite => None,
@@ -175,6 +188,11 @@ impl Database {
     /// In-place point reads, on a SQLite file.
     pub fn sqlite_reader(&self) -> Option<&SqliteReader> {
         self.reader.as_deref()
+    }
+
+    /// Grouped write transactions in place, on a SQLite file.
+    pub fn sqlite_writer(&self) -> Option<&SqliteWriter> {
+        self.writer.as_deref()
     }
 
     /// Batched point reads, on PostgreSQL.
