@@ -910,3 +910,82 @@ storage_test!(
         }
     }
 );
+
+// Creates that arrive together are written together (on SQLite in one
+// transaction of the writer thread, on PostgreSQL in one group of
+// statements), yet each caller gets its own answer: a duplicate email or
+// an unknown tenant in the burst fails alone, nothing of it is stored, and
+// every other create is stored and reads back as it was answered.
+storage_test!(
+    concurrent_creates_each_get_their_own_answer,
+    |app: TestApp| async move {
+        fixtures::tenant(&app, "acme").await;
+        let users = (0..30)
+            .map(|n| ("acme", format!("u{n}@example.com")))
+            .chain((0..5).map(|_| ("acme", "dup@example.com".to_owned())))
+            .chain((0..5).map(|n| ("nowhere", format!("n{n}@example.com"))))
+            .map(|(tenant, email)| {
+                let mut client = app.users();
+                async move {
+                    client
+                        .create_user(create_user(tenant, fixtures::user(&email)))
+                        .await
+                        .map(|r| r.into_inner())
+                }
+            });
+        let contacts = (0..20).map(|_| {
+            let mut client = app.contacts();
+            async move {
+                client
+                    .create_contact(create_contact(
+                        "acme",
+                        fixtures::contact("same@example.com"),
+                    ))
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        });
+        let (users, contacts) = tokio::join!(
+            futures::future::join_all(users),
+            futures::future::join_all(contacts)
+        );
+        let mut created = Vec::new();
+        for (n, answer) in users.into_iter().enumerate() {
+            match (n, answer) {
+                (0..30, Ok(user)) => {
+                    assert_eq!(user.email, format!("u{n}@example.com"));
+                    created.push(user);
+                }
+                (30..35, Ok(user)) => created.push(user),
+                (30..35, Err(err)) => assert_eq!(err.code(), Code::AlreadyExists),
+                (35.., Err(err)) => assert_eq!(err.code(), Code::NotFound),
+                (n, other) => panic!("create {n}: {other:?}"),
+            }
+        }
+        let dup = created
+            .iter()
+            .filter(|u| u.email == "dup@example.com")
+            .count();
+        assert_eq!(dup, 1, "exactly one of the duplicates is created");
+        assert_eq!(app.count("identity_users").await, 31);
+        let mut client = app.users();
+        for user in &created {
+            let got = client
+                .get_user(GetUserRequest {
+                    name: user.name.clone(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(&got, user);
+        }
+        let mut names: Vec<String> = contacts
+            .into_iter()
+            .map(|c| c.expect("every contact is created").name)
+            .collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 20);
+        assert_eq!(app.count("identity_contacts").await, 20);
+    }
+);

@@ -46,7 +46,7 @@ use custodian_proto::{
     common::v1::{Controller as ControllerMsg, controller},
     privacy::v1::{Controller, Lookup},
 };
-use custodian_runtime::{ApiError, Database, paging::Page, time::Clock};
+use custodian_runtime::{ApiError, Backend, Database, paging::Page, time::Clock};
 use prost::Message as _;
 use prost_reflect::{DynamicMessage, Kind, ReflectMessage, Value};
 use sha2::{Digest as _, Sha256};
@@ -248,6 +248,7 @@ enum Subject {
 
 /// A new record's row, but for its subject and its documents, which are
 /// settled inside the write.
+#[derive(Clone)]
 struct NewRow {
     id: String,
     tenant_id: String,
@@ -402,17 +403,26 @@ impl Binding {
     /// The statement that inserts a record: the kit's columns, then the
     /// binding's own, in [`Store::insert_args`]'s order.
     fn insert_sql(&self) -> String {
+        self.insert_sql_rows(1)
+    }
+
+    /// As [`Self::insert_sql`], for `rows` records at once.
+    fn insert_sql_rows(&self, rows: usize) -> String {
         let columns = self.column_names();
+        let width = 10 + columns.len();
+        let values: Vec<String> = (0..rows)
+            .map(|r| {
+                let row: Vec<String> = (1..=width).map(|i| format!("${}", r * width + i)).collect();
+                format!("({})", row.join(", "))
+            })
+            .collect();
         format!(
             "INSERT INTO {} (id, tenant_id, parent_id, subject_id, data, attrs, email_key, phone_key, \
-             create_time, update_time{}{}) VALUES ({})",
+             create_time, update_time{}{}) VALUES {}",
             self.table,
             if columns.is_empty() { "" } else { ", " },
             columns.join(", "),
-            (1..=10 + columns.len())
-                .map(|i| format!("${i}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            values.join(", ")
         )
     }
 
@@ -440,6 +450,8 @@ const REMEMBER: &str = "INSERT INTO kit_idempotency (service, scope, request_id,
      resource, create_time) VALUES ($1, $2, $3, $4, $5, $6) \
      ON CONFLICT (service, scope, request_id) DO NOTHING RETURNING request_id";
 
+mod pg;
+
 fn internal(what: &'static str) -> ApiError {
     ApiError::internal(std::io::Error::other(what))
 }
@@ -456,6 +468,8 @@ struct StoreInner {
     privacy: Privacy,
     clock: Arc<dyn Clock>,
     bindings: Vec<Arc<Binding>>,
+    /// On PostgreSQL, the loop that groups creates, started by the first.
+    pg_creates: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<pg::Create>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -480,6 +494,7 @@ impl Store {
                 privacy,
                 clock,
                 bindings,
+                pg_creates: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -1794,6 +1809,22 @@ where
                     store.privacy().audit.wake();
                 }
                 written
+            }
+            None if store.db().backend() == Backend::Postgres => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                store.insert_grouped(pg::Create {
+                    binding: self.binding.clone(),
+                    name: name.clone(),
+                    subject,
+                    row,
+                    message,
+                    idem: new.idempotency.clone(),
+                    event,
+                    reply,
+                })?;
+                answer
+                    .await
+                    .map_err(|_| ApiError::Unavailable("the create was not written".into()))?
             }
             None => {
                 let tx = store.db().pool().begin().await.map_err(ApiError::from)?;

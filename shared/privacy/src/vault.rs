@@ -164,6 +164,88 @@ impl Vault {
         Ok((id, key))
     }
 
+    /// As [`Self::subject_key`] for a group of creates at once, on the
+    /// native PostgreSQL driver: one statement makes every key still
+    /// missing, one more reads the others. Each email's answer is in its
+    /// place; the same email twice gets the same subject, and no email a
+    /// subject of its own.
+    pub async fn subject_keys_pg(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        emails: &[Option<&str>],
+    ) -> Result<Vec<(String, DataKey)>, ApiError> {
+        let fresh: Vec<_> = emails.iter().map(|_| self.fresh_key()).collect();
+        let made: std::collections::HashSet<String> = sqlx::query_scalar(
+            "INSERT INTO subject_keys (service, id, email_index, wrapped_key, master_key_id, \
+             create_time) SELECT $1, k.* FROM UNNEST($2::TEXT[], $3::TEXT[], $4::TEXT[], \
+             $5::TEXT[], $6::BIGINT[]) AS k ON CONFLICT (service, email_index) DO NOTHING \
+             RETURNING id",
+        )
+        .bind(self.service)
+        .bind(
+            fresh
+                .iter()
+                .map(|(id, _, _)| id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(emails)
+        .bind(
+            fresh
+                .iter()
+                .map(|(_, _, w)| w.to_text())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            fresh
+                .iter()
+                .map(|(_, _, w)| w.master_key_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(vec![now_micros(); emails.len()])
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect();
+        let wanted: Vec<&str> = emails
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, (id, _, _))| !made.contains(id))
+            .filter_map(|(email, _)| *email)
+            .collect();
+        let mut known = std::collections::HashMap::new();
+        if !wanted.is_empty() {
+            let rows: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT email_index, id, wrapped_key FROM subject_keys \
+                 WHERE service = $1 AND email_index = ANY($2)",
+            )
+            .bind(self.service)
+            .bind(&wanted)
+            .fetch_all(&mut *conn)
+            .await?;
+            for (email, id, wrapped) in rows {
+                let key = self.unwrap(&id, &wrapped)?;
+                known.insert(email, (id, key));
+            }
+        }
+        emails
+            .iter()
+            .zip(fresh)
+            .map(|(email, (id, key, _))| {
+                if made.contains(&id) {
+                    return Ok((id, key));
+                }
+                email
+                    .and_then(|e| known.get(e))
+                    .map(|(id, key)| (id.clone(), key.clone()))
+                    .ok_or_else(|| {
+                        ApiError::internal(std::io::Error::other(
+                            "a subject key was neither made nor found",
+                        ))
+                    })
+            })
+            .collect()
+    }
+
     /// A new subject's id and data key, the key wrapped for storing.
     fn fresh_key(&self) -> (String, DataKey, WrappedKey) {
         let id = uuid::Uuid::now_v7().to_string();
