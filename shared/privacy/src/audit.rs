@@ -131,6 +131,31 @@ impl Event {
         }
     }
 
+    /// The event's columns after its key (`time` to `detail`, as both the
+    /// staged and the sealed tables order them), for rusqlite; `fields` is
+    /// [`Self::fields`] joined by commas.
+    pub(crate) fn sqlite_values<'a>(
+        &'a self,
+        fields: &'a str,
+    ) -> [rusqlite::types::ToSqlOutput<'a>; 11] {
+        use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+        let text = |s: &'a str| ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()));
+        let int = |n: i64| ToSqlOutput::Owned(Value::Integer(n));
+        [
+            int(self.time),
+            text(&self.caller),
+            text(&self.on_behalf_of),
+            text(&self.purpose),
+            int(i64::from(self.action)),
+            text(&self.method),
+            text(&self.resource),
+            text(&self.subject_ref),
+            text(fields),
+            int(i64::from(self.outcome)),
+            text(&self.detail),
+        ]
+    }
+
     /// The event as it can always be stored: control characters (a NUL
     /// byte fails a PostgreSQL commit) replaced, every text bounded.
     fn storable(mut self) -> Self {
@@ -561,21 +586,11 @@ impl AuditLog {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )?;
         for (id, e) in self.staged_rows(events) {
-            insert.execute(rusqlite::params![
-                self.service,
-                id,
-                e.time,
-                e.caller,
-                e.on_behalf_of,
-                e.purpose,
-                i64::from(e.action),
-                e.method,
-                e.resource,
-                e.subject_ref,
-                e.fields.join(","),
-                i64::from(e.outcome),
-                e.detail,
-            ])?;
+            let fields = e.fields.join(",");
+            let mut params: Vec<&dyn rusqlite::ToSql> = vec![&self.service, &id];
+            let values = e.sqlite_values(&fields);
+            params.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+            insert.execute(params.as_slice())?;
         }
         Ok(())
     }

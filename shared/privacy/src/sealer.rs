@@ -224,22 +224,12 @@ fn seal_sqlite(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         for (seq, e, hash) in &rows {
-            insert.execute(params![
-                service,
-                seq,
-                e.time,
-                e.caller,
-                e.on_behalf_of,
-                e.purpose,
-                i64::from(e.action),
-                e.method,
-                e.resource,
-                e.subject_ref,
-                e.fields.join(","),
-                i64::from(e.outcome),
-                e.detail,
-                hash
-            ])?;
+            let fields = e.fields.join(",");
+            let mut params: Vec<&dyn rusqlite::ToSql> = vec![&service, seq];
+            let values = e.sqlite_values(&fields);
+            params.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+            params.push(hash);
+            insert.execute(params.as_slice())?;
         }
         drop(insert);
         tx.prepare_cached("UPDATE audit_chain SET seq = ?1, hash = ?2 WHERE service = ?3")?
