@@ -191,10 +191,7 @@ pub struct Stored<M> {
 
 impl<M> Stored<M> {
     pub fn name(&self) -> String {
-        self.dynamic
-            .get_field_by_name("name")
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
+        name_of(&self.dynamic)
     }
 
     pub fn dynamic(&self) -> &DynamicMessage {
@@ -452,6 +449,14 @@ const REMEMBER: &str = "INSERT INTO kit_idempotency (service, scope, request_id,
 
 mod pg;
 
+/// A record's resource name, as its message carries it.
+fn name_of(message: &DynamicMessage) -> String {
+    message
+        .get_field_by_name("name")
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn internal(what: &'static str) -> ApiError {
     ApiError::internal(std::io::Error::other(what))
 }
@@ -593,21 +598,21 @@ impl Store {
             wrapped_key: wrapped,
         } = raw;
         let name = binding.name(&tenant_id, &parent_id, &id);
-        let desc = binding.spec.desc.clone();
         let attrs = STANDARD
             .decode(attrs)
             .map_err(|_| internal("stored attributes are not base64"))?;
-        let mut message =
-            DynamicMessage::decode(desc.clone(), attrs.as_slice()).map_err(ApiError::internal)?;
+        let mut message = DynamicMessage::decode(binding.spec.desc.clone(), attrs.as_slice())
+            .map_err(ApiError::internal)?;
         if !sealed.is_empty() {
             let wrapped = wrapped.ok_or_else(|| internal("a sealed record has no data key"))?;
             let key = self.vault().unwrap(&subject_id, &wrapped)?;
             let plain = self.vault().open(&key, &sealed, &name)?;
-            let personal =
-                DynamicMessage::decode(desc, plain.as_slice()).map_err(ApiError::internal)?;
-            for (field, value) in personal.fields() {
-                message.set_field(&field, value.clone());
-            }
+            // The two parts hold different fields (see `fields::split`):
+            // decoding one into the other joins them, nested messages
+            // included, with no copy of either.
+            message
+                .merge(plain.as_slice())
+                .map_err(ApiError::internal)?;
         }
         self.set_meta(
             binding,
@@ -1485,6 +1490,12 @@ where
     /// caller may see it; an invisible one is answered (and audited) as
     /// missing. For a handler's own decisions; answer with [`Self::read`].
     pub async fn find(&self, call: &Call, name: &str, field: &str) -> Result<Stored<M>, Status> {
+        let row = self.visible(call, name, field).await?;
+        Ok(self.stored(row)?)
+    }
+
+    /// The row behind [`Self::find`], not yet made the typed record.
+    async fn visible(&self, call: &Call, name: &str, field: &str) -> Result<Row, Status> {
         let vars = self.parse(name, field)?;
         let row = self.store.fetch(&self.binding, vars.id()).await?;
         let visible = row.filter(|row| {
@@ -1493,16 +1504,17 @@ where
                 && vars.parent().is_none_or(|p| p == row.parent_id)
         });
         match visible {
-            Some(row) => Ok(self.stored(row)?),
+            Some(row) => Ok(row),
             None => Err(self.not_found(call, name).await),
         }
     }
 
     /// Reads a record for the caller: cut down to its purpose, audited
-    /// before it is answered.
+    /// before it is answered. Only the cut is made the typed record: the
+    /// whole one (what [`Self::find`] makes) is never needed.
     pub async fn read(&self, call: &Call, name: &str, field: &str) -> Result<Shown<M>, Status> {
-        let stored = self.find(call, name, field).await?;
-        self.audited(call, vec![stored])
+        let row = self.visible(call, name, field).await?;
+        self.cut_and_audit(call, [(&row.subject_id, &row.message)])
             .await
             .map(|mut v| v.remove(0))
     }
@@ -1513,23 +1525,25 @@ where
         call: &Call,
         records: Vec<Stored<M>>,
     ) -> Result<Vec<Shown<M>>, Status> {
+        self.cut_and_audit(call, records.iter().map(|r| (&r.subject_id, &r.dynamic)))
+            .await
+    }
+
+    /// Each record (its subject, its whole message) cut to the caller's
+    /// purpose; every read's event is durable before this returns.
+    async fn cut_and_audit<'a>(
+        &self,
+        call: &Call,
+        records: impl IntoIterator<Item = (&'a String, &'a DynamicMessage)>,
+    ) -> Result<Vec<Shown<M>>, Status> {
         let privacy = self.store.privacy();
-        let mut events = Vec::with_capacity(records.len());
-        let mut shown = Vec::with_capacity(records.len());
-        for stored in records {
-            let cut = fields::cut(
-                &self.binding.spec,
-                &stored.dynamic,
-                call.purpose().to_proto(),
-            );
+        let mut events = Vec::new();
+        let mut shown = Vec::new();
+        for (subject_id, message) in records {
+            let cut = fields::cut(&self.binding.spec, message, call.purpose().to_proto());
             let fields: Vec<&str> = cut.shown.iter().map(String::as_str).collect();
-            events.push(privacy.event(
-                &call.access,
-                &stored.name(),
-                &stored.subject_id,
-                &fields,
-                AuditOutcome::Ok,
-            ));
+            let name = name_of(message);
+            events.push(privacy.event(&call.access, &name, subject_id, &fields, AuditOutcome::Ok));
             shown.push(Shown {
                 message: cut
                     .message
