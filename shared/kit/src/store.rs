@@ -257,6 +257,29 @@ struct NewRow {
     columns: Vec<Arg>,
 }
 
+/// A create as its write takes it: settled but for its subject and its
+/// documents.
+struct Insert {
+    binding: Arc<Binding>,
+    name: String,
+    subject: Subject,
+    row: NewRow,
+    message: DynamicMessage,
+    idem: Option<Idempotency>,
+    /// Its subject is set inside the write.
+    event: Event,
+}
+
+impl Insert {
+    /// The create's audit event, once its subject is known.
+    fn event_of(&self, subject_id: &str) -> Event {
+        Event {
+            subject_ref: subject_id.to_owned(),
+            ..self.event.clone()
+        }
+    }
+}
+
 /// Why a create's write kept nothing.
 enum Refused {
     /// A concurrent call with the same idempotency key got there first.
@@ -988,17 +1011,10 @@ impl Store {
     /// `Any`): the subject's key, the record, its idempotency key and its
     /// audit event, in one transaction. Returns the record's subject and
     /// its message.
-    #[allow(clippy::too_many_arguments)] // a create's parts, settled by the caller
     async fn insert_tx<DB>(
         &self,
         mut tx: sqlx::Transaction<'_, DB>,
-        binding: &Binding,
-        name: &str,
-        subject: Subject,
-        row: NewRow,
-        message: DynamicMessage,
-        idem: Option<&Idempotency>,
-        mut event: Event,
+        insert: Insert,
     ) -> Result<(String, DynamicMessage), Refused>
     where
         DB: sqlx::Database,
@@ -1012,88 +1028,81 @@ impl Store {
         for<'s> &'s str: sqlx::ColumnIndex<DB::Row>,
     {
         let failed = |err: ApiError| Refused::Failed(err);
-        let (subject_id, key) = match subject {
-            Subject::Known(subject, key) => (subject, key),
+        let (subject_id, key) = match &insert.subject {
+            Subject::Known(subject, key) => (subject.clone(), key.clone()),
             Subject::ByEmail(email_key) => self
                 .vault()
                 .subject_key(&mut tx, email_key.as_deref())
                 .await
                 .map_err(failed)?,
         };
-        let tenant_id = row.tenant_id.clone();
-        let args = self.insert_args(binding, name, &subject_id, &key, row, &message);
+        let binding = &insert.binding;
         let mut q = sqlx::query::<DB>(AssertSqlSafe(binding.insert_sql()));
-        for arg in &args {
+        for arg in &self.insert_args(&insert, &subject_id, &key) {
             q = bind(q, arg);
         }
         q.execute(&mut *tx)
             .await
-            .map_err(|err| failed(binding.write_error(&tenant_id, err)))?;
-        if let Some(idem) = idem
-            && !self.remember(&mut tx, idem, name).await.map_err(failed)?
+            .map_err(|err| failed(binding.write_error(&insert.row.tenant_id, err)))?;
+        if let Some(idem) = &insert.idem
+            && !self
+                .remember(&mut tx, idem, &insert.name)
+                .await
+                .map_err(failed)?
         {
             return Err(Refused::Replayed);
         }
-        event.subject_ref.clone_from(&subject_id);
+        let event = insert.event_of(&subject_id);
         self.privacy()
             .audit
             .commit(tx, &[event])
             .await
             .map_err(failed)?;
-        Ok((subject_id, message))
+        Ok((subject_id, insert.message))
     }
 
     /// As [`Self::insert_tx`], on the native SQLite writer: in place, in a
     /// savepoint of a transaction the writes queued beside it share.
-    #[allow(clippy::too_many_arguments)] // a create's parts, settled by the caller
     fn insert_sqlite(
         &self,
         conn: &rusqlite::Connection,
-        binding: &Binding,
-        name: &str,
-        subject: Subject,
-        row: NewRow,
-        message: DynamicMessage,
-        idem: Option<&Idempotency>,
-        mut event: Event,
+        insert: Insert,
     ) -> Result<(String, DynamicMessage), Refused> {
         let failed = |err: rusqlite::Error| Refused::Failed(ApiError::internal(err));
-        let (subject_id, key) = match subject {
-            Subject::Known(subject, key) => (subject, key),
+        let (subject_id, key) = match &insert.subject {
+            Subject::Known(subject, key) => (subject.clone(), key.clone()),
             Subject::ByEmail(email_key) => self
                 .vault()
                 .subject_key_sqlite(conn, email_key.as_deref())
                 .map_err(Refused::Failed)?,
         };
-        let tenant_id = row.tenant_id.clone();
-        let args = self.insert_args(binding, name, &subject_id, &key, row, &message);
+        let binding = &insert.binding;
+        let args = self.insert_args(&insert, &subject_id, &key);
         conn.prepare_cached(&binding.insert_sql())
-            .and_then(|mut insert| insert.execute(rusqlite::params_from_iter(&args)))
-            .map_err(|err| Refused::Failed(binding.sqlite_write_error(&tenant_id, err)))?;
-        if let Some(idem) = idem
-            && !self.remember_sqlite(conn, idem, name).map_err(failed)?
+            .and_then(|mut statement| statement.execute(rusqlite::params_from_iter(&args)))
+            .map_err(|err| {
+                Refused::Failed(binding.sqlite_write_error(&insert.row.tenant_id, err))
+            })?;
+        if let Some(idem) = &insert.idem
+            && !self
+                .remember_sqlite(conn, idem, &insert.name)
+                .map_err(failed)?
         {
             return Err(Refused::Replayed);
         }
-        event.subject_ref.clone_from(&subject_id);
+        let event = insert.event_of(&subject_id);
         self.privacy()
             .audit
             .stage_sqlite(conn, &[event])
             .map_err(failed)?;
-        Ok((subject_id, message))
+        Ok((subject_id, insert.message))
     }
 
     /// A new record's values in [`Binding::insert_sql`]'s order, its
-    /// personal fields sealed under `key`.
-    fn insert_args(
-        &self,
-        binding: &Binding,
-        name: &str,
-        subject_id: &str,
-        key: &DataKey,
-        row: NewRow,
-        message: &DynamicMessage,
-    ) -> Vec<Arg> {
+    /// personal fields sealed under its subject's `key`.
+    fn insert_args(&self, insert: &Insert, subject_id: &str, key: &DataKey) -> Vec<Arg> {
+        let (binding, name, row) = (&insert.binding, &insert.name, insert.row.clone());
+        let message = &insert.message;
         let (sealed, attrs) = self.documents(binding, name, message, Some(key));
         let text = |value: Option<String>| value.map_or(Arg::NullText, Arg::Text);
         let mut args = vec![
@@ -1801,23 +1810,20 @@ where
             now,
             columns: store.column_args(&self.binding, &message),
         };
+        let insert = Insert {
+            binding: self.binding.clone(),
+            name: name.clone(),
+            subject,
+            row,
+            message,
+            idem: new.idempotency.clone(),
+            event,
+        };
         let written = match store.db().sqlite_writer() {
             Some(writer) => {
-                let (writing, binding, name) = (store.clone(), self.binding.clone(), name.clone());
-                let idempotency = new.idempotency.clone();
+                let writing = store.clone();
                 let written = writer
-                    .write(move |conn| {
-                        writing.insert_sqlite(
-                            conn,
-                            &binding,
-                            &name,
-                            subject,
-                            row,
-                            message,
-                            idempotency.as_ref(),
-                            event,
-                        )
-                    })
+                    .write(move |conn| writing.insert_sqlite(conn, insert))
                     .await?;
                 if written.is_ok() {
                     store.privacy().audit.wake();
@@ -1826,26 +1832,14 @@ where
             }
             None if store.db().backend() == Backend::Postgres => {
                 let (reply, answer) = tokio::sync::oneshot::channel();
-                store.insert_grouped(pg::Create {
-                    binding: self.binding.clone(),
-                    name: name.clone(),
-                    subject,
-                    row,
-                    message,
-                    idem: new.idempotency.clone(),
-                    event,
-                    reply,
-                })?;
+                store.insert_grouped(pg::Create { insert, reply })?;
                 answer
                     .await
                     .map_err(|_| ApiError::Unavailable("the create was not written".into()))?
             }
             None => {
                 let tx = store.db().pool().begin().await.map_err(ApiError::from)?;
-                let idem = new.idempotency.as_ref();
-                store
-                    .insert_tx(tx, &self.binding, &name, subject, row, message, idem, event)
-                    .await
+                store.insert_tx(tx, insert).await
             }
         };
         let (subject_id, message) = match written {

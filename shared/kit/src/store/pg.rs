@@ -18,7 +18,7 @@ use prost_reflect::DynamicMessage;
 use sqlx::{AssertSqlSafe, Connection as _, postgres::PgConnectOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Arg, Binding, Idempotency, NewRow, REMEMBER, Refused, StoreInner, Subject, bind};
+use super::{Arg, Binding, Insert, REMEMBER, Refused, StoreInner, Subject, bind};
 use crate::store::Store;
 
 /// Creates taken into one group at most (a statement's arguments grow
@@ -27,13 +27,7 @@ const GROUP: usize = 64;
 
 /// One create waiting for its group.
 pub(super) struct Create {
-    pub binding: Arc<Binding>,
-    pub name: String,
-    pub subject: Subject,
-    pub row: NewRow,
-    pub message: DynamicMessage,
-    pub idem: Option<Idempotency>,
-    pub event: Event,
+    pub insert: Insert,
     pub reply: oneshot::Sender<Result<(String, DynamicMessage), Refused>>,
 }
 
@@ -81,7 +75,7 @@ async fn serve(
         if let Some(subjects) = grouped {
             store.privacy().audit.wake();
             for (create, subject) in group.drain(..).zip(subjects) {
-                let _ = create.reply.send(Ok((subject, create.message)));
+                let _ = create.reply.send(Ok((subject, create.insert.message)));
             }
             continue;
         }
@@ -89,20 +83,7 @@ async fn serve(
         let mut broken = false;
         for create in group.drain(..) {
             let outcome = match conn.begin().await {
-                Ok(tx) => {
-                    store
-                        .insert_tx(
-                            tx,
-                            &create.binding,
-                            &create.name,
-                            create.subject,
-                            create.row,
-                            create.message,
-                            create.idem.as_ref(),
-                            create.event,
-                        )
-                        .await
-                }
+                Ok(tx) => store.insert_tx(tx, create.insert).await,
                 Err(err) => {
                     broken = true;
                     Err(Refused::Failed(err.into()))
@@ -142,12 +123,12 @@ impl Store {
         let wanted: Vec<usize> = group
             .iter()
             .enumerate()
-            .filter(|(_, c)| matches!(c.subject, Subject::ByEmail(_)))
+            .filter(|(_, c)| matches!(c.insert.subject, Subject::ByEmail(_)))
             .map(|(i, _)| i)
             .collect();
         let emails: Vec<Option<&str>> = wanted
             .iter()
-            .map(|&i| match &group[i].subject {
+            .map(|&i| match &group[i].insert.subject {
                 Subject::ByEmail(email) => email.as_deref(),
                 Subject::Known(..) => None,
             })
@@ -159,7 +140,7 @@ impl Store {
             .into_iter();
         let mut keys = Vec::with_capacity(group.len());
         for create in group {
-            keys.push(match &create.subject {
+            keys.push(match &create.insert.subject {
                 Subject::Known(subject, key) => (subject.clone(), key.clone()),
                 Subject::ByEmail(_) => made
                     .next()
@@ -169,20 +150,13 @@ impl Store {
         // Each table's records in one statement.
         let mut tables: Vec<(&Binding, Vec<Vec<Arg>>)> = Vec::new();
         for (create, (subject_id, key)) in group.iter().zip(&keys) {
-            let args = self.insert_args(
-                &create.binding,
-                &create.name,
-                subject_id,
-                key,
-                create.row.clone(),
-                &create.message,
-            );
+            let args = self.insert_args(&create.insert, subject_id, key);
             match tables
                 .iter_mut()
-                .find(|(b, _)| std::ptr::eq(*b, &*create.binding))
+                .find(|(b, _)| std::ptr::eq(*b, &*create.insert.binding))
             {
                 Some((_, rows)) => rows.push(args),
-                None => tables.push((&create.binding, vec![args])),
+                None => tables.push((&create.insert.binding, vec![args])),
             }
         }
         for (binding, rows) in tables {
@@ -194,7 +168,7 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         for create in group {
-            if let Some(idem) = &create.idem {
+            if let Some(idem) = &create.insert.idem {
                 // A retry racing its first call: the group falls back, and
                 // the retry alone is answered as a replay.
                 let remembered: Option<String> = sqlx::query_scalar(REMEMBER)
@@ -202,7 +176,7 @@ impl Store {
                     .bind(&idem.scope)
                     .bind(&idem.request_id)
                     .bind(&idem.request_hash)
-                    .bind(&create.name)
+                    .bind(&create.insert.name)
                     .bind(self.now())
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -214,10 +188,7 @@ impl Store {
         let events: Vec<Event> = group
             .iter()
             .zip(&keys)
-            .map(|(create, (subject_id, _))| Event {
-                subject_ref: subject_id.clone(),
-                ..create.event.clone()
-            })
+            .map(|(create, (subject_id, _))| create.insert.event_of(subject_id))
             .collect();
         self.privacy().audit.stage_in_tx(&mut tx, &events).await?;
         tx.commit().await?;
