@@ -1138,9 +1138,11 @@ impl Store {
                 .bind(&idem.request_hash)
                 .bind(CLAIMED)
                 .bind(now)
-                .execute(self.inner.db.pool())
+                // By the row it returns: with `RETURNING`, sqlx's SQLite
+                // driver counts no rows affected even when it inserted.
+                .fetch_optional(self.inner.db.pool())
                 .await?;
-            if done.rows_affected() == 1 {
+            if done.is_some() {
                 return Ok(Claim::Ours(now));
             }
             let row = sqlx::query(

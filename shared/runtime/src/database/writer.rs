@@ -219,7 +219,8 @@ mod tests {
         setup
             .execute_batch(
                 "PRAGMA journal_mode = WAL; \
-                 CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE);",
+                 CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE); \
+                 INSERT INTO t (k, v) VALUES (-1, 'taken');",
             )
             .unwrap();
         let writer = Arc::new(SqliteWriter::start(path.clone(), false).unwrap());
@@ -229,12 +230,17 @@ mod tests {
             writes.push(tokio::spawn(async move {
                 writer
                     .write(move |conn| {
-                        // Every tenth write takes a value another already
-                        // has; a second statement after it must go too.
-                        let v = if k % 10 == 9 { k - 1 } else { k };
+                        // Every tenth write takes a value that is already
+                        // taken, whatever order the writes arrive in; the
+                        // statement before it must go too.
+                        let v = if k % 10 == 9 {
+                            "taken".to_owned()
+                        } else {
+                            format!("v{k}")
+                        };
                         conn.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", (k + 1000, k))?;
                         assert!(k != 77, "a write that panics");
-                        conn.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", (k, format!("v{v}")))
+                        conn.execute("INSERT INTO t (k, v) VALUES (?1, ?2)", (k, v))
                     })
                     .await
             }));
@@ -257,7 +263,7 @@ mod tests {
         }
         assert_eq!(kept.len(), 200 - 20 - 1);
         let mut stored: Vec<i64> = setup
-            .prepare("SELECT k FROM t WHERE k < 1000 ORDER BY k")
+            .prepare("SELECT k FROM t WHERE k BETWEEN 0 AND 999 ORDER BY k")
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()
