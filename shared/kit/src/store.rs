@@ -1128,8 +1128,12 @@ impl Store {
     /// so a retry waits for the first call or replays its answer. A claim
     /// older than `lease` was left by a call that never finished (its
     /// process stopped) and is taken over.
-    pub(crate) async fn claim(&self, idem: &Idempotency, lease: i64) -> Result<Claim, ApiError> {
-        let now = self.now();
+    pub(crate) async fn claim(
+        &self,
+        idem: &Idempotency,
+        now: i64,
+        lease: i64,
+    ) -> Result<Claim, ApiError> {
         for _ in 0..3 {
             let done = sqlx::query(REMEMBER)
                 .bind(self.inner.service)
@@ -1138,8 +1142,6 @@ impl Store {
                 .bind(&idem.request_hash)
                 .bind(CLAIMED)
                 .bind(now)
-                // By the row it returns: with `RETURNING`, sqlx's SQLite
-                // driver counts no rows affected even when it inserted.
                 .fetch_optional(self.inner.db.pool())
                 .await?;
             if done.is_some() {

@@ -541,8 +541,24 @@ where
     let Some(key) = key else {
         return work.await;
     };
-    let claimed = match store.claim(&key, CLAIM_LEASE_MICROS).await? {
-        Claim::Ours(at) => at,
+    // A caller that goes away (its process killed) drops this future at
+    // whichever await it is in: armed from before the claim is asked for
+    // until the answer is stored, the guard then gives the claim back at
+    // once, not after the lease. Releasing deletes only a claim made at
+    // `claimed` and never answered, so an early or late release is
+    // harmless.
+    let claimed = store.now();
+    let mut guard = ClaimGuard {
+        store: store.clone(),
+        key: Some(key.clone()),
+        claimed,
+    };
+    let outcome = store.claim(&key, claimed, CLAIM_LEASE_MICROS).await?;
+    if !matches!(outcome, Claim::Ours(_)) {
+        guard.key = None;
+    }
+    match outcome {
+        Claim::Ours(_) => {}
         Claim::Answered(answer) => {
             let bytes = STANDARD.decode(answer).map_err(|_| {
                 ApiError::internal(std::io::Error::other("a stored answer is not base64"))
@@ -563,16 +579,8 @@ where
             .into());
         }
     };
-    // A caller that goes away (its process killed) drops this future:
-    // the claim is then given back at once, not held for the lease.
-    let mut guard = ClaimGuard {
-        store: store.clone(),
-        key: Some(key.clone()),
-        claimed,
-    };
     let worked = work.await;
-    guard.key = None;
-    match worked {
+    let answered = match worked {
         Ok(answer) => {
             let encoded = STANDARD.encode(answer.encode_to_vec());
             if let Err(err) = store.settle(&key, claimed, &encoded).await {
@@ -588,7 +596,9 @@ where
             }
             Err(status)
         }
-    }
+    };
+    guard.key = None;
+    answered
 }
 
 /// Gives a claim back when the work holding it is dropped unfinished.
