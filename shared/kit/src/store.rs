@@ -238,9 +238,10 @@ enum Violation {
 enum Subject {
     /// A child's: its parent's subject, whose key was read before.
     Known(String, DataKey),
-    /// The person the record's email names, made or found inside the
-    /// create's own transaction (the unique blind index decides).
-    ByEmail(Option<String>),
+    /// The person the record's email (its row's `email_key`) names, made
+    /// or found inside the create's own transaction (the unique blind
+    /// index decides); no email, a subject of its own.
+    ByEmail,
 }
 
 /// A new record's row, but for its subject and its documents, which are
@@ -1030,9 +1031,9 @@ impl Store {
         let failed = |err: ApiError| Refused::Failed(err);
         let (subject_id, key) = match &insert.subject {
             Subject::Known(subject, key) => (subject.clone(), key.clone()),
-            Subject::ByEmail(email_key) => self
+            Subject::ByEmail => self
                 .vault()
-                .subject_key(&mut tx, email_key.as_deref())
+                .subject_key(&mut tx, insert.row.email_key.as_deref())
                 .await
                 .map_err(failed)?,
         };
@@ -1071,9 +1072,9 @@ impl Store {
         let failed = |err: rusqlite::Error| Refused::Failed(ApiError::internal(err));
         let (subject_id, key) = match &insert.subject {
             Subject::Known(subject, key) => (subject.clone(), key.clone()),
-            Subject::ByEmail(email_key) => self
+            Subject::ByEmail => self
                 .vault()
-                .subject_key_sqlite(conn, email_key.as_deref())
+                .subject_key_sqlite(conn, insert.row.email_key.as_deref())
                 .map_err(Refused::Failed)?,
         };
         let binding = &insert.binding;
@@ -1797,7 +1798,7 @@ where
                 ))
                 .into());
             }
-            (None, _) => Subject::ByEmail(email_key.clone()),
+            (None, _) => Subject::ByEmail,
         };
         let present = fields::present_personal(&self.binding.spec, &message);
         let fields: Vec<&str> = present.iter().map(String::as_str).collect();

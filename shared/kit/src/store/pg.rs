@@ -18,7 +18,7 @@ use prost_reflect::DynamicMessage;
 use sqlx::{AssertSqlSafe, Connection as _, postgres::PgConnectOptions};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Arg, Binding, Insert, REMEMBER, Refused, StoreInner, Subject, bind};
+use super::{Arg, Binding, Idempotency, Insert, Refused, StoreInner, Subject, bind};
 use crate::store::Store;
 
 /// Creates taken into one group at most (a statement's arguments grow
@@ -120,18 +120,10 @@ impl Store {
         group: &[Create],
     ) -> Result<Vec<String>, ApiError> {
         let mut tx = conn.begin().await?;
-        let wanted: Vec<usize> = group
+        let emails: Vec<Option<&str>> = group
             .iter()
-            .enumerate()
-            .filter(|(_, c)| matches!(c.insert.subject, Subject::ByEmail(_)))
-            .map(|(i, _)| i)
-            .collect();
-        let emails: Vec<Option<&str>> = wanted
-            .iter()
-            .map(|&i| match &group[i].insert.subject {
-                Subject::ByEmail(email) => email.as_deref(),
-                Subject::Known(..) => None,
-            })
+            .filter(|c| matches!(c.insert.subject, Subject::ByEmail))
+            .map(|c| c.insert.row.email_key.as_deref())
             .collect();
         let mut made = self
             .vault()
@@ -142,7 +134,7 @@ impl Store {
         for create in group {
             keys.push(match &create.insert.subject {
                 Subject::Known(subject, key) => (subject.clone(), key.clone()),
-                Subject::ByEmail(_) => made
+                Subject::ByEmail => made
                     .next()
                     .ok_or_else(|| super::internal("a subject key went missing"))?,
             });
@@ -167,22 +159,45 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        for create in group {
-            if let Some(idem) = &create.insert.idem {
-                // A retry racing its first call: the group falls back, and
-                // the retry alone is answered as a replay.
-                let remembered: Option<String> = sqlx::query_scalar(REMEMBER)
-                    .bind(self.service())
-                    .bind(&idem.scope)
-                    .bind(&idem.request_id)
-                    .bind(&idem.request_hash)
-                    .bind(&create.insert.name)
-                    .bind(self.now())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if remembered.is_none() {
-                    return Err(super::internal("an idempotency key was taken"));
-                }
+        // Every idempotency key at once; one already taken (a retry racing
+        // its first call) makes the group fall back, and the retry alone is
+        // answered as a replay.
+        let keyed: Vec<(&Idempotency, &str)> = group
+            .iter()
+            .filter_map(|c| c.insert.idem.as_ref().map(|i| (i, c.insert.name.as_str())))
+            .collect();
+        if !keyed.is_empty() {
+            let remembered: Vec<String> = sqlx::query_scalar(
+                "INSERT INTO kit_idempotency (service, scope, request_id, request_hash, \
+                 resource, create_time) SELECT $1, k.*, $6 FROM UNNEST($2::TEXT[], $3::TEXT[], \
+                 $4::TEXT[], $5::TEXT[]) AS k \
+                 ON CONFLICT (service, scope, request_id) DO NOTHING RETURNING request_id",
+            )
+            .bind(self.service())
+            .bind(
+                keyed
+                    .iter()
+                    .map(|(i, _)| i.scope.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                keyed
+                    .iter()
+                    .map(|(i, _)| i.request_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                keyed
+                    .iter()
+                    .map(|(i, _)| i.request_hash.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(keyed.iter().map(|(_, name)| *name).collect::<Vec<_>>())
+            .bind(self.now())
+            .fetch_all(&mut *tx)
+            .await?;
+            if remembered.len() != keyed.len() {
+                return Err(super::internal("an idempotency key was taken"));
             }
         }
         let events: Vec<Event> = group
