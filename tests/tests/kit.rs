@@ -300,6 +300,33 @@ fn every_purpose_sees_exactly_what_every_resource_declares_for_it() {
                 "{} for {purpose:?}",
                 spec.full_name()
             );
+            // The read path's cut of the stored parts, on the wire, is the
+            // same record without its meta fields (the store encodes those
+            // after it), naming the same units.
+            let (personal_part, plain_part) = fields::split(spec, &full);
+            let mut encoded = fields::EncodedCut::new(spec, purpose.to_proto(), 0);
+            encoded.add(&plain_part.encode_to_vec()).unwrap();
+            encoded.add(&personal_part.encode_to_vec()).unwrap();
+            let mut content = cut.message.clone();
+            for meta in custodian_kit::declare::META_FIELDS {
+                content.clear_field_by_name(meta);
+            }
+            assert_eq!(
+                DynamicMessage::decode(spec.desc.clone(), encoded.encoded.as_slice()).unwrap(),
+                content,
+                "{} for {purpose:?}: the wire cut shows other than the cut",
+                spec.full_name()
+            );
+            assert_eq!(encoded.units(), (shown.clone(), withheld.clone()));
+            // Whole, meta fields and all, the wire cut is the cut.
+            let mut whole = fields::EncodedCut::new(spec, purpose.to_proto(), 0);
+            whole.add(&full.encode_to_vec()).unwrap();
+            assert_eq!(
+                DynamicMessage::decode(spec.desc.clone(), whole.encoded.as_slice()).unwrap(),
+                cut.message,
+                "{} for {purpose:?}",
+                spec.full_name()
+            );
             // Shown and withheld together are every personal unit, once.
             let mut all: Vec<&str> = shown.iter().chain(&withheld).map(String::as_str).collect();
             all.sort();
@@ -331,6 +358,12 @@ fn an_undeclared_field_is_never_shown() {
     for purpose in Purpose::ALL {
         let cut = fields::cut(spec, &full, purpose.to_proto());
         assert_eq!(cut.message.unknown_fields().count(), 0, "{purpose:?}");
+        // Nor on the read path's cut, which copies bytes as they are.
+        let mut encoded = fields::EncodedCut::new(spec, purpose.to_proto(), 0);
+        encoded.add(&bytes).unwrap();
+        let read = DynamicMessage::decode(spec.desc.clone(), encoded.encoded.as_slice()).unwrap();
+        assert_eq!(read.unknown_fields().count(), 0, "{purpose:?}");
+        assert_eq!(read, cut.message, "{purpose:?}");
     }
 }
 

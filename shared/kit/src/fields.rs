@@ -117,6 +117,174 @@ pub fn cut(spec: &ResourceSpec, msg: &DynamicMessage, purpose: Purpose) -> Cut {
     }
 }
 
+/// [`cut`], on a record's encoding: the fields of each part added that
+/// `purpose` may see, copied as they are on the wire, and the units met
+/// there. Nothing is decoded into a message: a unit's bytes are copied
+/// whole, a group is cut again inside, and what no unit declares (a meta
+/// field, an unknown field) is dropped, as [`cut`] drops it. The read path
+/// decodes the result straight into the generated type; `cut` on a decoded
+/// record stays the definition (a test holds the two together).
+pub struct EncodedCut<'a> {
+    spec: &'a ResourceSpec,
+    purpose: Purpose,
+    /// Indexed as `spec.units`: met in a part, shown or not.
+    present: Vec<bool>,
+    pub encoded: Vec<u8>,
+}
+
+impl<'a> EncodedCut<'a> {
+    pub fn new(spec: &'a ResourceSpec, purpose: Purpose, capacity: usize) -> Self {
+        Self {
+            spec,
+            purpose,
+            present: vec![false; spec.units.len()],
+            encoded: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Cuts one encoded part of the record (its parts hold different
+    /// fields, so their cuts joined are the record's).
+    pub fn add(&mut self, part: &[u8]) -> Result<(), Malformed> {
+        let units: Vec<usize> = (0..self.spec.units.len()).collect();
+        cut_level(
+            self.spec,
+            &units,
+            0,
+            part,
+            self.purpose,
+            &mut self.present,
+            &mut self.encoded,
+        )
+    }
+
+    /// The personal units shown and the units withheld, as [`Cut`] names
+    /// them.
+    pub fn units(&self) -> (Vec<String>, Vec<String>) {
+        let (mut shown, mut withheld) = (Vec::new(), Vec::new());
+        for (unit, _) in self
+            .spec
+            .units
+            .iter()
+            .zip(&self.present)
+            .filter(|(_, p)| **p)
+        {
+            if !unit.visible_to(self.purpose) {
+                withheld.push(unit.dotted.clone());
+            } else if unit.personal() {
+                shown.push(unit.dotted.clone());
+            }
+        }
+        (shown, withheld)
+    }
+}
+
+/// A stored part that is not a well-formed protobuf encoding.
+#[derive(Debug)]
+pub struct Malformed;
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a stored record is not a well-formed encoding")
+    }
+}
+
+impl std::error::Error for Malformed {}
+
+impl From<prost::DecodeError> for Malformed {
+    fn from(_: prost::DecodeError) -> Self {
+        Malformed
+    }
+}
+
+/// One message level of an [`EncodedCut`]: `units` are those whose path
+/// passes through this message, `depth` the index of its fields in them.
+fn cut_level(
+    spec: &ResourceSpec,
+    units: &[usize],
+    depth: usize,
+    mut encoded: &[u8],
+    purpose: Purpose,
+    present: &mut [bool],
+    out: &mut Vec<u8>,
+) -> Result<(), Malformed> {
+    use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
+    while !encoded.is_empty() {
+        let record = encoded;
+        let (number, wire_type) = decode_key(&mut encoded)?;
+        let payload = match wire_type {
+            WireType::Varint => {
+                decode_varint(&mut encoded)?;
+                None
+            }
+            WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
+                let width = if wire_type == WireType::SixtyFourBit {
+                    8
+                } else {
+                    4
+                };
+                if encoded.len() < width {
+                    return Err(Malformed);
+                }
+                encoded = &encoded[width..];
+                None
+            }
+            WireType::LengthDelimited => {
+                let len = usize::try_from(decode_varint(&mut encoded)?).map_err(|_| Malformed)?;
+                if encoded.len() < len {
+                    return Err(Malformed);
+                }
+                let (payload, rest) = encoded.split_at(len);
+                encoded = rest;
+                Some(payload)
+            }
+            // proto3 has no groups; a stored record never holds one.
+            WireType::StartGroup | WireType::EndGroup => {
+                return Err(Malformed);
+            }
+        };
+        let whole = &record[..record.len() - encoded.len()];
+        let on_path = |&&u: &&usize| {
+            spec.units[u]
+                .path
+                .get(depth)
+                .is_some_and(|f| f.number() == number)
+        };
+        // Units never overlap (a group is not a unit), so the field is
+        // either one unit or a group of them.
+        if let Some(&unit) = units
+            .iter()
+            .find(|u| on_path(u) && spec.units[**u].path.len() == depth + 1)
+        {
+            present[unit] = true;
+            if spec.units[unit].visible_to(purpose) {
+                out.extend_from_slice(whole);
+            }
+            continue;
+        }
+        let inner: Vec<usize> = units.iter().filter(on_path).copied().collect();
+        let Some(payload) = payload.filter(|_| !inner.is_empty()) else {
+            continue;
+        };
+        let mut kept = Vec::new();
+        cut_level(
+            spec,
+            &inner,
+            depth + 1,
+            payload,
+            purpose,
+            present,
+            &mut kept,
+        )?;
+        // As `cut` makes a group only to hold a unit it shows.
+        if !kept.is_empty() {
+            encode_key(number, WireType::LengthDelimited, out);
+            encode_varint(kept.len() as u64, out);
+            out.extend_from_slice(&kept);
+        }
+    }
+    Ok(())
+}
+
 /// The personal units that hold a value.
 pub fn present_personal(spec: &ResourceSpec, msg: &DynamicMessage) -> Vec<String> {
     spec.personal_units()
