@@ -2,9 +2,11 @@
 //! write path of every service (each read's event waits on its commit), so
 //! it does not go through sqlx's `Any` driver:
 //!
-//! - SQLite: rusqlite on the blocking pool, one hand-off per pass. sqlx's
-//!   SQLite driver hands every statement to the connection's thread, and a
-//!   pass is a dozen statements; here they run in place, prepared once.
+//! - SQLite: rusqlite, in place on the sealer's own thread (see
+//!   `AuditLog::start`: nothing else runs there, so a pass blocks no one).
+//!   sqlx's SQLite driver hands every statement to the connection's
+//!   thread, and a pass is a dozen statements; here they run in place,
+//!   prepared once, with no hand-off at all.
 //! - PostgreSQL: sqlx's native driver, with every event of a pass inserted
 //!   by one `UNNEST` statement, and every statement checked by `query!`
 //!   against the schema (offline data in `.sqlx/`).
@@ -13,10 +15,7 @@
 //! events (exactly those committed when the statement looks), chain them and
 //! the reads after the head, move the head, commit.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex},
-};
+use std::path::PathBuf;
 
 use custodian_runtime::{ApiError, Backend, Database};
 use sqlx::{Connection as _, postgres::PgConnectOptions};
@@ -33,7 +32,7 @@ pub(crate) enum Sealer {
     Sqlite {
         path: PathBuf,
         checkpointed: bool,
-        connection: Arc<Mutex<Option<rusqlite::Connection>>>,
+        connection: Option<rusqlite::Connection>,
     },
     Postgres {
         options: Box<PgConnectOptions>,
@@ -54,7 +53,7 @@ impl Sealer {
                     .ok_or_else(|| anyhow::anyhow!("the audit trail needs a SQLite file"))?
                     .to_path_buf(),
                 checkpointed: db.checkpointed(),
-                connection: Arc::new(Mutex::new(None)),
+                connection: None,
             },
             Backend::Postgres => Self::Postgres {
                 options: Box::new(db.url().parse()?),
@@ -82,25 +81,15 @@ impl Sealer {
                 checkpointed,
                 connection,
             } => {
-                let (path, checkpointed, connection) =
-                    (path.clone(), *checkpointed, connection.clone());
-                let reads = reads.to_vec();
-                tokio::task::spawn_blocking(move || {
-                    let mut guard = connection.lock().map_err(|_| {
-                        ApiError::internal(std::io::Error::other("sealer poisoned"))
-                    })?;
-                    let conn = match guard.as_mut() {
-                        Some(conn) => conn,
-                        None => guard.insert(open_sqlite(&path, checkpointed)?),
-                    };
-                    let outcome = seal_sqlite(conn, service, reads, batch, now);
-                    if outcome.is_err() {
-                        *guard = None;
-                    }
-                    outcome.map_err(ApiError::internal)
-                })
-                .await
-                .map_err(ApiError::internal)?
+                let conn = match connection {
+                    Some(conn) => conn,
+                    None => connection.insert(open_sqlite(path, *checkpointed)?),
+                };
+                let outcome = seal_sqlite(conn, service, reads, batch, now);
+                if outcome.is_err() {
+                    *connection = None;
+                }
+                outcome.map_err(ApiError::internal)
             }
             Self::Postgres {
                 options,
@@ -158,7 +147,7 @@ fn open_sqlite(
 fn seal_sqlite(
     conn: &mut rusqlite::Connection,
     service: &'static str,
-    reads: Vec<Event>,
+    reads: &[Event],
     batch: i64,
     now: i64,
 ) -> rusqlite::Result<i64> {
@@ -211,7 +200,7 @@ fn seal_sqlite(
     }
     let sealed = staged.len() as i64;
     let mut events = in_order(staged);
-    events.extend(reads);
+    events.extend(reads.iter().cloned());
     let Linked {
         rows,
         head_seq,
