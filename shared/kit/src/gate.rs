@@ -15,7 +15,7 @@ use custodian_privacy::{
     Privacy, Purpose, TokenAuthenticator,
     access::{self, Method, Refusal},
 };
-use custodian_proto::privacy::v1::Scope;
+use custodian_proto::{audit::v1::AuditAction, privacy::v1::Scope};
 use custodian_runtime::{ApiError, Gate, Verdict, error::Violations};
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
@@ -178,6 +178,13 @@ impl Gate for KitGate {
                 "{} acts for the whole company; a caller limited to a tenant cannot use it",
                 entry.method.path
             )));
+        }
+        // A read under way until its request is dropped, answered: a busy
+        // sealer lets a pass wait for the reads in flight.
+        if entry.method.action == AuditAction::Read
+            && let Some(privacy) = entry.trail.pick(headers)
+        {
+            extensions.insert(Arc::new(privacy.audit.reading()));
         }
         extensions.insert(access);
         Verdict::Admit
