@@ -241,8 +241,9 @@ const SEAL_BATCH: i64 = 2048;
 /// costs the same few page writes at its commit whether it seals one event
 /// or a hundred: passing again the moment the last one ended, under h2load,
 /// sealed 5 events a pass, 2,700 passes a second, and the sealer's thread
-/// took a third of the machine. A read with no other under way, or after
-/// the sealer was idle this long, is sealed at once.
+/// took a third of the machine. A read with few others under way (see
+/// `BUSY_READS`), or after the sealer was idle this long, is sealed at
+/// once.
 const PASS_SPACING: std::time::Duration = std::time::Duration::from_millis(1);
 /// Reads under way, beyond those a pass holds, from which the pass waits
 /// for them. Below it, waiting costs the callers more than the commits
@@ -266,7 +267,7 @@ pub struct AuditLog {
     /// for reads alone leaves the staged table alone (on PostgreSQL, its
     /// dead rows cost every look until vacuum).
     staged: Arc<AtomicBool>,
-    /// Reads under way whose events are not yet queued.
+    /// Read requests under way: admitted, not yet answered.
     reading: Arc<AtomicUsize>,
 }
 
