@@ -120,8 +120,9 @@ pub fn cut(spec: &ResourceSpec, msg: &DynamicMessage, purpose: Purpose) -> Cut {
 /// [`cut`], on a record's encoding: the fields of each part added that
 /// `purpose` may see, copied as they are on the wire, and the units met
 /// there. Nothing is decoded into a message: a unit's bytes are copied
-/// whole, a group is cut again inside, and what no unit declares (a meta
-/// field, an unknown field) is dropped, as [`cut`] drops it. The read path
+/// whole, a group is cut again inside, and what no unit declares (an
+/// unknown field) is dropped, as [`cut`] drops it. The stored parts hold no
+/// meta fields: the store encodes those after them. The read path
 /// decodes the result straight into the generated type; `cut` on a decoded
 /// record stays the definition (a test holds the two together).
 pub struct EncodedCut<'a> {

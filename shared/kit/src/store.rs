@@ -481,6 +481,67 @@ fn name_of(message: &DynamicMessage) -> String {
         .unwrap_or_default()
 }
 
+/// A meta field's value: what the store, not the caller, says of a record.
+enum Meta {
+    Text(String),
+    Enum(i32),
+    Controller(ControllerMsg),
+    Time(prost_types::Timestamp),
+}
+
+impl Meta {
+    /// As the field's value on the wire; an enum at its default is absent,
+    /// as a message holding it encodes it. Text is written even when empty,
+    /// so that it replaces whatever an earlier part of the encoding held.
+    fn encode(&self, number: u32, out: &mut Vec<u8>) {
+        use prost::encoding::{int32, message, string};
+        match self {
+            Self::Text(text) => string::encode(number, text, out),
+            Self::Enum(0) => {}
+            Self::Enum(value) => int32::encode(number, value, out),
+            Self::Controller(controller) => message::encode(number, controller, out),
+            Self::Time(time) => message::encode(number, time, out),
+        }
+    }
+}
+
+/// A record's meta fields and their values, those its message has: the
+/// one list both `Store::set_meta` and `Store::open_cut` give a record.
+fn meta(
+    binding: &Binding,
+    name: &str,
+    tenant_id: &str,
+    create_time: i64,
+    update_time: i64,
+) -> Vec<(prost_reflect::FieldDescriptor, Meta)> {
+    let desc = &binding.spec.desc;
+    let time = |micros| Meta::Time(custodian_runtime::time::to_timestamp(micros));
+    let mut meta: Vec<_> = [
+        ("name", Meta::Text(name.to_owned())),
+        ("data_category", Meta::Enum(binding.spec.category() as i32)),
+        (
+            "controller",
+            Meta::Controller(binding.controller(tenant_id)),
+        ),
+        ("create_time", time(create_time)),
+        ("update_time", time(update_time)),
+    ]
+    .into_iter()
+    .filter_map(|(field, value)| Some((desc.get_field_by_name(field)?, value)))
+    .collect();
+    if let Some(tenant_field) = &binding.spec.tenant_field {
+        // Even when empty: a record of the company has none, whatever was
+        // stored.
+        let value = if tenant_id.is_empty() {
+            String::new()
+        } else {
+            format!("tenants/{tenant_id}")
+        };
+        meta.push((tenant_field.clone(), Meta::Text(value)));
+    }
+    meta
+}
+
 fn internal(what: &'static str) -> ApiError {
     ApiError::internal(std::io::Error::other(what))
 }
@@ -681,47 +742,23 @@ impl Store {
             cut.add(&plain).map_err(ApiError::internal)?;
         }
         // The meta fields last: on the wire the last value of a field is
-        // its value, as `set_meta` overwrites whatever was stored.
-        use prost::encoding::{int32, message, string};
-        for unit in spec.units.iter().filter(|u| u.path.len() == 1) {
-            let field = &unit.path[0];
-            if !unit.visible_to(purpose) {
-                continue;
-            }
-            let number = field.number();
-            let encoded = &mut cut.encoded;
-            match field.name() {
-                "name" => string::encode(number, &name, encoded),
-                "data_category" => {
-                    let category = spec.category() as i32;
-                    if category != 0 {
-                        int32::encode(number, &category, encoded);
-                    }
-                }
-                "controller" => {
-                    message::encode(number, &binding.controller(&raw.tenant_id), encoded)
-                }
-                "create_time" => message::encode(
-                    number,
-                    &custodian_runtime::time::to_timestamp(raw.create_time),
-                    encoded,
-                ),
-                "update_time" => message::encode(
-                    number,
-                    &custodian_runtime::time::to_timestamp(raw.update_time),
-                    encoded,
-                ),
-                _ if spec.tenant_field.as_ref() == Some(field) => {
-                    // Even when empty: a record of the company has none,
-                    // whatever was stored.
-                    let tenant = if raw.tenant_id.is_empty() {
-                        String::new()
-                    } else {
-                        format!("tenants/{}", raw.tenant_id)
-                    };
-                    string::encode(number, &tenant, encoded);
-                }
-                _ => {}
+        // its value, as `set_meta` overwrites whatever was stored. Each
+        // only where the resource declares it a unit the purpose may see,
+        // as `fields::cut` would keep it.
+        let meta = meta(
+            binding,
+            &name,
+            &raw.tenant_id,
+            raw.create_time,
+            raw.update_time,
+        );
+        for (field, value) in meta {
+            let shown = spec
+                .units
+                .iter()
+                .any(|u| u.path.len() == 1 && u.path[0] == field && u.visible_to(purpose));
+            if shown {
+                value.encode(field.number(), &mut cut.encoded);
             }
         }
         let (shown, withheld) = cut.units();
@@ -743,38 +780,14 @@ impl Store {
         create_time: i64,
         update_time: i64,
     ) {
-        let set = |m: &mut DynamicMessage, field: &str, value: Value| {
-            if let Some(f) = m.descriptor().get_field_by_name(field) {
-                m.set_field(&f, value);
-            }
-        };
-        set(message, "name", Value::String(name.to_owned()));
-        set(
-            message,
-            "data_category",
-            Value::EnumNumber(binding.spec.category() as i32),
-        );
-        set(
-            message,
-            "controller",
-            Value::Message(binding.controller(tenant_id).transcode_to_dynamic()),
-        );
-        for (field, micros) in [("create_time", create_time), ("update_time", update_time)] {
-            set(
-                message,
-                field,
-                Value::Message(
-                    custodian_runtime::time::to_timestamp(micros).transcode_to_dynamic(),
-                ),
-            );
-        }
-        if let Some(tenant_field) = &binding.spec.tenant_field {
-            let value = if tenant_id.is_empty() {
-                String::new()
-            } else {
-                format!("tenants/{tenant_id}")
+        for (field, value) in meta(binding, name, tenant_id, create_time, update_time) {
+            let value = match value {
+                Meta::Text(text) => Value::String(text),
+                Meta::Enum(number) => Value::EnumNumber(number),
+                Meta::Controller(controller) => Value::Message(controller.transcode_to_dynamic()),
+                Meta::Time(time) => Value::Message(time.transcode_to_dynamic()),
             };
-            message.set_field(tenant_field, Value::String(value));
+            message.set_field(&field, value);
         }
     }
 
@@ -1420,7 +1433,6 @@ impl Store {
     }
 }
 
-/// A record's columns as stored, before it is opened.
 /// A record cut down to a purpose, still encoded (see `Store::open_cut`).
 struct Opened {
     name: String,
@@ -1430,6 +1442,7 @@ struct Opened {
     withheld: Vec<String>,
 }
 
+/// A record's columns as stored, before it is opened.
 struct Raw {
     id: String,
     tenant_id: String,
