@@ -269,6 +269,11 @@ pub struct AuditLog {
     staged: Arc<AtomicBool>,
     /// Read requests under way: admitted, not yet answered.
     reading: Arc<AtomicUsize>,
+    /// Read events sent to the sealer and not yet answered.
+    brought: Arc<AtomicUsize>,
+    /// Tells a pass waiting for the reads under way that they have brought
+    /// their events (see [`AuditLog::record`]).
+    go: Arc<Notify>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -291,6 +296,8 @@ impl AuditLog {
             wake: Arc::new(Notify::new()),
             staged: Arc::new(AtomicBool::new(false)),
             reading: Arc::new(AtomicUsize::new(0)),
+            brought: Arc::new(AtomicUsize::new(0)),
+            go: Arc::new(Notify::new()),
         }
     }
 
@@ -338,6 +345,8 @@ impl AuditLog {
                 wake: self.wake.clone(),
                 staged: self.staged.clone(),
                 reading: self.reading.clone(),
+                brought: self.brought.clone(),
+                go: self.go.clone(),
             };
             // A thread and a runtime of its own: under load a task on the
             // shared runtime waits its turn behind every request after each
@@ -366,6 +375,14 @@ struct Sealing {
     wake: Arc<Notify>,
     staged: Arc<AtomicBool>,
     reading: Arc<AtomicUsize>,
+    brought: Arc<AtomicUsize>,
+    go: Arc<Notify>,
+}
+
+/// True when the reads under way have brought their events, all but a few
+/// (see `BUSY_READS`): a pass that waits for them goes.
+fn all_brought(reading: &AtomicUsize, brought: &AtomicUsize) -> bool {
+    reading.load(Ordering::Acquire) < brought.load(Ordering::Acquire) + BUSY_READS
 }
 
 /// A read under way (see [`AuditLog::reading`]).
@@ -438,22 +455,24 @@ impl Sealing {
             // PASS_SPACING). With few callers it goes at once: there, a
             // pass that waits for every one of them only makes them take
             // turns.
+            // The wait listens for `go`, not for the queue: woken by every
+            // read that came, the sealer's thread took the CPU from the
+            // workers twenty times a pass; `record` wakes it once, when the
+            // last read it waits for has come.
             let spaced = last_pass + PASS_SPACING;
-            let in_hand = |jobs: &[Job]| {
-                jobs.iter()
-                    .filter(|j| matches!(j, Job::Read { .. }))
-                    .count()
-            };
             while jobs.len() < MAX_GROUP
-                && self.reading.load(Ordering::Acquire) >= in_hand(&jobs) + BUSY_READS
+                && !all_brought(&self.reading, &self.brought)
                 && tokio::time::Instant::now() < spaced
             {
                 tokio::select! {
-                    job = receiver.recv() => match job {
-                        Some(job) => jobs.push(job),
-                        None => break,
-                    },
-                    () = tokio::time::sleep_until(spaced) => break,
+                    () = self.go.notified() => {}
+                    () = tokio::time::sleep_until(spaced) => {}
+                }
+                while jobs.len() < MAX_GROUP {
+                    match receiver.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
                 }
             }
             last_pass = tokio::time::Instant::now();
@@ -474,6 +493,7 @@ impl Sealing {
             } else {
                 0
             };
+            let answered = reads.len();
             let staged = match sealer.seal(self.service, &events, batch, self.now()).await {
                 Ok(staged) => {
                     for (_, done) in reads {
@@ -499,6 +519,7 @@ impl Sealing {
                     staged
                 }
             };
+            self.brought.fetch_sub(answered, Ordering::AcqRel);
             match staged {
                 Ok(n) if n == SEAL_BATCH => more = true,
                 Ok(_) => {
@@ -531,13 +552,23 @@ impl AuditLog {
             event.time = self.now();
         }
         let (done, wait) = oneshot::channel();
-        self.queue
+        self.brought.fetch_add(1, Ordering::AcqRel);
+        let sent = self
+            .queue
             .send(Job::Read {
                 event: Box::new(event),
                 done,
             })
-            .await
-            .map_err(|_| ApiError::internal(std::io::Error::other("audit sealer stopped")))?;
+            .await;
+        if sent.is_err() {
+            self.brought.fetch_sub(1, Ordering::AcqRel);
+            return Err(ApiError::internal(std::io::Error::other(
+                "audit sealer stopped",
+            )));
+        }
+        if all_brought(&self.reading, &self.brought) {
+            self.go.notify_one();
+        }
         match wait.await {
             Ok(Ok(())) => Ok(()),
             _ => Err(ApiError::internal(std::io::Error::other(
