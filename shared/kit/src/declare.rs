@@ -143,6 +143,8 @@ pub struct MethodDecl {
 pub struct Declarations {
     pool: DescriptorPool,
     fields: HashMap<String, FieldPolicy>,
+    /// The pattern of each field that declares a `reference`, parsed once.
+    references: HashMap<String, Pattern>,
     resources: HashMap<String, Arc<ResourceSpec>>,
     methods: HashMap<String, MethodDecl>,
     problems: Vec<String>,
@@ -181,11 +183,23 @@ impl Declarations {
         let method_ext = pool.get_extension_by_name(METHOD_EXTENSION);
         let mut problems = Vec::new();
         let mut fields = HashMap::new();
+        let mut references = HashMap::new();
         for message in pool.all_messages() {
             for field in message.fields() {
                 if let Some(policy) = extension(&field.options(), field_ext.as_ref())
                     .and_then(|m| m.transcode_to::<FieldPolicy>().ok())
                 {
+                    if !policy.reference.is_empty() {
+                        match Pattern::parse(&policy.reference) {
+                            Ok(pattern) => {
+                                references.insert(field.full_name().to_owned(), pattern);
+                            }
+                            Err(e) => problems.push(format!(
+                                "field {} has a reference that {e}",
+                                field.full_name()
+                            )),
+                        }
+                    }
                     fields.insert(field.full_name().to_owned(), policy);
                 }
             }
@@ -216,6 +230,7 @@ impl Declarations {
         let mut declarations = Self {
             pool: pool.clone(),
             fields,
+            references,
             resources: HashMap::new(),
             methods,
             problems,
@@ -250,6 +265,11 @@ impl Declarations {
     /// The declaration of a field, if it has one.
     pub fn field(&self, field: &FieldDescriptor) -> Option<&FieldPolicy> {
         self.fields.get(field.full_name())
+    }
+
+    /// The resource pattern a field's `reference` declares, if any.
+    pub fn reference(&self, field: &FieldDescriptor) -> Option<&Pattern> {
+        self.references.get(field.full_name())
     }
 
     pub fn method(&self, path: &str) -> Option<&MethodDecl> {

@@ -612,7 +612,7 @@ fn value_hygiene(
                 return;
             }
             if !s.is_empty()
-                && let Err(rule) = form(decl, field, policy, format, s)
+                && let Err(rule) = form(decl, field, format, s)
             {
                 v.add(path, rule);
             }
@@ -638,39 +638,31 @@ fn value_hygiene(
 }
 
 /// The resource patterns a name field may match.
-fn name_patterns(
-    decl: &Declarations,
-    field: &FieldDescriptor,
-    policy: Option<&FieldPolicy>,
-) -> Vec<Pattern> {
-    if let Some(reference) = policy
-        .map(|p| p.reference.as_str())
-        .filter(|r| !r.is_empty())
-    {
-        return Pattern::parse(reference).into_iter().collect();
+fn name_patterns<'d>(decl: &'d Declarations, field: &FieldDescriptor) -> Vec<&'d Pattern> {
+    if let Some(reference) = decl.reference(field) {
+        return vec![reference];
     }
     // A resource's own name.
     if field.name() == "name"
         && let Some(spec) = decl.resource(field.parent_message().full_name())
     {
-        return vec![spec.pattern.clone()];
+        return vec![&spec.pattern];
     }
     // Any resource of the suite (a subject's id, a correction's record).
-    decl.resources().map(|r| r.pattern.clone()).collect()
+    decl.resources().map(|r| &r.pattern).collect()
 }
 
 /// The form a value of `format` must have; the error names the rule.
 fn form(
     decl: &Declarations,
     field: &FieldDescriptor,
-    policy: Option<&FieldPolicy>,
     format: Format,
     s: &str,
 ) -> Result<(), String> {
     let ok = |b: bool, rule: &str| if b { Ok(()) } else { Err(rule.to_owned()) };
     match format {
         Format::ResourceName => {
-            let patterns = name_patterns(decl, field, policy);
+            let patterns = name_patterns(decl, field);
             if patterns.iter().any(|p| p.parse_name(s).is_some()) {
                 Ok(())
             } else {

@@ -558,6 +558,9 @@ struct StoreInner {
     privacy: Privacy,
     clock: Arc<dyn Clock>,
     bindings: Vec<Arc<Binding>>,
+    /// Each table's point read, for the backend: written once, not on
+    /// every read.
+    point_reads: std::collections::HashMap<&'static str, String>,
     /// On PostgreSQL, the loop that groups creates, started by the first.
     pg_creates: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<pg::Create>>,
 }
@@ -570,6 +573,16 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// The read of one row of `binding`'s table by id: on PostgreSQL for
+/// [`custodian_runtime::database::PgPointReads`], which batches the ids.
+fn point_read(binding: &Binding, service: &str, backend: Backend) -> String {
+    let select = binding.select(service);
+    match backend {
+        Backend::Postgres => format!("{select} WHERE r.id = ANY($1)"),
+        Backend::Sqlite => format!("{select} WHERE r.id = $1"),
+    }
+}
+
 impl Store {
     pub fn new(
         db: Database,
@@ -577,13 +590,19 @@ impl Store {
         clock: Arc<dyn Clock>,
         bindings: Vec<Arc<Binding>>,
     ) -> Self {
+        let service = privacy.service();
+        let point_reads = bindings
+            .iter()
+            .map(|b| (b.table, point_read(b, service, db.backend())))
+            .collect();
         Self {
             inner: Arc::new(StoreInner {
-                service: privacy.service(),
+                service,
                 db,
                 privacy,
                 clock,
                 bindings,
+                point_reads,
                 pg_creates: std::sync::OnceLock::new(),
             }),
         }
@@ -887,22 +906,25 @@ impl Store {
 
     /// A record's row as stored, not yet opened.
     async fn fetch_raw(&self, binding: &Binding, id: &str) -> Result<Option<Raw>, ApiError> {
-        let select = binding.select(self.inner.service);
+        let written;
+        let sql = match self.inner.point_reads.get(binding.table) {
+            Some(sql) => sql.as_str(),
+            None => {
+                written = point_read(binding, self.inner.service, self.inner.db.backend());
+                written.as_str()
+            }
+        };
         // On PostgreSQL, batched with the concurrent reads of this table.
         if let Some(reads) = self.inner.db.pg_point_reads() {
-            let row = reads
-                .read(&format!("{select} WHERE r.id = ANY($1)"), id)
-                .await
-                .map_err(ApiError::internal)?;
+            let row = reads.read(sql, id).await.map_err(ApiError::internal)?;
             return Ok(row.map(|r| Raw::of(&*r)).transpose()?);
         }
-        let sql = format!("{select} WHERE r.id = $1");
         // The hot read path: in place on SQLite (see `SqliteReader`).
         if let Some(reader) = self.inner.db.sqlite_reader() {
             let raw = reader
                 .read(|conn| {
                     use rusqlite::OptionalExtension as _;
-                    conn.prepare_cached(&sql)?
+                    conn.prepare_cached(sql)?
                         // By position, in `Binding::select`'s order: a
                         // name is looked up column by column on every call.
                         .query_row([id], |r| {
