@@ -715,20 +715,29 @@ impl AuditLog {
         limit: i64,
     ) -> Result<Vec<StoredEvent>, ApiError> {
         self.flush().await?;
-        let rows = sqlx::query(
-            "SELECT * FROM audit_events WHERE service = $1 AND seq > $2 \
-             AND ($3 = '' OR resource = $3) AND ($4 = '' OR subject_ref = $4) \
-             AND time >= $5 AND time < $6 ORDER BY seq LIMIT $7",
-        )
-        .bind(self.service)
-        .bind(after_seq)
-        .bind(&filter.resource)
-        .bind(&filter.subject_ref)
-        .bind(filter.start_time)
-        .bind(filter.end_time)
-        .bind(limit)
-        .fetch_all(self.db.pool())
-        .await?;
+        // Only the filters given are written: as `($3 = '' OR resource =
+        // $3)`, SQLite walked the whole trail in sequence order for every
+        // filter, and the indexes by resource and by subject served nothing.
+        let mut query =
+            sqlx::QueryBuilder::<sqlx::Any>::new("SELECT * FROM audit_events WHERE service = ");
+        query.push_bind(self.service);
+        query.push(" AND seq > ").push_bind(after_seq);
+        if !filter.resource.is_empty() {
+            query.push(" AND resource = ").push_bind(&filter.resource);
+        }
+        if !filter.subject_ref.is_empty() {
+            query
+                .push(" AND subject_ref = ")
+                .push_bind(&filter.subject_ref);
+        }
+        if filter.start_time > i64::MIN {
+            query.push(" AND time >= ").push_bind(filter.start_time);
+        }
+        if filter.end_time < i64::MAX {
+            query.push(" AND time < ").push_bind(filter.end_time);
+        }
+        query.push(" ORDER BY seq LIMIT ").push_bind(limit);
+        let rows = query.build().fetch_all(self.db.pool()).await?;
         rows.iter().map(stored_from_row).collect()
     }
 
