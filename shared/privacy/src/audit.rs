@@ -50,26 +50,31 @@ fn chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
 }
 /// Events chained after a head: each with its sequence number and hash,
 /// and the new head.
-pub(crate) struct Linked {
-    pub rows: Vec<(i64, Event, String)>,
+pub(crate) struct Linked<'a> {
+    pub rows: Vec<(i64, std::borrow::Cow<'a, Event>, String)>,
     pub head_seq: i64,
     pub head_hash: String,
 }
 
 /// Chains `events` after the head (`last_seq`, `prev`) of `service`'s
-/// trail, made storable, undated ones dated `now`.
-pub(crate) fn link(
+/// trail, made storable, undated ones dated `now`. Borrowed events stay
+/// borrowed unless they need either: a pass of reads copies none.
+pub(crate) fn link<'a>(
     service: &str,
     last_seq: i64,
     mut prev: String,
-    events: Vec<Event>,
+    events: impl IntoIterator<Item = std::borrow::Cow<'a, Event>>,
     now: i64,
-) -> Linked {
-    let mut rows = Vec::with_capacity(events.len());
-    for (i, event) in events.into_iter().enumerate() {
-        let mut event = event.storable();
-        if event.time == 0 {
-            event.time = now;
+) -> Linked<'a> {
+    let events = events.into_iter();
+    let mut rows = Vec::with_capacity(events.size_hint().0);
+    for (i, mut event) in events.enumerate() {
+        if event.time == 0 || !event.is_storable() {
+            let owned = event.to_mut();
+            *owned = std::mem::take(owned).storable();
+            if owned.time == 0 {
+                owned.time = now;
+            }
         }
         let seq = last_seq + 1 + i as i64;
         let hash = chain_hash(&prev, service, seq, &event);
@@ -156,6 +161,22 @@ impl Event {
         ]
     }
 
+    /// True when [`Self::storable`] would change nothing.
+    fn is_storable(&self) -> bool {
+        [
+            &self.caller,
+            &self.on_behalf_of,
+            &self.purpose,
+            &self.method,
+            &self.resource,
+            &self.subject_ref,
+            &self.detail,
+        ]
+        .into_iter()
+        .chain(&self.fields)
+        .all(|text| is_clean(text))
+    }
+
     /// The event as it can always be stored: control characters (a NUL
     /// byte fails a PostgreSQL commit) replaced, every text bounded.
     fn storable(mut self) -> Self {
@@ -177,8 +198,12 @@ impl Event {
     }
 }
 
+fn is_clean(text: &str) -> bool {
+    text.len() <= MAX_EVENT_TEXT && !text.chars().any(char::is_control)
+}
+
 fn clean(text: &mut String) {
-    if text.len() <= MAX_EVENT_TEXT && !text.chars().any(char::is_control) {
+    if is_clean(text) {
         return;
     }
     *text = text
@@ -476,14 +501,17 @@ impl Sealing {
                 }
             }
             last_pass = tokio::time::Instant::now();
+            let mut events = Vec::new();
             let mut reads = Vec::new();
             for job in jobs {
                 match job {
-                    Job::Read { event, done } => reads.push((event, done)),
+                    Job::Read { event, done } => {
+                        events.push(*event);
+                        reads.push(done);
+                    }
                     Job::Flush { done } => flushes.push(done),
                 }
             }
-            let events: Vec<Event> = reads.iter().map(|(e, _)| (**e).clone()).collect();
             let batch = if more
                 || swept
                 || !flushes.is_empty()
@@ -496,7 +524,7 @@ impl Sealing {
             let answered = reads.len();
             let staged = match sealer.seal(self.service, &events, batch, self.now()).await {
                 Ok(staged) => {
-                    for (_, done) in reads {
+                    for done in reads {
                         let _ = done.send(Ok(()));
                     }
                     Ok(staged)
@@ -507,9 +535,9 @@ impl Sealing {
                     // events are sealed alone, then each read alone, and
                     // only what fails alone is refused.
                     let staged = sealer.seal(self.service, &[], batch, self.now()).await;
-                    for (event, done) in reads {
+                    for (event, done) in events.iter().zip(reads) {
                         let alone = sealer
-                            .seal(self.service, std::slice::from_ref(&*event), 0, self.now())
+                            .seal(self.service, std::slice::from_ref(event), 0, self.now())
                             .await;
                         if let Err(err) = &alone {
                             tracing::error!(service = self.service, error = %err, "audit read event not stored");
@@ -552,20 +580,19 @@ impl AuditLog {
             event.time = self.now();
         }
         let (done, wait) = oneshot::channel();
-        self.brought.fetch_add(1, Ordering::AcqRel);
-        let sent = self
+        // A place in the queue first: the count and the send then happen
+        // with no await between them, so a caller that goes away cannot
+        // leave its event counted and never sent.
+        let place = self
             .queue
-            .send(Job::Read {
-                event: Box::new(event),
-                done,
-            })
-            .await;
-        if sent.is_err() {
-            self.brought.fetch_sub(1, Ordering::AcqRel);
-            return Err(ApiError::internal(std::io::Error::other(
-                "audit sealer stopped",
-            )));
-        }
+            .reserve()
+            .await
+            .map_err(|_| ApiError::internal(std::io::Error::other("audit sealer stopped")))?;
+        self.brought.fetch_add(1, Ordering::AcqRel);
+        place.send(Job::Read {
+            event: Box::new(event),
+            done,
+        });
         if all_brought(&self.reading, &self.brought) {
             self.go.notify_one();
         }
@@ -718,26 +745,41 @@ impl AuditLog {
         // Only the filters given are written: as `($3 = '' OR resource =
         // $3)`, SQLite walked the whole trail in sequence order for every
         // filter, and the indexes by resource and by subject served nothing.
-        let mut query =
-            sqlx::QueryBuilder::<sqlx::Any>::new("SELECT * FROM audit_events WHERE service = ");
-        query.push_bind(self.service);
-        query.push(" AND seq > ").push_bind(after_seq);
-        if !filter.resource.is_empty() {
-            query.push(" AND resource = ").push_bind(&filter.resource);
+        // Numbered by hand: sqlx's QueryBuilder writes `?` for `Any`,
+        // which PostgreSQL refuses.
+        let mut sql = String::from("SELECT * FROM audit_events WHERE service = $1 AND seq > $2");
+        let mut n = 2;
+        let mut clause = |condition: &str| {
+            n += 1;
+            sql.push_str(&format!(" AND {condition} ${n}"));
+        };
+        let resource = (!filter.resource.is_empty()).then_some(&filter.resource);
+        let subject = (!filter.subject_ref.is_empty()).then_some(&filter.subject_ref);
+        let start = (filter.start_time > i64::MIN).then_some(filter.start_time);
+        let end = (filter.end_time < i64::MAX).then_some(filter.end_time);
+        if resource.is_some() {
+            clause("resource =");
         }
-        if !filter.subject_ref.is_empty() {
-            query
-                .push(" AND subject_ref = ")
-                .push_bind(&filter.subject_ref);
+        if subject.is_some() {
+            clause("subject_ref =");
         }
-        if filter.start_time > i64::MIN {
-            query.push(" AND time >= ").push_bind(filter.start_time);
+        if start.is_some() {
+            clause("time >=");
         }
-        if filter.end_time < i64::MAX {
-            query.push(" AND time < ").push_bind(filter.end_time);
+        if end.is_some() {
+            clause("time <");
         }
-        query.push(" ORDER BY seq LIMIT ").push_bind(limit);
-        let rows = query.build().fetch_all(self.db.pool()).await?;
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${}", n + 1));
+        let mut query = sqlx::query(AssertSqlSafe(sql))
+            .bind(self.service)
+            .bind(after_seq);
+        for text in resource.into_iter().chain(subject) {
+            query = query.bind(text);
+        }
+        for time in start.into_iter().chain(end) {
+            query = query.bind(time);
+        }
+        let rows = query.bind(limit).fetch_all(self.db.pool()).await?;
         rows.iter().map(stored_from_row).collect()
     }
 
@@ -920,6 +962,50 @@ mod tests {
         assert_eq!(event.resource.chars().count(), MAX_EVENT_TEXT);
         assert_eq!(event.fields, ["e\u{FFFD}mail"]);
         assert_eq!(event.caller, "ops:a");
+    }
+
+    #[test]
+    fn linking_copies_only_the_events_it_must_change() {
+        use std::borrow::Cow;
+        let clean = Event {
+            time: 7,
+            caller: "ops:a".into(),
+            ..Event::new(AuditAction::Read, AuditOutcome::Ok)
+        };
+        let dirty = Event {
+            fields: vec!["e\u{1}mail".into()],
+            ..clean.clone()
+        };
+        let undated = Event {
+            time: 0,
+            ..clean.clone()
+        };
+        let events = [clean, dirty, undated];
+        let linked = link(
+            "svc",
+            4,
+            GENESIS.to_owned(),
+            events.iter().map(Cow::Borrowed),
+            99,
+        );
+        let [a, b, c] = linked.rows.as_slice() else {
+            panic!("three rows");
+        };
+        assert!(matches!(a.1, Cow::Borrowed(_)));
+        assert_eq!((a.0, b.0, c.0), (5, 6, 7));
+        assert_eq!(b.1.fields, ["e\u{FFFD}mail"]);
+        assert_eq!(c.1.time, 99);
+        assert_eq!(linked.head_seq, 7);
+        assert_eq!(linked.head_hash, c.2);
+        // The same chain as from owned events.
+        let owned = link(
+            "svc",
+            4,
+            GENESIS.to_owned(),
+            events.clone().map(Cow::Owned),
+            99,
+        );
+        assert_eq!(owned.head_hash, linked.head_hash);
     }
 
     #[test]

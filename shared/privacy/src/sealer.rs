@@ -15,7 +15,7 @@
 //! events (exactly those committed when the statement looks), chain them and
 //! the reads after the head, move the head, commit.
 
-use std::path::PathBuf;
+use std::{borrow::Cow, path::PathBuf};
 
 use custodian_runtime::{ApiError, Backend, Database};
 use sqlx::{Connection as _, postgres::PgConnectOptions};
@@ -199,8 +199,10 @@ fn seal_sqlite(
         }
     }
     let sealed = staged.len() as i64;
-    let mut events = in_order(staged);
-    events.extend(reads.iter().cloned());
+    let events = in_order(staged)
+        .into_iter()
+        .map(Cow::Owned)
+        .chain(reads.iter().map(Cow::Borrowed));
     let Linked {
         rows,
         head_seq,
@@ -246,7 +248,13 @@ async fn append_postgres(
         rows,
         head_seq,
         head_hash,
-    } = link(service, seq, hash.clone(), events, now);
+    } = link(
+        service,
+        seq,
+        hash.clone(),
+        events.into_iter().map(Cow::Owned),
+        now,
+    );
     let count = rows.len() as u64;
     let mut columns = Columns::default();
     for (seq, e, hash) in rows {
@@ -387,7 +395,8 @@ struct Columns {
 }
 
 impl Columns {
-    fn push(&mut self, seq: i64, e: Event, hash: String) {
+    fn push(&mut self, seq: i64, e: Cow<'_, Event>, hash: String) {
+        let e = e.into_owned();
         self.seq.push(seq);
         self.time.push(e.time);
         self.caller.push(e.caller);
