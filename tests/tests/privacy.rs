@@ -220,6 +220,30 @@ storage_test!(
             .into_inner()
             .events;
         assert_eq!(by_subject.len(), 4);
+        // Every filter at once (each is written into the query only when
+        // given): a window around the subject's events holds all four, one
+        // that ends where they begin holds none.
+        let first = by_subject[0].time;
+        let after_last = by_subject[3].time.map(|t| prost_types::Timestamp {
+            seconds: t.seconds + 1,
+            ..t
+        });
+        for (end_time, expected) in [(after_last, 4), (first, 0)] {
+            let windowed = app
+                .audit()
+                .list_audit_events(ListAuditEventsRequest {
+                    resource: of_contact[0].resource.clone(),
+                    subject_ref: of_contact[0].subject_ref.clone(),
+                    start_time: first,
+                    end_time,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .events;
+            assert_eq!(windowed.len(), expected, "{end_time:?}");
+        }
 
         let verified = app
             .audit()

@@ -475,15 +475,13 @@ impl Sealing {
                     Err(_) => break,
                 }
             }
-            // Reads under way beyond those in hand will each bring an
-            // event: under load, let them join this pass (see
+            // Reads under way that have not brought their events yet
+            // will: under load, let them join this pass (see
             // PASS_SPACING). With few callers it goes at once: there, a
             // pass that waits for every one of them only makes them take
-            // turns.
-            // The wait listens for `go`, not for the queue: woken by every
-            // read that came, the sealer's thread took the CPU from the
-            // workers twenty times a pass; `record` wakes it once, when the
-            // last read it waits for has come.
+            // turns. The wait listens for `go`, not for the queue: woken by
+            // every read that came, the sealer's thread took a core from
+            // the workers twenty times a pass; `record` wakes it once.
             let spaced = last_pass + PASS_SPACING;
             while jobs.len() < MAX_GROUP
                 && !all_brought(&self.reading, &self.brought)
@@ -747,37 +745,36 @@ impl AuditLog {
         // filter, and the indexes by resource and by subject served nothing.
         // Numbered by hand: sqlx's QueryBuilder writes `?` for `Any`,
         // which PostgreSQL refuses.
+        enum Value<'a> {
+            Text(&'a str),
+            Time(i64),
+        }
+        let mut given = Vec::new();
+        if !filter.resource.is_empty() {
+            given.push(("resource =", Value::Text(&filter.resource)));
+        }
+        if !filter.subject_ref.is_empty() {
+            given.push(("subject_ref =", Value::Text(&filter.subject_ref)));
+        }
+        if filter.start_time > i64::MIN {
+            given.push(("time >=", Value::Time(filter.start_time)));
+        }
+        if filter.end_time < i64::MAX {
+            given.push(("time <", Value::Time(filter.end_time)));
+        }
         let mut sql = String::from("SELECT * FROM audit_events WHERE service = $1 AND seq > $2");
-        let mut n = 2;
-        let mut clause = |condition: &str| {
-            n += 1;
-            sql.push_str(&format!(" AND {condition} ${n}"));
-        };
-        let resource = (!filter.resource.is_empty()).then_some(&filter.resource);
-        let subject = (!filter.subject_ref.is_empty()).then_some(&filter.subject_ref);
-        let start = (filter.start_time > i64::MIN).then_some(filter.start_time);
-        let end = (filter.end_time < i64::MAX).then_some(filter.end_time);
-        if resource.is_some() {
-            clause("resource =");
+        for (i, (condition, _)) in given.iter().enumerate() {
+            sql.push_str(&format!(" AND {condition} ${}", i + 3));
         }
-        if subject.is_some() {
-            clause("subject_ref =");
-        }
-        if start.is_some() {
-            clause("time >=");
-        }
-        if end.is_some() {
-            clause("time <");
-        }
-        sql.push_str(&format!(" ORDER BY seq LIMIT ${}", n + 1));
+        sql.push_str(&format!(" ORDER BY seq LIMIT ${}", given.len() + 3));
         let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(self.service)
             .bind(after_seq);
-        for text in resource.into_iter().chain(subject) {
-            query = query.bind(text);
-        }
-        for time in start.into_iter().chain(end) {
-            query = query.bind(time);
+        for (_, value) in given {
+            query = match value {
+                Value::Text(text) => query.bind(text),
+                Value::Time(time) => query.bind(time),
+            };
         }
         let rows = query.bind(limit).fetch_all(self.db.pool()).await?;
         rows.iter().map(stored_from_row).collect()
