@@ -49,11 +49,11 @@ use tracing::Instrument as _;
 use crate::{Core, bundle, mail};
 
 /// How long a claimed step is ours.
-const LEASE: Duration = Duration::from_secs(60);
+pub const LEASE: Duration = Duration::from_secs(60);
 /// Steps one replica runs at once.
 const PARALLEL: i64 = 8;
 /// Longest wait between two attempts of a failing step.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often idle replicas look for work another replica left.
 const POLL: Duration = Duration::from_millis(500);
 

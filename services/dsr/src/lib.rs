@@ -23,6 +23,8 @@ mod flow;
 mod inbox;
 mod mail;
 
+pub use flow::{LEASE, MAX_BACKOFF};
+
 use std::sync::{Arc, Mutex};
 
 use custodian_kit::{
