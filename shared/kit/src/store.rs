@@ -2416,8 +2416,10 @@ impl Store {
             .iter()
             .filter(|b| {
                 b.user_lookup().is_some_and(|u| {
-                    crate::pattern::Pattern::parse(&u.policy.reference)
-                        .is_ok_and(|p| p.parse_name(name).is_some())
+                    u.path
+                        .last()
+                        .and_then(|field| DECLARATIONS.reference(field))
+                        .is_some_and(|p| p.parse_name(name).is_some())
                 })
             })
             .collect();
