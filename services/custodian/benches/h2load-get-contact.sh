@@ -14,15 +14,17 @@
 # temporary data folder; SQLite there unless DATABASE_URL names a PostgreSQL
 # database, which must exist and is used as it is), signs a token with
 # `custodian token`, creates a tenant and one contact with grpcurl,
-# hand-builds the gRPC frame of GetContactRequest{name}, and runs the same
-# h2load warm-up and measured run against each server (tokens, audit and
-# encryption all in play on the suite). h2load counts HTTP statuses only (a
-# gRPC error is still HTTP 200), so the script also checks the frame with one
-# grpcurl call and checks that the responses carried a Contact's worth of
-# data each. Last, h2load paces GetContact at half the measured peak and the
+# hand-builds the gRPC frame of GetContactRequest{name}, warms each server
+# up with h2load, then runs the same measured run against each in turn,
+# ROUNDS times (tokens, audit and encryption all in play on the suite); the
+# share printed is the median round's. h2load counts HTTP statuses only (a
+# gRPC error is still HTTP 200), so the script also checks the frame with
+# one grpcurl call and checks that the responses carried a Contact's worth
+# of data each. Last, h2load paces GetContact at half the measured peak and the
 # per-request log gives p50/p99.
 #
-# Environment: PORT (50099), ECHO_PORT (50098), REQUESTS (200000), CLIENTS
+# Environment: PORT (50099), ECHO_PORT (50098), REQUESTS (200000 per server
+# and round), ROUNDS (5; the share printed is the median round's), CLIENTS
 # (16), STREAMS (16), DATABASE_URL (unset: SQLite), SKIP_BUILD=1 to use an
 # existing target/release/custodian and target/release/examples/echo,
 # KEEP_LOG=PATH to keep the paced run's per-request log (start time in
@@ -33,6 +35,7 @@ PORT="${PORT:-50099}"
 ECHO_PORT="${ECHO_PORT:-50098}"
 ECHO_ADDR="127.0.0.1:${ECHO_PORT}"
 REQUESTS="${REQUESTS:-200000}"
+ROUNDS="${ROUNDS:-5}"
 CLIENTS="${CLIENTS:-16}"
 STREAMS="${STREAMS:-16}"
 ADDR="127.0.0.1:${PORT}"
@@ -46,6 +49,10 @@ for tool in h2load grpcurl jq; do
         exit 1
     }
 done
+if ((ROUNDS < 1)); then
+    echo "ROUNDS=$ROUNDS: at least one round" >&2
+    exit 1
+fi
 if ((REQUESTS > 10000000)); then
     echo "REQUESTS=$REQUESTS is more than this script will send" >&2
     exit 1
@@ -204,16 +211,39 @@ for _ in $(seq 1 50); do
     sleep 0.1
 done
 
-measure() { # label addr
-    echo "== $1: warm-up 10000 requests, then $REQUESTS requests, $CLIENTS connections x $STREAMS streams"
-    run_h2load "$2" 10000 >/dev/null
-    run_h2load "$2" "$REQUESTS" >"$WORK/$1.out"
-    grep -E '^(finished in|requests:|time for request:)' "$WORK/$1.out"
+# The share is measured in rounds, the two servers taking turns (in the
+# other order every other round), and the median round counts: on a shared
+# machine the speed of both moves by a third from one minute to the next,
+# more than most changes to the read path, and one pair of runs read it as
+# a change.
+measure() { # label addr round
+    echo "== $1, round $3: $REQUESTS requests, $CLIENTS connections x $STREAMS streams"
+    run_h2load "$2" "$REQUESTS" >"$WORK/$1.$3.out"
+    grep -E '^(finished in|requests:|time for request:)' "$WORK/$1.$3.out"
 }
-measure echo "$ECHO_ADDR"
-measure custodian "$ADDR"
-echo_rate=$(checked_rate "$WORK/echo.out" "$REQUESTS")
-rate=$(checked_rate "$WORK/custodian.out" "$REQUESTS")
+median() { # numbers on stdin -> the median
+    sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+echo "== warm-up: 10000 requests to each server"
+run_h2load "$ECHO_ADDR" 10000 >/dev/null
+run_h2load "$ADDR" 10000 >/dev/null
+rounds=""
+for round in $(seq 1 "$ROUNDS"); do
+    if ((round % 2)); then
+        measure echo "$ECHO_ADDR" "$round"
+        measure custodian "$ADDR" "$round"
+    else
+        measure custodian "$ADDR" "$round"
+        measure echo "$ECHO_ADDR" "$round"
+    fi
+    e=$(checked_rate "$WORK/echo.$round.out" "$REQUESTS")
+    g=$(checked_rate "$WORK/custodian.$round.out" "$REQUESTS")
+    rounds+="$e $g"$'\n'
+done
+echo_rate=$(awk 'NF { print $1 }' <<<"$rounds" | median)
+rate=$(awk 'NF { print $2 }' <<<"$rounds" | median)
+shares=$(awk 'NF { printf "%.3f\n", $2 / $1 }' <<<"$rounds")
+share=$(median <<<"$shares")
 
 # Half the peak, paced: h2load's --rps is per connection, and one stream per
 # connection. With several streams h2load sends each tick's requests
@@ -258,9 +288,9 @@ backend=sqlite
 [[ -n "${DATABASE_URL:-}" ]] && backend=postgres
 echo
 echo "backend:             $backend"
-echo "echo req/s:          $echo_rate"
-echo "GetContact req/s:    $rate"
-awk -v a="$rate" -v b="$echo_rate" 'BEGIN { printf "share of echo:       %.3f\n", a / b }'
+echo "echo req/s:          $echo_rate (median of $ROUNDS rounds)"
+echo "GetContact req/s:    $rate (median of $ROUNDS rounds)"
+echo "share of echo:       $share (median; rounds: $(paste -sd' ' <<<"$shares"))"
 echo "CreateContact req/s: $create_rate"
 awk -v a="$create_rate" -v b="$rate" 'BEGIN { printf "create / get:        %.3f\n", a / b }'
 echo "at $((per_client * CLIENTS)) req/s:     p50 ${p50} ms, p99 ${p99} ms (echo: p50 ${echo_p50} ms, p99 ${echo_p99} ms)"
