@@ -20,8 +20,8 @@
 # share printed is the median round's. h2load counts HTTP statuses only (a
 # gRPC error is still HTTP 200), so the script also checks the frame with
 # one grpcurl call and checks that the responses carried a Contact's worth
-# of data each. Last, h2load paces GetContact at half the measured peak and the
-# per-request log gives p50/p99.
+# of data each. Last, h2load paces GetContact at half the measured peak
+# (the median round's) and the per-request log gives p50/p99.
 #
 # Environment: PORT (50099), ECHO_PORT (50098), REQUESTS (200000 per server
 # and round), ROUNDS (5; the share printed is the median round's), CLIENTS
