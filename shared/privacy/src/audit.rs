@@ -127,6 +127,39 @@ pub struct Event {
 /// is the last line, so no caller's input can bloat the six-year trail.
 const MAX_EVENT_TEXT: usize = 512;
 
+/// Every text of an event (`&Event` gives `&String`s, `&mut Event` gives
+/// `&mut String`s). Taken apart with no `..`: a text added to `Event` does
+/// not compile until it is named here, so what linking checks and what
+/// `storable` cleans cannot drift apart.
+macro_rules! texts {
+    ($event:expr) => {{
+        let Event {
+            time: _,
+            caller,
+            on_behalf_of,
+            purpose,
+            action: _,
+            method,
+            resource,
+            subject_ref,
+            fields,
+            outcome: _,
+            detail,
+        } = $event;
+        [
+            caller,
+            on_behalf_of,
+            purpose,
+            method,
+            resource,
+            subject_ref,
+            detail,
+        ]
+        .into_iter()
+        .chain(fields)
+    }};
+}
+
 impl Event {
     pub fn new(action: AuditAction, outcome: AuditOutcome) -> Self {
         Self {
@@ -161,65 +194,15 @@ impl Event {
         ]
     }
 
-    /// True when [`Self::storable`] would change nothing. Both take the
-    /// event apart field by field, with no `..`: a text added to `Event`
-    /// does not compile until both name it, so linking cannot skip one.
+    /// True when [`Self::storable`] would change nothing.
     fn is_storable(&self) -> bool {
-        let Self {
-            time: _,
-            caller,
-            on_behalf_of,
-            purpose,
-            action: _,
-            method,
-            resource,
-            subject_ref,
-            fields,
-            outcome: _,
-            detail,
-        } = self;
-        [
-            caller,
-            on_behalf_of,
-            purpose,
-            method,
-            resource,
-            subject_ref,
-            detail,
-        ]
-        .into_iter()
-        .chain(fields)
-        .all(|text| is_clean(text))
+        texts!(self).all(|text| is_clean(text))
     }
 
     /// The event as it can always be stored: control characters (a NUL
     /// byte fails a PostgreSQL commit) replaced, every text bounded.
     fn storable(mut self) -> Self {
-        let Self {
-            time: _,
-            caller,
-            on_behalf_of,
-            purpose,
-            action: _,
-            method,
-            resource,
-            subject_ref,
-            fields,
-            outcome: _,
-            detail,
-        } = &mut self;
-        for text in [
-            caller,
-            on_behalf_of,
-            purpose,
-            method,
-            resource,
-            subject_ref,
-            detail,
-        ]
-        .into_iter()
-        .chain(fields)
-        {
+        for text in texts!(&mut self) {
             clean(text);
         }
         self

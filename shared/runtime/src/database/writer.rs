@@ -150,6 +150,8 @@ pub fn open_for_writing(
 /// 11 ms after the lock was free, and every read waiting for its commit
 /// with it; it now tries again within a millisecond.
 fn write_wait(tries: i32) -> bool {
+    #[cfg(test)]
+    tests::WAITED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match write_step(tries) {
         Some(step) => {
             std::thread::sleep(step);
@@ -236,6 +238,11 @@ fn run_group(conn: &rusqlite::Connection, group: &mut [Box<dyn Job>]) -> rusqlit
 mod tests {
     use super::*;
 
+    /// Calls of [`write_wait`]: the test below lets the lock go once a
+    /// writer is waiting for it.
+    pub(super) static WAITED: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+
     /// A native writer that finds the write lock taken waits for it, in
     /// steps of at most a millisecond, for as long as `busy_timeout` did.
     #[test]
@@ -258,9 +265,12 @@ mod tests {
                 conn.execute("INSERT INTO t VALUES (1)", [])
             }
         });
-        // Long enough for the writer to find the lock taken: without a
-        // busy handler its insert fails at once with SQLITE_BUSY.
-        std::thread::sleep(Duration::from_millis(200));
+        // The lock goes once the writer has found it taken and is waiting
+        // (without a busy handler its insert fails at once with
+        // SQLITE_BUSY), or once the writer has given up.
+        while WAITED.load(std::sync::atomic::Ordering::Relaxed) == 0 && !writer.is_finished() {
+            std::thread::yield_now();
+        }
         holder.execute_batch("COMMIT").unwrap();
         assert_eq!(writer.join().unwrap().unwrap(), 1);
         let rows: i64 = holder
