@@ -108,9 +108,13 @@ pub(crate) fn random_key() -> Zeroizing<[u8; KEY_LEN]> {
     key
 }
 
+/// AES-256-GCM under `key`, its key schedule computed.
+fn cipher(key: &[u8; KEY_LEN]) -> Aes256Gcm {
+    Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key))
+}
+
 /// Seals `plaintext` as `nonce || ciphertext || tag`.
-fn seal(key: &[u8; KEY_LEN], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
-    let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
+fn seal(cipher: &Aes256Gcm, plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     os_random(&mut nonce);
     let sealed = cipher
@@ -130,13 +134,12 @@ fn seal(key: &[u8; KEY_LEN], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
 }
 
 /// Opens `nonce || ciphertext || tag` as written by [`seal`].
-fn open(key: &[u8; KEY_LEN], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+fn open(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
     if sealed.len() < NONCE_LEN + TAG_LEN {
         return Err(CryptoError::Malformed);
     }
     let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
     let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Malformed)?;
-    let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
     cipher
         .decrypt(
             &Nonce::from(nonce),
@@ -180,6 +183,9 @@ impl fmt::Debug for DataKey {
 pub struct MasterKey {
     id: String,
     key: [u8; KEY_LEN],
+    /// Its key schedule, made once: every read of a sealed record unwraps
+    /// a data key with it.
+    cipher: Aes256Gcm,
 }
 
 impl MasterKey {
@@ -187,7 +193,11 @@ impl MasterKey {
     pub fn new(id: impl Into<String>, key: [u8; KEY_LEN]) -> Result<MasterKey, CryptoError> {
         let id = id.into();
         check_key_id(&id)?;
-        Ok(MasterKey { id, key })
+        Ok(MasterKey {
+            id,
+            cipher: cipher(&key),
+            key,
+        })
     }
 
     /// A new random master key.
@@ -313,7 +323,7 @@ impl Keyring {
         let key = &self.keys[&self.active];
         WrappedKey {
             master_key_id: key.id.clone(),
-            ciphertext: seal(&key.key, &dk.0, &wrap_aad(&key.id, aad)),
+            ciphertext: seal(&key.cipher, &dk.0, &wrap_aad(&key.id, aad)),
         }
     }
 
@@ -323,7 +333,7 @@ impl Keyring {
             .keys
             .get(&w.master_key_id)
             .ok_or_else(|| CryptoError::UnknownMasterKey(w.master_key_id.clone()))?;
-        let bytes = Zeroizing::new(open(&key.key, &w.ciphertext, &wrap_aad(&key.id, aad))?);
+        let bytes = Zeroizing::new(open(&key.cipher, &w.ciphertext, &wrap_aad(&key.id, aad))?);
         let bytes: [u8; KEY_LEN] = bytes
             .as_slice()
             .try_into()
@@ -369,7 +379,7 @@ fn wrap_aad(master_key_id: &str, aad: &[u8]) -> Vec<u8> {
 pub fn encrypt(dk: &DataKey, plaintext: &[u8], aad: &[u8]) -> String {
     format!(
         "{VERSION}.{}",
-        URL_SAFE_NO_PAD.encode(seal(&dk.0, plaintext, aad))
+        URL_SAFE_NO_PAD.encode(seal(&cipher(&dk.0), plaintext, aad))
     )
 }
 
@@ -382,7 +392,7 @@ pub fn decrypt(dk: &DataKey, sealed: &str, aad: &[u8]) -> Result<Vec<u8>, Crypto
     let bytes = URL_SAFE_NO_PAD
         .decode(data)
         .map_err(|_| CryptoError::Malformed)?;
-    open(&dk.0, &bytes, aad)
+    open(&cipher(&dk.0), &bytes, aad)
 }
 
 /// The key for blind indexes: equality lookups over encrypted fields.
