@@ -613,6 +613,29 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
 mod tests {
     use super::*;
 
+    /// .cargo/config.toml's LIBSQLITE3_FLAGS reached the bundled SQLite:
+    /// without them every thread on any database takes turns on two
+    /// process-wide mutexes (README, "Two process-wide costs").
+    #[test]
+    fn sqlite_is_built_without_its_process_wide_mutexes() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("PRAGMA compile_options")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "{options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+    }
+
     /// Under reads and writes that never pause, the checkpointer keeps
     /// copying the log into the database file: what was written a few
     /// checkpoints ago is in the file, not only in the log.
