@@ -285,19 +285,11 @@ async fn keys(target: Target, config: &Config, command: KeysCommand) -> anyhow::
     Ok(())
 }
 
+// The server's runtime drops the LIFO slot only in a build with `--cfg
+// tokio_unstable` (.cargo/config.toml): where the flag was lost (replaced by
+// a RUSTFLAGS variable, say), the tests do not build.
 #[cfg(test)]
-mod tests {
-    /// The server's runtime drops the LIFO slot only in a build with
-    /// `--cfg tokio_unstable` (.cargo/config.toml): where the flag was
-    /// lost (replaced by a RUSTFLAGS variable, say), the tests do not
-    /// build.
-    #[test]
-    fn the_server_is_built_to_run_without_the_lifo_slot() {
-        const {
-            assert!(
-                cfg!(tokio_unstable),
-                "built without --cfg tokio_unstable: the runtime keeps its LIFO slot"
-            )
-        };
-    }
-}
+const _: () = assert!(
+    cfg!(tokio_unstable),
+    "built without --cfg tokio_unstable: the runtime keeps its LIFO slot"
+);

@@ -258,6 +258,8 @@ mod tests {
             .execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER);")
             .unwrap();
         holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        // Other tests' writers in this process may have waited already.
+        let waited = WAITED.load(std::sync::atomic::Ordering::Relaxed);
         let writer = std::thread::spawn({
             let path = path.clone();
             move || {
@@ -268,7 +270,7 @@ mod tests {
         // The lock goes once the writer has found it taken and is waiting
         // (without a busy handler its insert fails at once with
         // SQLITE_BUSY), or once the writer has given up.
-        while WAITED.load(std::sync::atomic::Ordering::Relaxed) == 0 && !writer.is_finished() {
+        while WAITED.load(std::sync::atomic::Ordering::Relaxed) == waited && !writer.is_finished() {
             std::thread::yield_now();
         }
         holder.execute_batch("COMMIT").unwrap();
