@@ -1025,11 +1025,14 @@ impl Store {
             if subject.is_empty() || !seen.insert(subject.clone()) {
                 continue;
             }
-            sqlx::query(AssertSqlSafe(sql.clone()))
+            let destroyed = sqlx::query(AssertSqlSafe(sql.clone()))
                 .bind(self.inner.service)
                 .bind(subject)
                 .execute(&mut **tx)
                 .await?;
+            if destroyed.rows_affected() > 0 {
+                self.vault().forget(subject);
+            }
         }
         Ok(())
     }

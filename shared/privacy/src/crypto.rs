@@ -154,20 +154,35 @@ fn open(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, Crypto
 /// The key that encrypts one record's personal fields.
 ///
 /// Only ever stored wrapped ([`Keyring::wrap`]); the bytes are zeroized on drop
-/// and never printed.
+/// and never printed. A clone shares the key and its AES key schedule, made
+/// once when the key is made or unwrapped, not again for every value it
+/// opens; both are cleared when the last clone goes (the `aes` crate's
+/// `zeroize` feature clears the schedule).
 #[derive(Clone)]
-pub struct DataKey([u8; KEY_LEN]);
+pub struct DataKey(std::sync::Arc<KeyMaterial>);
+
+struct KeyMaterial {
+    bytes: [u8; KEY_LEN],
+    cipher: Aes256Gcm,
+}
 
 impl DataKey {
     /// A new random data key from the OS CSPRNG.
     pub fn generate() -> DataKey {
-        DataKey(*random_key())
+        DataKey::from_bytes(*random_key())
+    }
+
+    fn from_bytes(bytes: [u8; KEY_LEN]) -> DataKey {
+        DataKey(std::sync::Arc::new(KeyMaterial {
+            cipher: cipher(&bytes),
+            bytes,
+        }))
     }
 }
 
-impl Drop for DataKey {
+impl Drop for KeyMaterial {
     fn drop(&mut self) {
-        self.0.zeroize();
+        self.bytes.zeroize();
     }
 }
 
@@ -323,7 +338,7 @@ impl Keyring {
         let key = &self.keys[&self.active];
         WrappedKey {
             master_key_id: key.id.clone(),
-            ciphertext: seal(&key.cipher, &dk.0, &wrap_aad(&key.id, aad)),
+            ciphertext: seal(&key.cipher, &dk.0.bytes, &wrap_aad(&key.id, aad)),
         }
     }
 
@@ -338,7 +353,7 @@ impl Keyring {
             .as_slice()
             .try_into()
             .map_err(|_| CryptoError::Malformed)?;
-        Ok(DataKey(bytes))
+        Ok(DataKey::from_bytes(bytes))
     }
 
     /// `w` wrapped under the active key, for master key rotation. A key
@@ -379,7 +394,7 @@ fn wrap_aad(master_key_id: &str, aad: &[u8]) -> Vec<u8> {
 pub fn encrypt(dk: &DataKey, plaintext: &[u8], aad: &[u8]) -> String {
     format!(
         "{VERSION}.{}",
-        URL_SAFE_NO_PAD.encode(seal(&cipher(&dk.0), plaintext, aad))
+        URL_SAFE_NO_PAD.encode(seal(&dk.0.cipher, plaintext, aad))
     )
 }
 
@@ -392,7 +407,7 @@ pub fn decrypt(dk: &DataKey, sealed: &str, aad: &[u8]) -> Result<Vec<u8>, Crypto
     let bytes = URL_SAFE_NO_PAD
         .decode(data)
         .map_err(|_| CryptoError::Malformed)?;
-    open(&cipher(&dk.0), &bytes, aad)
+    open(&dk.0.cipher, &bytes, aad)
 }
 
 /// The key for blind indexes: equality lookups over encrypted fields.
@@ -583,7 +598,7 @@ mod tests {
         let parsed = WrappedKey::from_text(&text).unwrap();
         assert_eq!(parsed, wrapped);
         let unwrapped = ring.unwrap(&parsed, ROW).unwrap();
-        assert_eq!(unwrapped.0, dk.0);
+        assert_eq!(unwrapped.0.bytes, dk.0.bytes);
         let sealed = encrypt(&dk, b"field", ROW);
         assert_eq!(decrypt(&unwrapped, &sealed, ROW).unwrap(), b"field");
     }
@@ -634,11 +649,11 @@ mod tests {
         let during = Keyring::new("mk-b", [a, b.clone()]).unwrap();
         assert_eq!(during.active_id(), "mk-b");
         assert!(during.needs_rewrap(&old));
-        assert_eq!(during.unwrap(&old, ROW).unwrap().0, dk.0);
+        assert_eq!(during.unwrap(&old, ROW).unwrap().0.bytes, dk.0.bytes);
         let new = during.rewrap(&old, ROW).unwrap();
         assert_eq!(new.master_key_id, "mk-b");
         assert!(!during.needs_rewrap(&new));
-        assert_eq!(during.unwrap(&new, ROW).unwrap().0, dk.0);
+        assert_eq!(during.unwrap(&new, ROW).unwrap().0.bytes, dk.0.bytes);
         assert_eq!(
             during.rewrap(&new, ROW).unwrap(),
             new,
@@ -650,7 +665,7 @@ mod tests {
         );
 
         let after = Keyring::new("mk-b", [b]).unwrap();
-        assert_eq!(after.unwrap(&new, ROW).unwrap().0, dk.0);
+        assert_eq!(after.unwrap(&new, ROW).unwrap().0.bytes, dk.0.bytes);
         assert_eq!(
             after.unwrap(&old, ROW).unwrap_err(),
             CryptoError::UnknownMasterKey("mk-a".into())
@@ -745,7 +760,7 @@ mod tests {
         let dk = DataKey::generate();
         let debug = format!("{dk:?} {dk:#?}");
         assert_eq!(format!("{dk:?}"), "DataKey(..)");
-        assert!(!leaks(&debug, &dk.0));
+        assert!(!leaks(&debug, &dk.0.bytes));
 
         let mk = MasterKey::generate("mk-a").unwrap();
         let debug = format!("{mk:?} {mk:#?}");
@@ -775,7 +790,7 @@ mod tests {
         for message in [err.to_string(), format!("{err:?}")] {
             assert!(!message.contains("plaintext-marker"));
             assert!(!message.contains(&sealed[3..]));
-            assert!(!leaks(&message, &dk.0));
+            assert!(!leaks(&message, &dk.0.bytes));
         }
     }
 
@@ -784,7 +799,7 @@ mod tests {
     /// outlives the code: any change to the format must keep these opening.
     #[test]
     fn known_answers() {
-        let dk = DataKey([0x42; KEY_LEN]);
+        let dk = DataKey::from_bytes([0x42; KEY_LEN]);
         let sealed = "v1.YS9GW5A-JLgcpYlcqodpuwTt52loywxsAmRA1wJNNGqbvgjtKoetyFK5uA";
         assert_eq!(
             decrypt(&dk, sealed, b"people/p-1").unwrap(),
@@ -797,7 +812,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            ring.unwrap(&wrapped, b"people/p-1").unwrap().0,
+            ring.unwrap(&wrapped, b"people/p-1").unwrap().0.bytes,
             [0x42; KEY_LEN]
         );
 

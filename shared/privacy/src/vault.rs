@@ -41,7 +41,14 @@ pub struct Vault {
     db: Database,
     keyring: Arc<Keyring>,
     index: Arc<BlindIndexKey>,
+    /// Data keys already unwrapped, by their wrapped text, each with the
+    /// subject it was unwrapped for (see [`Vault::unwrap`]).
+    unwrapped: Arc<std::sync::Mutex<std::collections::HashMap<String, (String, DataKey)>>>,
 }
+
+/// Unwrapped data keys kept at most; past this the memory is simply
+/// cleared, which costs one unwrap per subject read again.
+const UNWRAPPED_CAPACITY: usize = 4096;
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -63,6 +70,7 @@ impl Vault {
             db,
             keyring,
             index,
+            unwrapped: Arc::default(),
         }
     }
 
@@ -255,11 +263,45 @@ impl Vault {
     }
 
     /// Opens a wrapped key read together with a record.
+    ///
+    /// Every read of a sealed record unwraps its subject's key: parsing the
+    /// text, opening it under the master key and making the data key's AES
+    /// schedule cost about as much as the rest of the decryption. A key
+    /// unwrapped once is kept by its wrapped text, which every caller still
+    /// reads from its subject's row: a destroyed key's row is gone, so
+    /// nothing the row no longer holds is ever opened from here. It is
+    /// given only for the subject it was unwrapped for; for any other the
+    /// full unwrap runs, and fails on the associated data as before.
     pub fn unwrap(&self, subject_id: &str, wrapped_text: &str) -> Result<DataKey, ApiError> {
+        if let Ok(unwrapped) = self.unwrapped.lock()
+            && let Some((subject, key)) = unwrapped.get(wrapped_text)
+            && subject == subject_id
+        {
+            return Ok(key.clone());
+        }
         let wrapped = WrappedKey::from_text(wrapped_text).map_err(crypto_error)?;
-        self.keyring
+        let key = self
+            .keyring
             .unwrap(&wrapped, &self.aad(subject_id))
-            .map_err(crypto_error)
+            .map_err(crypto_error)?;
+        if let Ok(mut unwrapped) = self.unwrapped.lock() {
+            if unwrapped.len() >= UNWRAPPED_CAPACITY {
+                unwrapped.clear();
+            }
+            unwrapped.insert(
+                wrapped_text.to_owned(),
+                (subject_id.to_owned(), key.clone()),
+            );
+        }
+        Ok(key)
+    }
+
+    /// Drops what this process keeps unwrapped of a subject's key; whoever
+    /// deletes a key's row calls it.
+    pub fn forget(&self, subject_id: &str) {
+        if let Ok(mut unwrapped) = self.unwrapped.lock() {
+            unwrapped.retain(|_, (subject, _)| subject != subject_id);
+        }
     }
 
     pub fn seal(&self, key: &DataKey, plaintext: &[u8], aad: &str) -> String {
@@ -288,6 +330,9 @@ impl Vault {
             .bind(subject_id.to_owned())
             .execute(&mut **tx)
             .await?;
+        // Whether or not the transaction commits: a key dropped here is
+        // only unwrapped again from its row.
+        self.forget(subject_id);
         Ok(())
     }
 
@@ -373,5 +418,79 @@ impl Vault {
             }
         }
         Ok(missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+
+    async fn vault(dir: &tempfile::TempDir) -> Vault {
+        let url = format!("sqlite://{}", dir.path().join("vault.db").display());
+        let db = Database::connect_lazy(&url, 2).unwrap();
+        crate::context::migrate(&db, "vaulttest").await.unwrap();
+        let keyring = Keyring::new("mk-1", [MasterKey::generate("mk-1").unwrap()]).unwrap();
+        Vault::new(
+            "vaulttest",
+            db,
+            Arc::new(keyring),
+            Arc::new(BlindIndexKey::generate()),
+        )
+    }
+
+    fn kept(vault: &Vault) -> Vec<String> {
+        let unwrapped = vault.unwrapped.lock().unwrap();
+        unwrapped
+            .values()
+            .map(|(subject, _)| subject.clone())
+            .collect()
+    }
+
+    /// A key kept unwrapped opens what its subject's key opens, and is
+    /// never given for another subject: a wrapped key copied into another
+    /// subject's row fails as it did before anything was kept.
+    #[tokio::test]
+    async fn an_unwrapped_key_is_given_only_for_its_own_subject() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = vault(&dir).await;
+        let (id, key, wrapped) = vault.fresh_key();
+        let text = wrapped.to_text();
+        let sealed = vault.seal(&key, b"Ann Archer", "contacts/1");
+        for _ in 0..2 {
+            let again = vault.unwrap(&id, &text).unwrap();
+            assert_eq!(
+                vault.open(&again, &sealed, "contacts/1").unwrap(),
+                b"Ann Archer"
+            );
+        }
+        assert_eq!(kept(&vault), std::slice::from_ref(&id));
+        let other = uuid::Uuid::now_v7().to_string();
+        assert!(vault.unwrap(&other, &text).is_err());
+        assert_eq!(kept(&vault), [id]);
+    }
+
+    /// Destroying a subject's key also drops what this process kept of it.
+    #[tokio::test]
+    async fn a_destroyed_key_is_no_longer_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = vault(&dir).await;
+        let mut tx = vault.db.pool().begin().await.unwrap();
+        let (id, _) = vault.subject_key(&mut tx, None).await.unwrap();
+        tx.commit().await.unwrap();
+        let text: String = sqlx::query_scalar(
+            "SELECT wrapped_key FROM subject_keys WHERE service = $1 AND id = $2",
+        )
+        .bind("vaulttest")
+        .bind(&id)
+        .fetch_one(vault.db.pool())
+        .await
+        .unwrap();
+        vault.unwrap(&id, &text).unwrap();
+        assert_eq!(kept(&vault), std::slice::from_ref(&id));
+        let mut tx = vault.db.pool().begin().await.unwrap();
+        vault.destroy_key(&mut tx, &id).await.unwrap();
+        tx.commit().await.unwrap();
+        assert!(kept(&vault).is_empty());
     }
 }
