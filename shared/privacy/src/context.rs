@@ -20,11 +20,19 @@ pub struct Privacy {
 }
 
 /// Runs the kernel's migrations in a service's database, recorded under
-/// `{service}_privacy_migrations`.
+/// `{service}_privacy_migrations` (and, on SQLite only,
+/// `{service}_privacy_sqlite_migrations`).
 pub async fn migrate(db: &Database, service: &'static str) -> anyhow::Result<()> {
     let mut migrator = sqlx::migrate!("./migrations");
     migrator.dangerous_set_table_name(format!("{service}_privacy_migrations"));
     migrator.run(db.pool()).await?;
+    // What only one backend runs is recorded apart, under a table of its
+    // own, so the shared history stays the same on both.
+    if db.backend() == custodian_runtime::Backend::Sqlite {
+        let mut sqlite = sqlx::migrate!("./migrations-sqlite");
+        sqlite.dangerous_set_table_name(format!("{service}_privacy_sqlite_migrations"));
+        sqlite.run(db.pool()).await?;
+    }
     Ok(())
 }
 
@@ -97,5 +105,31 @@ impl Privacy {
             Ok(()) => ApiError::not_found(resource).into(),
             Err(err) => err.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Services sharing one SQLite file each create the trail's index by
+    /// time in the shared migrations; the SQLite ones drop it again, so
+    /// whichever service migrates last, no event pays for it.
+    #[tokio::test]
+    async fn sqlite_keeps_no_index_by_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("shared.db").display());
+        let db = Database::connect_lazy(&url, 2).unwrap();
+        for service in ["first", "second", "first"] {
+            migrate(&db, service).await.unwrap();
+        }
+        let indexes: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_events' \
+             AND sql IS NOT NULL ORDER BY name",
+        )
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+        assert_eq!(indexes, ["audit_events_resource", "audit_events_subject"]);
     }
 }
