@@ -297,7 +297,9 @@ impl Vault {
     }
 
     /// Drops what this process keeps unwrapped of a subject's key; whoever
-    /// deletes a key's row calls it.
+    /// deletes a key's row calls it. A read that took the row just before
+    /// may keep the key again, until the memory is next cleared: it still
+    /// opens nothing, as no later read finds the row.
     pub fn forget(&self, subject_id: &str) {
         if let Ok(mut unwrapped) = self.unwrapped.lock() {
             unwrapped.retain(|_, (subject, _)| subject != subject_id);
