@@ -258,7 +258,9 @@ fn chain_hash(prev: &str, service: &str, seq: i64, e: &Event) -> String {
     // hashes every event of every read.
     let mut digits = [0u8; 64];
     hex::encode_to_slice(h.finalize(), &mut digits).expect("32 bytes are 64 hex digits");
-    digits.iter().copied().map(char::from).collect()
+    std::str::from_utf8(&digits)
+        .expect("hex digits are ASCII")
+        .to_owned()
 }
 
 /// What the sealer is asked to do.

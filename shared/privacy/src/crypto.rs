@@ -197,22 +197,23 @@ impl fmt::Debug for DataKey {
 #[derive(Clone)]
 pub struct MasterKey {
     id: String,
-    key: [u8; KEY_LEN],
     /// Its key schedule, made once: every read of a sealed record unwraps
-    /// a data key with it.
+    /// a data key with it. The raw bytes are not kept: nothing needs them
+    /// after this, and the `aes` crate's `zeroize` feature clears the
+    /// schedule on drop.
     cipher: Aes256Gcm,
 }
 
 impl MasterKey {
     /// A master key from its id and raw bytes.
-    pub fn new(id: impl Into<String>, key: [u8; KEY_LEN]) -> Result<MasterKey, CryptoError> {
+    pub fn new(id: impl Into<String>, mut key: [u8; KEY_LEN]) -> Result<MasterKey, CryptoError> {
         let id = id.into();
-        check_key_id(&id)?;
-        Ok(MasterKey {
+        let made = check_key_id(&id).map(|()| MasterKey {
             id,
             cipher: cipher(&key),
-            key,
-        })
+        });
+        key.zeroize();
+        made
     }
 
     /// A new random master key.
@@ -223,12 +224,6 @@ impl MasterKey {
     /// The key's id; not secret.
     pub fn id(&self) -> &str {
         &self.id
-    }
-}
-
-impl Drop for MasterKey {
-    fn drop(&mut self) {
-        self.key.zeroize();
     }
 }
 
@@ -762,14 +757,15 @@ mod tests {
         assert_eq!(format!("{dk:?}"), "DataKey(..)");
         assert!(!leaks(&debug, &dk.0.bytes));
 
-        let mk = MasterKey::generate("mk-a").unwrap();
+        let key = *random_key();
+        let mk = MasterKey::new("mk-a", key).unwrap();
         let debug = format!("{mk:?} {mk:#?}");
         assert!(debug.contains("mk-a"));
-        assert!(!leaks(&debug, &mk.key), "{debug}");
+        assert!(!leaks(&debug, &key), "{debug}");
 
         let ring = Keyring::new("mk-a", [mk.clone()]).unwrap();
         let debug = format!("{ring:?} {ring:#?}");
-        assert!(!leaks(&debug, &mk.key), "{debug}");
+        assert!(!leaks(&debug, &key), "{debug}");
 
         let bik = BlindIndexKey::generate();
         let debug = format!("{bik:?} {bik:#?}");
