@@ -1,7 +1,8 @@
 //! Feedback and testimonials through the generated clients, on SQLite and
 //! PostgreSQL, with identity and tickets beside them in the same process:
 //! the publication-consent lifecycle (give, void by new text, give again,
-//! withdraw) with its history under the policy version in force; a
+//! withdraw) with its history under the policy version in force; consent
+//! voided by a new value of a field it shows (and only such a field); a
 //! testimonial shows only what was consented to, to any purpose; the
 //! subject contract across identity, tickets and feedback; bad inputs,
 //! each refused with nothing stored.
@@ -20,7 +21,10 @@ use custodian_proto::{
         CreateContactRequest, CreateUserRequest, PolicyVersion, PublishPolicyVersionRequest,
         policy_service_client::PolicyServiceClient,
     },
-    subject::v1::{EraseSubjectDataRequest, ExportSubjectDataRequest, LocateSubjectDataRequest},
+    subject::v1::{
+        EraseSubjectDataRequest, ExportSubjectDataRequest, FieldCorrection,
+        LocateSubjectDataRequest, RectifySubjectDataRequest,
+    },
     tickets::v1::{
         CreateTicketRequest, Requester, Ticket,
         ticket::{Channel, Kind as TicketKind},
@@ -424,6 +428,166 @@ storage_test!(
             .into_inner();
         assert_eq!(seen.text, NEW_TEXT);
         assert!(seen.author.unwrap_or_default().email.is_empty());
+    }
+);
+
+async fn update(app: &TestApp, name: &str, patch: Feedback, paths: &[&str]) -> Feedback {
+    app.feedback()
+        .update_feedback(UpdateFeedbackRequest {
+            feedback: Some(Feedback {
+                name: name.into(),
+                ..patch
+            }),
+            update_mask: mask(paths),
+        })
+        .await
+        .expect("update feedback")
+        .into_inner()
+}
+
+fn author(change: impl FnOnce(&mut FeedbackAuthor)) -> Feedback {
+    let mut author = FeedbackAuthor::default();
+    change(&mut author);
+    Feedback {
+        author: Some(author),
+        ..Default::default()
+    }
+}
+
+storage_test!(
+    consent_covers_the_values_of_its_fields_as_they_were,
+    |app: TestApp| async move {
+        use TestimonialField::{Company, GivenName};
+        fixtures::tenant(&app, "acme").await;
+        publish_policy(&app).await;
+        let name = create(&app, feedback("dana@example.com"))
+            .await
+            .unwrap()
+            .name;
+        let shown = |given: &str, company: &str| Testimonial {
+            text: TEXT.into(),
+            given_name: given.into(),
+            company: company.into(),
+            ..Default::default()
+        };
+        give(&app, &name, &[GivenName, Company], "").await.unwrap();
+        assert_eq!(
+            testimonials(&app).await,
+            [shown("Dana", "Northwind Freight")]
+        );
+        // The values are kept as a keyed hash only.
+        let publication = get(&app, &name).await.publication.unwrap();
+        assert_eq!(publication.values_hmac.len(), 43, "HMAC-SHA-256, base64url");
+
+        // A field not consented to changes without voiding anything.
+        update(
+            &app,
+            &name,
+            author(|a| a.job_title = "COO".into()),
+            &["author.job_title"],
+        )
+        .await;
+        assert_eq!(
+            testimonials(&app).await,
+            [shown("Dana", "Northwind Freight")]
+        );
+        assert_eq!(history(&app, &name).await.len(), 1);
+
+        // A new company voids the consent: it was for the old one.
+        let edited = update(
+            &app,
+            &name,
+            author(|a| a.company = "Southwind Logistics".into()),
+            &["author.company"],
+        )
+        .await;
+        assert_eq!(
+            edited.publication.unwrap().state,
+            PublicationState::Voided as i32
+        );
+        assert!(
+            testimonials(&app).await.is_empty(),
+            "not listed under the new company"
+        );
+        let events = history(&app, &name).await;
+        let kinds: Vec<i32> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EventKind::Given as i32, EventKind::Voided as i32]);
+        assert_eq!(events[1].changed_fields, ["company"]);
+        assert_eq!(events[1].values_hmac, events[0].values_hmac);
+        assert_eq!(events[1].fields, events[0].fields);
+        assert_eq!(events[1].policy_version, POLICY);
+
+        // Consent for the new values; then a new given name voids it.
+        give(&app, &name, &[GivenName, Company], "").await.unwrap();
+        assert_eq!(
+            testimonials(&app).await,
+            [shown("Dana", "Southwind Logistics")]
+        );
+        update(
+            &app,
+            &name,
+            author(|a| a.person_name = fixtures::name("Dora", "Quill")),
+            &["author.person_name"],
+        )
+        .await;
+        assert!(
+            testimonials(&app).await.is_empty(),
+            "not listed under the new name"
+        );
+        let events = history(&app, &name).await;
+        assert_eq!(events.len(), 4);
+        assert_eq!(events[3].kind, EventKind::Voided as i32);
+        assert_eq!(events[3].changed_fields, ["given_name"]);
+
+        // A value rectified outside UpdateFeedback (a data-subject request)
+        // is no longer what was consented to: not listed from then on, and
+        // the next change records the voiding.
+        give(&app, &name, &[GivenName, Company], "").await.unwrap();
+        assert_eq!(
+            testimonials(&app).await,
+            [shown("Dora", "Southwind Logistics")]
+        );
+        app.subjects_of("feedback")
+            .rectify_subject_data(RectifySubjectDataRequest {
+                subject: email_subject("dana@example.com"),
+                corrections: vec![FieldCorrection {
+                    resource: name.clone(),
+                    field_path: "author.company".into(),
+                    value: "Eastwind Partners".into(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .expect("rectify");
+        assert!(testimonials(&app).await.is_empty(), "rectified: not listed");
+        update(
+            &app,
+            &name,
+            author(|a| a.job_title = "CEO".into()),
+            &["author.job_title"],
+        )
+        .await;
+        let events = history(&app, &name).await;
+        assert_eq!(events.len(), 6);
+        assert_eq!(events[5].kind, EventKind::Voided as i32);
+        assert!(events[5].changed_fields.is_empty(), "{:?}", events[5]);
+
+        // New text still voids, and says so.
+        give(&app, &name, &[GivenName], "").await.unwrap();
+        update(
+            &app,
+            &name,
+            Feedback {
+                text: NEW_TEXT.into(),
+                ..Default::default()
+            },
+            &["text"],
+        )
+        .await;
+        assert!(testimonials(&app).await.is_empty());
+        let events = history(&app, &name).await;
+        assert_eq!(events[7].kind, EventKind::Voided as i32);
+        assert_eq!(events[7].changed_fields, ["text"]);
     }
 );
 

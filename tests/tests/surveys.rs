@@ -1,9 +1,12 @@
 //! Surveys through the generated clients, on SQLite and PostgreSQL: results
 //! only in aggregate (k-suppression, the differencing guard), responses
 //! kept apart from who gave them (the link gone at close), bad input
-//! refused with nothing stored, the 30-day sweep with the aggregates kept,
-//! erasure of a respondent, and, over the whole descriptor set, no method
-//! that returns one respondent's answers.
+//! refused with nothing stored (free text with sensitive data among it),
+//! free text sealed at rest (never in plaintext in the database's files,
+//! its key destroyed with it; plaintext an older version left sealed at
+//! start-up), the 30-day sweep with the aggregates kept, erasure of a
+//! respondent, and, over the whole descriptor set, no method that returns
+//! one respondent's answers.
 
 use std::{collections::BTreeSet, time::Duration};
 
@@ -21,7 +24,7 @@ use custodian_proto::{
     retention::v1::SweepExpiredRequest,
     subject::v1::{EraseSubjectDataRequest, LocateSubjectDataRequest},
 };
-use custodian_tests::{TestApp, storage_test};
+use custodian_tests::{Bearer, TestApp, storage_test, violations};
 use prost_types::FieldMask;
 use sqlx::{Column as _, Row as _};
 use tonic::{Code, Status};
@@ -225,6 +228,97 @@ fn email_subject(e: &str) -> Option<SubjectIdentifier> {
     Some(SubjectIdentifier {
         kind: Some(subject_identifier::Kind::Email(e.into())),
     })
+}
+
+/// Where `marker` is found in plaintext in the test's database: on
+/// SQLite, in the bytes of every file of its folder (the database, its log
+/// and shared memory); on PostgreSQL, in any row of any table.
+async fn plaintext(app: &TestApp, marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if app.db.url.starts_with("sqlite:") {
+        let mut folders = vec![app.db.dir().to_path_buf()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).expect("the test's folder") {
+                let path = entry.expect("an entry").path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else if std::fs::read(&path)
+                    .expect("a file of the test's folder")
+                    .windows(marker.len())
+                    .any(|w| w == marker.as_bytes())
+                {
+                    found.push(path.display().to_string());
+                }
+            }
+        }
+    } else {
+        let tables: Vec<String> = sqlx::query(
+            "SELECT table_name::text AS t FROM information_schema.tables \
+             WHERE table_schema = 'public'",
+        )
+        .fetch_all(&app.raw)
+        .await
+        .expect("the tables")
+        .iter()
+        .map(|r| r.try_get("t").unwrap())
+        .collect();
+        assert!(tables.len() > 10, "{tables:?}");
+        for table in tables {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT t::text AS row FROM {table} t"
+            )))
+            .fetch_all(&app.raw)
+            .await
+            .expect("rows as text");
+            if rows
+                .iter()
+                .any(|r| r.try_get::<String, _>("row").unwrap().contains(marker))
+            {
+                found.push(table);
+            }
+        }
+    }
+    found
+}
+
+/// A server on the same database and keys as `app`'s, as after a restart
+/// (`app`'s own is stopped first); its address and a way to stop it.
+async fn restart(
+    app: &mut TestApp,
+) -> (
+    tonic::transport::Channel,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    app.signal_stop();
+    if let Some(task) = app.take_task() {
+        task.await.expect("the server task").expect("a clean stop");
+    }
+    let config = custodian_tests::test_config(&app.db);
+    let suite = custodian::suite(
+        custodian::Target::All,
+        &config,
+        &app.keys,
+        app.clock.clone(),
+    )
+    .expect("suite");
+    let server = custodian::bind(config, suite).await.expect("bind");
+    let addr = server.local_addr();
+    let mut ready = server.readiness();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run_with_shutdown(async move {
+        let _ = stopped.await;
+    }));
+    tokio::time::timeout(Duration::from_secs(30), ready.wait_for(|r| *r))
+        .await
+        .expect("ready within 30s")
+        .expect("server task alive");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    (channel, stop, task)
 }
 
 // --- tests -----------------------------------------------------------------
@@ -502,9 +596,8 @@ storage_test!(
     |app: TestApp| async move {
         let survey = open_survey(&app).await;
         respond(&app, &survey, &[("pro", 3), ("team", 3)]).await;
-        // Free text with a card number is stored redacted.
         let token = invite(&app, &survey, "dan@example.com", &[("plan", "pro")]).await;
-        submit(&app, &token, answers(5, &format!("paid with {CARD}")))
+        submit(&app, &token, answers(5, "paid by invoice"))
             .await
             .expect("submit");
         assert_eq!(app.count("feedback_survey_links").await, 7);
@@ -514,7 +607,7 @@ storage_test!(
         assert_eq!(total.respondents, 7);
         let texts = &question_of(&total, "comment").texts;
         assert_eq!(texts.len(), 7);
-        assert!(texts.iter().all(|t| !t.contains("4111")), "{texts:?}");
+        assert!(texts.contains(&"paid by invoice".to_owned()), "{texts:?}");
 
         close(&app, &survey).await;
         // No row ties an invitation (a person) to a response any more.
@@ -601,12 +694,14 @@ storage_test!(
             .expect("submit");
         let answers_before = app.count("feedback_survey_answers").await;
         let texts = || async {
-            sqlx::query("SELECT COUNT(*) AS n FROM feedback_survey_answers WHERE text IS NOT NULL")
-                .fetch_one(&app.raw)
-                .await
-                .unwrap()
-                .try_get::<i64, _>("n")
-                .unwrap()
+            sqlx::query(
+                "SELECT COUNT(*) AS n FROM feedback_survey_answers WHERE sealed_text IS NOT NULL",
+            )
+            .fetch_one(&app.raw)
+            .await
+            .unwrap()
+            .try_get::<i64, _>("n")
+            .unwrap()
         };
         assert_eq!(texts().await, 5);
 
@@ -705,6 +800,216 @@ storage_test!(
             .unwrap()
             .into_inner();
         assert_eq!(survey_now.state, State::Closed as i32);
+    }
+);
+
+storage_test!(
+    free_text_with_sensitive_data_is_refused_and_nothing_stored,
+    |app: TestApp| async move {
+        let survey = open_survey(&app).await;
+        let token = invite(&app, &survey, "ann@example.com", &[("plan", "pro")]).await;
+        let before = rows(&app).await;
+        for text in [
+            format!("I am Zelda Zonk, card {CARD}, call me"),
+            "refund to DE89 3704 0044 0532 0130 00 please".to_owned(),
+        ] {
+            let err = submit(&app, &token, answers(4, &text)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{}", err.message());
+            let fields: Vec<String> = violations(&err).into_iter().map(|(f, _)| f).collect();
+            assert_eq!(fields, ["answers[4].text"], "{}", err.message());
+            for part in ["4111", "1111", "3704", "Zelda"] {
+                assert!(!err.message().contains(part), "{}", err.message());
+            }
+            assert_eq!(rows(&app).await, before, "nothing stored");
+        }
+        // The invitation is still unanswered: the same person answers
+        // without it.
+        submit(&app, &token, answers(4, "I am Zelda Zonk, call me"))
+            .await
+            .expect("a text without sensitive data");
+    }
+);
+
+storage_test!(
+    free_text_is_sealed_at_rest_and_its_key_goes_with_it,
+    |app: TestApp| async move {
+        const MARKER: &str = "quokka-lantern-4471";
+        let survey = open_survey(&app).await;
+        for i in 0..5 {
+            let token = invite(&app, &survey, &format!("r{i}@example.com"), &[]).await;
+            submit(&app, &token, answers(3, &format!("{MARKER} says {i}")))
+                .await
+                .expect("submit");
+        }
+        // The results show the text as it was written.
+        let shown = |results: SurveyResults| {
+            let mut texts = question_of(&results.total.unwrap(), "comment")
+                .texts
+                .clone();
+            texts.sort();
+            texts
+        };
+        let written: Vec<String> = (0..5).map(|i| format!("{MARKER} says {i}")).collect();
+        let open_results = results(&app, &survey, "", vec![]).await.expect("results");
+        assert_eq!(shown(open_results), written);
+        // On disk, never.
+        assert_eq!(plaintext(&app, MARKER).await, Vec::<String>::new());
+        let sealed: Vec<String> = sqlx::query(
+            "SELECT sealed_text FROM feedback_survey_answers WHERE sealed_text IS NOT NULL",
+        )
+        .fetch_all(&app.raw)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get("sealed_text").unwrap())
+        .collect();
+        assert_eq!(sealed.len(), 5);
+        assert!(sealed.iter().all(|s| s.starts_with("v1.")), "{sealed:?}");
+
+        // Close writes the answers again (sealed again): still shown, still
+        // nowhere in plaintext.
+        close(&app, &survey).await;
+        let closed = results(&app, &survey, "", vec![]).await.expect("results");
+        assert_eq!(shown(closed), written);
+        assert_eq!(plaintext(&app, MARKER).await, Vec::<String>::new());
+        let key: String = sqlx::query("SELECT text_key FROM feedback_surveys")
+            .fetch_one(&app.raw)
+            .await
+            .unwrap()
+            .try_get("text_key")
+            .unwrap();
+        let keys = || async {
+            sqlx::query("SELECT COUNT(*) AS n FROM subject_keys WHERE id = $1")
+                .bind(&key)
+                .fetch_one(&app.raw)
+                .await
+                .unwrap()
+                .try_get::<i64, _>("n")
+                .unwrap()
+        };
+        assert_eq!(keys().await, 1);
+
+        // The sweep deletes the responses and destroys the key with them:
+        // a copy of the sealed text (a backup) opens no more.
+        app.clock.advance(31 * DAY);
+        app.retention()
+            .sweep_expired(SweepExpiredRequest::default())
+            .await
+            .expect("sweep");
+        assert_eq!(app.count("feedback_survey_answers").await, 0);
+        assert_eq!(keys().await, 0, "the survey's text key is destroyed");
+        let cleared: Option<String> = sqlx::query("SELECT text_key FROM feedback_surveys")
+            .fetch_one(&app.raw)
+            .await
+            .unwrap()
+            .try_get("text_key")
+            .unwrap();
+        assert_eq!(cleared, None);
+        let kept = results(&app, &survey, "", vec![])
+            .await
+            .expect("aggregates");
+        assert!(kept.from_stored_aggregates);
+        assert_eq!(kept.total.unwrap().respondents, 5);
+    }
+);
+
+storage_test!(
+    plaintext_an_older_version_left_is_sealed_at_start_up,
+    |mut app: TestApp| async move {
+        const MARKER: &str = "wombat-ledger-9032";
+        let survey = open_survey(&app).await;
+        respond(&app, &survey, &[("pro", 5)]).await;
+        // The rows as an older version wrote them: the text in plaintext,
+        // nothing sealed, no key for the survey.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE feedback_survey_answers SET text = '{MARKER} ' || question, \
+             sealed_text = NULL WHERE sealed_text IS NOT NULL"
+        )))
+        .execute(&app.raw)
+        .await
+        .unwrap();
+        sqlx::query("DELETE FROM subject_keys WHERE id IN (SELECT text_key FROM feedback_surveys)")
+            .execute(&app.raw)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE feedback_surveys SET text_key = NULL")
+            .execute(&app.raw)
+            .await
+            .unwrap();
+        assert!(!plaintext(&app, MARKER).await.is_empty(), "the old rows");
+
+        let (channel, stop, task) = restart(&mut app).await;
+        let plain =
+            sqlx::query("SELECT COUNT(*) AS n FROM feedback_survey_answers WHERE text IS NOT NULL")
+                .fetch_one(&app.raw)
+                .await
+                .unwrap()
+                .try_get::<i64, _>("n")
+                .unwrap();
+        assert_eq!(plain, 0);
+        assert_eq!(
+            plaintext(&app, MARKER).await,
+            Vec::<String>::new(),
+            "no plaintext left, in rows or in the files"
+        );
+        // Sealed, and read back as it was.
+        let surveys_channel = channel.clone();
+        let mut surveys = custodian_proto::feedback::v1::survey_service_client::SurveyServiceClient::with_interceptor(
+            channel,
+            Bearer::new(Some(&app.root_token)),
+        );
+        let total = surveys
+            .get_survey_results(GetSurveyResultsRequest {
+                survey: survey.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("results")
+            .into_inner()
+            .total
+            .unwrap();
+        let texts = &question_of(&total, "comment").texts;
+        assert_eq!(texts.len(), 5);
+        assert!(
+            texts.iter().all(|t| t == &format!("{MARKER} comment")),
+            "{texts:?}"
+        );
+
+        // A replica not yet upgraded writes plaintext meanwhile: shown, and
+        // sealed by the next sweep.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE feedback_survey_answers SET text = '{MARKER} late', sealed_text = NULL \
+             WHERE response_id = (SELECT MIN(response_id) FROM feedback_survey_answers \
+             WHERE sealed_text IS NOT NULL) AND sealed_text IS NOT NULL"
+        )))
+        .execute(&app.raw)
+        .await
+        .unwrap();
+        assert!(!plaintext(&app, &format!("{MARKER} late")).await.is_empty());
+        custodian_proto::retention::v1::retention_service_client::RetentionServiceClient::with_interceptor(
+            surveys_channel.clone(),
+            Bearer::new(Some(&app.root_token)),
+        )
+        .sweep_expired(SweepExpiredRequest::default())
+        .await
+        .expect("sweep");
+        assert_eq!(plaintext(&app, MARKER).await, Vec::<String>::new());
+        let total = surveys
+            .get_survey_results(GetSurveyResultsRequest {
+                survey: survey.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("results")
+            .into_inner()
+            .total
+            .unwrap();
+        let mut texts = question_of(&total, "comment").texts.clone();
+        texts.sort();
+        assert_eq!(texts[0], format!("{MARKER} comment"));
+        assert_eq!(texts[4], format!("{MARKER} late"));
+        let _ = stop.send(());
+        task.await.unwrap().unwrap();
     }
 );
 

@@ -10,6 +10,7 @@ mod testimonials;
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use custodian_kit::{
     Call, Context, KitService, Store,
     retention::{PeerPolicy, StoreSweep, Sweep},
@@ -83,7 +84,15 @@ impl KitService for Feedback {
             self.context
                 .db
                 .migrate(NAME, sqlx::migrate!("./migrations"))
+                .await?;
+            // Before anything is served: no plaintext an older version
+            // wrote stays readable.
+            self.surveys
+                .seal_plaintext()
                 .await
+                .map_err(anyhow::Error::from)
+                .context("sealing survey free text left in plaintext")?;
+            Ok(())
         })
     }
 
@@ -100,11 +109,11 @@ impl KitService for Feedback {
             data_category: DataCategory::Feedback as i32,
             controller: ControllerDecl::Company as i32,
             personal_fields: vec![DataMapField {
-                path: "text (free-text answers; sensitive data redacted; unlinked from the person at close)"
+                path: "text (free-text answers; sensitive data refused; sealed under the survey's key, destroyed with the responses; unlinked from the person at close)"
                     .to_owned(),
                 visible_to: Vec::new(),
                 lookup: 0,
-                encrypted_at_rest: false,
+                encrypted_at_rest: true,
             }],
             default_retention: Some(prost_types::Duration {
                 seconds: 30 * 86_400,

@@ -254,6 +254,26 @@ impl Vault {
             .collect()
     }
 
+    /// The data key of `subject_id` read inside the caller's transaction,
+    /// `None` once destroyed: for a key a service made with
+    /// [`Self::subject_key`] to seal what it keeps beside its records (a
+    /// survey's free text), read where a second connection from the pool
+    /// must not be waited for.
+    pub async fn key_of(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        subject_id: &str,
+    ) -> Result<Option<DataKey>, ApiError> {
+        let row =
+            sqlx::query("SELECT wrapped_key FROM subject_keys WHERE service = $1 AND id = $2")
+                .bind(self.service)
+                .bind(subject_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+        row.map(|r| self.unwrap(subject_id, &r.try_get::<String, _>("wrapped_key")?))
+            .transpose()
+    }
+
     /// A new subject's id and data key, the key wrapped for storing.
     fn fresh_key(&self) -> (String, DataKey, WrappedKey) {
         let id = uuid::Uuid::now_v7().to_string();

@@ -1,9 +1,10 @@
 //! `custodian.feedback.v1.FeedbackService`. The stack has already checked
 //! the caller, the purpose and every value's form; the kit stores, seals,
 //! cuts down and audits. Here: the author's link to identity, the consent
-//! to publish (given for a text's hash and a set of fields, withdrawn,
-//! voided by new text, each change kept with the policy version in force),
-//! and the testimonials built from valid consents only.
+//! to publish (given for a text's hash, a set of fields and a keyed hash of
+//! their values; withdrawn; voided by a new text or a new value of a field
+//! consented to, each change kept with the policy version in force), and
+//! the testimonials built from consents that still match, only.
 
 use custodian_kit::{
     Arg, Call, Filter, Idempotency, New, Query, Records, Sensitive, Shown, Stored, peers::Peers,
@@ -27,6 +28,8 @@ use custodian_proto::{
     },
 };
 use custodian_runtime::{ApiError, error::Violations, paging::Page, time::to_timestamp};
+use prost::Message as _;
+use prost_reflect::ReflectMessage as _;
 use sha2::{Digest as _, Sha256};
 use tonic::{Request, Response, Status};
 
@@ -71,11 +74,66 @@ fn check_feedback(f: &Feedback, prefix: &str, v: &mut Violations) {
     }
 }
 
-/// Whether a publication consent stands now: given, and for this text.
-fn consented(f: &Feedback) -> Option<&Publication> {
-    f.publication
-        .as_ref()
-        .filter(|p| p.state == PublicationState::Given as i32 && p.text_sha256 == sha256(&f.text))
+/// Blind-index domain of the keyed hash of a testimonial's values.
+const VALUES: &str = "feedback.testimonial";
+
+/// The keyed hash of the values a consent to `fields` covers: everything
+/// the testimonial shows. `hmac` is the vault's blind index (the values are
+/// personal: a plain hash of a name could be guessed back).
+type Hmac<'a> = &'a dyn Fn(&str, &str) -> String;
+
+fn values_hmac(hmac: Hmac<'_>, f: &Feedback, fields: &[i32]) -> String {
+    // prost's encoding of one message is deterministic: equal values, equal
+    // bytes.
+    let (shown, _) = testimonial(f, fields);
+    hmac(VALUES, &hex::encode(shown.encode_to_vec()))
+}
+
+/// Whether a publication consent stands now: given, for this text, and for
+/// the values its fields hold now. A consent recorded before values were
+/// hashed (no hash) covers nothing that can be checked: it stands for
+/// nothing until given again.
+fn consented<'f>(f: &'f Feedback, hmac: Hmac<'_>) -> Option<&'f Publication> {
+    f.publication.as_ref().filter(|p| {
+        p.state == PublicationState::Given as i32
+            && p.text_sha256 == sha256(&f.text)
+            && !p.values_hmac.is_empty()
+            && p.values_hmac == values_hmac(hmac, f, &p.fields)
+    })
+}
+
+/// The fields of the testimonial (by their names in `Testimonial`) whose
+/// value differs between two.
+fn changed(before: &Testimonial, after: &Testimonial) -> Vec<String> {
+    let (before, after) = (before.transcode_to_dynamic(), after.transcode_to_dynamic());
+    before
+        .descriptor()
+        .fields()
+        .filter(|field| before.get_field(field) != after.get_field(field))
+        .map(|field| field.name().to_owned())
+        .collect()
+}
+
+/// Whether changing feedback from `before` to `after` voids consent
+/// `given`, and why: the testimonial fields whose value the change made
+/// differ. It voids when it changes any, and when the values no longer
+/// match the consent whatever this change did (a rectification changed
+/// them before, or the consent predates the hash): then with no field
+/// named.
+fn voiding(
+    hmac: Hmac<'_>,
+    given: &Publication,
+    before: &Feedback,
+    after: &Feedback,
+) -> Option<Vec<String>> {
+    let changed = changed(
+        &testimonial(before, &given.fields).0,
+        &testimonial(after, &given.fields).0,
+    );
+    let matches = sha256(&after.text) == given.text_sha256
+        && !given.values_hmac.is_empty()
+        && values_hmac(hmac, after, &given.fields) == given.values_hmac;
+    (!changed.is_empty() || !matches).then_some(changed)
 }
 
 /// The testimonial of consented feedback: the text, and only the fields
@@ -169,6 +227,12 @@ fn no_consent(name: &str) -> ApiError {
 impl Api {
     fn now(&self) -> i64 {
         self.feedback.store().now()
+    }
+
+    /// The keyed hash the consents use: the vault's blind index.
+    fn hmac(&self) -> impl Fn(&str, &str) -> String + '_ {
+        let vault = &self.feedback.store().privacy().vault;
+        move |domain, value| vault.blind_index(domain, value)
     }
 
     /// The privacy-policy version in force now, "" when none was ever
@@ -314,6 +378,7 @@ impl Api {
             kind: kind as i32,
             text_sha256: publication.text_sha256.clone(),
             fields: publication.fields.clone(),
+            values_hmac: publication.values_hmac.clone(),
             policy_version: version.to_owned(),
             actor: call.actor().to_owned(),
             ..Default::default()
@@ -453,21 +518,29 @@ impl FeedbackService for Api {
                 patch.author = Some(author);
             }
         }
-        // New text voids a consent in force: what it was in force under is
-        // read first, so the voiding is never unrecorded.
-        let text_changes = paths.iter().any(|p| p == "text")
-            && before
-                .message
-                .publication
-                .as_ref()
-                .is_some_and(|p| p.state == PublicationState::Given as i32)
-            && sha256(&patch.text) != sha256(&before.message.text);
-        let version = if text_changes {
+        // New text, or a new value of a field consented to, voids a consent
+        // in force: what it was in force under is read first, so the
+        // voiding is never unrecorded.
+        let hmac = self.hmac();
+        let voids = match before
+            .message
+            .publication
+            .as_ref()
+            .filter(|p| p.state == PublicationState::Given as i32)
+        {
+            Some(given) => {
+                let mut preview = before.message.clone();
+                self.feedback.apply_mask(&mut preview, &patch, &paths)?;
+                voiding(&hmac, given, &before.message, &preview).is_some()
+            }
+            None => false,
+        };
+        let version = if voids {
             Some(self.policy_version().await?)
         } else {
             None
         };
-        let mut voided: Option<Publication> = None;
+        let mut voided: Option<(Publication, Vec<String>)> = None;
         let stored = self
             .feedback
             .update(
@@ -484,7 +557,7 @@ impl FeedbackService for Api {
                         .clone()
                         .filter(|p| p.state == PublicationState::Given as i32);
                     if let Some(given) = given
-                        && sha256(&after.text) != given.text_sha256
+                        && let Some(why) = voiding(&hmac, &given, &current.message, after)
                     {
                         if version.is_none() {
                             return Err(ApiError::Aborted(format!(
@@ -495,7 +568,7 @@ impl FeedbackService for Api {
                             state: PublicationState::Voided as i32,
                             ..given.clone()
                         });
-                        voided = Some(given);
+                        voided = Some((given, why));
                     }
                     Ok(())
                 },
@@ -510,11 +583,13 @@ impl FeedbackService for Api {
                 },
             )
             .await?;
-        if let Some(given) = voided {
+        if let Some((given, changed_fields)) = voided {
             let event = PublicationConsentEvent {
                 kind: Kind::Voided as i32,
                 text_sha256: given.text_sha256,
                 fields: given.fields,
+                values_hmac: given.values_hmac,
+                changed_fields,
                 policy_version: version.unwrap_or_default(),
                 actor: call.actor().to_owned(),
                 ..Default::default()
@@ -553,10 +628,12 @@ impl FeedbackService for Api {
         let version = self.policy_version().await?;
         self.settle(&call, &feedback, &version).await?;
         let hash = sha256(&feedback.message.text);
+        let hmac = self.hmac();
         // The proof first: a testimonial is never listed without its record.
         let event = PublicationConsentEvent {
             kind: Kind::Given as i32,
             text_sha256: hash.clone(),
+            values_hmac: values_hmac(&hmac, &feedback.message, &fields),
             fields: fields.clone(),
             text: feedback.message.text.clone(),
             policy_version: version,
@@ -573,9 +650,10 @@ impl FeedbackService for Api {
         // A retry completes what its first call left undone, unless the
         // consent has moved on since.
         if !done && (!replayed || self.is_last(&call, &feedback, &event.id).await?) {
-            let (text_sha256, fields) = (
+            let (text_sha256, fields, values) = (
                 event.message.text_sha256.clone(),
                 event.message.fields.clone(),
+                event.message.values_hmac.clone(),
             );
             let now = self.now();
             self.feedback
@@ -585,10 +663,12 @@ impl FeedbackService for Api {
                     "feedback",
                     "feedback",
                     |current, after| {
-                        if sha256(&current.message.text) != text_sha256 {
+                        if sha256(&current.message.text) != text_sha256
+                            || values_hmac(&hmac, &current.message, &fields) != values
+                        {
                             return Err(ApiError::Aborted(format!(
-                                "the text of {} changed while consent was being given; \
-                                 consent must be given for the new text",
+                                "{} changed while consent was being given; \
+                                 consent must be given for its new values",
                                 req.feedback
                             )));
                         }
@@ -596,6 +676,7 @@ impl FeedbackService for Api {
                             state: PublicationState::Given as i32,
                             text_sha256: text_sha256.clone(),
                             fields: fields.clone(),
+                            values_hmac: values.clone(),
                             consent_event: event_name.clone(),
                             give_time: Some(to_timestamp(now)),
                         });
@@ -656,6 +737,7 @@ impl FeedbackService for Api {
             kind: Kind::Withdrawn as i32,
             text_sha256: given.text_sha256,
             fields: given.fields,
+            values_hmac: given.values_hmac,
             policy_version: version,
             actor: call.actor().to_owned(),
             ..Default::default()
@@ -711,10 +793,12 @@ impl FeedbackService for Api {
         let privacy = self.feedback.store().privacy();
         let mut testimonials = Vec::new();
         let mut events = Vec::new();
+        let hmac = self.hmac();
         for stored in &records {
-            // Text changed outside UpdateFeedback (a rectification): the
-            // consent was for another text, so it is no testimonial.
-            let Some(publication) = consented(&stored.message) else {
+            // Text or a consented value changed outside UpdateFeedback (a
+            // rectification): the consent was for other values, so it is
+            // no testimonial.
+            let Some(publication) = consented(&stored.message, &hmac) else {
                 continue;
             };
             let (shown, fields) = testimonial(&stored.message, &publication.fields);
@@ -803,16 +887,105 @@ mod tests {
         assert!(!v.is_empty());
     }
 
+    /// A stand-in for the vault's keyed hash, deterministic per input.
+    fn hmac(domain: &str, value: &str) -> String {
+        sha256(&format!("{domain}\0{value}"))
+    }
+
+    fn given(f: &Feedback, fields: &[TestimonialField]) -> Publication {
+        let fields: Vec<i32> = fields.iter().map(|f| *f as i32).collect();
+        Publication {
+            state: PublicationState::Given as i32,
+            text_sha256: sha256(&f.text),
+            values_hmac: values_hmac(&hmac, f, &fields),
+            fields,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn consent_stands_only_for_its_text() {
         let mut f = feedback();
-        f.publication = Some(Publication {
-            state: PublicationState::Given as i32,
-            text_sha256: sha256(&f.text),
-            ..Default::default()
-        });
-        assert!(consented(&f).is_some());
+        f.publication = Some(given(&f, &[]));
+        assert!(consented(&f, &hmac).is_some());
         f.text.push('!');
-        assert!(consented(&f).is_none());
+        assert!(consented(&f, &hmac).is_none());
+    }
+
+    #[test]
+    fn consent_stands_only_for_the_values_of_its_fields() {
+        let mut f = feedback();
+        f.publication = Some(given(
+            &f,
+            &[
+                TestimonialField::GivenName,
+                TestimonialField::Company,
+                TestimonialField::FamilyNameInitial,
+            ],
+        ));
+        assert!(consented(&f, &hmac).is_some());
+        // A field not consented to changes freely; so does what the
+        // testimonial does not show of a consented one (the family name
+        // past its initial).
+        f.author.as_mut().unwrap().job_title = "CEO".into();
+        f.author
+            .as_mut()
+            .unwrap()
+            .person_name
+            .as_mut()
+            .unwrap()
+            .family_name = "Dunn".into();
+        f.rating = 2;
+        assert!(consented(&f, &hmac).is_some());
+        f.author.as_mut().unwrap().company = "Doyle AG".into();
+        assert!(consented(&f, &hmac).is_none());
+        // No hash (a consent recorded before values were hashed): nothing
+        // to check the values against, so it stands for nothing.
+        let mut old = feedback();
+        old.publication = Some(Publication {
+            values_hmac: String::new(),
+            ..given(&old, &[TestimonialField::GivenName])
+        });
+        assert!(consented(&old, &hmac).is_none());
+    }
+
+    #[test]
+    fn a_change_voids_consent_naming_the_fields_it_changed() {
+        let before = feedback();
+        let consent = given(
+            &before,
+            &[TestimonialField::GivenName, TestimonialField::Rating],
+        );
+        let mut after = before.clone();
+        after.author.as_mut().unwrap().company = "Elsewhere Ltd".into();
+        after.author.as_mut().unwrap().job_title = "CEO".into();
+        assert_eq!(voiding(&hmac, &consent, &before, &after), None);
+        after.rating = 4;
+        after
+            .author
+            .as_mut()
+            .unwrap()
+            .person_name
+            .as_mut()
+            .unwrap()
+            .given_name = "Dan".into();
+        assert_eq!(
+            voiding(&hmac, &consent, &before, &after),
+            Some(vec!["given_name".to_owned(), "rating".to_owned()])
+        );
+        let mut text = before.clone();
+        text.text = "Changed.".into();
+        assert_eq!(
+            voiding(&hmac, &consent, &before, &text),
+            Some(vec!["text".to_owned()])
+        );
+        // Values that stopped matching before this change (a
+        // rectification): voided, with no field to name.
+        let mut rectified = before.clone();
+        rectified.rating = 1;
+        assert_eq!(
+            voiding(&hmac, &consent, &rectified, &rectified),
+            Some(Vec::new())
+        );
     }
 }
