@@ -724,7 +724,10 @@ storage_test!(
         app.clock.advance(DAY + Duration::from_secs(2 * 3600));
         let total = report(&app, &s.name, Dimension::Unspecified, 3).await;
         assert_eq!(total.k, 5);
-        assert_eq!(total.suppressed_days, 1, "the day of 4 visitors");
+        // Every day of the range but the one of 7 visitors: the day of 4
+        // is told as the empty days are.
+        let span = (total.end_time.unwrap().seconds - total.start_time.unwrap().seconds) / 86_400;
+        assert_eq!(i64::from(total.suppressed_days), span - 1);
         let t = total.total.unwrap();
         assert_eq!((t.pageviews, t.visitors, t.visits), (12, 7, 7));
         assert!((t.bounce_rate - 2.0 / 7.0).abs() < 1e-9);
@@ -790,7 +793,8 @@ storage_test!(
         visits(&app, "www.example.com", &five).await;
         app.clock.advance(DAY + Duration::from_secs(2 * 3600));
         let r = report(&app, &s.name, Dimension::Page, 2).await;
-        assert_eq!(r.suppressed_days, 0);
+        let span = (r.end_time.unwrap().seconds - r.start_time.unwrap().seconds) / 86_400;
+        assert_eq!(i64::from(r.suppressed_days), span - 1);
         assert_eq!(r.rows.len(), 1);
         assert_eq!(r.rows[0].visitors, 5);
     }
@@ -1141,3 +1145,150 @@ async fn a_writer_behind_refuses_with_429_sqlite() {
 async fn a_writer_behind_refuses_with_429_postgres() {
     backpressure_test(Backend::Postgres).await;
 }
+
+// --- what a site owner who can send events may learn --------------------------
+
+/// The agents an attacker gives its fake visitors: each its own hash.
+fn fake_agent(i: usize) -> String {
+    CHROME.replace("Chrome/156.0.0.0", &format!("Chrome/{}.0.0.0", 140 + i))
+}
+
+fn engagement(domain: &str, path: &str, ip: &str, agent: &str, ms: i64) -> Event {
+    Event {
+        r#type: Type::Engagement as i32,
+        engaged_ms: ms,
+        user_agent: agent.into(),
+        ..grpc_event(domain, path, ip)
+    }
+}
+
+fn view_as(domain: &str, path: &str, ip: &str, agent: &str) -> Event {
+    Event {
+        user_agent: agent.into(),
+        ..grpc_event(domain, path, ip)
+    }
+}
+
+async fn collect_all(app: &TestApp, events: Vec<Event>) {
+    let answer = collector(app)
+        .collect_events(CollectEventsRequest { events })
+        .await
+        .expect("collect")
+        .into_inner();
+    assert!(answer.dropped.is_empty(), "{answer:?}");
+}
+
+/// One real visitor reads /secret for 47.123 s. On one site the attacker
+/// adds six fakes that only load the page; on another its six fakes send
+/// engagement of 10 s each, known to it. Before, the first report showed
+/// the real visitor's exact time as a 7-visitor row's average, and the
+/// second gave it away by subtraction.
+const REAL_MS: i64 = 47_123;
+const FAKE_MS: i64 = 10_000;
+
+storage_test!(
+    a_row_padded_with_fakes_does_not_give_away_a_visitors_time,
+    |app: TestApp| async move {
+        let quiet = site(&app, "quiet.example.com").await;
+        let noisy = site(&app, "noisy.example.com").await;
+        for (domain, fakes_engage) in [("quiet.example.com", false), ("noisy.example.com", true)] {
+            let mut events = vec![
+                view_as(domain, "/secret", "198.51.100.77", CHROME),
+                engagement(domain, "/secret", "198.51.100.77", CHROME, REAL_MS),
+            ];
+            for i in 0..6 {
+                let agent = fake_agent(i);
+                events.push(view_as(domain, "/secret", "203.0.113.66", &agent));
+                if fakes_engage {
+                    events.push(engagement(
+                        domain,
+                        "/secret",
+                        "203.0.113.66",
+                        &agent,
+                        FAKE_MS,
+                    ));
+                }
+            }
+            collect_all(&app, events).await;
+        }
+        app.clock.advance(DAY + Duration::from_secs(2 * 3600));
+
+        // Fakes without engagement: the row shows (counts can be padded),
+        // its time does not.
+        let by_page = report(&app, &quiet.name, Dimension::Page, 2).await;
+        let secret = by_page
+            .rows
+            .iter()
+            .find(|r| r.key == "/secret")
+            .expect("row");
+        assert_eq!(secret.visitors, 7);
+        for row in [secret, by_page.total.as_ref().unwrap()] {
+            assert_ne!(row.average_time_on_page_seconds, REAL_MS as f64 / 1000.0);
+            assert_ne!(row.average_visit_seconds, REAL_MS as f64 / 7000.0);
+            assert!(row.time_averages_withheld, "{row:?}");
+            assert_eq!(
+                (row.average_time_on_page_seconds, row.average_visit_seconds),
+                (0.0, 0.0)
+            );
+        }
+
+        // Fakes with engagement the attacker knows: 7 engaged visitors, so
+        // the averages show, but subtracting the fakes' own time no longer
+        // gives the real visitor's.
+        let by_page = report(&app, &noisy.name, Dimension::Page, 2).await;
+        let secret = by_page
+            .rows
+            .iter()
+            .find(|r| r.key == "/secret")
+            .expect("row");
+        for row in [secret, by_page.total.as_ref().unwrap()] {
+            assert!(!row.time_averages_withheld, "{row:?}");
+            let recovered = |average: f64| (average * 7_000.0).round() as i64 - 6 * FAKE_MS;
+            assert_ne!(
+                recovered(row.average_time_on_page_seconds),
+                REAL_MS,
+                "{row:?}"
+            );
+            assert_ne!(recovered(row.average_visit_seconds), REAL_MS, "{row:?}");
+        }
+        // Nor is the exact sum kept at rest.
+        let stored = rows(
+            &app,
+            &format!(
+                "SELECT engaged_ms, visit_ms, engaged_visitors FROM analytics_daily \
+                 WHERE site_id = '{}' AND key = '/secret'",
+                noisy.name.trim_start_matches("sites/")
+            ),
+        )
+        .await;
+        assert_eq!(stored.len(), 1);
+        let exact = REAL_MS + 6 * FAKE_MS;
+        assert_ne!(stored[0].get::<i64, _>("engaged_ms"), exact);
+        assert_ne!(stored[0].get::<i64, _>("visit_ms"), exact);
+        assert_eq!(stored[0].get::<i64, _>("engaged_visitors"), 7);
+    }
+);
+
+storage_test!(
+    a_day_with_a_few_visitors_is_told_as_a_day_with_none,
+    |app: TestApp| async move {
+        let few = site(&app, "few.example.com").await;
+        let none = site(&app, "none.example.com").await;
+        collect_all(
+            &app,
+            (0..3)
+                .map(|i| grpc_event("few.example.com", "/", &format!("203.0.113.{i}")))
+                .collect(),
+        )
+        .await;
+        app.clock.advance(DAY + Duration::from_secs(2 * 3600));
+        let a = report(&app, &few.name, Dimension::Day, 3).await;
+        let b = report(&app, &none.name, Dimension::Day, 3).await;
+        let span = (a.end_time.unwrap().seconds - a.start_time.unwrap().seconds) / 86_400;
+        assert_eq!(
+            (a.suppressed_days, a.rows.len(), a.total.unwrap().pageviews),
+            (b.suppressed_days, b.rows.len(), b.total.unwrap().pageviews)
+        );
+        assert_eq!(i64::from(a.suppressed_days), span);
+    }
+);
