@@ -1292,3 +1292,66 @@ storage_test!(
         assert_eq!(i64::from(a.suppressed_days), span);
     }
 );
+
+storage_test!(
+    late_events_count_until_their_day_is_rolled_up,
+    |app: TestApp| async move {
+        let s = site(&app, "www.example.com").await;
+        let hour: i64 = 3_600_000_000;
+        let day: i64 = 24 * hour;
+        // Half past midnight (UTC).
+        let now = app.clock.now_micros();
+        let midnight = (now.div_euclid(day) + 1) * day;
+        app.clock
+            .advance(Duration::from_micros((midnight + hour / 2 - now) as u64));
+        let at = |ip: String, time: i64| Event {
+            time: Some(to_timestamp(time)),
+            ..grpc_event("www.example.com", "/", &ip)
+        };
+        // Yesterday at ten to one: almost a day old, from a client that was
+        // offline. Counted: yesterday is rolled up only at one o'clock.
+        let late: Vec<Event> = (0..5)
+            .map(|i| {
+                at(
+                    format!("203.0.113.{i}"),
+                    midnight - day + hour - 600_000_000,
+                )
+            })
+            .collect();
+        let answer = collector(&app)
+            .collect_events(CollectEventsRequest { events: late })
+            .await
+            .expect("collect")
+            .into_inner();
+        assert_eq!(
+            (answer.accepted, answer.dropped.len()),
+            (5, 0),
+            "{answer:?}"
+        );
+        // The day before yesterday is rolled up already.
+        let answer = collector(&app)
+            .collect_events(CollectEventsRequest {
+                events: vec![at("203.0.113.9".into(), midnight - day - 1)],
+            })
+            .await
+            .expect("collect")
+            .into_inner();
+        assert_eq!(answer.accepted, 0);
+        assert_eq!(answer.dropped[0].reason, DropReason::Invalid as i32);
+        // Past one o'clock yesterday's aggregates are made; an event of it
+        // that comes now is dropped, and they stay as they were.
+        app.clock.advance(Duration::from_secs(3600));
+        let answer = collector(&app)
+            .collect_events(CollectEventsRequest {
+                events: vec![at("203.0.113.10".into(), midnight - 1)],
+            })
+            .await
+            .expect("collect")
+            .into_inner();
+        assert_eq!(answer.accepted, 0);
+        assert_eq!(answer.dropped[0].reason, DropReason::Invalid as i32);
+        let r = report(&app, &s.name, Dimension::Day, 2).await;
+        assert_eq!(r.rows.len(), 1, "{r:?}");
+        assert_eq!((r.rows[0].pageviews, r.rows[0].visitors), (5, 5));
+    }
+);

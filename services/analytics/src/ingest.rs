@@ -251,7 +251,7 @@ impl Ingest {
         if self.grant_active(call, &tenant).await? {
             for e in request.events {
                 let time = e.time.as_ref().map(micros_of).unwrap_or(now);
-                if time < now - door::LATE_MICROS || time > now + door::AHEAD_MICROS {
+                if !door::on_time(time, now) {
                     *dropped.entry(DropReason::Invalid as i32).or_default() += 1;
                     batch.drops.push(Dropped {
                         site_id: crate::USAGE_SITE.to_owned(),
