@@ -1355,3 +1355,83 @@ storage_test!(
         assert_eq!((r.rows[0].pageviews, r.rows[0].visitors), (5, 5));
     }
 );
+
+storage_test!(
+    usage_events_need_a_user_identity_holds_in_the_tenant,
+    |app: TestApp| async move {
+        fixtures::tenant(&app, "acme").await;
+        fixtures::tenant(&app, "beta").await;
+        let admin = user(&app, "acme", "admin@acme.example").await;
+        let worker = user(&app, "acme", "worker@acme.example").await;
+        let stranger = user(&app, "beta", "stranger@beta.example").await;
+        let stranger_id = stranger.rsplit('/').next().unwrap().to_owned();
+        MonitoringGrantServiceClient::with_interceptor(
+            app.channel.clone(),
+            Bearer::new(Some(&app.root_token)),
+        )
+        .create_monitoring_grant(CreateMonitoringGrantRequest {
+            parent: "tenants/acme".into(),
+            monitoring_grant: Some(MonitoringGrant {
+                scopes: vec![custodian_analytics::USAGE_SCOPE.into()],
+                expire_time: Some(to_timestamp(app.clock.now_micros() + 86_400_000_000)),
+                granted_by: admin.clone(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("grant");
+        let send = |users: Vec<String>| {
+            let request = CollectUsageEventsRequest {
+                events: users
+                    .iter()
+                    .map(|u| usage_event("acme", u, "workflow_run"))
+                    .collect(),
+            };
+            let mut client = collector(&app);
+            async move { client.collect_usage_events(request).await }
+        };
+        // Beta's user under acme's name, and a user nobody created:
+        // dropped and counted; acme's own user is stored.
+        let answer = send(vec![
+            worker.clone(),
+            format!("tenants/acme/users/{stranger_id}"),
+            format!("tenants/acme/users/{}", uuid::Uuid::now_v7()),
+        ])
+        .await
+        .expect("usage")
+        .into_inner();
+        assert_eq!(answer.accepted, 1, "{answer:?}");
+        assert_eq!(
+            answer
+                .dropped
+                .iter()
+                .map(|d| (d.reason, d.count))
+                .collect::<Vec<_>>(),
+            vec![(DropReason::UnknownUser as i32, 2)]
+        );
+        assert_eq!(app.count("analytics_usage").await, 1);
+        // Not a user of the tenant by its very name: the whole request is
+        // refused, as the schema's other breaches are, and nothing stored.
+        for bad in [
+            String::new(),
+            stranger.clone(),
+            format!("{worker}/x"),
+            format!("{worker}/../../../beta/users/{stranger_id}"),
+            "tenants/acme/users/".to_owned(),
+        ] {
+            let refused = send(vec![worker.clone(), bad.clone()])
+                .await
+                .expect_err("refused");
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            let fields: Vec<String> = violations(&refused).into_iter().map(|(f, _)| f).collect();
+            assert_eq!(fields, vec!["events[1].user".to_owned()], "{bad:?}");
+        }
+        assert_eq!(app.count("analytics_usage").await, 1);
+        let counted = drops(&app).await;
+        assert!(
+            counted.contains(&(DropReason::UnknownUser as i32, 2)),
+            "{counted:?}"
+        );
+    }
+);
