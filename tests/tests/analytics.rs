@@ -184,16 +184,14 @@ storage_test!(
         ]);
         let (status, body) = beacon(&app, &batch.to_string(), &[]).await;
         assert_eq!(status, 202, "{body}");
+        // The browser learns how many events were received, not what
+        // became of each: that would tell which sites exist.
         let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(answer["accepted"], 1);
-        assert_eq!(answer["dropped"], 3);
+        assert_eq!(answer, serde_json::json!({"received": 4}));
         // A duplicate in a later request as well.
         let again = serde_json::json!({"site": "www.example.com", "type": "pageview", "url": "https://www.example.com/a", "event_id": "e-1"});
-        let (_, body) = beacon(&app, &again.to_string(), &[]).await;
-        assert_eq!(
-            serde_json::from_str::<serde_json::Value>(&body).unwrap()["dropped"],
-            1
-        );
+        let (status, _) = beacon(&app, &again.to_string(), &[]).await;
+        assert_eq!(status, 202);
 
         // Usage outside a monitoring grant: dropped for consent.
         fixtures::tenant(&app, "acme").await;
@@ -1290,6 +1288,142 @@ storage_test!(
             (b.suppressed_days, b.rows.len(), b.total.unwrap().pageviews)
         );
         assert_eq!(i64::from(a.suppressed_days), span);
+    }
+);
+
+storage_test!(
+    the_beacon_does_not_tell_which_sites_exist,
+    |app: TestApp| async move {
+        site(&app, "www.example.com").await;
+        let consent = |domain: &str, id: &str, decision: &str, origin: Option<&str>| {
+            let body = serde_json::json!({"site": domain, "consent_id": id, "decision": decision})
+                .to_string();
+            let origin = origin.map(str::to_owned);
+            let addr = app.addr;
+            async move {
+                let mut headers = vec![("Content-Type", "text/plain"), ("User-Agent", CHROME)];
+                if let Some(origin) = &origin {
+                    headers.push(("Origin", origin.as_str()));
+                }
+                let (status, _, body) =
+                    http(addr, "POST", "/v1/consent", &headers, body.as_bytes()).await;
+                (
+                    status,
+                    serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+                )
+            }
+        };
+        let shape = |answer: &serde_json::Value| {
+            let name = answer["consent"].as_str().unwrap_or_default();
+            let id = name.strip_prefix("consents/").unwrap_or_default();
+            let uuid = uuid::Uuid::parse_str(id).ok();
+            (
+                answer
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+                uuid.map(|u| u.get_version_num()),
+                answer["policy_version"].clone(),
+            )
+        };
+        let known = "www.example.com";
+        let unknown = "nowhere.example.org";
+        let ids = [
+            "0b0c3f55-1f4e-4b8e-9a57-4f1d2b9f5e11",
+            "1b0c3f55-1f4e-4b8e-9a57-4f1d2b9f5e11",
+        ];
+        let (s1, a1) = consent(known, ids[0], "granted", None).await;
+        let (s2, a2) = consent(unknown, ids[1], "granted", None).await;
+        assert_eq!((s1, s2), (201, 201), "{a1} {a2}");
+        assert_eq!(shape(&a1), shape(&a2));
+        assert_eq!(shape(&a1).1, Some(7));
+        // A retry answers the same name; another request under the same key
+        // is refused alike.
+        for (domain, id, first) in [(known, ids[0], &a1), (unknown, ids[1], &a2)] {
+            let (status, again) = consent(domain, id, "granted", None).await;
+            assert_eq!(
+                (status, &again["consent"]),
+                (201, &first["consent"]),
+                "{domain}"
+            );
+            let (status, _) = consent(domain, id, "refused", None).await;
+            assert_eq!(status, 400, "{domain}");
+        }
+        // Origins: the site's own is allowed, another refused, for both.
+        for domain in [known, unknown] {
+            let own = format!("https://{domain}");
+            let (status, _) = consent(
+                domain,
+                &uuid::Uuid::new_v4().to_string(),
+                "refused",
+                Some(&own),
+            )
+            .await;
+            assert_eq!(status, 201, "{domain}");
+            let (status, _) = consent(
+                domain,
+                &uuid::Uuid::new_v4().to_string(),
+                "refused",
+                Some("https://evil.test"),
+            )
+            .await;
+            assert_eq!(status, 403, "{domain}");
+        }
+        // Only the known site's decisions are stored.
+        assert_eq!(app.count("analytics_consents").await, 2);
+
+        // Timing of the same order: the unknown site's answer also waits
+        // for identity and the database.
+        let mut median = Vec::new();
+        for domain in [known, unknown] {
+            let mut times = Vec::new();
+            for _ in 0..15 {
+                let started = std::time::Instant::now();
+                let (status, _) =
+                    consent(domain, &uuid::Uuid::new_v4().to_string(), "refused", None).await;
+                times.push(started.elapsed());
+                assert_eq!(status, 201);
+            }
+            times.sort();
+            median.push(times[times.len() / 2]);
+        }
+        let ratio = median[0].as_secs_f64() / median[1].as_secs_f64();
+        assert!((0.1..10.0).contains(&ratio), "medians {median:?}");
+
+        // Events: the same answer, with an Origin or without.
+        for domain in [known, unknown] {
+            let body = pageview(domain, "/").to_string();
+            let (status, answer) = beacon(&app, &body, &[]).await;
+            assert_eq!(
+                (status, answer.as_str()),
+                (202, r#"{"received":1}"#),
+                "{domain}"
+            );
+            let own = format!("https://{domain}");
+            let (status, _) = beacon(&app, &body, &[("Origin", &own)]).await;
+            assert_eq!(status, 202, "{domain}");
+            let (status, _) = beacon(&app, &body, &[("Origin", "https://evil.test")]).await;
+            assert_eq!(status, 403, "{domain}");
+        }
+        // Preflights alike for every origin.
+        for origin in [
+            "https://www.example.com",
+            "https://nowhere.example.org",
+            "https://evil.test",
+        ] {
+            let (status, headers, _) = http(
+                app.addr,
+                "OPTIONS",
+                "/v1/collect",
+                &[
+                    ("Origin", origin),
+                    ("Access-Control-Request-Method", "POST"),
+                ],
+                b"",
+            )
+            .await;
+            assert_eq!(status, 204, "{origin}");
+            assert!(headers.contains(&("access-control-allow-origin".into(), origin.into())));
+        }
     }
 );
 
