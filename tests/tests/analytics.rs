@@ -184,16 +184,14 @@ storage_test!(
         ]);
         let (status, body) = beacon(&app, &batch.to_string(), &[]).await;
         assert_eq!(status, 202, "{body}");
+        // The browser learns how many events were received, not what
+        // became of each: that would tell which sites exist.
         let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(answer["accepted"], 1);
-        assert_eq!(answer["dropped"], 3);
+        assert_eq!(answer, serde_json::json!({"received": 4}));
         // A duplicate in a later request as well.
         let again = serde_json::json!({"site": "www.example.com", "type": "pageview", "url": "https://www.example.com/a", "event_id": "e-1"});
-        let (_, body) = beacon(&app, &again.to_string(), &[]).await;
-        assert_eq!(
-            serde_json::from_str::<serde_json::Value>(&body).unwrap()["dropped"],
-            1
-        );
+        let (status, _) = beacon(&app, &again.to_string(), &[]).await;
+        assert_eq!(status, 202);
 
         // Usage outside a monitoring grant: dropped for consent.
         fixtures::tenant(&app, "acme").await;
@@ -724,7 +722,10 @@ storage_test!(
         app.clock.advance(DAY + Duration::from_secs(2 * 3600));
         let total = report(&app, &s.name, Dimension::Unspecified, 3).await;
         assert_eq!(total.k, 5);
-        assert_eq!(total.suppressed_days, 1, "the day of 4 visitors");
+        // Every day of the range but the one of 7 visitors: the day of 4
+        // is told as the empty days are.
+        let span = (total.end_time.unwrap().seconds - total.start_time.unwrap().seconds) / 86_400;
+        assert_eq!(i64::from(total.suppressed_days), span - 1);
         let t = total.total.unwrap();
         assert_eq!((t.pageviews, t.visitors, t.visits), (12, 7, 7));
         assert!((t.bounce_rate - 2.0 / 7.0).abs() < 1e-9);
@@ -790,7 +791,8 @@ storage_test!(
         visits(&app, "www.example.com", &five).await;
         app.clock.advance(DAY + Duration::from_secs(2 * 3600));
         let r = report(&app, &s.name, Dimension::Page, 2).await;
-        assert_eq!(r.suppressed_days, 0);
+        let span = (r.end_time.unwrap().seconds - r.start_time.unwrap().seconds) / 86_400;
+        assert_eq!(i64::from(r.suppressed_days), span - 1);
         assert_eq!(r.rows.len(), 1);
         assert_eq!(r.rows[0].visitors, 5);
     }
@@ -1141,3 +1143,429 @@ async fn a_writer_behind_refuses_with_429_sqlite() {
 async fn a_writer_behind_refuses_with_429_postgres() {
     backpressure_test(Backend::Postgres).await;
 }
+
+// --- what a site owner who can send events may learn --------------------------
+
+/// The agents an attacker gives its fake visitors: each its own hash.
+fn fake_agent(i: usize) -> String {
+    CHROME.replace("Chrome/156.0.0.0", &format!("Chrome/{}.0.0.0", 140 + i))
+}
+
+fn engagement(domain: &str, path: &str, ip: &str, agent: &str, ms: i64) -> Event {
+    Event {
+        r#type: Type::Engagement as i32,
+        engaged_ms: ms,
+        user_agent: agent.into(),
+        ..grpc_event(domain, path, ip)
+    }
+}
+
+fn view_as(domain: &str, path: &str, ip: &str, agent: &str) -> Event {
+    Event {
+        user_agent: agent.into(),
+        ..grpc_event(domain, path, ip)
+    }
+}
+
+async fn collect_all(app: &TestApp, events: Vec<Event>) {
+    let answer = collector(app)
+        .collect_events(CollectEventsRequest { events })
+        .await
+        .expect("collect")
+        .into_inner();
+    assert!(answer.dropped.is_empty(), "{answer:?}");
+}
+
+/// One real visitor reads /secret for 47.123 s. On one site the attacker
+/// adds six fakes that only load the page; on another its six fakes send
+/// engagement of 10 s each, known to it. Before, the first report showed
+/// the real visitor's exact time as a 7-visitor row's average, and the
+/// second gave it away by subtraction.
+const REAL_MS: i64 = 47_123;
+const FAKE_MS: i64 = 10_000;
+
+storage_test!(
+    a_row_padded_with_fakes_does_not_give_away_a_visitors_time,
+    |app: TestApp| async move {
+        let quiet = site(&app, "quiet.example.com").await;
+        let noisy = site(&app, "noisy.example.com").await;
+        for (domain, fakes_engage) in [("quiet.example.com", false), ("noisy.example.com", true)] {
+            let mut events = vec![
+                view_as(domain, "/secret", "198.51.100.77", CHROME),
+                engagement(domain, "/secret", "198.51.100.77", CHROME, REAL_MS),
+            ];
+            for i in 0..6 {
+                let agent = fake_agent(i);
+                events.push(view_as(domain, "/secret", "203.0.113.66", &agent));
+                if fakes_engage {
+                    events.push(engagement(
+                        domain,
+                        "/secret",
+                        "203.0.113.66",
+                        &agent,
+                        FAKE_MS,
+                    ));
+                }
+            }
+            collect_all(&app, events).await;
+        }
+        app.clock.advance(DAY + Duration::from_secs(2 * 3600));
+
+        // Fakes without engagement: the row shows (counts can be padded),
+        // its time does not.
+        let by_page = report(&app, &quiet.name, Dimension::Page, 2).await;
+        let secret = by_page
+            .rows
+            .iter()
+            .find(|r| r.key == "/secret")
+            .expect("row");
+        assert_eq!(secret.visitors, 7);
+        for row in [secret, by_page.total.as_ref().unwrap()] {
+            assert_ne!(row.average_time_on_page_seconds, REAL_MS as f64 / 1000.0);
+            assert_ne!(row.average_visit_seconds, REAL_MS as f64 / 7000.0);
+            assert!(row.time_averages_withheld, "{row:?}");
+            assert_eq!(
+                (row.average_time_on_page_seconds, row.average_visit_seconds),
+                (0.0, 0.0)
+            );
+        }
+
+        // Fakes with engagement the attacker knows: 7 engaged visitors, so
+        // the averages show, but subtracting the fakes' own time no longer
+        // gives the real visitor's.
+        let by_page = report(&app, &noisy.name, Dimension::Page, 2).await;
+        let secret = by_page
+            .rows
+            .iter()
+            .find(|r| r.key == "/secret")
+            .expect("row");
+        for row in [secret, by_page.total.as_ref().unwrap()] {
+            assert!(!row.time_averages_withheld, "{row:?}");
+            let recovered = |average: f64| (average * 7_000.0).round() as i64 - 6 * FAKE_MS;
+            assert_ne!(
+                recovered(row.average_time_on_page_seconds),
+                REAL_MS,
+                "{row:?}"
+            );
+            assert_ne!(recovered(row.average_visit_seconds), REAL_MS, "{row:?}");
+        }
+        // Nor is the exact sum kept at rest.
+        let stored = rows(
+            &app,
+            &format!(
+                "SELECT engaged_ms, visit_ms, engaged_visitors FROM analytics_daily \
+                 WHERE site_id = '{}' AND key = '/secret'",
+                noisy.name.trim_start_matches("sites/")
+            ),
+        )
+        .await;
+        assert_eq!(stored.len(), 1);
+        let exact = REAL_MS + 6 * FAKE_MS;
+        assert_ne!(stored[0].get::<i64, _>("engaged_ms"), exact);
+        assert_ne!(stored[0].get::<i64, _>("visit_ms"), exact);
+        assert_eq!(stored[0].get::<i64, _>("engaged_visitors"), 7);
+    }
+);
+
+storage_test!(
+    a_day_with_a_few_visitors_is_told_as_a_day_with_none,
+    |app: TestApp| async move {
+        let few = site(&app, "few.example.com").await;
+        let none = site(&app, "none.example.com").await;
+        collect_all(
+            &app,
+            (0..3)
+                .map(|i| grpc_event("few.example.com", "/", &format!("203.0.113.{i}")))
+                .collect(),
+        )
+        .await;
+        app.clock.advance(DAY + Duration::from_secs(2 * 3600));
+        let a = report(&app, &few.name, Dimension::Day, 3).await;
+        let b = report(&app, &none.name, Dimension::Day, 3).await;
+        let span = (a.end_time.unwrap().seconds - a.start_time.unwrap().seconds) / 86_400;
+        assert_eq!(
+            (a.suppressed_days, a.rows.len(), a.total.unwrap().pageviews),
+            (b.suppressed_days, b.rows.len(), b.total.unwrap().pageviews)
+        );
+        assert_eq!(i64::from(a.suppressed_days), span);
+    }
+);
+
+storage_test!(
+    the_beacon_does_not_tell_which_sites_exist,
+    |app: TestApp| async move {
+        site(&app, "www.example.com").await;
+        let consent = |domain: &str, id: &str, decision: &str, origin: Option<&str>| {
+            let body = serde_json::json!({"site": domain, "consent_id": id, "decision": decision})
+                .to_string();
+            let origin = origin.map(str::to_owned);
+            let addr = app.addr;
+            async move {
+                let mut headers = vec![("Content-Type", "text/plain"), ("User-Agent", CHROME)];
+                if let Some(origin) = &origin {
+                    headers.push(("Origin", origin.as_str()));
+                }
+                let (status, _, body) =
+                    http(addr, "POST", "/v1/consent", &headers, body.as_bytes()).await;
+                (
+                    status,
+                    serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+                )
+            }
+        };
+        let shape = |answer: &serde_json::Value| {
+            let name = answer["consent"].as_str().unwrap_or_default();
+            let id = name.strip_prefix("consents/").unwrap_or_default();
+            let uuid = uuid::Uuid::parse_str(id).ok();
+            (
+                answer
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+                uuid.map(|u| u.get_version_num()),
+                answer["policy_version"].clone(),
+            )
+        };
+        let known = "www.example.com";
+        let unknown = "nowhere.example.org";
+        let ids = [
+            "0b0c3f55-1f4e-4b8e-9a57-4f1d2b9f5e11",
+            "1b0c3f55-1f4e-4b8e-9a57-4f1d2b9f5e11",
+        ];
+        let (s1, a1) = consent(known, ids[0], "granted", None).await;
+        let (s2, a2) = consent(unknown, ids[1], "granted", None).await;
+        assert_eq!((s1, s2), (201, 201), "{a1} {a2}");
+        assert_eq!(shape(&a1), shape(&a2));
+        assert_eq!(shape(&a1).1, Some(7));
+        // A retry answers the same name; another request under the same key
+        // is refused alike.
+        for (domain, id, first) in [(known, ids[0], &a1), (unknown, ids[1], &a2)] {
+            let (status, again) = consent(domain, id, "granted", None).await;
+            assert_eq!(
+                (status, &again["consent"]),
+                (201, &first["consent"]),
+                "{domain}"
+            );
+            let (status, _) = consent(domain, id, "refused", None).await;
+            assert_eq!(status, 400, "{domain}");
+        }
+        // Origins: the site's own is allowed, another refused, for both.
+        for domain in [known, unknown] {
+            let own = format!("https://{domain}");
+            let (status, _) = consent(
+                domain,
+                &uuid::Uuid::new_v4().to_string(),
+                "refused",
+                Some(&own),
+            )
+            .await;
+            assert_eq!(status, 201, "{domain}");
+            let (status, _) = consent(
+                domain,
+                &uuid::Uuid::new_v4().to_string(),
+                "refused",
+                Some("https://evil.test"),
+            )
+            .await;
+            assert_eq!(status, 403, "{domain}");
+        }
+        // Only the known site's decisions are stored.
+        assert_eq!(app.count("analytics_consents").await, 2);
+
+        // Timing of the same order: the unknown site's answer also waits
+        // for identity and the database.
+        let mut median = Vec::new();
+        for domain in [known, unknown] {
+            let mut times = Vec::new();
+            for _ in 0..15 {
+                let started = std::time::Instant::now();
+                let (status, _) =
+                    consent(domain, &uuid::Uuid::new_v4().to_string(), "refused", None).await;
+                times.push(started.elapsed());
+                assert_eq!(status, 201);
+            }
+            times.sort();
+            median.push(times[times.len() / 2]);
+        }
+        let ratio = median[0].as_secs_f64() / median[1].as_secs_f64();
+        assert!((0.1..10.0).contains(&ratio), "medians {median:?}");
+
+        // Events: the same answer, with an Origin or without.
+        for domain in [known, unknown] {
+            let body = pageview(domain, "/").to_string();
+            let (status, answer) = beacon(&app, &body, &[]).await;
+            assert_eq!(
+                (status, answer.as_str()),
+                (202, r#"{"received":1}"#),
+                "{domain}"
+            );
+            let own = format!("https://{domain}");
+            let (status, _) = beacon(&app, &body, &[("Origin", &own)]).await;
+            assert_eq!(status, 202, "{domain}");
+            let (status, _) = beacon(&app, &body, &[("Origin", "https://evil.test")]).await;
+            assert_eq!(status, 403, "{domain}");
+        }
+        // Preflights alike for every origin.
+        for origin in [
+            "https://www.example.com",
+            "https://nowhere.example.org",
+            "https://evil.test",
+        ] {
+            let (status, headers, _) = http(
+                app.addr,
+                "OPTIONS",
+                "/v1/collect",
+                &[
+                    ("Origin", origin),
+                    ("Access-Control-Request-Method", "POST"),
+                ],
+                b"",
+            )
+            .await;
+            assert_eq!(status, 204, "{origin}");
+            assert!(headers.contains(&("access-control-allow-origin".into(), origin.into())));
+        }
+    }
+);
+
+storage_test!(
+    late_events_count_until_their_day_is_rolled_up,
+    |app: TestApp| async move {
+        let s = site(&app, "www.example.com").await;
+        let hour: i64 = 3_600_000_000;
+        let day: i64 = 24 * hour;
+        // Half past midnight (UTC).
+        let now = app.clock.now_micros();
+        let midnight = (now.div_euclid(day) + 1) * day;
+        app.clock
+            .advance(Duration::from_micros((midnight + hour / 2 - now) as u64));
+        let at = |ip: String, time: i64| Event {
+            time: Some(to_timestamp(time)),
+            ..grpc_event("www.example.com", "/", &ip)
+        };
+        // Yesterday at ten to one: almost a day old, from a client that was
+        // offline. Counted: yesterday is rolled up only at one o'clock.
+        let late: Vec<Event> = (0..5)
+            .map(|i| {
+                at(
+                    format!("203.0.113.{i}"),
+                    midnight - day + hour - 600_000_000,
+                )
+            })
+            .collect();
+        let answer = collector(&app)
+            .collect_events(CollectEventsRequest { events: late })
+            .await
+            .expect("collect")
+            .into_inner();
+        assert_eq!(
+            (answer.accepted, answer.dropped.len()),
+            (5, 0),
+            "{answer:?}"
+        );
+        // The day before yesterday is rolled up already.
+        let answer = collector(&app)
+            .collect_events(CollectEventsRequest {
+                events: vec![at("203.0.113.9".into(), midnight - day - 1)],
+            })
+            .await
+            .expect("collect")
+            .into_inner();
+        assert_eq!(answer.accepted, 0);
+        assert_eq!(answer.dropped[0].reason, DropReason::Invalid as i32);
+        // Past one o'clock yesterday's aggregates are made; an event of it
+        // that comes now is dropped, and they stay as they were.
+        app.clock.advance(Duration::from_secs(3600));
+        let answer = collector(&app)
+            .collect_events(CollectEventsRequest {
+                events: vec![at("203.0.113.10".into(), midnight - 1)],
+            })
+            .await
+            .expect("collect")
+            .into_inner();
+        assert_eq!(answer.accepted, 0);
+        assert_eq!(answer.dropped[0].reason, DropReason::Invalid as i32);
+        let r = report(&app, &s.name, Dimension::Day, 2).await;
+        assert_eq!(r.rows.len(), 1, "{r:?}");
+        assert_eq!((r.rows[0].pageviews, r.rows[0].visitors), (5, 5));
+    }
+);
+
+storage_test!(
+    usage_events_need_a_user_identity_holds_in_the_tenant,
+    |app: TestApp| async move {
+        fixtures::tenant(&app, "acme").await;
+        fixtures::tenant(&app, "beta").await;
+        let admin = user(&app, "acme", "admin@acme.example").await;
+        let worker = user(&app, "acme", "worker@acme.example").await;
+        let stranger = user(&app, "beta", "stranger@beta.example").await;
+        let stranger_id = stranger.rsplit('/').next().unwrap().to_owned();
+        MonitoringGrantServiceClient::with_interceptor(
+            app.channel.clone(),
+            Bearer::new(Some(&app.root_token)),
+        )
+        .create_monitoring_grant(CreateMonitoringGrantRequest {
+            parent: "tenants/acme".into(),
+            monitoring_grant: Some(MonitoringGrant {
+                scopes: vec![custodian_analytics::USAGE_SCOPE.into()],
+                expire_time: Some(to_timestamp(app.clock.now_micros() + 86_400_000_000)),
+                granted_by: admin.clone(),
+                ..Default::default()
+            }),
+            request_id: String::new(),
+        })
+        .await
+        .expect("grant");
+        let send = |users: Vec<String>| {
+            let request = CollectUsageEventsRequest {
+                events: users
+                    .iter()
+                    .map(|u| usage_event("acme", u, "workflow_run"))
+                    .collect(),
+            };
+            let mut client = collector(&app);
+            async move { client.collect_usage_events(request).await }
+        };
+        // Beta's user under acme's name, and a user nobody created:
+        // dropped and counted; acme's own user is stored.
+        let answer = send(vec![
+            worker.clone(),
+            format!("tenants/acme/users/{stranger_id}"),
+            format!("tenants/acme/users/{}", uuid::Uuid::now_v7()),
+        ])
+        .await
+        .expect("usage")
+        .into_inner();
+        assert_eq!(answer.accepted, 1, "{answer:?}");
+        assert_eq!(
+            answer
+                .dropped
+                .iter()
+                .map(|d| (d.reason, d.count))
+                .collect::<Vec<_>>(),
+            vec![(DropReason::UnknownUser as i32, 2)]
+        );
+        assert_eq!(app.count("analytics_usage").await, 1);
+        // Not a user of the tenant by its very name: the whole request is
+        // refused, as the schema's other breaches are, and nothing stored.
+        for bad in [
+            String::new(),
+            stranger.clone(),
+            format!("{worker}/x"),
+            format!("{worker}/../../../beta/users/{stranger_id}"),
+            "tenants/acme/users/".to_owned(),
+        ] {
+            let refused = send(vec![worker.clone(), bad.clone()])
+                .await
+                .expect_err("refused");
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            let fields: Vec<String> = violations(&refused).into_iter().map(|(f, _)| f).collect();
+            assert_eq!(fields, vec!["events[1].user".to_owned()], "{bad:?}");
+        }
+        assert_eq!(app.count("analytics_usage").await, 1);
+        let counted = drops(&app).await;
+        assert!(
+            counted.contains(&(DropReason::UnknownUser as i32, 2)),
+            "{counted:?}"
+        );
+    }
+);

@@ -10,7 +10,7 @@ use custodian_proto::{
     },
     identity::v1::{GetPolicyVersionInForceRequest, policy_service_client::PolicyServiceClient},
 };
-use custodian_runtime::{error::Violations, time::to_timestamp};
+use custodian_runtime::{ApiError, error::Violations, time::to_timestamp};
 use tonic::{Request, Response, Status};
 
 use crate::{door, ingest::OWN_PURPOSE, sites::Sites};
@@ -48,12 +48,9 @@ impl Consents {
         }
     }
 
-    /// Records a decision for `call`.
-    pub async fn record(
-        &self,
-        call: &Call,
-        mut request: RecordConsentRequest,
-    ) -> Result<Shown<Consent>, Status> {
+    /// The checks every decision passes before its site is looked up, so
+    /// a bad one is refused alike for every site, known or not.
+    fn check(&self, mut request: RecordConsentRequest) -> Result<Checked, Status> {
         let request_id = std::mem::take(&mut request.request_id);
         let idempotency = Idempotency::of("RecordConsent", "", &request_id, &request)?;
         let mut consent = request.consent.take().unwrap_or_default();
@@ -81,14 +78,34 @@ impl Consents {
             }
         };
         v.finish()?;
+        Ok(Checked {
+            consent,
+            ip,
+            user_agent: request.user_agent,
+            idempotency,
+        })
+    }
+
+    /// Records a decision for `call`.
+    pub async fn record(
+        &self,
+        call: &Call,
+        request: RecordConsentRequest,
+    ) -> Result<Shown<Consent>, Status> {
+        let Checked {
+            mut consent,
+            ip,
+            user_agent,
+            idempotency,
+        } = self.check(request)?;
         let site = self.sites.named(&consent.site, "consent.site").await?;
         let now = self.records.store().now();
         consent.policy_version = self.policy_version(now).await?;
         consent.ip_prefix = ip
             .map(|ip| door::truncate_ip(ip, site.ipv4_bytes_kept, site.ipv6_bits_kept))
             .unwrap_or_default();
-        if !request.user_agent.is_empty() {
-            let (browser, major, os, _) = door::parse_agent(&request.user_agent);
+        if !user_agent.is_empty() {
+            let (browser, major, os, _) = door::parse_agent(&user_agent);
             consent.browser = format!("{browser} {major} / {os}").replace("  ", " ");
         }
         let stored = self
@@ -105,6 +122,55 @@ impl Consents {
             .await?;
         Ok(self.records.shown(call, &stored)?)
     }
+
+    /// Answers a browser's decision for a domain that is not a registered
+    /// site as one for a site is answered, so that the beacon does not tell
+    /// which sites exist: the same checks, the same read of the policy
+    /// version, a name of the same shape, and the same name again for a
+    /// retry (a different request under the same key is refused alike).
+    /// No consent is stored or counted; only the idempotency key a real
+    /// decision leaves too, which expires as theirs do. Returns the name and
+    /// the policy version.
+    pub async fn record_for_unknown_site(
+        &self,
+        request: RecordConsentRequest,
+    ) -> Result<(String, String), Status> {
+        let Checked { idempotency, .. } = self.check(request)?;
+        let store = self.records.store();
+        let policy_version = self.policy_version(store.now()).await?;
+        let Some(idempotency) = idempotency else {
+            return Ok((fresh_name(), policy_version));
+        };
+        if let Some(name) = store.replayed(&idempotency).await? {
+            return Ok((name, policy_version));
+        }
+        let name = fresh_name();
+        let mut tx = store.db().pool().begin().await.map_err(ApiError::from)?;
+        let ours = store.remember(&mut tx, &idempotency, &name).await?;
+        tx.commit().await.map_err(ApiError::from)?;
+        if ours {
+            return Ok((name, policy_version));
+        }
+        // A retry at the same moment got there first: its name.
+        let name = store
+            .replayed(&idempotency)
+            .await?
+            .ok_or_else(|| Status::unavailable("retry the decision"))?;
+        Ok((name, policy_version))
+    }
+}
+
+/// A consent's name as the kit makes one.
+fn fresh_name() -> String {
+    format!("consents/{}", uuid::Uuid::now_v7())
+}
+
+/// A decision that passed [`Consents::check`].
+struct Checked {
+    consent: Consent,
+    ip: Option<std::net::IpAddr>,
+    user_agent: String,
+    idempotency: Option<Idempotency>,
 }
 
 /// `custodian.analytics.v1.ConsentService`.

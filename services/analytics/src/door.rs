@@ -17,7 +17,8 @@ use crate::sites::SiteConfig;
 
 /// Microseconds in a day.
 pub const DAY_MICROS: i64 = 86_400_000_000;
-/// How late an event may arrive: its day is rolled up after this.
+/// How long after its day ends an event may arrive: the day is rolled up
+/// then.
 pub const LATE_MICROS: i64 = 3_600_000_000;
 /// How far ahead of the server's clock an event may be.
 pub const AHEAD_MICROS: i64 = 300_000_000;
@@ -27,6 +28,16 @@ pub const MAX_ENGAGED_MS: i64 = 86_400_000;
 /// The UTC day of a time.
 pub fn day_of(micros: i64) -> i64 {
     micros.div_euclid(DAY_MICROS)
+}
+
+/// Whether an event that happened at `time` may still be stored at `now`:
+/// its day has not been rolled up (a day is, an hour after it ends), and
+/// it is not more than [`AHEAD_MICROS`] ahead. So an event may be up to a
+/// day and an hour old, as long as it arrives before its day's aggregates
+/// are made; after that it could never be counted, and the aggregates are
+/// never changed once made.
+pub fn on_time(time: i64, now: i64) -> bool {
+    day_of(time) >= day_of(now - LATE_MICROS) && time <= now + AHEAD_MICROS
 }
 
 /// An event as it arrived, after its schema was checked.
@@ -237,7 +248,7 @@ pub fn admit(event: Arrived, sites: &dyn SiteLookup, salts: &dyn SaltFor, now: i
         return drop(DropReason::Bot);
     }
     let time = event.time.unwrap_or(now);
-    if time < now - LATE_MICROS || time > now + AHEAD_MICROS {
+    if !on_time(time, now) {
         return drop(DropReason::Invalid);
     }
     let Some(ip) = event.ip else {
@@ -368,5 +379,31 @@ mod tests {
             a,
             visitor_hash(&[1; 32], "s1", "203.0.113.78".parse().unwrap(), CHROME)
         );
+    }
+
+    #[test]
+    fn events_are_on_time_until_their_day_is_rolled_up() {
+        let hour = 3_600_000_000;
+        // Half past midnight: yesterday is not rolled up until one o'clock.
+        let now = 100 * DAY_MICROS + hour / 2;
+        assert!(
+            on_time(now - 24 * hour, now),
+            "yesterday at half past midnight"
+        );
+        assert!(on_time(100 * DAY_MICROS - 1, now));
+        assert!(
+            !on_time(99 * DAY_MICROS - 1, now),
+            "the day before yesterday"
+        );
+        assert!(on_time(now + AHEAD_MICROS, now));
+        assert!(!on_time(now + AHEAD_MICROS + 1, now));
+        // From one o'clock, yesterday is rolled up: a minute late is too late.
+        let later = 100 * DAY_MICROS + hour;
+        assert!(!on_time(100 * DAY_MICROS - 60_000_000, later));
+        assert!(on_time(100 * DAY_MICROS, later));
+        // Whatever is on time falls on a day not yet final.
+        for t in [now - 24 * hour, now, now + AHEAD_MICROS] {
+            assert!(day_of(t) > crate::rollup::last_final_day(now));
+        }
     }
 }

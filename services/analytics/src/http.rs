@@ -1,9 +1,14 @@
 //! The browser's door, on the gRPC port: `POST /v1/collect` (one event or
 //! an array, JSON, also as `text/plain` the way `sendBeacon` and
 //! preflight-free `fetch` send it), `POST /v1/consent`, and
-//! `GET /v1/tracker.js`. CORS is answered for the sites' allowed origins
-//! only. The client's address is the connection's peer, or the
+//! `GET /v1/tracker.js`. A post's answer allows its origin only when the
+//! site does. The client's address is the connection's peer, or the
 //! X-Forwarded-For entry a trusted proxy vouches for.
+//!
+//! Neither door tells a browser which sites exist: a domain that is not a
+//! site is answered as a site with the default settings would be (its own
+//! https origin allowed), events are answered with how many were received,
+//! not what became of each, and preflights alike for every origin.
 
 use std::net::IpAddr;
 
@@ -177,30 +182,46 @@ fn allow_origin(response: &mut Response, origin: &str) {
         .insert(header::VARY, HeaderValue::from_static("Origin"));
 }
 
-/// Whether `origin` may post for the sites with these domains.
+/// The origin a site allows when it names none: its domain over https.
+fn default_origin(domain: &str) -> String {
+    format!("https://{domain}")
+}
+
+/// A stable stand-in for the name of a site that does not exist, so that
+/// a retried decision for it hashes as the first one did.
+fn unknown_site_name(domain: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(domain.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    format!(
+        "sites/{}",
+        uuid::Builder::from_random_bytes(bytes).into_uuid()
+    )
+}
+
+/// Whether `origin` may post for the sites with these domains. A domain
+/// that is not a site is judged as a site with the default settings: the
+/// answer must not tell which sites exist.
 fn origin_allowed(beacon: &Beacon, origin: &str, domains: &[String]) -> bool {
     let sites = beacon.ingest.sites.map();
     domains.iter().all(|domain| {
-        // Unknown sites are dropped and counted, whoever sends them.
-        sites
-            .by_domain(&domain.trim().to_ascii_lowercase())
-            .is_none_or(|site| site.origins().iter().any(|o| o == origin))
+        let domain = domain.trim().to_ascii_lowercase();
+        match sites.by_domain(&domain) {
+            Some(site) => site.origins().iter().any(|o| o == origin),
+            None => default_origin(&domain) == origin,
+        }
     })
 }
 
-async fn preflight(State(beacon): State<Beacon>, headers: HeaderMap) -> Response {
+/// Every origin's preflight is answered alike: the post itself is checked
+/// against its site's origins, and a preflight that told known origins
+/// from others would tell which sites exist. Approving a preflight grants
+/// nothing a page could not already send as `text/plain` without one.
+async fn preflight(headers: HeaderMap) -> Response {
     let Some(origin) = origin(&headers) else {
         return error(StatusCode::BAD_REQUEST, "a preflight needs an Origin");
     };
-    let known = beacon
-        .ingest
-        .sites
-        .map()
-        .all()
-        .any(|site| site.origins().contains(&origin));
-    if !known {
-        return error(StatusCode::FORBIDDEN, "this origin may not send events");
-    }
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     allow_origin(&mut response, &origin);
@@ -490,14 +511,13 @@ async fn collect(State(beacon): State<Beacon>, request: Request) -> Response {
         Ok(ingest) => ingest,
         Err(_) => return error(StatusCode::SERVICE_UNAVAILABLE, "server is starting"),
     };
+    let received = events.len();
     let mut response = match ingest.collect(events).await {
-        Ok(result) => {
-            let dropped: i64 = result.dropped.iter().map(|d| d.count).sum();
-            json_response(
-                StatusCode::ACCEPTED,
-                json!({ "accepted": result.accepted, "dropped": dropped }),
-            )
-        }
+        // What became of each event (stored, or dropped as a bot, a
+        // duplicate, for an unknown site...) is not told to browsers: it
+        // would tell which sites exist and which agents pass as people.
+        // GetDropCounts tells the site's owners.
+        Ok(_) => json_response(StatusCode::ACCEPTED, json!({ "received": received })),
         Err(IngestError::Busy) => busy(),
         Err(IngestError::Invalid(err)) => invalid(&err),
         Err(IngestError::Failed(err)) => {
@@ -571,12 +591,17 @@ async fn consent(State(beacon): State<Beacon>, request: Request) -> Response {
     if !violations.is_empty() {
         return violations_response(violations);
     }
-    let Some(site) = beacon.ingest.sites.map().by_domain(&domain) else {
-        return error(StatusCode::NOT_FOUND, "no such site");
+    // A domain that is not a registered site is answered as a site with
+    // the default settings would be: the beacon must not tell which sites
+    // exist (see `Consents::record_for_unknown_site`).
+    let site = beacon.ingest.sites.map().by_domain(&domain);
+    let origins = match &site {
+        Some(site) => site.origins(),
+        None => vec![default_origin(&domain)],
     };
     let origin = origin(&parts.headers);
     if let Some(origin) = &origin
-        && !site.origins().iter().any(|o| o == origin)
+        && !origins.iter().any(|o| o == origin)
     {
         return error(
             StatusCode::FORBIDDEN,
@@ -586,7 +611,10 @@ async fn consent(State(beacon): State<Beacon>, request: Request) -> Response {
     let ip = client_ip(peer_of(&parts), &parts.headers, &beacon.trusted_proxies);
     let request = RecordConsentRequest {
         consent: Some(Consent {
-            site: format!("sites/{}", site.id),
+            site: match &site {
+                Some(site) => format!("sites/{}", site.id),
+                None => unknown_site_name(&domain),
+            },
             decision: decision as i32,
             categories,
             ..Consent::default()
@@ -599,16 +627,20 @@ async fn consent(State(beacon): State<Beacon>, request: Request) -> Response {
         .extensions
         .get::<custodian_runtime::Deadline>()
         .map(|d| d.0);
-    let mut response = match beacon
-        .consents
-        .record(&beacon_call(deadline), request)
-        .await
-    {
-        Ok(shown) => json_response(
+    let recorded = match site {
+        Some(_) => beacon
+            .consents
+            .record(&beacon_call(deadline), request)
+            .await
+            .map(|shown| (shown.message.name, shown.message.policy_version)),
+        None => beacon.consents.record_for_unknown_site(request).await,
+    };
+    let mut response = match recorded {
+        Ok((name, policy_version)) => json_response(
             StatusCode::CREATED,
             json!({
-                "consent": shown.message.name,
-                "policy_version": shown.message.policy_version,
+                "consent": name,
+                "policy_version": policy_version,
             }),
         ),
         Err(status) => {

@@ -2,21 +2,28 @@
 //! schema every event must meet (one set of rules and messages for both
 //! doors), then the privacy door, then the writer.
 
-use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::IpAddr,
+    sync::Arc,
+};
 
 use custodian_kit::{Call, Store, gate::check_message};
 use custodian_privacy::Purpose;
 use custodian_proto::{
     analytics::v1::{
         CollectEventsRequest, CollectEventsResponse, CollectUsageEventsRequest, ConsentState,
-        DropCount, DropReason, Event, event::Type,
+        DropCount, DropReason, Event, UsageEvent, event::Type,
     },
     identity::v1::{
-        CheckMonitoringGrantRequest, monitoring_grant_service_client::MonitoringGrantServiceClient,
+        CheckMonitoringGrantRequest, GetUserRequest,
+        monitoring_grant_service_client::MonitoringGrantServiceClient,
+        user_service_client::UserServiceClient,
     },
     privacy::v1::Lookup,
 };
 use custodian_runtime::{ApiError, error::Violations, time::Clock};
+use futures::StreamExt as _;
 use prost::Message as _;
 use prost_reflect::ReflectMessage as _;
 use tonic::Status;
@@ -25,6 +32,7 @@ use crate::{
     door::{self, Arrived, Verdict, day_of},
     salts::Salts,
     sites::Sites,
+    usage,
     writer::{Batch, Dropped, UsageRow, WriteError, Writer},
 };
 
@@ -85,6 +93,9 @@ pub struct Ingest {
 
 /// The most events one request may carry.
 pub const MAX_EVENTS: usize = 500;
+
+/// How many users of one request are looked up in identity at once.
+const USER_CHECKS_AT_ONCE: usize = 8;
 
 /// The schema of a batch: the declared hygiene of every value (the same
 /// check the gate makes on unary calls, here also for streams and the
@@ -224,7 +235,11 @@ impl Ingest {
                     "all events of a request must be of one tenant",
                 );
             }
-            if !e.user.starts_with(&format!("{}/users/", e.tenant)) {
+            // "tenants/{tenant}/users/{user}" of this very tenant, nothing
+            // more: a prefix would let "tenants/a/users/x/../.." through.
+            let of_tenant = usage::user_tenant(&e.user)
+                .is_some_and(|t| e.tenant.strip_prefix("tenants/") == Some(t));
+            if !of_tenant {
                 v.add(
                     at("user"),
                     "must be an authorized user of the event's tenant",
@@ -249,9 +264,19 @@ impl Ingest {
         let mut batch = Batch::default();
         let mut dropped: BTreeMap<i32, i64> = BTreeMap::new();
         if self.grant_active(call, &tenant).await? {
+            let known = self.known_users(call, &request.events).await?;
             for e in request.events {
+                if !known.contains(&e.user) {
+                    *dropped.entry(DropReason::UnknownUser as i32).or_default() += 1;
+                    batch.drops.push(Dropped {
+                        site_id: crate::USAGE_SITE.to_owned(),
+                        day,
+                        reason: DropReason::UnknownUser as i32,
+                    });
+                    continue;
+                }
                 let time = e.time.as_ref().map(micros_of).unwrap_or(now);
-                if time < now - door::LATE_MICROS || time > now + door::AHEAD_MICROS {
+                if !door::on_time(time, now) {
                     *dropped.entry(DropReason::Invalid as i32).or_default() += 1;
                     batch.drops.push(Dropped {
                         site_id: crate::USAGE_SITE.to_owned(),
@@ -295,6 +320,55 @@ impl Ingest {
             *dropped.entry(DropReason::Duplicate as i32).or_default() += written.duplicates;
         }
         Ok(response(written.accepted, &dropped))
+    }
+
+    /// The users of `events` that identity holds, asked for the caller
+    /// (its purpose and tenant limit go along), each once. A user identity
+    /// does not know (or will not show this caller) is left out; without an
+    /// answer nothing is accepted.
+    async fn known_users(
+        &self,
+        call: &Call,
+        events: &[UsageEvent],
+    ) -> Result<HashSet<String>, Status> {
+        let users: BTreeSet<String> = events.iter().map(|e| e.user.clone()).collect();
+        let channel = self.peers.forward(call, "identity")?;
+        let checks = users.into_iter().map(move |user| {
+            let mut client = UserServiceClient::new(channel.clone());
+            async move {
+                let answer = client
+                    .get_user(GetUserRequest { name: user.clone() })
+                    .await;
+                match answer {
+                    Ok(_) => Ok(Some(user)),
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::NotFound
+                                | tonic::Code::PermissionDenied
+                                | tonic::Code::InvalidArgument
+                        ) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(status) => {
+                        tracing::warn!(code = ?status.code(), "identity did not answer a user check");
+                        Err(Status::unavailable(
+                            "the users cannot be checked now; nothing was stored, retry later",
+                        ))
+                    }
+                }
+            }
+        });
+        let answers: Vec<Result<Option<String>, Status>> = futures::stream::iter(checks)
+            .buffer_unordered(USER_CHECKS_AT_ONCE)
+            .collect()
+            .await;
+        let mut known = HashSet::new();
+        for answer in answers {
+            known.extend(answer?);
+        }
+        Ok(known)
     }
 
     /// Asks identity whether `tenant` grants monitoring now, for the

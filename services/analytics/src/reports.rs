@@ -1,5 +1,8 @@
 //! `custodian.analytics.v1.ReportService`: sums of the k-anonymous daily
-//! cells (see [`crate::rollup`]); raw events are never read here.
+//! cells (see [`crate::rollup`]); raw events are never read here. Averages
+//! of time are shown only over k visitors that sent engagement, and the
+//! days without figures are counted alike whether they had a few visitors
+//! or none.
 
 use std::sync::Arc;
 
@@ -39,19 +42,32 @@ struct Sums {
     visit_ms: i64,
     engaged_ms: i64,
     engagements: i64,
+    engaged_visitors: i64,
 }
 
 impl Sums {
-    fn row(&self, key: String) -> ReportRow {
+    fn row(&self, key: String, k: usize) -> ReportRow {
         let ratio = |a: i64, b: i64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        // Fewer than k visitors' own engagement: a row padded with fakes
+        // would show the few real ones' time.
+        let withheld = self.engaged_visitors < k as i64;
+        // The sums carry noise and may fall below zero; no time is negative.
+        let average = |ms: i64, n: i64| {
+            if withheld {
+                0.0
+            } else {
+                (ratio(ms, n) / 1000.0).max(0.0)
+            }
+        };
         ReportRow {
             key,
             pageviews: self.pageviews,
             visitors: self.visitors,
             visits: self.visits,
             bounce_rate: ratio(self.bounces, self.visits),
-            average_visit_seconds: ratio(self.visit_ms, self.visits) / 1000.0,
-            average_time_on_page_seconds: ratio(self.engaged_ms, self.engagements) / 1000.0,
+            average_visit_seconds: average(self.visit_ms, self.visits),
+            average_time_on_page_seconds: average(self.engaged_ms, self.engagements),
+            time_averages_withheld: withheld,
         }
     }
 }
@@ -76,7 +92,8 @@ impl ReportApi {
             "SELECT key, CAST(SUM(pageviews) AS BIGINT) AS pageviews, CAST(SUM(visitors) AS BIGINT) AS visitors, \
              CAST(SUM(visits) AS BIGINT) AS visits, CAST(SUM(bounces) AS BIGINT) AS bounces, \
              CAST(SUM(visit_ms) AS BIGINT) AS visit_ms, CAST(SUM(engaged_ms) AS BIGINT) AS engaged_ms, \
-             CAST(SUM(engagements) AS BIGINT) AS engagements \
+             CAST(SUM(engagements) AS BIGINT) AS engagements, \
+             CAST(SUM(engaged_visitors) AS BIGINT) AS engaged_visitors \
              FROM analytics_daily WHERE site_id = $1 AND dimension = $2 AND day >= $3 AND day < $4 GROUP BY key",
         )
         .bind(site)
@@ -97,6 +114,7 @@ impl ReportApi {
                         visit_ms: r.try_get("visit_ms")?,
                         engaged_ms: r.try_get("engaged_ms")?,
                         engagements: r.try_get("engagements")?,
+                        engaged_visitors: r.try_get("engaged_visitors")?,
                     },
                 ))
             })
@@ -150,26 +168,31 @@ impl ReportApi {
         if dimension != Dimension::Unspecified {
             for (key, sums) in self.sums(&site.id, dimension as i32, from, to).await? {
                 if key == OTHER {
-                    other = Some(sums.row(key));
+                    other = Some(sums.row(key, self.k));
                 } else {
-                    rows.push(sums.row(key));
+                    rows.push(sums.row(key, self.k));
                 }
             }
         }
         rows.sort_by(|a, b| b.pageviews.cmp(&a.pageviews).then(a.key.cmp(&b.key)));
-        let suppressed_days: i64 = sqlx::query(
-            "SELECT COUNT(*) AS n FROM analytics_rollups WHERE site_id = $1 AND day >= $2 AND day < $3 AND suppressed = 1",
+        // Every day of the range without figures, whatever kept it out: a
+        // day with one visitor must look like a day with none.
+        let kept_days: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM analytics_daily WHERE site_id = $1 AND dimension = $2 \
+             AND day >= $3 AND day < $4",
         )
         .bind(&site.id)
+        .bind(Dimension::Unspecified as i32)
         .bind(from as i32)
         .bind(to as i32)
         .fetch_one(self.db.pool())
         .await?
         .try_get("n")?;
+        let suppressed_days = (to - from) - kept_days;
         Ok(Report {
             rows,
             other,
-            total: Some(total.row(String::new())),
+            total: Some(total.row(String::new(), self.k)),
             k: self.k as i32,
             start_time: Some(to_timestamp(day_start(from))),
             end_time: Some(to_timestamp(day_start(to))),

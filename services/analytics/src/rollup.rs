@@ -11,6 +11,21 @@
 //! or ranges from each other only ever yields sums of such cells. Events
 //! counted in aggregate only (no visitor hash) weigh as one visitor per
 //! cell, whatever their number: the smallest group they could be.
+//!
+//! Counts protect against people who only read the reports. Whoever can
+//! send events can pad a cell with k - 1 fakes and read what is left, so the
+//! measured times (time on page, time of a visit) are protected apart:
+//!
+//! - each cell stores how many visitors sent engagement for it, and reports
+//!   show an average of time only over k or more of them (fakes that send
+//!   no engagement do not count);
+//! - one visitor adds at most [`ENGAGED_CAP_MS`] to a cell's time, and each
+//!   stored sum of time carries Laplace noise of scale `cap / ε`
+//!   ([`EPSILON`]), drawn once when the cell is made and never again: even
+//!   an attacker who knows every other contribution to a cell (its own
+//!   fakes, engagement included) learns one visitor's time only up to that
+//!   noise. The day's total and its row of the day breakdown are one cell
+//!   and share their draw.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -41,6 +56,16 @@ pub struct EventRow {
     pub engaged_ms: i64,
 }
 
+/// The most engagement time one visitor adds to one cell of one day (and
+/// anonymous events, one at a time): the sensitivity of a sum of time, so
+/// the scale of its noise.
+pub const ENGAGED_CAP_MS: i64 = 10 * 60 * 1000;
+/// The privacy loss of each noisy sum of time, against an attacker who
+/// knows every other contribution to the cell. One visitor's day is in one
+/// cell of each breakdown per page, referrer, browser, OS and device, and
+/// in the total, with two sums each: see the README for what that adds up to.
+pub const EPSILON: f64 = 1.0;
+
 /// One stored cell.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cell {
@@ -50,9 +75,14 @@ pub struct Cell {
     pub visitors: i64,
     pub visits: i64,
     pub bounces: i64,
+    /// Time of the cell's visits, each visitor's capped, plus noise.
     pub visit_ms: i64,
+    /// Time of the cell's engagement events, each visitor's capped, plus noise.
     pub engaged_ms: i64,
     pub engagements: i64,
+    /// Visitors that sent engagement counted in both sums of time (those
+    /// without a hash as one): averages of time need k of them.
+    pub engaged_visitors: i64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -61,7 +91,11 @@ struct Acc {
     members: HashSet<u32>,
     anon: bool,
     visits: HashSet<u32>,
-    engaged_ms: i64,
+    /// Each visitor's engagement time in this cell, before the cap.
+    engaged: HashMap<u32, i64>,
+    /// Engagement time of events without a visitor hash, each capped alone.
+    anon_engaged_ms: i64,
+    anon_engaged: bool,
     engagements: i64,
 }
 
@@ -75,14 +109,22 @@ impl Acc {
         self.members.extend(&other.members);
         self.anon |= other.anon;
         self.visits.extend(&other.visits);
-        self.engaged_ms += other.engaged_ms;
+        // A visitor in two merged cells is one visitor of the merged cell:
+        // the cap applies to their sum.
+        for (member, ms) in &other.engaged {
+            *self.engaged.entry(*member).or_default() += ms;
+        }
+        self.anon_engaged_ms += other.anon_engaged_ms;
+        self.anon_engaged |= other.anon_engaged;
         self.engagements += other.engagements;
     }
 }
 
 #[derive(Debug, Default, Clone)]
 struct Visit {
+    member: u32,
     pageviews: u32,
+    engaged: bool,
     ms: i64,
     entry_referrer: String,
 }
@@ -109,9 +151,36 @@ const BREAKDOWNS: [Dimension; 5] = [
     Dimension::Device,
 ];
 
+/// A draw of Laplace noise of scale `scale`, rounded to a whole number,
+/// from the operating system's random source. The rounding also removes
+/// the floating-point artefacts of the inverse CDF that could tell which
+/// value the noise was added to (Mironov, 2012) at this scale.
+pub fn laplace(scale: f64) -> Result<i64, getrandom::Error> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes)?;
+    // 53 random bits, as a uniform in (0, 1) that is never 0 or 1.
+    let u = ((u64::from_le_bytes(bytes) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let x = if u < 0.5 {
+        scale * (2.0 * u).ln()
+    } else {
+        -scale * (2.0 * (1.0 - u)).ln()
+    };
+    Ok(x.round() as i64)
+}
+
+/// The noise every stored sum of time gets.
+pub fn time_noise() -> Result<i64, getrandom::Error> {
+    laplace(ENGAGED_CAP_MS as f64 / EPSILON)
+}
+
 /// The stored cells of one site's day, or `None` when the day counts
-/// fewer than `k` visitors.
-pub fn compute(mut rows: Vec<EventRow>, k: usize, day: i64) -> Option<Vec<Cell>> {
+/// fewer than `k` visitors. `noise` is drawn once per stored sum of time.
+pub fn compute<E>(
+    mut rows: Vec<EventRow>,
+    k: usize,
+    day: i64,
+    noise: &mut dyn FnMut() -> Result<i64, E>,
+) -> Result<Option<Vec<Cell>>, E> {
     rows.sort_by(|a, b| (&a.visitor, a.time).cmp(&(&b.visitor, b.time)));
     let mut members: HashMap<&str, u32> = HashMap::new();
     let mut visits: Vec<Visit> = Vec::new();
@@ -123,11 +192,14 @@ pub fn compute(mut rows: Vec<EventRow>, k: usize, day: i64) -> Option<Vec<Cell>>
             continue;
         };
         let next = members.len() as u32;
-        members.entry(visitor).or_insert(next);
+        let member = *members.entry(visitor).or_insert(next);
         let visit = match last {
             Some((v, t, idx)) if v == visitor && row.time - t <= VISIT_GAP_MICROS => idx,
             _ => {
-                visits.push(Visit::default());
+                visits.push(Visit {
+                    member,
+                    ..Visit::default()
+                });
                 (visits.len() - 1) as u32
             }
         };
@@ -139,6 +211,7 @@ pub fn compute(mut rows: Vec<EventRow>, k: usize, day: i64) -> Option<Vec<Cell>>
             current.pageviews += 1;
         } else {
             current.ms += row.engaged_ms;
+            current.engaged = true;
         }
         last = Some((visitor, row.time, visit));
         row_visit.push(Some(visit));
@@ -163,17 +236,24 @@ pub fn compute(mut rows: Vec<EventRow>, k: usize, day: i64) -> Option<Vec<Cell>>
             (Dimension::Os, row.os.clone()),
             (Dimension::Device, row.device.clone()),
         ];
+        let member = row.visitor.as_deref().and_then(|v| members.get(v)).copied();
         for (dimension, key) in keys {
             let acc = cells.entry((dimension as i32, key)).or_default();
             if row.kind == Type::Pageview as i32 {
                 acc.pageviews += 1;
             } else {
-                acc.engaged_ms += row.engaged_ms;
                 acc.engagements += 1;
+                match member {
+                    Some(m) => *acc.engaged.entry(m).or_default() += row.engaged_ms,
+                    None => {
+                        acc.anon_engaged_ms += row.engaged_ms.min(ENGAGED_CAP_MS);
+                        acc.anon_engaged = true;
+                    }
+                }
             }
-            match row.visitor.as_deref().and_then(|v| members.get(v)) {
+            match member {
                 Some(m) => {
-                    acc.members.insert(*m);
+                    acc.members.insert(m);
                 }
                 None => acc.anon = true,
             }
@@ -183,29 +263,47 @@ pub fn compute(mut rows: Vec<EventRow>, k: usize, day: i64) -> Option<Vec<Cell>>
         }
     }
 
-    let total = cells.get(&(Dimension::Unspecified as i32, String::new()))?;
-    if total.weight() < k {
-        return None;
-    }
-    let to_cell = |dimension: i32, key: &str, acc: &Acc| Cell {
-        dimension,
-        key: key.to_owned(),
-        pageviews: acc.pageviews,
-        visitors: acc.members.len() as i64,
-        visits: acc.visits.len() as i64,
-        bounces: acc
-            .visits
-            .iter()
-            .filter(|v| visits[**v as usize].pageviews == 1)
-            .count() as i64,
-        visit_ms: acc.visits.iter().map(|v| visits[*v as usize].ms).sum(),
-        engaged_ms: acc.engaged_ms,
-        engagements: acc.engagements,
+    let Some(total) = cells.get(&(Dimension::Unspecified as i32, String::new())) else {
+        return Ok(None);
     };
-    let mut out = vec![
-        to_cell(Dimension::Unspecified as i32, "", total),
-        to_cell(Dimension::Day as i32, &date_of(day), total),
-    ];
+    if total.weight() < k {
+        return Ok(None);
+    }
+    let mut to_cell = |dimension: i32, key: &str, acc: &Acc| -> Result<Cell, E> {
+        let mut visit_ms: HashMap<u32, i64> = HashMap::new();
+        for v in &acc.visits {
+            let visit = &visits[*v as usize];
+            if visit.engaged {
+                *visit_ms.entry(visit.member).or_default() += visit.ms;
+            }
+        }
+        let capped = |ms: &i64| (*ms).min(ENGAGED_CAP_MS);
+        let engaged_ms: i64 = acc.engaged.values().map(capped).sum::<i64>() + acc.anon_engaged_ms;
+        let engaged_here = acc.engaged.len() + usize::from(acc.anon_engaged);
+        Ok(Cell {
+            dimension,
+            key: key.to_owned(),
+            pageviews: acc.pageviews,
+            visitors: acc.members.len() as i64,
+            visits: acc.visits.len() as i64,
+            bounces: acc
+                .visits
+                .iter()
+                .filter(|v| visits[**v as usize].pageviews == 1)
+                .count() as i64,
+            visit_ms: visit_ms.values().map(capped).sum::<i64>() + noise()?,
+            engaged_ms: engaged_ms + noise()?,
+            engagements: acc.engagements,
+            engaged_visitors: engaged_here.min(visit_ms.len()) as i64,
+        })
+    };
+    let total = to_cell(Dimension::Unspecified as i32, "", total)?;
+    let day_row = Cell {
+        dimension: Dimension::Day as i32,
+        key: date_of(day),
+        ..total.clone()
+    };
+    let mut out = vec![total, day_row];
     for dimension in BREAKDOWNS {
         let d = dimension as i32;
         let mut entries: Vec<(&String, &Acc)> = cells
@@ -232,13 +330,13 @@ pub fn compute(mut rows: Vec<EventRow>, k: usize, day: i64) -> Option<Vec<Cell>>
             }
         }
         for (key, acc) in &entries[merged..] {
-            out.push(to_cell(d, key, acc));
+            out.push(to_cell(d, key, acc)?);
         }
         if merged > 0 {
-            out.push(to_cell(d, OTHER, &other));
+            out.push(to_cell(d, OTHER, &other)?);
         }
     }
-    Some(out)
+    Ok(Some(out))
 }
 
 /// The last day whose events can no longer arrive at `now`.
@@ -302,7 +400,8 @@ async fn roll_day(
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(ApiError::internal)?;
-    let cells = compute(events, k, day);
+    let cells = compute(events, k, day, &mut time_noise)
+        .map_err(|e| ApiError::internal(anyhow::anyhow!("the random source failed: {e}")))?;
     let mut tx = db.pool().begin().await.map_err(ApiError::internal)?;
     let claimed = sqlx::query(
         "INSERT INTO analytics_rollups (site_id, day, k, suppressed, rolled_time) VALUES ($1, $2, $3, $4, $5) \
@@ -322,7 +421,8 @@ async fn roll_day(
     for cell in cells.unwrap_or_default() {
         sqlx::query(
             "INSERT INTO analytics_daily (site_id, day, dimension, key, pageviews, visitors, visits, bounces, \
-             visit_ms, engaged_ms, engagements) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             visit_ms, engaged_ms, engagements, engaged_visitors) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(site_id)
         .bind(day as i32)
@@ -335,6 +435,7 @@ async fn roll_day(
         .bind(cell.visit_ms)
         .bind(cell.engaged_ms)
         .bind(cell.engagements)
+        .bind(cell.engaged_visitors)
         .execute(&mut *tx)
         .await
         .map_err(ApiError::internal)?;
@@ -363,6 +464,19 @@ mod tests {
             visitor: visitor.map(str::to_owned),
             ..EventRow::default()
         }
+    }
+
+    fn engage(visitor: Option<&str>, minute: i64, path: &str, ms: i64) -> EventRow {
+        EventRow {
+            kind: Type::Engagement as i32,
+            engaged_ms: ms,
+            ..view(visitor, minute, path, "Chrome")
+        }
+    }
+
+    /// The cells without noise.
+    fn exact(rows: Vec<EventRow>, k: usize, day: i64) -> Option<Vec<Cell>> {
+        compute(rows, k, day, &mut || Ok::<_, ()>(0)).unwrap()
     }
 
     fn cell<'a>(cells: &'a [Cell], dimension: Dimension, key: &str) -> Option<&'a Cell> {
@@ -396,7 +510,7 @@ mod tests {
             device: "desktop".to_owned(),
             ..EventRow::default()
         });
-        let cells = compute(rows, 5, 0).unwrap();
+        let cells = exact(rows, 5, 0).unwrap();
         let total = cell(&cells, Dimension::Unspecified, "").unwrap();
         assert_eq!((total.pageviews, total.visitors, total.visits), (7, 5, 6));
         // v1..v4 and v0's second visit bounced; v0's first did not.
@@ -410,7 +524,7 @@ mod tests {
         let rows = (0..4)
             .map(|i| view(Some(&format!("v{i}")), i, "/", "Chrome"))
             .collect();
-        assert!(compute(rows, 5, 0).is_none());
+        assert!(exact(rows, 5, 0).is_none());
     }
 
     #[test]
@@ -424,7 +538,7 @@ mod tests {
             rows.push(view(Some(&format!("f{i}")), i, "/", "Firefox"));
         }
         rows.push(view(Some("s0"), 0, "/", "Safari"));
-        let cells = compute(rows, 5, 0).unwrap();
+        let cells = exact(rows, 5, 0).unwrap();
         // Firefox + Safari = 3 < 5, so Chrome (the next smallest) joins
         // them: nothing small can be told apart by subtraction.
         assert!(cell(&cells, Dimension::Browser, "Firefox").is_none());
@@ -445,10 +559,102 @@ mod tests {
         for i in 0..10 {
             rows.push(view(None, i, "/secret", "Chrome"));
         }
-        let cells = compute(rows, 5, 0).unwrap();
+        let cells = exact(rows, 5, 0).unwrap();
         assert!(cell(&cells, Dimension::Page, "/secret").is_none());
         let total = cell(&cells, Dimension::Unspecified, "").unwrap();
         assert_eq!(total.pageviews, 15);
         assert_eq!(total.visitors, 5);
+    }
+
+    #[test]
+    fn fakes_without_engagement_do_not_back_an_average() {
+        // One real reader of /secret, and six fakes that only load it.
+        let mut rows = vec![
+            view(Some("real"), 0, "/secret", "Chrome"),
+            engage(Some("real"), 1, "/secret", 47_123),
+        ];
+        for i in 0..6 {
+            rows.push(view(Some(&format!("fake{i}")), i, "/secret", "Chrome"));
+        }
+        let cells = exact(rows, 5, 0).unwrap();
+        let secret = cell(&cells, Dimension::Page, "/secret").unwrap();
+        assert_eq!((secret.visitors, secret.engaged_visitors), (7, 1));
+        let total = cell(&cells, Dimension::Unspecified, "").unwrap();
+        assert_eq!(total.engaged_visitors, 1);
+    }
+
+    #[test]
+    fn engaged_visitors_count_each_visitor_once_and_anonymous_ones_as_one() {
+        let mut rows = Vec::new();
+        for i in 0..5 {
+            let v = format!("v{i}");
+            rows.push(view(Some(&v), 0, "/", "Chrome"));
+            rows.push(engage(Some(&v), 1, "/", 1_000));
+            rows.push(engage(Some(&v), 2, "/", 1_000));
+        }
+        for i in 0..4 {
+            rows.push(engage(None, i, "/", 2_000));
+        }
+        let cells = exact(rows, 5, 0).unwrap();
+        let total = cell(&cells, Dimension::Unspecified, "").unwrap();
+        assert_eq!(total.engagements, 14);
+        assert_eq!(total.engaged_ms, 18_000);
+        // Anonymous events have no visit: the visits' sum counts 5 visitors.
+        assert_eq!(total.engaged_visitors, 5);
+        assert_eq!(total.visit_ms, 10_000);
+    }
+
+    #[test]
+    fn a_visitors_time_is_capped_and_every_sum_noised_once() {
+        let mut rows = Vec::new();
+        for i in 0..5 {
+            let v = format!("v{i}");
+            rows.push(view(Some(&v), 0, "/", "Chrome"));
+            rows.push(engage(Some(&v), 1, "/", 60_000));
+        }
+        // One visitor stays for hours: only the cap counts.
+        rows.push(engage(Some("v0"), 2, "/", 3 * 3_600_000));
+        let mut draws = 0;
+        let cells = compute(rows, 5, 0, &mut || {
+            draws += 1;
+            Ok::<_, ()>(draws * 1_000_000)
+        })
+        .unwrap()
+        .unwrap();
+        let total = cell(&cells, Dimension::Unspecified, "").unwrap();
+        let day = cell(&cells, Dimension::Day, "1970-01-01").unwrap();
+        let exact_ms = 4 * 60_000 + ENGAGED_CAP_MS;
+        // Two draws for the total (visits, then engagement), shared by its
+        // row of the day breakdown: a second draw would average out.
+        assert_eq!(total.visit_ms, exact_ms + 1_000_000);
+        assert_eq!(total.engaged_ms, exact_ms + 2_000_000);
+        assert_eq!(
+            (day.visit_ms, day.engaged_ms),
+            (total.visit_ms, total.engaged_ms)
+        );
+        // Every other cell drew its own two.
+        let stored = cells.len() as i64;
+        assert_eq!(draws, 2 * (stored - 1));
+        let mut noises: Vec<i64> = cells
+            .iter()
+            .filter(|c| c.dimension != Dimension::Day as i32)
+            .flat_map(|c| [c.visit_ms - exact_ms, c.engaged_ms - exact_ms])
+            .collect();
+        noises.sort_unstable();
+        noises.dedup();
+        assert_eq!(noises.len() as i64, draws);
+    }
+
+    #[test]
+    fn laplace_draws_have_their_scale() {
+        let scale = 600_000.0;
+        let n = 20_000;
+        let draws: Vec<i64> = (0..n).map(|_| laplace(scale).unwrap()).collect();
+        // E|X| = scale and E[X] = 0 for Laplace(0, scale).
+        let mean_abs = draws.iter().map(|x| x.unsigned_abs() as f64).sum::<f64>() / n as f64;
+        let mean = draws.iter().sum::<i64>() as f64 / n as f64;
+        assert!((mean_abs / scale - 1.0).abs() < 0.05, "{mean_abs}");
+        assert!(mean.abs() < 0.05 * scale, "{mean}");
+        assert!(draws.iter().any(|x| *x < 0) && draws.iter().any(|x| *x > 0));
     }
 }

@@ -465,6 +465,49 @@ async fn custodian_datamap_prints_what_the_server_answers() {
     }
 }
 
+/// `custodian token` refuses a subject that would forge a line in the
+/// audit trail or a log (a newline, another control character, a space),
+/// for callers and service credentials alike, with the rule and without
+/// echoing the subject; nothing is printed on stdout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custodian_token_refuses_a_subject_with_a_control_character() {
+    let data = tempfile::tempdir().unwrap();
+    let good = token(data.path(), &["audit"]).await;
+    assert_eq!(good.split('.').count(), 3, "{good}");
+    for subject in [
+        "a\nb",
+        "ops:alice\r\nsvc:dsr",
+        "ops:al ice",
+        "ops:\u{7}bell",
+    ] {
+        for service in [false, true] {
+            let subject = if service {
+                format!("svc:{subject}")
+            } else {
+                subject.to_owned()
+            };
+            let mut args = vec!["token", "--subject", &subject, "--purpose", "audit"];
+            if service {
+                args.push("--service");
+            }
+            let output = cli(data.path(), &args).await;
+            assert!(
+                !output.status.success(),
+                "{subject:?}: {}",
+                describe(&output)
+            );
+            assert!(
+                output.stdout.is_empty(),
+                "{subject:?}: {}",
+                describe(&output)
+            );
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(stderr.contains("sub must be"), "{subject:?}: {stderr}");
+            assert!(!stderr.contains(&subject), "{subject:?}: {stderr}");
+        }
+    }
+}
+
 // --- the shared subject-data contract, through grpcurl ---------------------------
 
 /// `grpcurl` from PATH, or `None` (after saying so) outside CI.

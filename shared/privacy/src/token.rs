@@ -314,6 +314,9 @@ impl TokenIssuer {
         if sub.trim().is_empty() {
             return Err(TokenError::Invalid("sub must not be empty"));
         }
+        if !is_safe_subject(sub) {
+            return Err(TokenError::Invalid(SUBJECT_RULE));
+        }
         if purposes.is_empty() {
             return Err(TokenError::NoPurpose);
         }
@@ -429,7 +432,7 @@ impl TokenVerifier {
         if claims.exp.saturating_sub(claims.iat) > MAX_TTL.as_secs() || claims.exp < claims.iat {
             return Err(TokenError::LifetimeTooLong);
         }
-        if claims.sub.trim().is_empty() {
+        if !is_safe_subject(&claims.sub) {
             return Err(TokenError::Malformed);
         }
         if claims.purposes.is_empty() {
@@ -485,6 +488,22 @@ fn is_jws_compact_shape(token: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
+}
+
+/// What a subject may be, as the issuer tells a caller that broke it.
+pub const SUBJECT_RULE: &str = "sub must be 1 to 128 characters of A-Z a-z 0-9 and . _ - : @ + / \
+     (e.g. \"ops:alice\" or \"svc:dsr\"), with no space or control character";
+
+/// Whether a subject is one the suite issues and accepts: a short name of
+/// letters, digits and a few separators. The subject goes into the audit
+/// trail, log lines and trace attributes as it is; a newline or another
+/// control character would let a caller forge lines there, and odd
+/// characters make an identity that two readers read differently.
+pub fn is_safe_subject(sub: &str) -> bool {
+    (1..=128).contains(&sub.len())
+        && sub
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_:@+/".contains(&b))
 }
 
 fn is_bare_tenant_id(tenant: &str) -> bool {
@@ -827,6 +846,54 @@ mod tests {
             p.issuer.issue_at(T0, " ", &[Purpose::Audit], None, HOUR),
             Err(TokenError::Invalid(_))
         ));
+        // A subject goes into the audit trail and logs as it is: control
+        // characters (a forged second line), spaces and the like are
+        // refused, through every issuing method.
+        let long = "a".repeat(129);
+        for sub in [
+            "a\nb",
+            "ops:alice\r\nsvc:dsr",
+            "ops:alice\u{0}",
+            "ops:\u{7}bell",
+            "ops:al ice",
+            "ops:alice\t",
+            "ops:al\u{2028}ice",
+            "ops:ålice",
+            "ops:\"alice\"",
+            "ops:alice;drop",
+            long.as_str(),
+        ] {
+            let err = p
+                .issuer
+                .issue_at(T0, sub, &[Purpose::Audit], None, HOUR)
+                .unwrap_err();
+            assert!(matches!(err, TokenError::Invalid(SUBJECT_RULE)), "{sub:?}");
+            assert!(!err.to_string().contains(sub), "the subject is not echoed");
+            let svc = format!("svc:{sub}");
+            assert!(matches!(
+                p.issuer.issue_service(&svc, &[Purpose::Audit], HOUR),
+                Err(TokenError::Invalid(_))
+            ));
+            assert!(matches!(
+                p.issuer.issue(sub, &[Purpose::Audit], None, HOUR),
+                Err(TokenError::Invalid(_))
+            ));
+        }
+        for sub in [
+            "ops:alice",
+            "svc:dsr",
+            "test:root",
+            "ops:alice@example.com",
+            "a",
+            &"a".repeat(128),
+        ] {
+            assert!(
+                p.issuer
+                    .issue_at(T0, sub, &[Purpose::Audit], None, HOUR)
+                    .is_ok(),
+                "{sub:?}"
+            );
+        }
         for tenant in ["", "tenants/acme"] {
             assert!(matches!(
                 p.issuer
@@ -955,13 +1022,15 @@ mod tests {
     fn empty_sub_or_tenant_is_malformed() {
         let p = pair();
         let v = verifier(&[&p.public_pem]);
-        let mut claims = claims_at(T0);
-        claims.sub = String::new();
-        let token = sign_raw(&p.private_pem, &claims);
-        assert!(matches!(
-            v.verify_at(&token, T0),
-            Err(TokenError::Malformed)
-        ));
+        for sub in ["", "a\nb", "ops:alice\r\n", "ops:al ice"] {
+            let mut claims = claims_at(T0);
+            claims.sub = sub.to_owned();
+            let token = sign_raw(&p.private_pem, &claims);
+            assert!(
+                matches!(v.verify_at(&token, T0), Err(TokenError::Malformed)),
+                "{sub:?}"
+            );
+        }
 
         let mut claims = claims_at(T0);
         claims.tenant = Some("tenants/acme".to_owned());
