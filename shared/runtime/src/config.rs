@@ -625,15 +625,13 @@ mod tests {
             database_url_file: Some(path.clone()),
             ..Default::default()
         })
-        .err()
-        .expect("a value and a file are refused");
+        .expect_err("a value and a file are refused");
         assert!(!format!("{both:#}").contains("secret"));
         let missing = Config::resolve(ServerArgs {
             smtp_url_file: Some(dir.path().join("absent")),
             ..Default::default()
         })
-        .err()
-        .expect("a missing file is an error");
+        .expect_err("a missing file is an error");
         assert!(format!("{missing:#}").contains("SMTP URL"), "{missing:#}");
     }
 
