@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use custodian::{Target, key_usage, load_keys, save_keys, suite};
 use custodian_privacy::{
     Purpose,
@@ -115,6 +115,11 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let command = Cli::command();
+    custodian_runtime::config::refuse_unknown_variables(
+        variables_read(&command).iter().map(String::as_str),
+        std::env::vars_os(),
+    )?;
     let config = Config::resolve(cli.server)?;
     match cli.command {
         None => serve(cli.target, config).await,
@@ -148,6 +153,21 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Every environment variable the command line reads, in every subcommand:
+/// the list the unknown-variable check compares against, taken from the
+/// flags' own definitions.
+fn variables_read(command: &clap::Command) -> Vec<String> {
+    let mut names: Vec<String> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect();
+    for sub in command.get_subcommands() {
+        names.extend(variables_read(sub));
+    }
+    names
 }
 
 fn signing_key(keys: &custodian_privacy::keys::KeyFile) -> anyhow::Result<TokenIssuer> {

@@ -104,10 +104,11 @@ struct KitModule {
 }
 
 async fn kit_migrations(db: &Database, service: &'static str) -> anyhow::Result<()> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.dangerous_set_table_name(format!("{service}_kit_migrations"));
-    migrator.run(db.pool()).await?;
-    Ok(())
+    db.migrate_recorded_in(
+        &format!("{service}_kit_migrations"),
+        sqlx::migrate!("./migrations"),
+    )
+    .await
 }
 
 impl ServiceModule for KitModule {

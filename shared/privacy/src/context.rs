@@ -23,15 +23,19 @@ pub struct Privacy {
 /// `{service}_privacy_migrations` (and, on SQLite only,
 /// `{service}_privacy_sqlite_migrations`).
 pub async fn migrate(db: &Database, service: &'static str) -> anyhow::Result<()> {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.dangerous_set_table_name(format!("{service}_privacy_migrations"));
-    migrator.run(db.pool()).await?;
+    db.migrate_recorded_in(
+        &format!("{service}_privacy_migrations"),
+        sqlx::migrate!("./migrations"),
+    )
+    .await?;
     // What only one backend runs is recorded apart, under a table of its
     // own, so the shared history stays the same on both.
     if db.backend() == custodian_runtime::Backend::Sqlite {
-        let mut sqlite = sqlx::migrate!("./migrations-sqlite");
-        sqlite.dangerous_set_table_name(format!("{service}_privacy_sqlite_migrations"));
-        sqlite.run(db.pool()).await?;
+        db.migrate_recorded_in(
+            &format!("{service}_privacy_sqlite_migrations"),
+            sqlx::migrate!("./migrations-sqlite"),
+        )
+        .await?;
     }
     Ok(())
 }

@@ -45,6 +45,15 @@ pub struct ServerArgs {
     )]
     pub database_url: Option<String>,
 
+    /// A file holding the database URL (a mounted Secret), instead of --database-url.
+    #[arg(
+        long,
+        env = "CUSTODIAN_DATABASE_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "database_url"
+    )]
+    pub database_url_file: Option<PathBuf>,
+
     /// Folder for SQLite files and development keys [default: ./.custodian].
     #[arg(long, global = true, env = "CUSTODIAN_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -147,6 +156,16 @@ pub struct ServerArgs {
     )]
     pub smtp_url: Option<String>,
 
+    /// A file holding the SMTP URL (a mounted Secret), instead of --smtp-url.
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_SMTP_URL_FILE",
+        value_name = "FILE",
+        conflicts_with = "smtp_url"
+    )]
+    pub smtp_url_file: Option<PathBuf>,
+
     /// The sender of outgoing mail [default: support@custodian.localhost].
     #[arg(
         long,
@@ -242,6 +261,7 @@ fn parse_peer(raw: &str) -> Result<(String, String), String> {
 struct FileConfig {
     listen: Option<SocketAddr>,
     database_url: Option<String>,
+    database_url_file: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     log: Option<String>,
     log_format: Option<LogFormat>,
@@ -260,6 +280,7 @@ struct FileConfig {
     peers: std::collections::BTreeMap<String, String>,
     service_token_file: Option<PathBuf>,
     smtp_url: Option<String>,
+    smtp_url_file: Option<PathBuf>,
     mail_from: Option<String>,
     ticket_sla: Option<String>,
     trusted_proxies: Option<Vec<String>>,
@@ -386,7 +407,11 @@ impl Config {
         let d = Config::default();
         Ok(Self {
             listen: args.listen.or(file.listen).unwrap_or(d.listen),
-            database_url: args.database_url.or(file.database_url),
+            database_url: secret(
+                "database URL",
+                args.database_url.or(file.database_url),
+                args.database_url_file.or(file.database_url_file),
+            )?,
             data_dir: args.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             log: args.log.or(file.log).unwrap_or(d.log),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
@@ -430,7 +455,11 @@ impl Config {
                 peers
             },
             service_token_file: args.service_token_file.or(file.service_token_file),
-            smtp_url: args.smtp_url.or(file.smtp_url),
+            smtp_url: secret(
+                "SMTP URL",
+                args.smtp_url.or(file.smtp_url),
+                args.smtp_url_file.or(file.smtp_url_file),
+            )?,
             mail_from: args.mail_from.or(file.mail_from).unwrap_or(d.mail_from),
             ticket_sla: args.ticket_sla.or(file.ticket_sla),
             trusted_proxies: args
@@ -467,6 +496,68 @@ impl Config {
             ),
         }
     }
+}
+
+/// A secret setting, given as a value or as a file holding it (a mounted
+/// Kubernetes Secret: values in the environment leak into crash dumps, child
+/// processes and `kubectl describe`). Read once, at start; errors name the
+/// setting and the file, never what it holds.
+fn secret(
+    setting: &str,
+    value: Option<String>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<Option<String>> {
+    match (value, file) {
+        (Some(_), Some(_)) => {
+            anyhow::bail!("the {setting} is given both as a value and as a file: give one")
+        }
+        (value, None) => Ok(value),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the {setting} from {}", path.display()))?;
+            let value = text.trim();
+            anyhow::ensure!(
+                !value.is_empty(),
+                "the {setting} file {} is empty",
+                path.display()
+            );
+            Ok(Some(value.to_owned()))
+        }
+    }
+}
+
+/// Environment names under `CUSTODIAN_` that are namespaces rather than
+/// settings: peers by service name, and the test and benchmark harnesses'
+/// own variables (read by them, never by the server).
+const VARIABLE_NAMESPACES: &[&str] = &["CUSTODIAN_PEER_", "CUSTODIAN_TEST_", "CUSTODIAN_BENCH_"];
+
+/// Refuses `CUSTODIAN_*` variables that name no setting, so that a typo in
+/// a manifest (`CUSTODIAN_DATABSE_URL`) stops the process at start instead of
+/// leaving the setting at its default. `known` is every variable the
+/// command line reads (from clap's definitions, so the list is not written
+/// twice). The error names the variables, never their values.
+pub fn refuse_unknown_variables<'a>(
+    known: impl IntoIterator<Item = &'a str>,
+    environment: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> anyhow::Result<()> {
+    let known: std::collections::BTreeSet<&str> = known.into_iter().collect();
+    let mut unknown: Vec<String> = environment
+        .into_iter()
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("CUSTODIAN_"))
+        .filter(|name| !known.contains(name.as_str()))
+        .filter(|name| !VARIABLE_NAMESPACES.iter().any(|p| name.starts_with(p)))
+        .collect();
+    unknown.sort();
+    anyhow::ensure!(
+        unknown.is_empty(),
+        "unknown environment variable{} {}: no setting has {} name (see --help for every \
+         CUSTODIAN_* setting; CUSTODIAN_PEER_<NAME> names a peer)",
+        if unknown.len() == 1 { "" } else { "s" },
+        unknown.join(", "),
+        if unknown.len() == 1 { "that" } else { "those" },
+    );
+    Ok(())
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -513,6 +604,66 @@ mod tests {
             ..Default::default()
         };
         assert!(Config::resolve(args).is_err());
+    }
+
+    #[test]
+    fn secrets_come_from_files_trimmed_and_never_from_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("url");
+        std::fs::write(&path, "postgres://u:secret@db/identity\n").unwrap();
+        let config = Config::resolve(ServerArgs {
+            database_url_file: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            config.database_url.as_deref(),
+            Some("postgres://u:secret@db/identity")
+        );
+        let both = Config::resolve(ServerArgs {
+            database_url: Some("postgres://other".into()),
+            database_url_file: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect_err("a value and a file are refused");
+        assert!(!format!("{both:#}").contains("secret"));
+        let missing = Config::resolve(ServerArgs {
+            smtp_url_file: Some(dir.path().join("absent")),
+            ..Default::default()
+        })
+        .expect_err("a missing file is an error");
+        assert!(format!("{missing:#}").contains("SMTP URL"), "{missing:#}");
+    }
+
+    #[test]
+    fn unknown_variables_are_named_and_known_ones_pass() {
+        let env = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| (n.into(), "postgres://u:secret@db".into()))
+                .collect::<Vec<(std::ffi::OsString, std::ffi::OsString)>>()
+        };
+        let known = ["CUSTODIAN_DATABASE_URL", "CUSTODIAN_LOG"];
+        refuse_unknown_variables(
+            known,
+            env(&[
+                "CUSTODIAN_LOG",
+                "CUSTODIAN_PEER_IDENTITY",
+                "CUSTODIAN_TEST_POSTGRES_URL",
+                "PATH",
+                "IDENTITY_SERVICE_HOST",
+            ]),
+        )
+        .unwrap();
+        let err = refuse_unknown_variables(
+            known,
+            env(&["CUSTODIAN_DATABSE_URL", "CUSTODIAN_SERVICE_HOST"]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("CUSTODIAN_DATABSE_URL"), "{err}");
+        assert!(err.contains("CUSTODIAN_SERVICE_HOST"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use sqlx::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+pub mod schema;
 mod writer;
 pub use writer::{SqliteWriter, open_for_writing};
 
@@ -157,12 +158,14 @@ impl Database {
 
     /// Runs a service's migrations, recording them in `{service}_migrations`.
     pub async fn migrate(&self, service: &'static str, migrator: Migrator) -> anyhow::Result<()> {
-        let mut migrator = migrator;
-        migrator.dangerous_set_table_name(format!("{service}_migrations"));
-        migrator
-            .run(&self.pool)
+        self.migrate_recorded_in(&format!("{service}_migrations"), migrator)
             .await
-            .with_context(|| format!("running {service} migrations"))
+    }
+
+    /// Runs migrations recorded in `table`, refusing a schema newer than
+    /// this release can serve (see [`schema`]).
+    pub async fn migrate_recorded_in(&self, table: &str, migrator: Migrator) -> anyhow::Result<()> {
+        schema::migrate(&self.pool, table, migrator).await
     }
 
     pub fn pool(&self) -> &AnyPool {

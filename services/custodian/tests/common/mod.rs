@@ -141,6 +141,13 @@ impl Server {
         if let Some(url) = database_url {
             command.args(["--database-url", url]);
         }
+        Self::start_command(command, log).await
+    }
+
+    /// Starts `command` (the binary with whatever arguments and
+    /// environment the caller gave it; its stdin, stdout and stderr are set
+    /// here) and waits for its serving line and SERVING.
+    pub async fn start_command(mut command: tokio::process::Command, log: &Log) -> Self {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
