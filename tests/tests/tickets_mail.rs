@@ -1582,3 +1582,136 @@ mail_test!(
         app.stop().await.unwrap();
     }
 );
+
+/// A TCP front of a real SMTP server that can stop answering: while `hang`
+/// is set, a connection is accepted and never spoken to (a mail server
+/// that stalls, or a process stopped mid-send from the sender's side).
+async fn stalling_front(
+    server_port: u16,
+    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            if hang.load(std::sync::atomic::Ordering::SeqCst) {
+                held.push(client);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut server) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", server_port)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (port, task)
+}
+
+async fn finish_a_reply_stored_but_not_mailed(backend: Backend) {
+    let Some(server) = Aiosmtpd::start() else {
+        return;
+    };
+    let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (port, front) = stalling_front(server.port(), hang.clone()).await;
+    let Some(app) = custodian_tests::spawn_with(backend, |config| {
+        config.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+    })
+    .await
+    else {
+        return;
+    };
+    let ticket = ingest(
+        &app,
+        &Mail::new(
+            "Ann Archer <ann@example.com>",
+            "ANN-1@mail.example.com",
+            "Login broken",
+            "Help!",
+        ),
+    )
+    .await
+    .ticket
+    .unwrap();
+    let key = uuid::Uuid::new_v4().to_string();
+    let request = |key: &str| {
+        let mut request = tonic::Request::new(AddMessageRequest {
+            parent: ticket.name.clone(),
+            message: Some(TicketMessage {
+                kind: ticket_message::Kind::AgentReply as i32,
+                body: "Please clear your cookies.".into(),
+                ..Default::default()
+            }),
+            request_id: key.into(),
+        });
+        request.set_timeout(std::time::Duration::from_secs(2));
+        request
+    };
+
+    // The mail server stalls; the caller gives up, and the call ends
+    // between storing the reply and mailing it.
+    hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = app.tickets().add_message(request(&key)).await.unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    let left = thread(&app, &ticket.name).await;
+    assert_eq!(left.len(), 2, "the reply was stored before mailing");
+    assert!(left[1].send_time.is_none(), "and is not marked sent");
+    let state = get(&app, &ticket.name).await;
+    assert_eq!(state.state, State::New as i32, "nor counted");
+    assert!(server.delivered().is_empty());
+
+    // The retry with the same key mails that reply (its own Message-ID),
+    // once, and counts it; a further retry mails nothing.
+    hang.store(false, std::sync::atomic::Ordering::SeqCst);
+    let sent = app
+        .tickets()
+        .add_message(request(&key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sent.name, left[1].name);
+    assert!(sent.send_time.is_some());
+    let again = app
+        .tickets()
+        .add_message(request(&key))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.name, sent.name);
+    let delivered = server.delivered();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(
+        header(&delivered[0], "Message-ID"),
+        format!("<{}>", sent.email_message_id)
+    );
+    assert_eq!(
+        header(&delivered[0], "In-Reply-To"),
+        "<ANN-1@mail.example.com>"
+    );
+    let state = get(&app, &ticket.name).await;
+    assert_eq!(state.state, State::Open as i32);
+    assert!(state.sla.unwrap().first_response_time.is_some());
+    assert_eq!(thread(&app, &ticket.name).await.len(), 2);
+    app.stop().await.unwrap();
+    front.abort();
+}
+
+mod a_reply_stored_but_not_mailed_is_mailed_by_its_retry {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        finish_a_reply_stored_but_not_mailed(Backend::Sqlite).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        finish_a_reply_stored_but_not_mailed(Backend::Postgres).await;
+    }
+}
