@@ -1583,40 +1583,83 @@ mail_test!(
     }
 );
 
-/// A TCP front of a real SMTP server that can stop answering: while `hang`
-/// is set, a connection is accepted and never spoken to (a mail server
-/// that stalls, or a process stopped mid-send from the sender's side).
-async fn stalling_front(
-    server_port: u16,
-    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (u16, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((mut client, _)) = listener.accept().await {
-            if hang.load(std::sync::atomic::Ordering::SeqCst) {
-                held.push(client);
-                continue;
-            }
-            tokio::spawn(async move {
-                if let Ok(mut server) =
-                    tokio::net::TcpStream::connect(("127.0.0.1", server_port)).await
-                {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-            });
-        }
-    });
-    (port, task)
+/// A TCP front of a real SMTP server that can stall: while holding, each
+/// new connection is accepted and not spoken to (a mail server that hangs)
+/// until the test releases it (then it is passed through) or cuts it.
+struct StallingFront {
+    port: u16,
+    holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    held: std::sync::Arc<std::sync::Mutex<Vec<tokio::sync::oneshot::Sender<bool>>>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-async fn finish_a_reply_stored_but_not_mailed(backend: Backend) {
+impl StallingFront {
+    async fn start(server_port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let holding = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h, list) = (holding.clone(), held.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let go = if h.load(std::sync::atomic::Ordering::SeqCst) {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    list.lock().unwrap().push(tx);
+                    Some(rx)
+                } else {
+                    None
+                };
+                tokio::spawn(async move {
+                    if let Some(go) = go
+                        && go.await != Ok(true)
+                    {
+                        return;
+                    }
+                    if let Ok(mut server) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", server_port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            holding,
+            held,
+            task,
+        }
+    }
+
+    fn hold(&self, on: bool) {
+        self.holding.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Passes the held connections through (true) or closes them (false).
+    fn settle_held(&self, pass: bool) {
+        for held in self.held.lock().unwrap().drain(..) {
+            let _ = held.send(pass);
+        }
+    }
+}
+
+/// Polls `done` every 50 ms for up to 20 s.
+async fn eventually<F: std::future::Future<Output = bool>>(mut done: impl FnMut() -> F) -> bool {
+    for _ in 0..400 {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn replies_whose_caller_gave_up(backend: Backend) {
     let Some(server) = Aiosmtpd::start() else {
         return;
     };
-    let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (port, front) = stalling_front(server.port(), hang.clone()).await;
+    let front = StallingFront::start(server.port()).await;
+    let port = front.port;
     let Some(app) = custodian_tests::spawn_with(backend, |config| {
         config.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
     })
@@ -1636,13 +1679,12 @@ async fn finish_a_reply_stored_but_not_mailed(backend: Backend) {
     .await
     .ticket
     .unwrap();
-    let key = uuid::Uuid::new_v4().to_string();
-    let request = |key: &str| {
+    let request = |key: &str, body: &str| {
         let mut request = tonic::Request::new(AddMessageRequest {
             parent: ticket.name.clone(),
             message: Some(TicketMessage {
                 kind: ticket_message::Kind::AgentReply as i32,
-                body: "Please clear your cookies.".into(),
+                body: body.into(),
                 ..Default::default()
             }),
             request_id: key.into(),
@@ -1651,67 +1693,103 @@ async fn finish_a_reply_stored_but_not_mailed(backend: Backend) {
         request
     };
 
-    // The mail server stalls; the caller gives up, and the call ends
-    // between storing the reply and mailing it.
-    hang.store(true, std::sync::atomic::Ordering::SeqCst);
-    let err = app.tickets().add_message(request(&key)).await.unwrap_err();
+    // The mail server stalls and the caller gives up: the reply is stored,
+    // not yet mailed, and a retry meanwhile mails nothing.
+    front.hold(true);
+    let first = uuid::Uuid::new_v4().to_string();
+    let err = app
+        .tickets()
+        .add_message(request(&first, "Please clear your cookies."))
+        .await
+        .unwrap_err();
     assert!(
         matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{err:?}"
     );
-    let left = thread(&app, &ticket.name).await;
-    assert_eq!(left.len(), 2, "the reply was stored before mailing");
-    assert!(left[1].send_time.is_none(), "and is not marked sent");
-    let state = get(&app, &ticket.name).await;
-    assert_eq!(state.state, State::New as i32, "nor counted");
-    assert!(server.delivered().is_empty());
-
-    // The retry with the same key mails that reply (its own Message-ID),
-    // once, and counts it; a further retry mails nothing.
-    hang.store(false, std::sync::atomic::Ordering::SeqCst);
+    let on_its_way = thread(&app, &ticket.name).await;
+    assert_eq!(on_its_way.len(), 2);
+    assert!(on_its_way[1].send_time.is_none());
+    assert_eq!(get(&app, &ticket.name).await.state, State::New as i32);
+    let err = app
+        .tickets()
+        .add_message(request(&first, "Please clear your cookies."))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    // The server answers again: the reply goes out once and is counted,
+    // though nobody waits for it any more.
+    front.hold(false);
+    front.settle_held(true);
+    assert!(
+        eventually(|| async { server.delivered().len() == 1 }).await,
+        "mailed once the server answers"
+    );
+    assert!(
+        eventually(|| async { get(&app, &ticket.name).await.state == State::Open as i32 }).await
+    );
     let sent = app
         .tickets()
-        .add_message(request(&key))
+        .add_message(request(&first, "Please clear your cookies."))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(sent.name, left[1].name);
+    assert_eq!(sent.name, on_its_way[1].name);
     assert!(sent.send_time.is_some());
-    let again = app
-        .tickets()
-        .add_message(request(&key))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(again.name, sent.name);
-    let delivered = server.delivered();
-    assert_eq!(delivered.len(), 1);
     assert_eq!(
-        header(&delivered[0], "Message-ID"),
+        header(&server.delivered()[0], "Message-ID"),
         format!("<{}>", sent.email_message_id)
     );
-    assert_eq!(
-        header(&delivered[0], "In-Reply-To"),
-        "<ANN-1@mail.example.com>"
+
+    // A reply whose call never finishes mailing it (its process stopped,
+    // here: a send that hangs) is mailed by a retry once the lease of its
+    // first call is over, and that first call, failing at last, does not
+    // take it back.
+    front.hold(true);
+    let second = uuid::Uuid::new_v4().to_string();
+    app.tickets()
+        .add_message(request(&second, "Did it help?"))
+        .await
+        .unwrap_err();
+    front.hold(false);
+    app.clock.advance(std::time::Duration::from_secs(120));
+    let retried = app
+        .tickets()
+        .add_message(request(&second, "Did it help?"))
+        .await
+        .expect("mailed by the retry")
+        .into_inner();
+    assert!(retried.send_time.is_some());
+    let delivered = server.delivered();
+    assert_eq!(delivered.len(), 2);
+    assert!(
+        delivered
+            .iter()
+            .any(|raw| header(raw, "Message-ID") == format!("<{}>", retried.email_message_id))
     );
-    let state = get(&app, &ticket.name).await;
-    assert_eq!(state.state, State::Open as i32);
-    assert!(state.sla.unwrap().first_response_time.is_some());
-    assert_eq!(thread(&app, &ticket.name).await.len(), 2);
+    front.settle_held(false);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let thread_now = thread(&app, &ticket.name).await;
+    assert_eq!(thread_now.len(), 3, "nothing was taken back");
+    assert!(thread_now.iter().skip(1).all(|m| m.send_time.is_some()));
+    app.tickets()
+        .add_message(request(&second, "Did it help?"))
+        .await
+        .unwrap();
+    assert_eq!(server.delivered().len(), 2, "each reply mailed once");
     app.stop().await.unwrap();
-    front.abort();
+    front.task.abort();
 }
 
-mod a_reply_stored_but_not_mailed_is_mailed_by_its_retry {
+mod a_reply_is_mailed_once_whether_or_not_its_caller_waits {
     use super::*;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sqlite() {
-        finish_a_reply_stored_but_not_mailed(Backend::Sqlite).await;
+        replies_whose_caller_gave_up(Backend::Sqlite).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres() {
-        finish_a_reply_stored_but_not_mailed(Backend::Postgres).await;
+        replies_whose_caller_gave_up(Backend::Postgres).await;
     }
 }

@@ -23,7 +23,9 @@
 use std::sync::LazyLock;
 
 use custodian_kit::{Arg, Call, Filter, Idempotency, Query, Sensitive, Stored};
-use custodian_mail::{Mailbox, OutgoingMail, is_usable_message_id, new_message_id, parse_inbound};
+use custodian_mail::{
+    Mailbox, OutgoingMail, SmtpMailer, is_usable_message_id, new_message_id, parse_inbound,
+};
 use custodian_privacy::normalize;
 use custodian_proto::{
     common::v1::PersonName,
@@ -37,6 +39,7 @@ use custodian_proto::{
 use custodian_runtime::{ApiError, error::Violations, paging::Page, time::to_timestamp};
 use regex::Regex;
 use tonic::Status;
+use tracing::Instrument as _;
 
 use crate::api::Api;
 
@@ -65,6 +68,13 @@ const MAX_MESSAGE_ID: usize = 255;
 const MAX_BODY: usize = 50_000;
 const MAX_SUBJECT: usize = 300;
 const MAX_NAME: usize = 200;
+
+/// How long a reply stored and not yet marked sent is taken to be on its
+/// way: longer than the SMTP mailer takes for one send, however it ends
+/// (an outbox file takes far less). A retry within it waits; after it, the
+/// call that stored the reply stopped with its process, and the retry
+/// mails the reply.
+const MAILING_LEASE_MICROS: i64 = (SmtpMailer::DEFAULT_DEADLINE.as_secs() as i64 + 30) * 1_000_000;
 
 /// How often a value is cut shorter when its redacted form is longer than
 /// its field (a "[redacted ...]" mark is longer than most values it
@@ -548,8 +558,11 @@ impl Api {
     /// counted on the ticket (first response, opening). If the mail cannot
     /// be handed over, the reply is taken back and the call is UNAVAILABLE:
     /// neither the thread nor the SLA shows a reply the requester did not
-    /// get. A retry with the same `request_id` mails a reply only if no
-    /// earlier call did, and finishes what an interrupted one left.
+    /// get. Once stored, the reply is mailed (or taken back) whether or not
+    /// the caller still waits. A retry with the same `request_id` mails it
+    /// only if no earlier call did or is doing so: one still under way is
+    /// waited for (UNAVAILABLE until it ends), one whose process stopped
+    /// before it was mailed is mailed by the retry.
     pub(crate) async fn reply_by_mail(
         &self,
         call: &Call,
@@ -582,6 +595,14 @@ impl Api {
                 self.follow_up(call, ticket, stored.message.kind).await?;
                 return Ok(stored);
             }
+            let age = self.now().saturating_sub(stored.create_time);
+            if age < MAILING_LEASE_MICROS {
+                return Err(ApiError::Unavailable(
+                    "an earlier call with this request_id is still mailing the reply; retry later"
+                        .to_owned(),
+                )
+                .into());
+            }
             // Stored by an earlier call that stopped before mailing it.
             self.reply_mail(
                 call,
@@ -594,8 +615,37 @@ impl Api {
         } else {
             mail
         };
+        // A caller that stops waiting (its deadline) drops this call; the
+        // mail is sent or the reply taken back all the same, so no reply is
+        // left stored and not mailed.
+        let (api, call, ticket) = (self.clone(), call.clone(), ticket.clone());
+        tokio::spawn(
+            async move { api.deliver(&call, &ticket, stored, mail).await }
+                .instrument(tracing::Span::current()),
+        )
+        .await
+        .map_err(|_| ApiError::internal(std::io::Error::other("a reply's delivery stopped")))?
+    }
+
+    /// Mails a stored reply, marks it sent and counts it on its ticket; or,
+    /// if the mail cannot be handed over, takes it back (UNAVAILABLE).
+    async fn deliver(
+        &self,
+        call: &Call,
+        ticket: &Stored<Ticket>,
+        stored: Stored<TicketMessage>,
+        mail: OutgoingMail,
+    ) -> Result<Stored<TicketMessage>, Status> {
         if let Err(err) = self.mailer.send(&mail).await {
             tracing::warn!(error = %err, ticket = %ticket.message.name, "reply not mailed; taking it back");
+            let current = self
+                .messages
+                .find(call, &stored.message.name, "message")
+                .await?;
+            // A retry after the lease may have mailed it meanwhile.
+            if current.message.send_time.is_some() {
+                return Ok(current);
+            }
             self.messages
                 .delete(call, &stored.message.name, "message")
                 .await?;
