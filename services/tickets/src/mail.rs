@@ -18,7 +18,9 @@
 //! Agent replies on email tickets are stored first, then mailed through the
 //! shared mailer with proper Message-ID, In-Reply-To and References headers
 //! (only ids that can be written there), then marked sent and counted on
-//! the ticket. A reply that cannot be mailed is taken back.
+//! the ticket, whether or not the caller still waits. A reply that cannot
+//! be mailed is taken back; a retry mails a reply only when no earlier
+//! call did (or its process stopped before it could record that it did).
 
 use std::sync::LazyLock;
 
@@ -120,8 +122,8 @@ fn fit(text: &str, max_chars: usize, multi_line: bool) -> String {
     out
 }
 
-/// `n` less one in a hundred (at least one): the next, shorter try of
-/// [`fit`] when a value did not fit.
+/// The next, shorter try of [`fit`] when a value came out `over` its
+/// field: that much less, and at least one in a hundred less.
 fn shorter(n: usize, over: usize) -> usize {
     n.saturating_sub(over.max(n / 100).max(1))
 }
