@@ -1793,3 +1793,45 @@ mod a_reply_is_mailed_once_whether_or_not_its_caller_waits {
         replies_whose_caller_gave_up(Backend::Postgres).await;
     }
 }
+
+mail_test!(
+    a_reply_that_can_never_be_mailed_is_refused_and_nothing_stored,
+    |app: TestApp, _backend: Backend| async move {
+        let outbox = app.db.dir().join("outbox");
+        // An address the API takes (a quoted local part) that the mailer
+        // cannot write: a retry would never help, so it is no UNAVAILABLE.
+        let ticket = app
+            .tickets()
+            .create_ticket(CreateTicketRequest {
+                ticket: Some(Ticket {
+                    channel: Channel::Email as i32,
+                    kind: Kind::Inquiry as i32,
+                    subject: "Prices".into(),
+                    requester: Some(custodian_proto::tickets::v1::Requester {
+                        person_name: fixtures::name("Ann", "Archer"),
+                        email: "\"ann archer\"@example.com".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                description: "How much?".into(),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let before = thread(&app, &ticket.name).await;
+        let err = reply(&app, &ticket.name, "10 euros.", "")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert!(!err.message().contains("archer"), "{err:?}");
+        assert!(!err.message().contains("example.com"), "{err:?}");
+        assert_eq!(thread(&app, &ticket.name).await, before);
+        let after = get(&app, &ticket.name).await;
+        assert_eq!(after.state, State::New as i32);
+        assert!(after.sla.unwrap().first_response_time.is_none());
+        assert!(files_in(&outbox, Some("eml")).is_empty());
+        app.stop().await.unwrap();
+    }
+);
