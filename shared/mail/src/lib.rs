@@ -44,7 +44,7 @@ pub mod testing;
 pub use error::MailError;
 pub use inbound::{InboundMail, MAX_INBOUND_BYTES, parse_inbound};
 pub use outbox::OutboxMailer;
-pub use outgoing::{Mailbox, OutgoingMail, new_message_id};
+pub use outgoing::{Mailbox, OutgoingMail, is_usable_message_id, new_message_id};
 pub use smtp::SmtpMailer;
 
 /// Sends a message: over SMTP ([`SmtpMailer`]) or into a folder

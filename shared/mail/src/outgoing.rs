@@ -75,16 +75,22 @@ pub fn new_message_id(domain: &str) -> String {
 /// of 998 does, and real ids stay well below this).
 const MAX_MESSAGE_ID: usize = 255;
 
-/// A message id as it may be written between angle brackets: printable
-/// ASCII, no spaces, no brackets, not empty. Lenient on purpose (no `@`
-/// required): `references` carry ids made by other people's mail clients.
-fn check_message_id(id: &str) -> Result<String, MailError> {
-    let ok = !id.is_empty()
+/// Whether `id` can be written as a message id between angle brackets:
+/// printable ASCII, no spaces, no brackets, not empty. Lenient on purpose
+/// (no `@` required): `references` carry ids made by other people's mail
+/// clients. An id received in a mail may fail this (non-ASCII, spaces): a
+/// reply leaves such an id out of its `in_reply_to` and `references` rather
+/// than fail to be built.
+pub fn is_usable_message_id(id: &str) -> bool {
+    !id.is_empty()
         && id.len() <= MAX_MESSAGE_ID
         && id
             .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>');
-    if ok {
+            .all(|b| b.is_ascii_graphic() && b != b'<' && b != b'>')
+}
+
+fn check_message_id(id: &str) -> Result<String, MailError> {
+    if is_usable_message_id(id) {
         Ok(format!("<{id}>"))
     } else {
         Err(MailError::InvalidMessageId)
@@ -104,10 +110,12 @@ fn lettre_mailbox(
     Ok(lettre::message::Mailbox::new(name, email))
 }
 
-/// Line breaks in a one-line header field (a subject, a display name) become
-/// spaces: a caller's text cannot start a header field of its own.
+/// Line breaks and other control characters in a one-line header field (a
+/// subject, a display name) become spaces: a caller's text cannot start a
+/// header field of its own, and a subject stored from a received mail (a
+/// Unicode line separator, a tab) is still sent.
 fn one_line(s: &str) -> String {
-    s.split(['\r', '\n'])
+    s.split(|c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
         .filter(|part| !part.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
@@ -259,6 +267,33 @@ mod tests {
         let headers = &raw[..raw.find("\r\n\r\n").unwrap()];
         assert!(!headers.lines().any(|l| l.starts_with("Bcc")), "{raw}");
         assert_eq!(mail.to_message().unwrap().envelope().to().len(), 1);
+    }
+
+    #[test]
+    fn line_separators_and_controls_become_spaces() {
+        let mut mail = reply();
+        mail.subject = "Login\u{2028}broken\u{2029}again\tand\u{7}more\u{85}end".into();
+        mail.to[0].name = "Ada\u{2028}Lovelace".into();
+        let raw = text(&mail);
+        let message = crate::parse_inbound(raw.as_bytes()).unwrap();
+        assert_eq!(message.subject, "Login broken again and more end");
+        assert_eq!(message.from, Some(reply().from));
+        let headers = &raw[..raw.find("\r\n\r\n").unwrap()];
+        assert!(headers.contains("Ada Lovelace"), "{headers}");
+    }
+
+    #[test]
+    fn usable_message_ids() {
+        for good in [
+            "0190abcd@tickets.custodian.local",
+            "CAF=xk+2Yb8QnU6H0t9f1J_rM@mail.gmail.com",
+            "no-at-sign",
+        ] {
+            assert!(is_usable_message_id(good), "{good}");
+        }
+        for bad in ["", "ünï@x", "a b@c", "<x@y>", "x\r\ny", &"x".repeat(256)] {
+            assert!(!is_usable_message_id(bad), "{bad:?}");
+        }
     }
 
     #[test]

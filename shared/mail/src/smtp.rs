@@ -38,6 +38,11 @@ impl SmtpMailer {
     /// slowly but steadily cannot hold a sender forever.
     const DEADLINE_FACTOR: u32 = 6;
 
+    /// The longest one send of [`Self::from_url`]'s mailer takes, however it
+    /// ends: a caller can tell a send still under way from one that stopped.
+    pub const DEFAULT_DEADLINE: Duration =
+        Self::DEFAULT_TIMEOUT.saturating_mul(Self::DEADLINE_FACTOR);
+
     pub fn from_url(url: &str) -> Result<Self, MailError> {
         Self::with_timeout(url, Self::DEFAULT_TIMEOUT)
     }
