@@ -1116,6 +1116,9 @@ pub struct Prober {
     pub calls: usize,
     pub refused: usize,
     pub accepted: BTreeMap<String, usize>,
+    /// The fields that took a card or account number (calls that store
+    /// nothing: reads, filters), for the report.
+    pub accepted_sensitive: std::collections::BTreeSet<String>,
 }
 
 /// A status message longer than this is not "short".
@@ -1183,6 +1186,7 @@ impl Prober {
             calls: 0,
             refused: 0,
             accepted: BTreeMap::new(),
+            accepted_sensitive: std::collections::BTreeSet::new(),
         };
         prober.last = prober.snapshot().await;
         prober
@@ -1314,6 +1318,15 @@ impl Prober {
                     .accepted
                     .entry(format!("{:?}", value.kind))
                     .or_default() += 1;
+                if value.kind == HostileKind::Sensitive {
+                    // Guard-scanned fields refuse it; a field that takes it
+                    // must not keep it.
+                    if before.rows != after.rows {
+                        return Err(format!("{}: accepted and stored", at()));
+                    }
+                    self.accepted_sensitive
+                        .insert(format!("{} {}", target.path, slot.dotted));
+                }
                 return Ok(());
             }
             Err(status) => status,

@@ -1051,11 +1051,13 @@ storage_test!(
         });
         let prober = prober.into_inner().unwrap_or_else(|e| e.into_inner());
         eprintln!(
-            "{} methods, {slots} string fields: {} calls, {} refused, accepted {:?}",
+            "{} methods, {slots} string fields: {} calls, {} refused, accepted {:?}; \
+             a card or account number taken (not stored) by {:?}",
             prober.targets.len(),
             prober.calls,
             prober.refused,
             prober.accepted,
+            prober.accepted_sensitive,
         );
         if let Err(err) = result {
             panic!("{err}");
