@@ -13,29 +13,33 @@
 //!
 //! Card numbers and IBANs are read from *groups*, the runs of ASCII letters
 //! and digits of the text, and from how each group is joined to the one
-//! before: by white space, by one mark of `- . / _ , * | : ~` with or
-//! without white space around it (`4111-1111`, `4111 - 1111`, `4111, 1111`),
-//! or by a line break followed by the `>` markers of a quoted reply
-//! (`> 4111 1111\n> 1111 1111`). Anything else (a letter, a `+`, a `(`,
-//! longer white space) ends a chain of joined groups.
+//! before: by white space; by one mark of `- . / _ , * | : ~` touching the
+//! group before it (`4111_1111`, `4111,1111`), where a hyphen or slash may
+//! have spaces around it too (`4111 - 1111`); or by a line break followed
+//! by the `>` markers of a quoted reply (`> 4111 1111\n> 1111 1111`), also
+//! after a mark (`4111-\n> 1111`). Anything else (a letter, a `+`, a `(`, a
+//! comma or bar between spaces as in a list, long white space) ends a chain
+//! of joined groups.
 //!
 //! - **Payment cards**: consecutive digit groups of a chain laid out as
-//!   cards are printed or typed: one group of 13–19 digits; blocks of four
-//!   (4-4-4-4, 4-4-4-1, 4-4-4-4-3); Amex's 4-6-5 and Diners' 4-6-4, each
-//!   joined by one mark throughout; or any grouping in blocks of three or
-//!   more joined throughout by spaces or by hyphens. The digits must have a
-//!   known issuer prefix and length and pass the Luhn check. The card may
-//!   stand anywhere in its chain: after a digit (`order 7 4111 …`), before
-//!   its expiry date and security code (`4111 1111 1111 1111 12/26 123`,
-//!   `4111111111111111 1226 737`), or beside another card. Three rules keep
-//!   other numbers out: a card does not start right after a `+` that starts
-//!   a token (an international phone number; in `ann+4111…@example.com` it
-//!   is an email sub-address); it is not joined by a bare `.` or `,` to more
-//!   digits (`4111111111111111.50` is an amount); and blocks of four are not
-//!   taken out of a longer list of blocks of four joined alike (purchase
-//!   orders, tracking numbers such as `9405 5036 9930 0012 3456 78`), unless
-//!   the block after the card reads as an expiry date (`MMYY`) or another
-//!   card starts there.
+//!   cards are printed or typed, joined by one mark throughout: one group of
+//!   13–19 digits; blocks of four (4-4-4-4, 4-4-4-1, 4-4-4-4-3, also with
+//!   blocks run together where an invisible separator was removed, as in
+//!   8-4-4); American Express's 4-6-5 and Diners Club's 4-6-4 for their
+//!   numbers; or blocks of three to six joined by spaces or by hyphens. The
+//!   digits must have a known issuer prefix and length and pass the Luhn
+//!   check. The card may stand anywhere in its chain: after a digit
+//!   (`order 7 4111 …`), before its expiry date and security code
+//!   (`4111 1111 1111 1111 12/26 123`, `4111111111111111 1226 737`), or
+//!   beside another card. Rules keep other numbers out: a card does not
+//!   start right after a `+` that starts a token (an international phone
+//!   number; in `ann+4111…@example.com` it is an email sub-address); a bare
+//!   `.` or `,` does not join it to more digits (`4111111111111111.50` is
+//!   an amount, `3.14159265358979` a fraction); and blocks of four are not
+//!   taken out of a longer list of blocks joined alike (purchase orders,
+//!   tracking numbers such as `9405 5036 9930 0012 3456 78`), unless the
+//!   block after the card reads as an expiry date (`MMYY`) ending the list,
+//!   or another card starts there.
 //! - **IBANs**: a group starting with a country code, the check digits and
 //!   the BBAN, read across the groups that follow whatever joins them
 //!   (`DE89 3704 …`, `DE89.3704.…`, `DE89/3704/…`, `DE 89 3704 …`,
@@ -150,6 +154,7 @@ impl SensitiveKind {
         1 << self as u8
     }
 }
+
 impl fmt::Display for SensitiveKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -207,9 +212,10 @@ pub fn check_fields<'a>(fields: &[(&'a str, &str)]) -> Vec<(&'a str, SensitiveKi
 }
 
 /// Rounds of cutting before a text that still holds a finding is replaced
-/// whole. Cutting a value cannot make a new one (a marker is letters, which
-/// end every group), so a second round finding anything would be a bug;
-/// the whole text goes then, which fails closed.
+/// whole. A marker is letters, which end every group, so cutting seldom
+/// makes a value appear; but a shorter text can bring a context word within
+/// reach of a number (an SSN), so the text is scanned again after each
+/// round, and what is still found after the last goes whole (fail closed).
 const REDACT_ROUNDS: usize = 2;
 
 /// Removes sensitive values from text that cannot be refused (mail that has
