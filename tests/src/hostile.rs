@@ -15,6 +15,12 @@
 //! [`Prober`] then checks what a refusal must never do: fail as the
 //! server's fault, echo the value, store anything, or write the value into
 //! the audit trail.
+//!
+//! The card and account numbers among them ([`HostileKind::Sensitive`])
+//! come from [`sensitive_spelling`], every spelling the sensitive-data
+//! guard must see through, with random separators and grouping;
+//! [`sensitive_spellings`] lists them once each, in free text and in mail,
+//! for tests that check refusal or redaction field by field.
 
 use std::{collections::BTreeMap, fmt, time::Duration};
 
@@ -386,10 +392,12 @@ pub enum HostileKind {
     PathTrick,
     /// A resource name far longer than any real one, or nested too deep.
     OversizedName,
+    /// A card or account number, spelled as the guard must still see it.
+    Sensitive,
 }
 
 impl HostileKind {
-    pub const ALL: [HostileKind; 8] = [
+    pub const ALL: [HostileKind; 9] = [
         HostileKind::Nul,
         HostileKind::Control,
         HostileKind::InvalidUtf8,
@@ -398,6 +406,7 @@ impl HostileKind {
         HostileKind::Invisible,
         HostileKind::PathTrick,
         HostileKind::OversizedName,
+        HostileKind::Sensitive,
     ];
 
     /// Whether every field must refuse it, whatever its format.
@@ -531,6 +540,11 @@ impl Hostile {
                 s.push_str(tail);
                 Rendered::Text(s)
             }
+            // Apart from the words around it, so that it is a value of its
+            // own and not the fragment of a longer token.
+            HostileKind::Sensitive => {
+                Rendered::Text(format!("{head}{needle} {} {tail}", self.text))
+            }
             _ => Rendered::Text(format!("{head}{needle}{}{tail}", self.text)),
         }
     }
@@ -645,6 +659,7 @@ pub fn hostile(kind: HostileKind) -> BoxedStrategy<Hostile> {
         )
             .prop_map(|(a, b)| format!("{a}{}", b.unwrap_or("")))
             .boxed(),
+        HostileKind::Sensitive => sensitive_spelling().prop_map(|(_, text)| text).boxed(),
         HostileKind::InvalidUtf8 | HostileKind::OversizedName => Just(String::new()).boxed(),
     };
     let bytes: BoxedStrategy<Vec<u8>> = if kind == HostileKind::InvalidUtf8 {
@@ -660,6 +675,405 @@ pub fn hostile(kind: HostileKind) -> BoxedStrategy<Hostile> {
     (needle(), any::<u16>(), text, bytes, len, any::<bool>())
         .prop_map(move |(n, at, text, bytes, len, deep)| make(n, at, text, bytes, len, deep))
         .boxed()
+}
+
+// --- card and account numbers, however they are spelled ------------------------
+
+/// Card numbers the schemes publish for testing (Luhn-valid, each with a
+/// known issuer prefix), laid out in blocks of four when printed.
+const CARDS: &[&str] = &[
+    "4111111111111111", // Visa
+    "4012888888881881", // Visa
+    "5555555555554444", // Mastercard
+    "5500000000000004", // Mastercard
+    "2223003122003222", // Mastercard, 2-series
+    "6011111111111117", // Discover
+    "3530111333300000", // JCB
+];
+
+/// Test numbers printed 4-6-5 (American Express) and 4-6-4 (Diners Club).
+const PRINTED_CARDS: &[&str] = &["378282246310005", "30569309025904"];
+
+/// Valid IBANs of several countries (the registry's examples).
+const IBANS: &[&str] = &[
+    "DE89370400440532013000",
+    "GB29NWBK60161331926819",
+    "GB82WEST12345698765432",
+    "FR7630006000011234567890189",
+    "NL91ABNA0417164300",
+    "BE68539007547034",
+];
+
+/// What may join the groups of a value: each mark alone (and a hyphen or
+/// slash with spaces too), Unicode spaces and dashes, and the line breaks
+/// of a quoted reply, alone or after a mark. (A comma, bar or colon between
+/// spaces separates the items of a list; the guard reads those apart.)
+const SEPARATORS: &[&str] = &[
+    " ", "-", ".", "/", "_", ",", "*", "|", ":", "~", " - ", " / ", "\u{a0}", "\u{2013}", "  ",
+    "\t", "\n> ", "\n>> ", "\r\n> ", "-\n> ", ",\n> ",
+];
+
+/// The same separator where a lone `.` or `,` would read as a decimal or
+/// thousands separator (so that a number before or after the card is a
+/// number of its own).
+fn outer(separator: &str) -> &str {
+    if matches!(separator, "." | ",") {
+        " "
+    } else {
+        separator
+    }
+}
+
+/// `digits` in groups of the given sizes (the last takes what is left).
+fn grouped(digits: &str, sizes: &[usize], separator: &str) -> String {
+    let mut groups = Vec::new();
+    let mut rest = digits;
+    for &size in sizes {
+        if rest.len() <= size {
+            break;
+        }
+        let (group, tail) = rest.split_at(size);
+        groups.push(group);
+        rest = tail;
+    }
+    groups.push(rest);
+    groups.join(separator)
+}
+
+/// How a card is laid out.
+#[derive(Debug, Clone, Copy)]
+enum CardLayout {
+    Compact,
+    Fours,
+    Printed,
+}
+
+/// What is written after a card.
+#[derive(Debug, Clone, Copy)]
+enum CardTail {
+    None,
+    /// `MMYY`, joined like the card's groups.
+    Expiry,
+    /// `MM/YY CVV`.
+    ExpirySlashCvv,
+    /// `MMYY CVV`.
+    ExpiryCvv,
+}
+
+/// A random spelling of a card or account number, as the guard must still
+/// see it: `(what it is, the text)`. Cards: a test number compact, in
+/// blocks of four or printed 4-6-5 / 4-6-4, joined throughout by one of
+/// [`SEPARATORS`], optionally after a digit or a short number, before an
+/// expiry date and security code, and before a second card. IBANs: an
+/// example in any case, compact, in blocks of four, with the country code
+/// apart or in shifted groups, joined by any separator. Either may be
+/// written in full-width digits.
+pub fn sensitive_spelling() -> BoxedStrategy<(String, String)> {
+    let card = (
+        0..CARDS.len(),
+        0..PRINTED_CARDS.len(),
+        select(&[CardLayout::Compact, CardLayout::Fours, CardLayout::Printed][..]),
+        select(SEPARATORS),
+        select(
+            &[
+                CardTail::None,
+                CardTail::Expiry,
+                CardTail::ExpirySlashCvv,
+                CardTail::ExpiryCvv,
+            ][..],
+        ),
+        (1u32..=12, 0u32..100, 100u32..10_000),
+        select(&["", "1 ", "order 7 ", "ref 12345 "][..]),
+        proptest::option::of(0..CARDS.len()),
+    )
+        .prop_map(
+            |(i, p, layout, sep, tail, (month, year, cvv), before, second)| {
+                let card = |digits: &str| match layout {
+                    CardLayout::Compact => digits.to_owned(),
+                    CardLayout::Fours => grouped(digits, &[4, 4, 4], sep),
+                    CardLayout::Printed => grouped(digits, &[4, 6], sep),
+                };
+                let mut text = format!(
+                    "{before}{}",
+                    card(match layout {
+                        CardLayout::Printed => PRINTED_CARDS[p],
+                        _ => CARDS[i],
+                    })
+                );
+                let join = outer(sep);
+                // Four digits only on American Express and Diners cards, where
+                // the groups are not all blocks of four.
+                let cvv = match layout {
+                    CardLayout::Printed => cvv,
+                    _ => cvv % 900 + 100,
+                };
+                match tail {
+                    CardTail::None => {}
+                    CardTail::Expiry => text.push_str(&format!("{join}{month:02}{year:02}")),
+                    CardTail::ExpirySlashCvv => {
+                        text.push_str(&format!(" {month:02}/{year:02} {cvv}"));
+                    }
+                    CardTail::ExpiryCvv => text.push_str(&format!(" {month:02}{year:02} {cvv}")),
+                }
+                let mut what = format!("card, {layout:?}, joined by {sep:?}, tail {tail:?}");
+                if let Some(second) = second
+                    && !matches!(layout, CardLayout::Printed)
+                {
+                    text.push_str(join);
+                    text.push_str(&card(CARDS[second]));
+                    what.push_str(", then a second card");
+                }
+                (what, text)
+            },
+        );
+    let iban = (
+        0..IBANS.len(),
+        select(&["compact", "fours", "country apart", "shifted"][..]),
+        select(SEPARATORS),
+        any::<bool>(),
+        select(&["", "IBAN ", "iban: ", "account "][..]),
+        proptest::collection::vec(2usize..=7, 8),
+    )
+        .prop_map(|(i, grouping, sep, lower, before, sizes)| {
+            let iban = if lower {
+                IBANS[i].to_ascii_lowercase()
+            } else {
+                IBANS[i].to_owned()
+            };
+            let spelled = match grouping {
+                "compact" => iban,
+                "fours" => grouped(&iban, &[4; 8], sep),
+                "country apart" => format!(
+                    "{}{sep}{}{sep}{}",
+                    &iban[..2],
+                    &iban[2..4],
+                    grouped(&iban[4..], &[4; 8], sep)
+                ),
+                _ => grouped(&iban, &sizes, sep),
+            };
+            (
+                format!("IBAN, {grouping}, joined by {sep:?}"),
+                format!("{before}{spelled}"),
+            )
+        });
+    (prop_oneof![card, iban], any::<bool>())
+        .prop_map(|((what, text), wide)| {
+            if wide {
+                (format!("{what}, full-width digits"), full_width(&text))
+            } else {
+                (what, text)
+            }
+        })
+        .boxed()
+}
+
+/// Digits in their full-width forms (`４１１１`), which NFKC folds back.
+fn full_width(text: &str) -> String {
+    text.chars()
+        .map(|c| match c.to_digit(10) {
+            Some(d) if c.is_ascii_digit() => char::from_u32(0xFF10 + d).unwrap_or(c),
+            _ => c,
+        })
+        .collect()
+}
+
+/// Every spelling of a card or account number the guard must see through,
+/// once each, alone and in the text around it (notes, mail bodies, quoted
+/// replies, a display name, a Message-ID): `(what it is, the text)`. A
+/// refusing field must refuse each; redacted mail must keep none of its
+/// digits ([`reveals`]).
+pub fn sensitive_spellings() -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = [
+        ("card and expiry, spaces", "4111 1111 1111 1111 1226"),
+        ("card and expiry, hyphens", "4111-1111-1111-1111-1226"),
+        ("card, expiry and CVV", "4111 1111 1111 1111 12/26 123"),
+        ("compact card, expiry and CVV", "4111111111111111 1226 737"),
+        (
+            "card, hyphens, expiry and CVV",
+            "4111-1111-1111-1111 12/26 123",
+        ),
+        (
+            "two cards in a row",
+            "4111 1111 1111 1111 5500 0000 0000 0004",
+        ),
+        (
+            "two compact cards in a row",
+            "4111111111111111 5500000000000004",
+        ),
+        ("a digit before the card", "1 4111 1111 1111 1111"),
+        (
+            "an order number before the card",
+            "order 7 4111 1111 1111 1111",
+        ),
+        ("Amex with expiry", "3782 822463 10005 1226"),
+        ("IBAN with dots", "DE89.3704.0044.0532.0130.00"),
+        ("IBAN with slashes", "DE89/3704/0044/0532/0130/00"),
+        ("IBAN, country code apart", "DE 89 3704 0044 0532 0130 00"),
+        ("IBAN in shifted groups", "DE893 704004 405320 13000"),
+        (
+            "IBAN in lower case with hyphens",
+            "gb29-nwbk-6016-1331-9268-19",
+        ),
+        ("card split over quoted lines", "> 4111 1111\n> 1111 1111"),
+        (
+            "card split over doubly quoted lines",
+            ">> 4111 1111\n>> 1111 1111",
+        ),
+        (
+            "card and expiry split over quoted lines",
+            "> my card is 4111-1111-1111-\n> 1111-1226, thanks",
+        ),
+        (
+            "IBAN split over quoted lines",
+            "> IBAN DE89 3704 0044\n> 0532 0130 00",
+        ),
+        (
+            "card in a display name",
+            "\"Card 4111 1111 1111 1111\" <ann@example.com>",
+        ),
+        (
+            "card in a Message-ID",
+            "<4111111111111111@mail.example.com>",
+        ),
+    ]
+    .into_iter()
+    .map(|(what, text)| (what.to_owned(), text.to_owned()))
+    .collect();
+    for mark in ["_", ",", "*", "|", ":", "~", " - "] {
+        out.push((
+            format!("card joined by {mark:?}"),
+            ["4111", "1111", "1111", "1111"].join(mark),
+        ));
+    }
+    // The same in mail: a body that states them among ordinary words and
+    // numbers, and a reply that quotes it.
+    let values: Vec<(String, String)> = out.clone();
+    for (what, value) in values {
+        out.push((
+            format!("{what}, in a mail body"),
+            format!(
+                "Hello,\n\norder 4411-2233 of 07.12.2026 was charged twice. \
+                 Please refund to {value} by 12/26.\n\nThanks, Ann\n+49 30 901820"
+            ),
+        ));
+        let quoted: String = format!("Please refund to {value} by Friday.")
+            .lines()
+            .map(|line| {
+                if line.starts_with('>') {
+                    format!(">{line}\n")
+                } else {
+                    format!("> {line}\n")
+                }
+            })
+            .collect();
+        out.push((
+            format!("{what}, quoted in a reply"),
+            format!("Done, see below.\n\nOn 07.12.2026 14:30, Ann wrote:\n{quoted}"),
+        ));
+    }
+    out
+}
+
+/// Business notes heavy in digits (dates, times, amounts, order, phone,
+/// invoice, tracking and version numbers) that hold no sensitive value: a
+/// refusing field must take each, and redaction must leave each as it is.
+pub const BUSINESS_NOTES: &[&str] = &[
+    "Invoice 2026-0012345, order 4411-2233, call +1 (555) 123-4567 before 12/26",
+    "Meeting 2026-12-07 at 14:30, room 4.12, dial-in +49 30 901820",
+    "Delivery 07.12.2026 between 08:00 and 12:00, 3 pallets, 1,250 kg",
+    "Total EUR 1,234.56 incl. 19% VAT (EUR 197.10), due 31.12.2026",
+    "Amounts: 1,234.56, 2,345.67, 3,456.78, 4,567.89, 5,678.90",
+    "PO 4500012345, 4500012346 and 4500012347 shipped 2026-12-07",
+    "Orders 4411-2233, 4411-2234, 4411-2235, 4411-2236, 4411-2237",
+    "Call (555) 123-4567 or (555) 765-4321, fax (555) 123-4568",
+    "Tel. +49 30 901820, mobile +49 151 2345 6789, fax +49 30 901821",
+    "Phone +1 415 555 2671 / +44 20 7946 0958 / +33 1 42 68 53 00",
+    "Support hours 08:00-18:00 CET, Mon-Fri; hotline 0800 123 4567",
+    "Tracking 9405 5036 9930 0012 3456 78 (USPS), 1Z 999 AA1 01 2345 6784 (UPS)",
+    "DHL 00340434161094042557, FedEx 7489 1234 5678",
+    "Version 2.14.3 (build 20261207.1432), API v1.2.3.4",
+    "Upgrade from 1.9.12 to 2.0.1 on 2026/12/07 at 23:00 UTC",
+    "Invoice INV-2026-000123 / customer 100234 / contract 2024-118",
+    "Quote Q-4411-2233-5566 valid until 2026-12-31",
+    "Serial numbers 4111 4112 4113 4110 4115 returned",
+    "Parts 1234-5678, 2345-6789, 3456-7890, 4567-8901",
+    "Server 192.168.100.200:8443, backup 10.0.0.1/24, port 5432",
+    "ISBN 978-3-16-148410-0 and 978-0-306-40615-7, 12 copies each",
+    "Account manager ext. 4411, team 22, floor 3, desk 4-112",
+    "Shipment 3 of 5: 12 x 24 x 36 cm, 4.5 kg, 2 boxes",
+    "Budget 2026: Q1 125,000; Q2 130,000; Q3 128,500; Q4 140,250",
+    "Timesheet 07.12.2026 08:15-12:30, 13:00-17:45 (8.75 h)",
+    "Dates 01.05.2024 - 31.05.2024 and 01.06.2024 - 30.06.2024",
+    "Postcodes 10115, 20095, 80331, 50667 and 60311",
+    "Ticket #48213 merged into #48190; see also #48222",
+    "Reference 2026-12-07/4411/2233 for the December run",
+    "Batch 20261207-001 to 20261207-048 produced, lot 4411",
+    "Coordinates 52.5200, 13.4050 (Berlin office)",
+    "Password policy: 12 characters, rotation every 90 days, 5 attempts",
+    "Customer 10023, contract 2024-118, renewal 2026-12-31, 36 months",
+    "Sizes 38, 40, 42, 44, 46, 48, 50, 52 in stock",
+    "Rooms 101 102 103 104 105 106 booked for 12/26-12/28",
+    "Line items: 10 x 4411, 20 x 4412, 30 x 4413, 40 x 4414",
+    "Card ending 1111, expires 12/26, paid EUR 49.00",
+    "Last four digits 4444 only, as asked",
+    "Call +1 (555) 123-4567 ext. 89, then +1 (555) 987-6543",
+    "Wire of EUR 12,345.67 on 2026-12-07, ref 4411223344",
+    "ids 1234 5678 9012 3456 7890",
+    "order 12345678, shipped 2024-05-01, invoice 2024-000123",
+    "NHS number 943 476 5919",
+    "VAT DE123456789, company reg. HRB 12345 B",
+    "Meter reading 004411.2 kWh on 07.12.2026, previous 004102.7",
+    "> On 07.12.2026 14:30, Ann wrote:\n> order 4411-2233\n> 12 units",
+    "Times 09:15:30.250 and 09:15:31.500, drift 1.25 s",
+    "IPv6 2001:db8:85a3:0:0:8a2e:370:7334 and 2001:db8::1",
+];
+
+/// Whether `text` shows eight digits in a row of those in `value`, however
+/// they are separated (by anything but letters, digits and long gaps): how
+/// a test tells that a card or account number came back, however it was
+/// respelled.
+pub fn reveals(value: &str, text: &str) -> bool {
+    let value: Vec<u8> = full_width_to_ascii(value)
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .collect();
+    digit_runs(&full_width_to_ascii(text)).iter().any(|run| {
+        value
+            .windows(8)
+            .any(|window| run.windows(8).any(|w| w == window))
+    })
+}
+
+/// The digits of `text` in runs: digits stay in one run across up to six
+/// other characters that are not letters (separators, quote markers, line
+/// breaks), never across a letter.
+fn digit_runs(text: &str) -> Vec<Vec<u8>> {
+    let mut runs = vec![Vec::new()];
+    let mut gap = 0;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            if gap > 6 {
+                runs.push(Vec::new());
+            }
+            gap = 0;
+            runs.last_mut().expect("a run").push(c as u8);
+        } else if c.is_alphanumeric() {
+            runs.push(Vec::new());
+            gap = 0;
+        } else {
+            gap += 1;
+        }
+    }
+    runs
+}
+
+fn full_width_to_ascii(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '\u{FF10}'..='\u{FF19}' => char::from(b'0' + (u32::from(c) - 0xFF10) as u8),
+            c => c,
+        })
+        .collect()
 }
 
 /// One case of the sweep: a spelling of every kind, and which service's
@@ -702,6 +1116,9 @@ pub struct Prober {
     pub calls: usize,
     pub refused: usize,
     pub accepted: BTreeMap<String, usize>,
+    /// The fields that took a card or account number (calls that store
+    /// nothing: reads, filters), for the report.
+    pub accepted_sensitive: std::collections::BTreeSet<String>,
 }
 
 /// A status message longer than this is not "short".
@@ -769,6 +1186,7 @@ impl Prober {
             calls: 0,
             refused: 0,
             accepted: BTreeMap::new(),
+            accepted_sensitive: std::collections::BTreeSet::new(),
         };
         prober.last = prober.snapshot().await;
         prober
@@ -873,7 +1291,11 @@ impl Prober {
         // part (the needle with whatever surrounds it). A refusal may name
         // the field's form, never these.
         let made_up = value.render("").prefix(ECHO_PREFIX + 1);
-        let leaks = |text: &str| text.contains(&value.needle) || text.contains(&made_up);
+        let leaks = |text: &str| {
+            text.contains(&value.needle)
+                || text.contains(&made_up)
+                || (value.kind == HostileKind::Sensitive && reveals(&value.text, text))
+        };
         // Whatever the answer, the value never reaches the audit trail.
         let events = self.new_events(&before, &after).await;
         for (outcome, text) in &events {
@@ -896,6 +1318,15 @@ impl Prober {
                     .accepted
                     .entry(format!("{:?}", value.kind))
                     .or_default() += 1;
+                if value.kind == HostileKind::Sensitive {
+                    // Guard-scanned fields refuse it; a field that takes it
+                    // must not keep it.
+                    if before.rows != after.rows {
+                        return Err(format!("{}: accepted and stored", at()));
+                    }
+                    self.accepted_sensitive
+                        .insert(format!("{} {}", target.path, slot.dotted));
+                }
                 return Ok(());
             }
             Err(status) => status,
@@ -964,4 +1395,40 @@ impl Prober {
 /// never be the server's fault either.
 pub fn empty_request(target: &Target) -> Vec<u8> {
     DynamicMessage::new(target.input.clone()).encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reveals_a_value_however_it_is_respelled() {
+        let card = "4111 1111 1111 1111";
+        assert!(reveals(card, "card 4111-1111-1111-1111 ok"));
+        assert!(reveals(card, "４１１１１１１１１１１１１１１１"));
+        assert!(reveals(card, "> 4111 1111\n> 1111 1111"));
+        assert!(!reveals(card, "card [redacted payment card number] ok"));
+        // Half a card is eight digits of it; its last four are not.
+        assert!(reveals(card, "starts 4111 1111"));
+        assert!(!reveals(card, "ends in 1111, 12/26"));
+        // Small numbers scattered through a text are not a value.
+        assert!(!reveals(
+            "5500 0000 0000 0004",
+            "a[0].b[0]: x; a[0].b[0]: y; a[0].b[0]: z; a[0].b[0]: w"
+        ));
+    }
+
+    #[test]
+    fn every_listed_spelling_is_made_of_a_value() {
+        let spellings = sensitive_spellings();
+        assert!(spellings.len() > 80, "{}", spellings.len());
+        for (what, text) in &spellings {
+            let digits = text.bytes().filter(u8::is_ascii_digit).count();
+            assert!(digits >= 13, "{what}: {text:?}");
+        }
+        for note in BUSINESS_NOTES {
+            assert!(!note.is_empty());
+        }
+        assert!(BUSINESS_NOTES.len() >= 40);
+    }
 }

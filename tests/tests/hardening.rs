@@ -571,6 +571,7 @@ storage_test!(
             "EUR 1.234.567,89",
         ]
         .into_iter()
+        .chain(hostile::BUSINESS_NOTES.iter().copied())
         .enumerate()
         {
             create_contact(
@@ -585,6 +586,174 @@ storage_test!(
         }
     }
 );
+
+storage_test!(
+    the_guard_refuses_every_spelling_of_a_card_or_account_number,
+    |app: TestApp| async move {
+        fixtures::tenant(&app, TENANT).await;
+        let tables = ["identity_contacts", "subject_keys"];
+        let before = rows(&app, &tables).await;
+        let spellings = hostile::sensitive_spellings();
+        assert!(spellings.len() > 80, "{} spellings", spellings.len());
+        for (what, text) in &spellings {
+            let err = create_contact(
+                &app,
+                Contact {
+                    notes: text.clone(),
+                    ..fixtures::contact("ben@example.com")
+                },
+            )
+            .await
+            .expect_err(what);
+            assert_refused(&err, Code::InvalidArgument, &[text]);
+            assert!(!hostile::reveals(text, err.message()), "{what}: echoed");
+            let fields = custodian_tests::violations(&err);
+            assert!(
+                fields.iter().any(|(field, rule)| field == "contact.notes"
+                    && (rule.contains("(payment_card)") || rule.contains("(iban)"))),
+                "{what}: {fields:?}"
+            );
+        }
+        assert_eq!(rows(&app, &tables).await, before, "nothing stored");
+
+        // The message names the kind with its article.
+        let err = create_contact(
+            &app,
+            Contact {
+                notes: "IBAN DE89.3704.0044.0532.0130.00".into(),
+                ..fixtures::contact("ben@example.com")
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            err.message().contains("contains an IBAN (iban)"),
+            "{}",
+            err.message()
+        );
+        let err = app
+            .tenants()
+            .create_tenant(CreateTenantRequest {
+                tenant: Some(Tenant {
+                    display_name: "Acme DE89 3704 0044 0532 0130 00".into(),
+                    ..Default::default()
+                }),
+                tenant_id: "acme-iban".into(),
+                request_id: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().contains("contains an IBAN (iban)"),
+            "{}",
+            err.message()
+        );
+    }
+);
+
+/// Cases of the property test of the guard's spellings: each is three
+/// calls, so many are cheap.
+fn spelling_cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(64)
+}
+
+storage_test!(
+    the_guard_refuses_random_spellings_through_the_api,
+    |app: TestApp| async move {
+        fixtures::tenant(&app, TENANT).await;
+        let tables = ["identity_contacts", "identity_tenants", "subject_keys"];
+        let before = rows(&app, &tables).await;
+        let handle = tokio::runtime::Handle::current();
+        let mut runner = TestRunner::new(Config {
+            cases: spelling_cases(),
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let result = runner.run(&hostile::sensitive_spelling(), |(what, value)| {
+            tokio::task::block_in_place(|| {
+                handle.block_on(refuses_in_guarded_fields(&app, &what, &value))
+            })
+            .map_err(TestCaseError::fail)
+        });
+        if let Err(err) = result {
+            panic!("{err}");
+        }
+        assert_eq!(rows(&app, &tables).await, before, "nothing stored");
+    }
+);
+
+/// Sends `value`, among words, in three guard-scanned fields of requests
+/// otherwise valid: a contact's notes (free text over lines), its
+/// organisation and a tenant's display name (single lines, which may refuse
+/// a spelling over quoted lines for its line break or tab instead). Each must be
+/// refused as the caller's error, naming the field, without echoing it.
+async fn refuses_in_guarded_fields(app: &TestApp, what: &str, value: &str) -> Result<(), String> {
+    let text = format!("Re order 4411-2233: {value}, thanks");
+    // Line breaks and tabs are refused by one-line fields before the guard.
+    let single_line = !text.chars().any(char::is_control);
+    let notes = create_contact(
+        app,
+        Contact {
+            notes: text.clone(),
+            ..fixtures::contact("ben@example.com")
+        },
+    )
+    .await;
+    let organization = create_contact(
+        app,
+        Contact {
+            organization: text.clone(),
+            ..fixtures::contact("ben@example.com")
+        },
+    )
+    .await;
+    let tenant = app
+        .tenants()
+        .create_tenant(CreateTenantRequest {
+            tenant: Some(Tenant {
+                display_name: text.clone(),
+                ..Default::default()
+            }),
+            tenant_id: "spelled".into(),
+            request_id: String::new(),
+        })
+        .await
+        .map(tonic::Response::into_inner);
+    let results = [
+        ("contact.notes", notes.map(|_| ()), true),
+        (
+            "contact.organization",
+            organization.map(|_| ()),
+            single_line,
+        ),
+        ("tenant.display_name", tenant.map(|_| ()), single_line),
+    ];
+    for (field, result, by_the_guard) in results {
+        let Err(err) = result else {
+            return Err(format!("{what}: {field} accepted it"));
+        };
+        if err.code() != Code::InvalidArgument {
+            return Err(format!("{what}: {field} answered {:?}", err.code()));
+        }
+        if hostile::reveals(value, err.message())
+            || hostile::reveals(value, &String::from_utf8_lossy(err.details()))
+        {
+            return Err(format!("{what}: {field} echoed it"));
+        }
+        let fields = custodian_tests::violations(&err);
+        let named = fields.iter().any(|(f, rule)| {
+            f == field
+                && (!by_the_guard || rule.contains("(payment_card)") || rule.contains("(iban)"))
+        });
+        if !named {
+            return Err(format!("{what}: {field} refused with {fields:?}"));
+        }
+    }
+    Ok(())
+}
 
 // --- 7. token lifetimes ---------------------------------------------------------------
 
@@ -882,11 +1051,13 @@ storage_test!(
         });
         let prober = prober.into_inner().unwrap_or_else(|e| e.into_inner());
         eprintln!(
-            "{} methods, {slots} string fields: {} calls, {} refused, accepted {:?}",
+            "{} methods, {slots} string fields: {} calls, {} refused, accepted {:?}; \
+             a card or account number taken (not stored) by {:?}",
             prober.targets.len(),
             prober.calls,
             prober.refused,
             prober.accepted,
+            prober.accepted_sensitive,
         );
         if let Err(err) = result {
             panic!("{err}");

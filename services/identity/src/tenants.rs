@@ -131,8 +131,8 @@ fn check_display_name(v: &mut Violations, raw: &str, field: &str) -> String {
         v.add(
             field,
             format!(
-                "contains a {} ({}); sensitive personal information must not be sent",
-                found.kind,
+                "contains {} ({}); sensitive personal information must not be sent",
+                found.kind.with_article(),
                 found.kind.as_str()
             ),
         );

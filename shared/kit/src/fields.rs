@@ -926,8 +926,8 @@ fn prepare_string(
                 v.add(
                     path,
                     format!(
-                        "contains a {} ({}); sensitive personal information must not be sent",
-                        found.kind,
+                        "contains {} ({}); sensitive personal information must not be sent",
+                        found.kind.with_article(),
                         found.kind.as_str()
                     ),
                 );

@@ -3,24 +3,53 @@
 //! The privacy policy asks customers not to send sensitive personal
 //! information, so services run free-text fields (notes, job titles, ticket
 //! bodies, ...) through [`check`] or [`check_fields`] and refuse values that
-//! contain any.
+//! contain any, or through [`redact`] where the text has already arrived.
 //!
 //! A false positive refuses a legitimate business note, so every detector
 //! needs structure *and* a checksum or registry rule before it reports
-//! anything:
+//! anything.
 //!
-//! - **Payment cards**: 13–19 digits, optionally grouped by single spaces or
-//!   hyphens, with a known issuer prefix and length, passing the Luhn check.
-//!   The number must not be part of a longer digit run (so long references and
-//!   phone numbers starting with `+` are ignored), except that a short trailing
-//!   group of at most three digits (an expiry or CVV pasted after a card) is
-//!   split off. Dots and slashes (`4111.1111.1111.1111`, `4111/1111/...`)
-//!   count as group separators only when the whole number is laid out like a
-//!   printed card (blocks of four, or Amex's 4-6-5 and Diners' 4-6-4) with one
-//!   separator throughout, so dates, versions, IP addresses and amounts stay
-//!   clean. A `+` marks a phone number only where it starts a token: in
-//!   `ann+4111...@example.com` it is an email sub-address, and `@` ends the
-//!   local part like any other token boundary.
+//! # Card and account numbers, however they are spelled
+//!
+//! Card numbers and IBANs are read from *groups*, the runs of ASCII letters
+//! and digits of the text, and from how each group is joined to the one
+//! before: by white space; by one mark of `- . / _ , * | : ~` touching the
+//! group before it (`4111_1111`, `4111,1111`), where a hyphen or slash may
+//! have spaces around it too (`4111 - 1111`); or by a line break followed
+//! by the `>` markers of a quoted reply (`> 4111 1111\n> 1111 1111`), also
+//! after a mark (`4111-\n> 1111`). Anything else (a letter, a `+`, a `(`, a
+//! comma or bar between spaces as in a list, long white space) ends a chain
+//! of joined groups.
+//!
+//! - **Payment cards**: consecutive digit groups of a chain laid out as
+//!   cards are printed or typed, joined by one mark throughout: one group of
+//!   13–19 digits; blocks of four (4-4-4-4, 4-4-4-1, 4-4-4-4-3, also with
+//!   blocks run together where an invisible separator was removed, as in
+//!   8-4-4); American Express's 4-6-5 and Diners Club's 4-6-4 for their
+//!   numbers; or blocks of three to six joined by spaces or by hyphens. The
+//!   digits must have a known issuer prefix and length and pass the Luhn
+//!   check. The card may stand anywhere in its chain: after a digit
+//!   (`order 7 4111 …`), before its expiry date and security code
+//!   (`4111 1111 1111 1111 12/26 123`, `4111111111111111 1226 737`), or
+//!   beside another card. Rules keep other numbers out: a card does not
+//!   start right after a `+` that starts a token (an international phone
+//!   number; in `ann+4111…@example.com` it is an email sub-address); a bare
+//!   `.` or `,` does not join it to more digits (`4111111111111111.50` is
+//!   an amount, `3.14159265358979` a fraction); and blocks of four are not
+//!   taken out of a longer list of blocks joined alike (purchase orders,
+//!   tracking numbers such as `9405 5036 9930 0012 3456 78`), unless the
+//!   block after the card reads as an expiry date (`MMYY`) ending the list,
+//!   or another card starts there.
+//! - **IBANs**: a group starting with a country code, the check digits and
+//!   the BBAN, read across the groups that follow whatever joins them
+//!   (`DE89 3704 …`, `DE89.3704.…`, `DE89/3704/…`, `DE 89 3704 …`,
+//!   `DE893 704004 …`), any case, ending where a group ends, and validated
+//!   with `iban_validate` (mod-97 and the country's BBAN format and length).
+//!   Digits inside a validated IBAN are attributed to the IBAN, never
+//!   re-reported as a card or another number.
+//!
+//! # Other numbers
+//!
 //! - **US Social Security numbers**: the grouped `AAA-GG-SSSS` form (hyphens
 //!   or spaces), excluding ranges the SSA never issues. Nine bare digits
 //!   (`123456789`) are flagged only when a context word stands shortly
@@ -30,11 +59,6 @@
 //!   and subscriber numbers are far more common in business notes than SSNs,
 //!   so the range exclusions alone would refuse many legitimate notes
 //!   (`Order 123456789`); a context word after the number does not count.
-//! - **IBANs**: country code, check digits and BBAN, compact or in groups of
-//!   four separated by spaces or hyphens, any case, validated with
-//!   `iban_validate` (mod-97 and the country's BBAN format). Digits inside a
-//!   validated IBAN are attributed to the IBAN, never re-reported as a card
-//!   or another number.
 //! - **UK National Insurance numbers**: HMRC's prefix rules, six digits and an
 //!   `A`–`D` suffix. Spacing is accepted in upper case only: lower-case
 //!   spaced forms (`ab 12 34 56 c`) collide with ordinary prose.
@@ -63,6 +87,14 @@
 //! - combining marks on a digit are removed;
 //! - a run of white space (spaces, tabs, line breaks) between two digits
 //!   becomes one space, so a number broken over lines is one number.
+//!
+//! # Cost
+//!
+//! Every string of every request is scanned, so the scan is linear in the
+//! text: one pass splits it into groups, each detector looks at a bounded
+//! number of groups from each one (a card spans at most 19 digits, an IBAN
+//! 34 characters), and checksums run only on what is laid out like a value.
+//! `cargo bench -p custodian-privacy --bench guard` measures it.
 //!
 //! Nothing here ever copies a matched value into a [`Finding`], an error, a
 //! log line or a panic message: a finding names the kind and nothing else.
@@ -107,6 +139,17 @@ impl SensitiveKind {
         }
     }
 
+    /// The human phrase with its indefinite article, for messages ("contains
+    /// an IBAN").
+    pub fn with_article(&self) -> &'static str {
+        match self {
+            SensitiveKind::PaymentCard => "a payment card number",
+            SensitiveKind::UsSocialSecurityNumber => "a US Social Security number",
+            SensitiveKind::Iban => "an IBAN",
+            SensitiveKind::UkNationalInsuranceNumber => "a UK National Insurance number",
+        }
+    }
+
     fn bit(self) -> u8 {
         1 << self as u8
     }
@@ -141,7 +184,8 @@ impl std::error::Error for Finding {}
 /// Scans text; returns every distinct kind found (deduplicated, in the order
 /// of [`SensitiveKind::ALL`]).
 pub fn scan(text: &str) -> Vec<Finding> {
-    let found = detect(text);
+    let folded = fold(text);
+    let found = kinds_of(&find(&folded));
     SensitiveKind::ALL
         .into_iter()
         .filter(|kind| found.contains(*kind))
@@ -167,104 +211,80 @@ pub fn check_fields<'a>(fields: &[(&'a str, &str)]) -> Vec<(&'a str, SensitiveKi
         .collect()
 }
 
-/// The longest line whose sensitive values are cut out one by one; a longer
-/// line with a finding is replaced whole. Over-redacting is safe, and it
-/// keeps the search (scans of windows of a line) bounded whatever the text.
-const MAX_REDACT_LINE: usize = 4096;
+/// Rounds of cutting before a text that still holds a finding is replaced
+/// whole. A marker is letters, which end every group, so cutting seldom
+/// makes a value appear; but a shorter text can bring a context word within
+/// reach of a number (an SSN), so the text is scanned again after each
+/// round, and what is still found after the last goes whole (fail closed).
+const REDACT_ROUNDS: usize = 2;
 
 /// Removes sensitive values from text that cannot be refused (mail that has
 /// already arrived): each value is replaced by "[redacted <kind>]". Returns
 /// the text and the kinds removed; text without any is returned unchanged.
 /// A redacted text is returned in its folded spelling (NFKC, unified
 /// separators), which is how the values were found.
+///
+/// A card is cut with the expiry date and security code written after it
+/// (`4111 1111 1111 1111 12/26 123`), and a value split over quoted lines
+/// of a reply is cut across them.
 pub fn redact(text: &str) -> (String, Vec<SensitiveKind>) {
-    let kinds: Vec<SensitiveKind> = scan(text).into_iter().map(|f| f.kind).collect();
-    if kinds.is_empty() {
-        return (text.to_owned(), kinds);
+    let folded = fold(text);
+    let mut spans = find(&folded);
+    if spans.is_empty() {
+        return (text.to_owned(), Vec::new());
     }
-    let folded = fold(text).into_owned();
-    let lines: Vec<String> = folded
-        .split('\n')
-        .map(|line| {
-            if check(line).is_ok() {
-                line.to_owned()
-            } else if line.len() > MAX_REDACT_LINE {
-                format!("[redacted {}]", scan(line)[0].kind)
-            } else {
-                redact_line(line)
-            }
-        })
+    let mut found = kinds_of(&spans);
+    let mut out = folded.into_owned();
+    for _ in 0..REDACT_ROUNDS {
+        out = cut(&out, spans);
+        let folded = fold(&out);
+        spans = find(&folded);
+        if spans.is_empty() {
+            break;
+        }
+        found.0 |= kinds_of(&spans).0;
+        out = folded.into_owned();
+    }
+    if !spans.is_empty() {
+        out = format!("[redacted {}]", spans[0].kind);
+    }
+    let kinds = SensitiveKind::ALL
+        .into_iter()
+        .filter(|kind| found.contains(*kind))
         .collect();
-    let mut out = lines.join("\n");
-    // A value split over lines in a way folding did not join is caught
-    // here: what is left is redacted whole.
-    if check(&out).is_err() {
-        out = format!("[redacted {}]", scan(&out)[0].kind);
-    }
     (out, kinds)
 }
 
-/// Cuts each sensitive value out of one line: the smallest window of words
-/// that still holds a finding is replaced, until none is left.
-fn redact_line(line: &str) -> String {
-    let mut line = line.to_owned();
-    for _ in 0..64 {
-        let Err(finding) = check(&line) else {
-            return line;
-        };
-        let words: Vec<(usize, usize)> = word_spans(&line);
-        // The shortest prefix of words that holds a finding ends the window.
-        let end = words
-            .iter()
-            .map(|&(_, end)| end)
-            .find(|&end| check(&line[..end]).is_err())
-            .unwrap_or(line.len());
-        // Then drop words from the front while the finding stays.
-        let start = words
-            .iter()
-            .map(|&(start, _)| start)
-            .filter(|&start| start < end)
-            .take_while(|&start| check(&line[start..end]).is_err())
-            .last()
-            .unwrap_or(0);
-        let kind = check(&line[start..end])
-            .err()
-            .map_or(finding.kind, |f| f.kind);
-        line.replace_range(start..end, &format!("[redacted {kind}]"));
-    }
-    if check(&line).is_err() {
-        return format!("[redacted {}]", scan(&line)[0].kind);
-    }
-    line
-}
-
-/// Byte ranges of the space-separated words of a line.
-fn word_spans(line: &str) -> Vec<(usize, usize)> {
-    let mut spans = Vec::new();
-    let mut start = None;
-    for (i, c) in line.char_indices() {
-        match (c == ' ', start) {
-            (true, Some(s)) => {
-                spans.push((s, i));
-                start = None;
-            }
-            (false, None) => start = Some(i),
-            _ => {}
+/// Replaces each found value of `text` (overlapping ones together) by a
+/// marker naming its kind.
+fn cut(text: &str, mut spans: Vec<Span>) -> String {
+    spans.sort_by_key(|span| (span.range.start, std::cmp::Reverse(span.range.end)));
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    let mut spans = spans.into_iter().peekable();
+    while let Some(span) = spans.next() {
+        let mut end = span.range.end;
+        while let Some(next) = spans.next_if(|next| next.range.start < end) {
+            end = end.max(next.range.end);
         }
+        out.push_str(&text[at..span.range.start]);
+        out.push_str("[redacted ");
+        out.push_str(&span.kind.to_string());
+        out.push(']');
+        at = end;
     }
-    if let Some(s) = start {
-        spans.push((s, line.len()));
-    }
-    spans
+    out.push_str(&text[at..]);
+    out
 }
 
 // Fewest ASCII digits each detector needs; counting digits is far cheaper
-// than running the regexes, and most free text has few.
+// than any search, and most free text has few.
 const IBAN_MIN_DIGITS: usize = 2; // Only the check digits are always numeric.
 const NINO_DIGITS: usize = 6;
 const SSN_DIGITS: usize = 9;
 const CARD_MIN_DIGITS: usize = 13;
 const CARD_MAX_DIGITS: usize = 19;
+const IBAN_MIN_LEN: usize = 15; // Norway's.
 const IBAN_MAX_LEN: usize = 34;
 /// How far before nine bare digits an SSN context word may stand, in bytes.
 const SSN_CONTEXT_WINDOW: usize = 40;
@@ -274,14 +294,7 @@ const SSN_CONTEXT_MAX_WORD: usize = 24;
 // The regexes spell ASCII classes out instead of using `\d`, `\b` or `(?i)`:
 // Unicode digits and case folding (the Kelvin sign folds to `k`) would let
 // non-ASCII text through to checks written for ASCII.
-static IBAN_SHAPE: LazyLock<Regex> = LazyLock::new(|| {
-    compile(
-        r"[A-Za-z]{2}[0-9]{2}(?:[A-Za-z0-9]{11,30}|(?:[ -][A-Za-z0-9]{4}){2,7}(?:[ -][A-Za-z0-9]{1,3})?)",
-    )
-});
 static DIGIT_RUN: LazyLock<Regex> = LazyLock::new(|| compile(r"[0-9]+(?:[ -][0-9]+)*"));
-// Digits grouped by dots or slashes: a card only in a card's layout.
-static SEPARATED_RUN: LazyLock<Regex> = LazyLock::new(|| compile(r"[0-9]+(?:[./][0-9]+)+"));
 // Words that announce an SSN, matched on bytes in ASCII case-insensitive
 // mode; word boundaries are checked in code against the whole text.
 static SSN_CONTEXT: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
@@ -314,34 +327,61 @@ impl KindSet {
     }
 }
 
-fn detect(text: &str) -> KindSet {
-    let folded = fold(text);
-    let text = folded.as_ref();
-    let mut found = KindSet::default();
-    let digits = text.bytes().filter(u8::is_ascii_digit).count();
-    if digits < IBAN_MIN_DIGITS {
-        return found;
-    }
+/// A value found: its kind, and where it is in the folded text. Never
+/// leaves this module, so the position cannot reach a caller.
+struct Span {
+    range: Range<usize>,
+    kind: SensitiveKind,
+}
 
-    // IBANs go first so that their digits can be excluded from the other
-    // detectors.
-    let ibans = iban_spans(text);
-    if !ibans.is_empty() {
-        found.insert(SensitiveKind::Iban);
-    }
-    if digits >= SSN_DIGITS {
-        scan_digit_runs(text, &ibans, digits >= CARD_MIN_DIGITS, &mut found);
-    }
-    if digits >= CARD_MIN_DIGITS
-        && !found.contains(SensitiveKind::PaymentCard)
-        && contains_separated_card(text, &ibans)
-    {
-        found.insert(SensitiveKind::PaymentCard);
-    }
-    if digits >= NINO_DIGITS && contains_nino(text, &ibans) {
-        found.insert(SensitiveKind::UkNationalInsuranceNumber);
+fn kinds_of(spans: &[Span]) -> KindSet {
+    let mut found = KindSet::default();
+    for span in spans {
+        found.insert(span.kind);
     }
     found
+}
+
+/// Every sensitive value in `text`, which is already folded.
+fn find(text: &str) -> Vec<Span> {
+    let digits = text.bytes().filter(u8::is_ascii_digit).count();
+    if digits < IBAN_MIN_DIGITS {
+        return Vec::new();
+    }
+    let groups = groups(text.as_bytes());
+    // IBANs go first so that their digits can be excluded from the other
+    // detectors.
+    let ibans = iban_spans(text.as_bytes(), &groups);
+    let mut spans: Vec<Span> = Vec::new();
+    if digits >= CARD_MIN_DIGITS {
+        let cards = card_spans(text.as_bytes(), &groups);
+        spans.extend(
+            cards
+                .into_iter()
+                .filter(|card| !overlaps_any(&ibans, card))
+                .map(|range| Span {
+                    range,
+                    kind: SensitiveKind::PaymentCard,
+                }),
+        );
+    }
+    if digits >= SSN_DIGITS {
+        spans.extend(ssn_spans(text, &ibans).into_iter().map(|range| Span {
+            range,
+            kind: SensitiveKind::UsSocialSecurityNumber,
+        }));
+    }
+    if digits >= NINO_DIGITS {
+        spans.extend(nino_spans(text, &ibans).into_iter().map(|range| Span {
+            range,
+            kind: SensitiveKind::UkNationalInsuranceNumber,
+        }));
+    }
+    spans.extend(ibans.into_iter().map(|range| Span {
+        range,
+        kind: SensitiveKind::Iban,
+    }));
+    spans
 }
 
 /// Folds the spellings that hide a value from the ASCII detectors (see the
@@ -519,10 +559,527 @@ fn is_whole_token(bytes: &[u8], start: usize, end: usize) -> bool {
     starts_token(bytes, start) && ends_token(bytes, end)
 }
 
+// --- groups: what card and account numbers are read from ------------------
+
+/// A maximal run of ASCII letters and digits in folded text.
+#[derive(Clone, Copy)]
+struct Group {
+    start: usize,
+    end: usize,
+    /// Digits only.
+    numeric: bool,
+    /// How it is joined to the group before it: `None` when it is the first,
+    /// or when anything but a short separator stands between them.
+    link: Option<Link>,
+    /// Right after a `+` that starts a token: an international phone number.
+    after_plus: bool,
+}
+
+impl Group {
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+/// A short separator between two groups.
+#[derive(Clone, Copy)]
+struct Link {
+    /// Its punctuation mark, or a space for white space alone (line breaks
+    /// and quote markers included).
+    mark: u8,
+    /// A mark with no white space around it: it ties the two groups into
+    /// one number (`2026-12-07`, `1,234.56`), where a spaced one may stand
+    /// between the items of a list (`4411 / 2233`).
+    tight: bool,
+}
+
+impl Link {
+    /// A lone `.` or `,`: between digits, a decimal or thousands separator.
+    fn is_point(self) -> bool {
+        self.tight && matches!(self.mark, b'.' | b',')
+    }
+}
+
+/// The punctuation that may join the groups of a number, one mark between
+/// two groups.
+const JOIN_MARKS: &[u8] = b"-./_,*|:~";
+/// The marks that join with spaces around them too (`4111 - 1111`,
+/// `DE89 / 3704`). The others join only touching the group before, and
+/// only a line break may follow them: a comma, colon or bar between
+/// spaces separates the items of a list or the cells of a table
+/// (`parts 6511, 9046, 2494, 1821`), not the groups of one number.
+const SPACED_MARKS: &[u8] = b"-/";
+/// The longest white space on either side of a mark that still joins.
+const MAX_BLANK: usize = 16;
+
+/// Every group of `bytes`, each with how it is joined to the one before.
+fn groups(bytes: &[u8]) -> Vec<Group> {
+    let mut out = Vec::new();
+    let mut link = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while bytes.get(i).is_some_and(u8::is_ascii_alphanumeric) {
+            i += 1;
+        }
+        out.push(Group {
+            start,
+            end: i,
+            numeric: bytes[start..i].iter().all(u8::is_ascii_digit),
+            link: link.take(),
+            after_plus: start > 0 && bytes[start - 1] == b'+' && starts_token(bytes, start - 1),
+        });
+        if let Some((next, len)) = link_at(bytes, i)
+            && bytes.get(i + len).is_some_and(u8::is_ascii_alphanumeric)
+        {
+            link = Some(next);
+            i += len;
+        }
+    }
+    out
+}
+
+/// The separator at `at`: white space, at most one mark of [`JOIN_MARKS`],
+/// white space; at least one byte (see [`SPACED_MARKS`] for where white
+/// space may stand). With its length.
+fn link_at(bytes: &[u8], at: usize) -> Option<(Link, usize)> {
+    let before = blank_len(bytes, at)?;
+    let mark = bytes
+        .get(at + before)
+        .copied()
+        .filter(|b| JOIN_MARKS.contains(b));
+    let after = match mark {
+        Some(_) => blank_len(bytes, at + before + 1)?,
+        None => 0,
+    };
+    if let Some(mark) = mark
+        && !SPACED_MARKS.contains(&mark)
+    {
+        let wrapped = bytes[at + before + 1..][..after].contains(&b'\n');
+        if before > 0 || (after > 0 && !wrapped) {
+            return None;
+        }
+    }
+    let len = before + usize::from(mark.is_some()) + after;
+    let link = Link {
+        mark: mark.unwrap_or(b' '),
+        tight: mark.is_some() && before == 0 && after == 0,
+    };
+    (len > 0).then_some((link, len))
+}
+
+/// The length of the white space at `at`: spaces, tabs and line breaks,
+/// and after a line break the `>` markers of a quoted reply, so that a
+/// number split over quoted lines (`> 4111 1111\n> 1111 1111`) is one.
+/// `None` when it is longer than [`MAX_BLANK`].
+fn blank_len(bytes: &[u8], at: usize) -> Option<usize> {
+    let mut len = 0;
+    let mut line_start = false;
+    while let Some(&byte) = bytes.get(at + len) {
+        match byte {
+            b'\n' => line_start = true,
+            b' ' | b'\t' | b'\r' => {}
+            b'>' if line_start => {}
+            _ => break,
+        }
+        len += 1;
+        if len > MAX_BLANK {
+            return None;
+        }
+    }
+    Some(len)
+}
+
+// --- IBANs -------------------------------------------------------------------
+
+/// Byte ranges of every valid IBAN: a country code starting a group, then
+/// the check digits and BBAN read across the groups that follow, whatever
+/// joins them (`DE89 3704 …`, `DE89.3704.…`, `DE 89 3704 …`,
+/// `DE893 704004 …`), ending where a group ends.
+fn iban_spans(bytes: &[u8], groups: &[Group]) -> Vec<Range<usize>> {
+    let mut spans = Vec::new();
+    let mut i = 0;
+    while i < groups.len() {
+        match iban_from(bytes, &groups[i..]) {
+            Some(last) => {
+                spans.push(groups[i].start..groups[i + last].end);
+                i += last + 1;
+            }
+            None => i += 1,
+        }
+    }
+    spans
+}
+
+/// The index of the last group of a valid IBAN that starts with the first
+/// of `groups`. The IBAN's length is its country's, so at most one group
+/// end can close it; the search stops at the longest IBAN any country has.
+fn iban_from(bytes: &[u8], groups: &[Group]) -> Option<usize> {
+    let mut electronic = [0u8; IBAN_MAX_LEN];
+    let mut len = 0;
+    for (i, group) in groups.iter().enumerate() {
+        if i > 0 && group.link.is_none() {
+            return None;
+        }
+        for &byte in &bytes[group.start..group.end] {
+            let shaped = match len {
+                0 | 1 => byte.is_ascii_alphabetic(),
+                2 | 3 => byte.is_ascii_digit(),
+                _ => true,
+            };
+            if !shaped || len == IBAN_MAX_LEN {
+                return None;
+            }
+            electronic[len] = byte.to_ascii_uppercase();
+            len += 1;
+        }
+        if len >= IBAN_MIN_LEN && is_valid_iban(&electronic[..len]) {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// Mod-97 and the country's BBAN format, by `iban_validate`.
+fn is_valid_iban(electronic: &[u8]) -> bool {
+    std::str::from_utf8(electronic).is_ok_and(|iban| iban.parse::<iban::Iban>().is_ok())
+}
+
+// --- payment cards -------------------------------------------------------------
+
+/// How the groups of a card candidate are laid out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// One group of 13 to 19 digits.
+    Compact,
+    /// Blocks of four and a last one of one to four (4-4-4-4, 4-4-4-1,
+    /// 4-4-4-4-3), joined by one mark throughout. Blocks may have run
+    /// together where a separator was an invisible character, which folding
+    /// removed (`41111111 1111 1111`, 8-4-4); with three groups or more the
+    /// last may be such a run too (4-4-8), with two it must be a block
+    /// (12-4), so that two eight-digit numbers (8-8) are not one card.
+    Fours,
+    /// American Express's 4-6-5 and Diners Club's 4-6-4, for numbers of
+    /// those schemes only.
+    Printed,
+    /// Any grouping in blocks of three to six digits (the last may be
+    /// shorter), joined throughout by spaces or throughout by hyphens, and
+    /// not joined so to a group on either side. Longer blocks are other
+    /// numbers side by side (`orders 4500123 450012346`).
+    Free,
+}
+
+/// Consecutive groups of a chain that may hold a card, `first..=last`.
+#[derive(Clone, Copy)]
+struct Window {
+    first: usize,
+    last: usize,
+    layout: Layout,
+}
+
+/// How many short groups after a card (an expiry date, a security code)
+/// are cut with it, and how many digits they may hold together
+/// (`12/2026 1234`).
+const MAX_TAIL_GROUPS: usize = 3;
+const MAX_TAIL_DIGITS: usize = 10;
+
+/// Byte ranges of every payment card, with the expiry date and security
+/// code written after it. Cards are read from chains, the runs of numeric
+/// groups each joined to the one before.
+fn card_spans(bytes: &[u8], groups: &[Group]) -> Vec<Range<usize>> {
+    let mut spans = Vec::new();
+    let mut start = 0;
+    while start < groups.len() {
+        let mut end = start + 1;
+        if groups[start].numeric {
+            while groups
+                .get(end)
+                .is_some_and(|g| g.numeric && g.link.is_some())
+            {
+                end += 1;
+            }
+            chain_cards(bytes, &groups[start..end], &mut spans);
+        }
+        start = end;
+    }
+    spans
+}
+
+fn chain_cards(bytes: &[u8], chain: &[Group], out: &mut Vec<Range<usize>>) {
+    if chain.iter().map(Group::len).sum::<usize>() < CARD_MIN_DIGITS {
+        return;
+    }
+    let cards: Vec<Window> = windows(chain)
+        .into_iter()
+        .filter(|w| is_card(bytes, &chain[w.first..=w.last], w.layout))
+        .collect();
+    if cards.is_empty() {
+        return;
+    }
+    // Where a card candidate starts, and where it ends with or without
+    // what is written after it, so that two cards in a row are read as
+    // two, not as a list.
+    let mut starts = vec![false; chain.len()];
+    let mut ends = vec![false; chain.len()];
+    for w in &cards {
+        starts[w.first] = true;
+    }
+    let tails: Vec<usize> = cards
+        .iter()
+        .map(|w| tail_end(chain, w.last, &starts))
+        .collect();
+    for (w, &tail) in cards.iter().zip(&tails) {
+        ends[w.last] = true;
+        ends[tail] = true;
+    }
+    for (w, &tail) in cards.iter().zip(&tails) {
+        if stands_as_card(bytes, chain, w, &starts, &ends) {
+            out.push(chain[w.first].start..chain[tail].end);
+        }
+    }
+}
+
+/// The mark joining `chain[i]` to the group before it.
+fn mark(chain: &[Group], i: usize) -> Option<u8> {
+    chain.get(i).and_then(|g| g.link).map(|link| link.mark)
+}
+
+/// Every window of `chain` laid out like a card ([`Layout`]); digit count,
+/// issuer and checksum are checked after.
+fn windows(chain: &[Group]) -> Vec<Window> {
+    let len_at = |i: usize| chain.get(i).map_or(0, Group::len);
+    let mut out = Vec::new();
+    for first in 0..chain.len() {
+        let len = len_at(first);
+        if (CARD_MIN_DIGITS..=CARD_MAX_DIGITS).contains(&len) {
+            out.push(Window {
+                first,
+                last: first,
+                layout: Layout::Compact,
+            });
+        }
+        if !len.is_multiple_of(4) {
+            continue;
+        }
+        let joint = mark(chain, first + 1);
+        let alike = |i: usize| joint.is_some() && mark(chain, i) == joint;
+        let mut digits = len;
+        let mut last = first + 1;
+        while alike(last) && digits < CARD_MAX_DIGITS {
+            let block = len_at(last);
+            digits += block;
+            let blocks = last - first + 1;
+            let closes = block <= 4 || (blocks >= 3 && block.is_multiple_of(4));
+            if (CARD_MIN_DIGITS..=CARD_MAX_DIGITS).contains(&digits) && closes {
+                out.push(Window {
+                    first,
+                    last,
+                    layout: Layout::Fours,
+                });
+            }
+            if !block.is_multiple_of(4) {
+                break;
+            }
+            last += 1;
+        }
+        if len == 4
+            && alike(first + 1)
+            && alike(first + 2)
+            && len_at(first + 1) == 6
+            && matches!(len_at(first + 2), 4 | 5)
+        {
+            out.push(Window {
+                first,
+                last: first + 2,
+                layout: Layout::Printed,
+            });
+        }
+    }
+    // Maximal runs joined by spaces or by hyphens; neighbouring runs share
+    // the group between them.
+    let mut first = 0;
+    while first < chain.len() {
+        let joint = mark(chain, first + 1).filter(|m| matches!(m, b' ' | b'-'));
+        let mut last = first;
+        while joint.is_some() && last + 1 < chain.len() && mark(chain, last + 1) == joint {
+            last += 1;
+        }
+        let sized = chain[first..last]
+            .iter()
+            .all(|g| (3..=6).contains(&g.len()))
+            && chain[last].len() <= 6;
+        if last > first && sized {
+            out.push(Window {
+                first,
+                last,
+                layout: Layout::Free,
+            });
+        }
+        first = last.max(first + 1);
+    }
+    out
+}
+
+/// Whether `groups` hold 13 to 19 digits with a known issuer's prefix and
+/// length (of a scheme printed so, for [`Layout::Printed`]), passing the
+/// Luhn check.
+fn is_card(bytes: &[u8], groups: &[Group], layout: Layout) -> bool {
+    let mut digits = [0u8; CARD_MAX_DIGITS];
+    let mut len = 0;
+    for group in groups {
+        let group = &bytes[group.start..group.end];
+        let Some(slot) = digits.get_mut(len..len + group.len()) else {
+            return false;
+        };
+        slot.copy_from_slice(group);
+        len += group.len();
+    }
+    let digits = &digits[..len];
+    let printed = || {
+        let prefix = |n: usize| digits_value(digits[..n].iter().copied());
+        match len {
+            15 => matches!(prefix(2), 34 | 37),
+            _ => {
+                (300..=305).contains(&prefix(3))
+                    || prefix(4) == 3095
+                    || matches!(prefix(2), 36 | 38 | 39)
+            }
+        }
+    };
+    len >= CARD_MIN_DIGITS
+        && (layout != Layout::Printed || printed())
+        && has_known_issuer(digits)
+        && std::str::from_utf8(digits).is_ok_and(luhn::valid)
+}
+
+/// Whether a card candidate stands as a card where it is:
+///
+/// - not the rest of an international phone number;
+/// - not one side of a decimal or thousands separator: a lone `.` or `,`
+///   joins a grouped card to nothing, and a compact one to nothing shorter
+///   than four digits (`4111111111111111.50`, `3.14159265358979`), while a
+///   longer run on the other side is a number of its own
+///   (`20261207.4111111111111111@host`);
+/// - laid out in blocks of four, not a slice of a longer list of such
+///   blocks joined alike (purchase orders, tracking numbers). A block of
+///   four beside the card is part of such a list unless it is tied by a
+///   different unspaced mark to another number (`2026-12-07`), ends another
+///   card's spelling (before it), or (after it) starts another card or reads
+///   as an expiry date (`MMYY`) that ends the blocks.
+fn stands_as_card(
+    bytes: &[u8],
+    chain: &[Group],
+    w: &Window,
+    starts: &[bool],
+    ends: &[bool],
+) -> bool {
+    let link = |i: usize| chain.get(i).and_then(|g| g.link);
+    let point = |i: usize, other: usize| {
+        link(i).is_some_and(Link::is_point)
+            && (w.layout != Layout::Compact || chain[other].len() < 4)
+    };
+    if chain[w.first].after_plus
+        || (w.first > 0 && point(w.first, w.first - 1))
+        || (w.last + 1 < chain.len() && point(w.last + 1, w.last + 1))
+    {
+        return false;
+    }
+    if w.layout != Layout::Fours {
+        return true;
+    }
+    let joint = mark(chain, w.first + 1);
+    let alike = |i: usize| mark(chain, i) == joint;
+    let four = |i: usize| chain[i].len() == 4;
+    // Tied by a different unspaced mark to the group on its far side.
+    let tied = |i: usize| link(i).is_some_and(|l| l.tight && Some(l.mark) != joint);
+    if w.first > 0 {
+        let before = w.first - 1;
+        let own_number = before > 0 && tied(before);
+        if alike(w.first) && four(before) && !own_number && !ends[before] {
+            return false;
+        }
+    }
+    let after = w.last + 1;
+    let ends_in_block = chain[w.last].len().is_multiple_of(4);
+    if after < chain.len() && ends_in_block && alike(after) && four(after) && !starts[after] {
+        let next = after + 1;
+        let own_number = next < chain.len() && tied(next);
+        let more_blocks = next < chain.len() && alike(next) && four(next) && !starts[next];
+        let expiry = is_expiry(&bytes[chain[after].start..chain[after].end]) && !more_blocks;
+        if !own_number && !expiry {
+            return false;
+        }
+    }
+    true
+}
+
+/// Four digits that read as a month and year, `MMYY`.
+fn is_expiry(digits: &[u8]) -> bool {
+    (1..=12).contains(&digits_value(digits[..2].iter().copied()))
+}
+
+/// The last group of a card's spelling: the card, then up to
+/// [`MAX_TAIL_GROUPS`] short groups (an expiry date, a security code) that
+/// do not start another card.
+fn tail_end(chain: &[Group], last: usize, starts: &[bool]) -> usize {
+    let mut end = last;
+    let mut digits = 0;
+    while end + 1 < chain.len() && end - last < MAX_TAIL_GROUPS {
+        let next = chain[end + 1].len();
+        if next > 4 || starts[end + 1] || digits + next > MAX_TAIL_DIGITS {
+            break;
+        }
+        digits += next;
+        end += 1;
+    }
+    end
+}
+
+/// Whether the leading digits name a card scheme that issues numbers of
+/// this length.
+fn has_known_issuer(digits: &[u8]) -> bool {
+    let len = digits.len();
+    let prefix = |n: usize| digits_value(digits[..n].iter().copied());
+    let (p1, p2, p3, p4) = (prefix(1), prefix(2), prefix(3), prefix(4));
+    if p1 == 4 {
+        // Visa
+        matches!(len, 13 | 16 | 19)
+    } else if p2 == 34 || p2 == 37 {
+        // American Express
+        len == 15
+    } else if (300..=305).contains(&p3) || p4 == 3095 || matches!(p2, 36 | 38 | 39) {
+        // Diners Club
+        len >= 14
+    } else if (3528..=3589).contains(&p4) {
+        // JCB
+        len >= 16
+    } else if (51..=55).contains(&p2) || (2221..=2720).contains(&p4) {
+        // Mastercard
+        len == 16
+    } else if (2200..=2204).contains(&p4) {
+        // Mir
+        len >= 16
+    } else {
+        // Maestro (50, 56-69), which also covers Discover (6011, 644-649,
+        // 65), UnionPay (62) and RuPay (60, 65).
+        p2 == 50 || (56..=69).contains(&p2)
+    }
+}
+
+fn digits_value(digits: impl Iterator<Item = u8>) -> u32 {
+    digits.fold(0, |acc, d| acc * 10 + u32::from(d - b'0'))
+}
+
+// --- US Social Security and UK National Insurance numbers ---------------------
+
 /// Whether a maximal digit run stands on its own as a number: not a token
 /// fragment, not an international phone number (`+...`, where the `+` starts
-/// a token: after a word, as in `ann+4111...@`, it is an email sub-address),
-/// and not one side of a decimal or thousands separator.
+/// a token: after a word, as in `ann+123-45-6789@`, it is an email
+/// sub-address), and not one side of a decimal or thousands separator.
 fn digit_run_stands_alone(bytes: &[u8], start: usize, end: usize) -> bool {
     if !is_whole_token(bytes, start, end) {
         return false;
@@ -539,88 +1096,26 @@ fn digit_run_stands_alone(bytes: &[u8], start: usize, end: usize) -> bool {
     !phone_prefix && !joins_number(before, before2) && !joins_number(after, after2)
 }
 
-/// Byte ranges of every valid IBAN in `text`.
-fn iban_spans(text: &str) -> Vec<Range<usize>> {
+/// Byte ranges of every SSN: grouped, or nine bare digits after a context
+/// word.
+fn ssn_spans(text: &str, ibans: &[Range<usize>]) -> Vec<Range<usize>> {
     let bytes = text.as_bytes();
-    let mut spans = Vec::new();
-    let mut at = 0;
-    while let Some(m) = IBAN_SHAPE.find_at(text, at) {
-        let end = starts_token(bytes, m.start())
-            .then(|| longest_valid_iban(bytes, m.range()))
-            .flatten();
-        match end {
-            Some(end) => {
-                spans.push(m.start()..end);
-                at = end;
+    DIGIT_RUN
+        .find_iter(text)
+        .filter(|m| {
+            // Byte length bounds the digit count, so short numbers (dates,
+            // amounts, postal codes) are skipped before any work.
+            if m.len() < SSN_DIGITS
+                || overlaps_any(ibans, &m.range())
+                || !digit_run_stands_alone(bytes, m.start(), m.end())
+            {
+                return false;
             }
-            // A rejected shape may hide a real IBAN starting inside it (say,
-            // after a stray "AB12 "), so resume just after its first byte,
-            // which is ASCII and hence a char boundary.
-            None => at = m.start() + 1,
-        }
-    }
-    spans
-}
-
-/// The end of the longest valid IBAN starting at `shape.start`. In the spaced
-/// form the regex may have swallowed a following word or number as an extra
-/// group, so shorter group-aligned prefixes are tried too.
-fn longest_valid_iban(bytes: &[u8], shape: Range<usize>) -> Option<usize> {
-    let start = shape.start;
-    let group_ends = bytes[shape.clone()]
-        .iter()
-        .enumerate()
-        .filter(|&(_, &b)| is_group_separator(b))
-        .map(|(i, _)| start + i)
-        .skip(1) // The first space only ends the check digits.
-        .chain(std::iter::once(shape.end));
-    let mut ends: Vec<usize> = group_ends.collect();
-    ends.reverse();
-    ends.into_iter()
-        .find(|&end| ends_token(bytes, end) && is_valid_iban(&bytes[start..end]))
-}
-
-fn is_group_separator(byte: u8) -> bool {
-    byte == b' ' || byte == b'-'
-}
-
-fn is_valid_iban(candidate: &[u8]) -> bool {
-    let mut electronic = [0u8; IBAN_MAX_LEN];
-    let mut len = 0;
-    for &byte in candidate.iter().filter(|&&b| !is_group_separator(b)) {
-        let Some(slot) = electronic.get_mut(len) else {
-            return false;
-        };
-        *slot = byte.to_ascii_uppercase();
-        len += 1;
-    }
-    std::str::from_utf8(&electronic[..len]).is_ok_and(|iban| iban.parse::<iban::Iban>().is_ok())
-}
-
-fn scan_digit_runs(text: &str, ibans: &[Range<usize>], cards: bool, found: &mut KindSet) {
-    let bytes = text.as_bytes();
-    for m in DIGIT_RUN.find_iter(text) {
-        // Byte length bounds the digit count, so short numbers (dates,
-        // amounts, postal codes) are skipped before any work.
-        if m.len() < SSN_DIGITS
-            || overlaps_any(ibans, &m.range())
-            || !digit_run_stands_alone(bytes, m.start(), m.end())
-        {
-            continue;
-        }
-        let run = DigitRun::parse(m.as_str());
-        if run.is_ssn() || (run.is_bare_ssn() && has_ssn_context(bytes, m.start())) {
-            found.insert(SensitiveKind::UsSocialSecurityNumber);
-        }
-        if cards && run.has_card() {
-            found.insert(SensitiveKind::PaymentCard);
-        }
-        if found.contains(SensitiveKind::PaymentCard)
-            && found.contains(SensitiveKind::UsSocialSecurityNumber)
-        {
-            break;
-        }
-    }
+            let run = DigitRun::parse(m.as_str());
+            run.is_ssn() || (run.is_bare_ssn() && has_ssn_context(bytes, m.start()))
+        })
+        .map(|m| m.range())
+        .collect()
 }
 
 /// Digits joined by single spaces or hyphens, split into its groups.
@@ -649,12 +1144,6 @@ impl<'t> DigitRun<'t> {
         self.text.as_bytes()[self.groups[i].end]
     }
 
-    /// Whether the first `count` groups are joined by one kind of separator;
-    /// mixed separators read as separate numbers (a date and a time, say).
-    fn uniform(&self, count: usize) -> bool {
-        (1..count.saturating_sub(1)).all(|i| self.separator(i) == self.separator(0))
-    }
-
     fn group_len(&self, i: usize) -> usize {
         self.groups[i].len()
     }
@@ -663,10 +1152,12 @@ impl<'t> DigitRun<'t> {
         digits_value(self.text[self.groups[i].clone()].bytes())
     }
 
+    /// `AAA-GG-SSSS` with one kind of separator (mixed ones read as
+    /// separate numbers), in the ranges the SSA issues.
     fn is_ssn(&self) -> bool {
         self.groups.len() == 3
             && [0, 1, 2].map(|i| self.group_len(i)) == [3, 2, 4]
-            && self.uniform(3)
+            && self.separator(0) == self.separator(1)
             && is_issued_ssn(
                 self.group_value(0),
                 self.group_value(1),
@@ -684,44 +1175,6 @@ impl<'t> DigitRun<'t> {
                 digits_value(digits[5..9].iter().copied()),
             )
         }
-    }
-
-    fn has_card(&self) -> bool {
-        let count = self.groups.len();
-        if self.uniform(count) && self.is_card(count) {
-            return true;
-        }
-        // A card followed by an expiry or CVV ("4111 1111 1111 1111 12/27")
-        // joins into one longer run; split off the tail only when the group
-        // after the card is too short to continue a list of 4-digit numbers,
-        // and the card part itself is laid out like a card. A card spans at
-        // most 19 groups, which also keeps a huge run like "1 1 1 ..." linear.
-        (1..count.min(CARD_MAX_DIGITS + 1)).any(|kept| {
-            self.group_len(kept) <= 3
-                && self.uniform(kept)
-                && self.card_layout(kept)
-                && self.is_card(kept)
-        })
-    }
-
-    /// Whether the first `count` groups look like a printed card: one block,
-    /// blocks of four, or the 4-6-5 / 4-6-4 layout of Amex and Diners.
-    fn card_layout(&self, count: usize) -> bool {
-        let lens: Vec<usize> = (0..count).map(|i| self.group_len(i)).collect();
-        match lens.as_slice() {
-            [_] | [4, 6, 5] | [4, 6, 4] => true,
-            [fours @ .., last] => fours.iter().all(|&len| len == 4) && (1..=4).contains(last),
-            [] => false,
-        }
-    }
-
-    /// Whether the first `count` groups form a payment card number.
-    fn is_card(&self, count: usize) -> bool {
-        let candidate = &self.text[..self.groups[count - 1].end];
-        let digits: usize = (0..count).map(|i| self.group_len(i)).sum();
-        (CARD_MIN_DIGITS..=CARD_MAX_DIGITS).contains(&digits)
-            && has_known_issuer(candidate, digits)
-            && luhn::valid(candidate)
     }
 }
 
@@ -748,78 +1201,26 @@ fn has_ssn_context(bytes: &[u8], start: usize) -> bool {
     })
 }
 
-/// Whether a run of digits grouped by dots or slashes is a payment card laid
-/// out like a printed one: one separator throughout, blocks of four (or the
-/// 4-6-5 / 4-6-4 layouts), standing alone. Dates (`01/05/2024`), versions
-/// (`1.2.3.4`), IP addresses and amounts never have that layout.
-fn contains_separated_card(text: &str, ibans: &[Range<usize>]) -> bool {
+/// Byte ranges of every UK National Insurance number.
+fn nino_spans(text: &str, ibans: &[Range<usize>]) -> Vec<Range<usize>> {
     let bytes = text.as_bytes();
-    SEPARATED_RUN.find_iter(text).any(|m| {
-        // The shortest card layout, 4-4-4-1, takes 16 bytes.
-        if m.len() < CARD_MIN_DIGITS + 3
-            || overlaps_any(ibans, &m.range())
-            || !digit_run_stands_alone(bytes, m.start(), m.end())
-        {
-            return false;
-        }
-        let run = DigitRun::parse(m.as_str());
-        let count = run.groups.len();
-        count <= CARD_MAX_DIGITS
-            && run.uniform(count)
-            && run.card_layout(count)
-            && run.is_card(count)
-    })
-}
-
-fn digits_value(digits: impl Iterator<Item = u8>) -> u32 {
-    digits.fold(0, |acc, d| acc * 10 + u32::from(d - b'0'))
-}
-
-/// Whether the leading digits of `candidate` (digits and separators) name a
-/// card scheme that issues numbers of length `len`.
-fn has_known_issuer(candidate: &str, len: usize) -> bool {
-    let prefix = |n: usize| digits_value(candidate.bytes().filter(u8::is_ascii_digit).take(n));
-    let (p1, p2, p3, p4) = (prefix(1), prefix(2), prefix(3), prefix(4));
-    if p1 == 4 {
-        // Visa
-        matches!(len, 13 | 16 | 19)
-    } else if p2 == 34 || p2 == 37 {
-        // American Express
-        len == 15
-    } else if (300..=305).contains(&p3) || p4 == 3095 || matches!(p2, 36 | 38 | 39) {
-        // Diners Club
-        len >= 14
-    } else if (3528..=3589).contains(&p4) {
-        // JCB
-        len >= 16
-    } else if (51..=55).contains(&p2) || (2221..=2720).contains(&p4) {
-        // Mastercard
-        len == 16
-    } else if (2200..=2204).contains(&p4) {
-        // Mir
-        len >= 16
-    } else {
-        // Maestro (50, 56-69), which also covers Discover (6011, 644-649,
-        // 65), UnionPay (62) and RuPay (60, 65).
-        p2 == 50 || (56..=69).contains(&p2)
-    }
-}
-
-fn contains_nino(text: &str, ibans: &[Range<usize>]) -> bool {
-    let bytes = text.as_bytes();
-    NINO_SHAPE.find_iter(text).any(|m| {
-        let candidate = m.as_str().as_bytes();
-        let prefix = [candidate[0], candidate[1]].map(|b| b.to_ascii_uppercase());
-        let upper = candidate.iter().all(|b| !b.is_ascii_lowercase());
-        let compact = !candidate.contains(&b' ');
-        is_whole_token(bytes, m.start(), m.end())
-            && !matches!(
-                &prefix,
-                b"BG" | b"GB" | b"KN" | b"NK" | b"NT" | b"TN" | b"ZZ"
-            )
-            && (upper || compact)
-            && !overlaps_any(ibans, &m.range())
-    })
+    NINO_SHAPE
+        .find_iter(text)
+        .filter(|m| {
+            let candidate = m.as_str().as_bytes();
+            let prefix = [candidate[0], candidate[1]].map(|b| b.to_ascii_uppercase());
+            let upper = candidate.iter().all(|b| !b.is_ascii_lowercase());
+            let compact = !candidate.contains(&b' ');
+            is_whole_token(bytes, m.start(), m.end())
+                && !matches!(
+                    &prefix,
+                    b"BG" | b"GB" | b"KN" | b"NK" | b"NT" | b"TN" | b"ZZ"
+                )
+                && (upper || compact)
+                && !overlaps_any(ibans, &m.range())
+        })
+        .map(|m| m.range())
+        .collect()
 }
 
 #[cfg(test)]
@@ -886,10 +1287,65 @@ mod tests {
         // Nothing to redact: the text as it was, spelling and all.
         let clean = "Order ４２ shipped";
         assert_eq!(redact(clean), (clean.to_owned(), vec![]));
-        // A huge line is replaced whole, quickly.
-        let huge = format!("{} 4111111111111111", "word ".repeat(2000));
-        let (text, _) = redact(&huge);
-        assert_eq!(text, "[redacted payment card number]");
+        // A long line loses its value only.
+        let words = "word ".repeat(2000);
+        let (text, _) = redact(&format!("{words}4111111111111111"));
+        assert!(
+            text == format!("{words}[redacted payment card number]"),
+            "{}",
+            &text[text.len() - 60..]
+        );
+    }
+
+    #[test]
+    fn redaction_cuts_the_whole_spelling_of_a_value() {
+        let cases = [
+            (
+                "paid with 4111 1111 1111 1111 12/26 123, thanks",
+                "paid with [redacted payment card number], thanks",
+            ),
+            (
+                "4111111111111111 1226 737 was declined",
+                "[redacted payment card number] was declined",
+            ),
+            (
+                "card 4111-1111-1111-1111-1226.",
+                "card [redacted payment card number].",
+            ),
+            (
+                "cards 4111 1111 1111 1111 5500 0000 0000 0004 both",
+                "cards [redacted payment card number] [redacted payment card number] both",
+            ),
+            (
+                "order 7 4111 1111 1111 1111",
+                "order 7 [redacted payment card number]",
+            ),
+            ("4111_1111_1111_1111", "[redacted payment card number]"),
+            (
+                "IBAN DE89.3704.0044.0532.0130.00 please",
+                "IBAN [redacted IBAN] please",
+            ),
+            (
+                "IBAN DE893 704004 405320 13000 please",
+                "IBAN [redacted IBAN] please",
+            ),
+        ];
+        for (text, expected) in cases {
+            let (out, kinds) = redact(text);
+            assert_eq!(out, expected, "{text:?}");
+            assert_eq!(kinds.len(), 1, "{text:?}");
+            assert_eq!(check(&out), Ok(()), "{out:?}");
+        }
+        let (out, kinds) = redact(
+            "On Monday Ann wrote:\n> card 4111 1111\n> 1111 1111 exp 12/26\n\
+             > IBAN DE89 3704 0044\n> 0532 0130 00\nThanks",
+        );
+        assert_eq!(kinds, [SensitiveKind::PaymentCard, SensitiveKind::Iban]);
+        assert_eq!(
+            out,
+            "On Monday Ann wrote:\n> card [redacted payment card number] exp 12/26\n\
+             > IBAN [redacted IBAN]\nThanks"
+        );
     }
 
     #[test]
@@ -900,8 +1356,218 @@ mod tests {
                 "4111 1111 1111 1111 12/27",
                 "4111-1111-1111-1111 123",
                 "pay with 4111111111111111 05 27 cvv 123",
+                "4111 1111 1111 1111 1226",
+                "4111-1111-1111-1111-1226",
+                "4111 1111 1111 1111 12/26 123",
+                "4111111111111111 1226 737",
+                "4111 1111 1111 1111 1226 737",
+                "card 5555 5555 5555 4444 0127, cvc 321",
+                "4111.1111.1111.1111 12/26",
+                "amex 3782 822463 10005 1226 1234",
+                "4111|1111|1111|1111|12/26|737",
             ],
         );
+    }
+
+    #[test]
+    fn flags_cards_beside_other_numbers() {
+        assert_only(
+            SensitiveKind::PaymentCard,
+            &[
+                // Two cards in a row.
+                "4111 1111 1111 1111 5500 0000 0000 0004",
+                "4111-1111-1111-1111-5500-0000-0000-0004",
+                "4111111111111111 5500000000000004",
+                // A digit or a number before the card.
+                "1 4111 1111 1111 1111",
+                "order 7 4111 1111 1111 1111",
+                "acct 9 4111 1111 1111 1111",
+                "7 4111111111111111",
+                "item 12 4111-1111-1111-1111",
+                "ref 12345 4111 1111 1111 1111",
+                "1. 4111 1111 1111 1111",
+                // Beside a date.
+                "paid 07.12.2026 4111 1111 1111 1111",
+                "4111 1111 1111 1111 2026-12-07",
+                // In a Message-ID or a display name.
+                "<4111111111111111@mail.example.com>",
+                "\"Card 4111 1111 1111 1111\" <ann@example.com>",
+            ],
+        );
+    }
+
+    #[test]
+    fn flags_blocks_run_together_but_not_numbers_side_by_side() {
+        assert_only(
+            SensitiveKind::PaymentCard,
+            &[
+                // An invisible separator, removed by folding, runs two
+                // blocks together.
+                "4111\u{200B}1111 1111 1111",
+                "4111 1111 1111\u{200B}1111",
+                "41111111 1111 1111",
+                "4111 11111111 1111",
+                "411111111111 1111",
+                // A compact card beside a longer number, or its expiry.
+                "<20261207.4111111111111111@mail.example.com>",
+                "4111111111111111.1226",
+            ],
+        );
+        assert_clean(&[
+            // Two numbers of eight digits, or of seven and nine.
+            "orders 41111111 11111111",
+            "orders 4111111 111111111",
+            "orders 41111111-11111111",
+            // Beside a decimal part.
+            "4111111111111111.50",
+            "0.4111111111111111",
+        ]);
+    }
+
+    #[test]
+    fn flags_cards_joined_by_any_short_separator() {
+        let joining = [
+            " ", "-", ".", "/", "_", ",", "*", "|", ":", "~", " - ", " / ", "-\n", " -\n> ", "  ",
+            "\t", ",\n> ", "|\n>> ",
+        ];
+        // Two marks, or a comma, bar or colon between spaces, separate the
+        // items of a list, not the groups of one number.
+        let separating = ["--", ", ", " , ", " | ", " : ", ". ", "; ", ";", "(", "+"];
+        for (marks, expected) in [
+            (&joining[..], &[SensitiveKind::PaymentCard][..]),
+            (&separating[..], &[][..]),
+        ] {
+            for mark in marks {
+                let card = ["4111", "1111", "1111", "1111"].join(mark);
+                for text in [card.clone(), format!("card {card}, thanks")] {
+                    assert_eq!(kinds(&text), expected, "{text:?}");
+                }
+            }
+        }
+        assert_only(
+            SensitiveKind::PaymentCard,
+            &[
+                "amex 3782_822463_10005",
+                "diners 3056*930902*5904",
+                "mc 5555,5555,5555,4444",
+                "4111~1111~1111~1111~12/26",
+            ],
+        );
+    }
+
+    #[test]
+    fn flags_values_split_over_quoted_lines() {
+        assert_only(
+            SensitiveKind::PaymentCard,
+            &[
+                "> 4111 1111\n> 1111 1111",
+                ">> 4111 1111\n>> 1111 1111",
+                "> > 4111 1111\n> > 1111 1111",
+                "> card 4111 1111 1111\n> 1111 exp 12/26",
+                "> 4111 1111 1111 1111\r\n> 12/26 123",
+                "On Monday Ann wrote:\n> my card is 4111-1111-\n> 1111-1111, thanks",
+                "> 4111111111111111\n> 1226 737",
+            ],
+        );
+        assert_only(
+            SensitiveKind::Iban,
+            &[
+                "> IBAN DE89 3704 0044\n> 0532 0130 00",
+                ">> DE89 3704 0044 0532\n>> 0130 00",
+            ],
+        );
+        // A quote marker in the middle of a line is a comparison.
+        assert_clean(&["4111 1111 > 1111 1111", "PO 4111 1111 > 1111 1111"]);
+    }
+
+    #[test]
+    fn flags_ibans_with_any_separator_or_grouping() {
+        assert_only(
+            SensitiveKind::Iban,
+            &[
+                "DE89.3704.0044.0532.0130.00",
+                "DE89/3704/0044/0532/0130/00",
+                "DE 89 3704 0044 0532 0130 00",
+                "DE893 704004 405320 13000",
+                "DE89_3704_0044_0532_0130_00",
+                "de89 3704 0044 0532 0130 00.",
+                "IBAN: DE89 - 3704 - 0044 - 0532 - 0130 - 00",
+                "GB29.NWBK.6016.1331.9268.19",
+                "GB 29 NWBK 601613 31926819",
+                "fr76 3000 6000 0112 3456 7890 189",
+                "NL91 ABNA 0417 1643 00, BIC ABNANL2A",
+                "iban:DE89370400440532013000;",
+                "DE89|3704|0044|0532|0130|00",
+            ],
+        );
+    }
+
+    #[test]
+    fn ignores_iban_like_text() {
+        assert_clean(&[
+            "DE88.3704.0044.0532.0130.00",
+            "DE 88 3704 0044 0532 0130 00",
+            "XDE89.3704.0044.0532.0130.00",
+            "DE89.3704.0044.0532.0130.001",
+            "DE89 3704 0044 0532 0130 00X",
+            "at 12 noon we shipped 3704 0044 0532 0130 crates",
+            "Room DE 12, floor 3, desk 0044",
+            "VAT DE123456789, company reg. HRB 12345 B",
+        ]);
+    }
+
+    #[test]
+    fn ignores_business_notes_heavy_in_digits() {
+        assert_clean(&[
+            "Invoice 2026-0012345, order 4411-2233, call +1 (555) 123-4567 before 12/26",
+            "Meeting 2026-12-07 at 14:30, room 4.12, dial-in +49 30 901820",
+            "Delivery 07.12.2026 between 08:00 and 12:00, 3 pallets, 1,250 kg",
+            "Total EUR 1,234.56 incl. 19% VAT (EUR 197.10), due 31.12.2026",
+            "Amounts: 1,234.56, 2,345.67, 3,456.78, 4,567.89, 5,678.90",
+            "PO 4500012345, 4500012346 and 4500012347 shipped 2026-12-07",
+            "Orders 4411-2233, 4411-2234, 4411-2235, 4411-2236, 4411-2237",
+            "Call (555) 123-4567 or (555) 765-4321, fax (555) 123-4568",
+            "Tel. +49 30 901820, mobile +49 151 2345 6789, fax +49 30 901821",
+            "Phone +1 415 555 2671 / +44 20 7946 0958 / +33 1 42 68 53 00",
+            "Support hours 08:00-18:00 CET, Mon-Fri; hotline 0800 123 4567",
+            "Tracking 9405 5036 9930 0012 3456 78 (USPS), 1Z 999 AA1 01 2345 6784 (UPS)",
+            "DHL 00340434161094042557, FedEx 7489 1234 5678",
+            "Version 2.14.3 (build 20261207.1432), API v1.2.3.4",
+            "Upgrade from 1.9.12 to 2.0.1 on 2026/12/07 at 23:00 UTC",
+            "Invoice INV-2026-000123 / customer 100234 / contract 2024-118",
+            "Quote Q-4411-2233-5566 valid until 2026-12-31",
+            "Serial numbers 4111 4112 4113 4110 4115 returned",
+            "Parts 1234-5678, 2345-6789, 3456-7890, 4567-8901",
+            "Server 192.168.100.200:8443, backup 10.0.0.1/24, port 5432",
+            "ISBN 978-3-16-148410-0 and 978-0-306-40615-7, 12 copies each",
+            "Account manager ext. 4411, team 22, floor 3, desk 4-112",
+            "Shipment 3 of 5: 12 x 24 x 36 cm, 4.5 kg, 2 boxes",
+            "Budget 2026: Q1 125,000; Q2 130,000; Q3 128,500; Q4 140,250",
+            "Timesheet 07.12.2026 08:15-12:30, 13:00-17:45 (8.75 h)",
+            "Dates 01.05.2024 - 31.05.2024 and 01.06.2024 - 30.06.2024",
+            "Postcodes 10115, 20095, 80331, 50667 and 60311",
+            "Ticket #48213 merged into #48190; see also #48222",
+            "Reference 2026-12-07/4411/2233 for the December run",
+            "Batch 20261207-001 to 20261207-048 produced, lot 4411",
+            "Coordinates 52.5200, 13.4050 (Berlin office)",
+            "Password policy: 12 characters, rotation every 90 days, 5 attempts",
+            "Customer 10023, contract 2024-118, renewal 2026-12-31, 36 months",
+            "Sizes 38, 40, 42, 44, 46, 48, 50, 52 in stock",
+            "Rooms 101 102 103 104 105 106 booked for 12/26-12/28",
+            "Line items: 10 x 4411, 20 x 4412, 30 x 4413, 40 x 4414",
+            "Card ending 1111, expires 12/26, paid EUR 49.00",
+            "Last four digits 4444 only, as asked",
+            "Call +1 (555) 123-4567 ext. 89, then +1 (555) 987-6543",
+            "Wire of EUR 12,345.67 on 2026-12-07, ref 4411223344",
+            "ids 1234 5678 9012 3456 7890",
+            "order 12345678, shipped 2024-05-01, invoice 2024-000123",
+            "NHS number 943 476 5919",
+            "VAT DE123456789, company reg. HRB 12345 B",
+            "Meter reading 004411.2 kWh on 07.12.2026, previous 004102.7",
+            "> On 07.12.2026 14:30, Ann wrote:\n> order 4411-2233\n> 12 units",
+            "Times 09:15:30.250 and 09:15:31.500, drift 1.25 s",
+            "IPv6 2001:db8:85a3:0:0:8a2e:370:7334 and 2001:db8::1",
+        ]);
     }
 
     #[test]
@@ -916,7 +1582,6 @@ mod tests {
             "3704004405320131",
             // Part of a longer run or token.
             "41111111111111110",
-            "acct 9 4111 1111 1111 1111",
             "id A4111111111111111",
             "sha 4111111111111111ab",
             // A list of 4-digit numbers whose first four happen to pass Luhn.
@@ -1152,6 +1817,16 @@ mod tests {
         assert_eq!(
             SensitiveKind::PaymentCard.to_string(),
             "payment card number"
+        );
+        let phrases = SensitiveKind::ALL.map(|kind| kind.with_article());
+        assert_eq!(
+            phrases,
+            [
+                "a payment card number",
+                "a US Social Security number",
+                "an IBAN",
+                "a UK National Insurance number"
+            ]
         );
         assert_eq!(
             Finding {
