@@ -1835,3 +1835,46 @@ mail_test!(
         app.stop().await.unwrap();
     }
 );
+
+mail_test!(
+    every_spelling_the_guard_knows_is_redacted_from_mail,
+    |app: TestApp, _backend: Backend| async move {
+        // The guard's spellings (tests/src/hostile.rs): each value alone, in
+        // a mail body among ordinary numbers, and quoted in a reply; each
+        // arrives once as a well-formed mail and once with a control
+        // character, which sends it down the path that cleans the body
+        // before redacting it.
+        let spellings = custodian_tests::hostile::sensitive_spellings();
+        let base: std::collections::BTreeMap<String, String> = spellings
+            .iter()
+            .filter(|(what, _)| !what.contains(", in a mail body") && !what.contains(", quoted"))
+            .cloned()
+            .collect();
+        for (i, (what, text)) in spellings.iter().enumerate() {
+            let root = what
+                .trim_end_matches(", in a mail body")
+                .trim_end_matches(", quoted in a reply");
+            let value = &base[root];
+            for (j, body) in [text.clone(), format!("{text}\u{7}")].iter().enumerate() {
+                let from = format!("Sam Sender <sam{i}-{j}@example.com>");
+                let id = format!("SPELL-{i}-{j}@mail.example.com");
+                let ingested = ingest(&app, &Mail::new(&from, &id, "Refund", body)).await;
+                let message = ingested.message.expect("the stored message");
+                assert!(
+                    !custodian_tests::hostile::reveals(value, &message.body),
+                    "{what} (path {j}) was stored: {:?}",
+                    message.body
+                );
+                assert!(
+                    !message.redacted_kinds.is_empty(),
+                    "{what} (path {j}): no kind recorded"
+                );
+                let stored = get(&app, &ingested.ticket.expect("a ticket").name).await;
+                assert!(
+                    !custodian_tests::hostile::reveals(value, &format!("{stored:?}")),
+                    "{what} (path {j}) is in the ticket"
+                );
+            }
+        }
+    }
+);
