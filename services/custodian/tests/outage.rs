@@ -120,7 +120,10 @@ async fn a_lost_database_is_unavailable_and_nothing_fails_once_it_is_back() {
     }
     let not_serving = not_serving.expect("NOT_SERVING");
     eprintln!("NOT_SERVING {not_serving:?} after the database went away; outcomes {outcomes:?}");
-    assert!(not_serving <= HEALTH_WITHIN, "NOT_SERVING after {not_serving:?}");
+    assert!(
+        not_serving <= HEALTH_WITHIN,
+        "NOT_SERVING after {not_serving:?}"
+    );
     assert!(
         server.child.try_wait().expect("process state").is_none(),
         "the process exited while its database was away; stderr:\n{}",
@@ -155,7 +158,10 @@ async fn a_lost_database_is_unavailable_and_nothing_fails_once_it_is_back() {
     for (n, message) in &creates {
         let found = clients.contacts_with_email(&outage_email(*n)).await;
         if message.contains("nothing was stored") {
-            assert_eq!(found, 0, "create {n} said \"{message}\" but stored a contact");
+            assert_eq!(
+                found, 0,
+                "create {n} said \"{message}\" but stored a contact"
+            );
         } else {
             unknown += 1;
         }
