@@ -2,7 +2,8 @@
 //! taken away while the server runs (new connections refused with
 //! `ALLOW_CONNECTIONS false`, every open one terminated) and given back.
 //! While it is away every call is UNAVAILABLE (never INTERNAL) and health
-//! says NOT_SERVING within seconds, for `""` and for each service; once it
+//! says NOT_SERVING within seconds, for `""` and for each service, while
+//! `liveness` stays SERVING (no restart for a database away); once it
 //! is back health says SERVING again, the process never having exited, and
 //! then a thousand consecutive calls across the five services all succeed:
 //! no call meets a connection the outage broke. A create refused with
@@ -71,18 +72,30 @@ async fn a_lost_database_is_unavailable_and_nothing_fails_once_it_is_back() {
     let folder = tempfile::tempdir().expect("temporary folder");
     let data = folder.path().join("data");
     let log = Log::default();
-    let mut server = Server::start(&data, Some(&database.url), &log).await;
+    // Four connections a service's pool: enough to leave several idle
+    // when the database goes, few enough beside other tests on the same
+    // PostgreSQL server (whose connection limit they share).
+    let mut server = Server::start_with(
+        &data,
+        Some(&database.url),
+        "127.0.0.1:0",
+        &["--database-max-connections".into(), "4".into()],
+        &log,
+    )
+    .await;
     let clients = Clients::new(&server, &token(&data).await, &log).await;
 
     // Every service used, by several clients at once, so each pool and
     // native connection exists (and sits idle) when the database goes.
     clients.run(0, 200).await.expect("calls before the outage");
-    assert_health(&server, ServingStatus::Serving).await;
+    assert_health(&server, ServingStatus::Serving, &log).await;
 
     database.take_away().await;
     let gone = Instant::now();
     let mut outcomes: BTreeMap<(Call, String), usize> = BTreeMap::new();
     let mut creates = Vec::new();
+    let mut messages = std::collections::BTreeSet::new();
+    let mut slowest = Duration::ZERO;
     let mut not_serving = None;
     let mut n = 0;
     while gone.elapsed() < OUTAGE || not_serving.is_none() {
@@ -94,7 +107,9 @@ async fn a_lost_database_is_unavailable_and_nothing_fails_once_it_is_back() {
         );
         for call in MIX {
             n += 1;
+            let started = Instant::now();
             let outcome = clients.call(call, n).await;
+            slowest = slowest.max(started.elapsed());
             let code = outcome.as_ref().err().map_or(Code::Ok, Status::code);
             *outcomes.entry((call, format!("{code:?}"))).or_default() += 1;
             match outcome {
@@ -104,6 +119,7 @@ async fn a_lost_database_is_unavailable_and_nothing_fails_once_it_is_back() {
                             || status.message().contains("unavailable"),
                         "{call:?} during the outage: {status:?}"
                     );
+                    messages.insert(status.message().to_owned());
                     if call == Call::CreateContact {
                         creates.push((n, status.message().to_owned()));
                     }
@@ -117,9 +133,15 @@ async fn a_lost_database_is_unavailable_and_nothing_fails_once_it_is_back() {
         if not_serving.is_none() && all_health(&server, ServingStatus::NotServing).await {
             not_serving = Some(gone.elapsed());
         }
+        // Liveness is not readiness: the process is alive, and a restart
+        // would not bring the database back.
+        assert_eq!(liveness(&server).await, ServingStatus::Serving);
     }
     let not_serving = not_serving.expect("NOT_SERVING");
-    eprintln!("NOT_SERVING {not_serving:?} after the database went away; outcomes {outcomes:?}");
+    eprintln!(
+        "NOT_SERVING {not_serving:?} after the database went away; outcomes {outcomes:?}; \
+         messages {messages:?}; slowest call {slowest:?}"
+    );
     assert!(
         not_serving <= HEALTH_WITHIN,
         "NOT_SERVING after {not_serving:?}"
@@ -396,6 +418,18 @@ async fn health(server: &Server) -> Vec<(String, Result<ServingStatus, Status>)>
     out
 }
 
+/// What the liveness probe is told.
+async fn liveness(server: &Server) -> ServingStatus {
+    HealthClient::new(server.channel.clone())
+        .check(HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .expect("liveness")
+        .into_inner()
+        .status()
+}
+
 /// True when health gives `want` for `""` and every service.
 async fn all_health(server: &Server, want: ServingStatus) -> bool {
     health(server)
@@ -404,13 +438,14 @@ async fn all_health(server: &Server, want: ServingStatus) -> bool {
         .all(|(_, status)| status.as_ref().is_ok_and(|s| *s == want))
 }
 
-async fn assert_health(server: &Server, want: ServingStatus) {
+async fn assert_health(server: &Server, want: ServingStatus, log: &Log) {
     let health = health(server).await;
     assert!(
         health
             .iter()
             .all(|(_, status)| status.as_ref().is_ok_and(|s| *s == want)),
-        "health {health:?}, not {want:?}"
+        "health {health:?}, not {want:?}; stderr:\n{}",
+        log.text()
     );
 }
 

@@ -7,7 +7,10 @@
 //! on health follows the databases: a module's services are NOT_SERVING
 //! while its database does not answer, and `""` (what Kubernetes' readiness
 //! probe asks) while any does not; SERVING again once they answer. The
-//! process goes on meanwhile: calls are answered UNAVAILABLE. On SIGTERM
+//! process goes on meanwhile: calls are answered UNAVAILABLE. Whether the
+//! process itself is alive is the health service [`LIVENESS`]: SERVING
+//! whenever the server answers at all, so a liveness probe never restarts a
+//! pod only because its database is away. On SIGTERM
 //! or Ctrl-C health turns NOT_SERVING at once, the server keeps answering for
 //! `shutdown_grace` (so endpoints are removed before it stops), then stops
 //! accepting and drains the calls in flight.
@@ -185,6 +188,9 @@ impl Application {
         let service_names: Vec<&'static str> =
             modules.iter().flat_map(|m| m.grpc_services()).collect();
         set_health(&health, &service_names, ServingStatus::NotServing).await;
+        health
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
 
         let mut routes = RoutesBuilder::default();
         routes.add_service(tonic_health::pb::health_server::HealthServer::new(
@@ -313,6 +319,12 @@ impl Application {
         outcome
     }
 }
+
+/// The health service that says only that the process answers: what a
+/// liveness probe should ask (`grpc: {port: 50051, service: liveness}`).
+/// `""` is readiness: it follows the databases, and a restart would not
+/// bring a database back.
+pub const LIVENESS: &str = "liveness";
 
 /// Health as the databases make it: each module's gRPC services follow its
 /// databases, `""` and the services of modules without one (the shared

@@ -184,8 +184,8 @@ impl Server {
             while health
                 .message()
                 .await
-                .expect("health stream")
-                .expect("health stream open")
+                .unwrap_or_else(|e| panic!("health stream: {e}; stderr:\n{}", log.text()))
+                .unwrap_or_else(|| panic!("health stream closed; stderr:\n{}", log.text()))
                 .status
                 != serving
             {}
