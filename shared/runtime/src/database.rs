@@ -109,24 +109,25 @@ impl Database {
         let options = AnyConnectOptions::from_str(url)
             .with_context(|| format!("invalid {} database URL", scheme_of(url)))?;
         let port = postgres_port(url);
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            // No ping before every use: on SQLite a ping is a hand-off to
-            // the connection's thread, which cost a fifth of a point read,
-            // and on PostgreSQL a round trip. A connection is checked only
-            // when it may have broken unseen (see `check_if_stale`): a
-            // database that terminated its idle connections while away
-            // otherwise failed the first calls after it came back.
-            .test_before_acquire(false)
-            .before_acquire(move |conn, meta| {
+        // No ping before every use: on SQLite a ping is a hand-off to the
+        // connection's thread, which cost a fifth of a point read, and on
+        // PostgreSQL a round trip. A PostgreSQL connection is checked only
+        // when it may have broken unseen (see `check_if_stale`): a database
+        // that terminated its idle connections while away otherwise failed
+        // the first calls after it came back. A SQLite connection is a
+        // file's, which no server terminates.
+        let mut pool = AnyPoolOptions::new().test_before_acquire(false);
+        if backend == Backend::Postgres {
+            pool = pool.before_acquire(|conn, meta| {
                 Box::pin(async move {
-                    if backend == Backend::Postgres {
-                        check_if_stale(conn, meta).await?;
-                    }
+                    check_if_stale(conn, meta).await?;
                     Ok(true)
                 })
-            })
+            });
+        }
+        let pool = pool
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
             // Connections idle this long are closed: a burst's connections
             // do not linger, and none is older than a minute of idleness.
             .idle_timeout(Duration::from_secs(60))
