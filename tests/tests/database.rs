@@ -4,8 +4,7 @@
 //! - PostgreSQL, at the runtime's level: what a refused and a terminated
 //!   connection are once classified (never INTERNAL), the readiness probe
 //!   following the database down and up, and the first statements after it
-//!   is back succeeding on the pool and on the native batched reads, whose
-//!   connections the outage broke.
+//!   is back succeeding on the pool and on the native batched reads.
 //! - SQLite, through the server: a file locked beyond the busy timeout is
 //!   UNAVAILABLE, "nothing was stored", and nothing was; a removed file
 //!   makes health NOT_SERVING.
@@ -96,7 +95,8 @@ async fn a_refused_or_terminated_postgres_connection_is_unavailable_and_readines
     let up = wait_for(&mut ready, true).await;
     eprintln!("readiness true {up:?} after it came back");
     // The first statements after it is back succeed, on the pool and on
-    // both of the batched reads' connections (two batches at once).
+    // the batched reads (whose loops keep native connections of their
+    // own, one of which the outage broke unseen).
     let rows = sqlx::query("SELECT v FROM t")
         .fetch_all(db.pool())
         .await
