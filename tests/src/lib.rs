@@ -112,6 +112,37 @@ impl TestDatabase {
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
+
+    /// PostgreSQL: takes the database away while a server uses it: new
+    /// connections refused (`ALLOW_CONNECTIONS false`), every open one
+    /// terminated. The statements go to the maintenance database, never
+    /// to this one. Panics on SQLite.
+    pub async fn take_away(&self) {
+        let name = self.pg_name.as_deref().expect("a PostgreSQL database");
+        admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
+        admin(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await;
+    }
+
+    /// PostgreSQL: gives it back after [`Self::take_away`].
+    pub async fn give_back(&self) {
+        let name = self.pg_name.as_deref().expect("a PostgreSQL database");
+        admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
+    }
+}
+
+/// Runs `sql` on the PostgreSQL maintenance database.
+async fn admin(sql: &str) {
+    let pool = sqlx::AnyPool::connect(&postgres_admin_url())
+        .await
+        .expect("connecting to the maintenance database");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(&pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    pool.close().await;
 }
 
 impl Drop for TestDatabase {

@@ -520,10 +520,23 @@ async fn collect(State(beacon): State<Beacon>, request: Request) -> Response {
         Ok(_) => json_response(StatusCode::ACCEPTED, json!({ "received": received })),
         Err(IngestError::Busy) => busy(),
         Err(IngestError::Invalid(err)) => invalid(&err),
-        Err(IngestError::Failed(err)) => {
-            tracing::error!(error = %err, "collecting beacon events");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }
+        Err(IngestError::Failed(err)) => match ApiError::internal(err) {
+            ApiError::Database(unavailable) => {
+                let mut response = error(StatusCode::SERVICE_UNAVAILABLE, unavailable.message());
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            ApiError::Internal(err) => {
+                tracing::error!(error = %err, "collecting beacon events");
+                error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+            err => {
+                tracing::error!(error = %err, "collecting beacon events");
+                error(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+            }
+        },
     };
     if let Some(origin) = &origin {
         allow_origin(&mut response, origin);

@@ -75,6 +75,8 @@ impl From<ApiError> for IngestError {
     fn from(err: ApiError) -> Self {
         match err {
             ApiError::InvalidArgument(_) => IngestError::Invalid(err),
+            // Kept whole, so that it is answered UNAVAILABLE.
+            ApiError::Database(unavailable) => IngestError::Failed(unavailable.into()),
             other => IngestError::Failed(anyhow::anyhow!("{other}")),
         }
     }

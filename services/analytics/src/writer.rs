@@ -14,6 +14,10 @@
 //!   of the writer's own, run in place (no hand-off to a connection thread
 //!   per statement), `synchronous = FULL` so an acknowledged event survives
 //!   a crash of the machine as well as of the process.
+//!
+//! A database that is away fails the batch's requests UNAVAILABLE (see
+//! `custodian_runtime::database::fault`), saying whether anything was
+//! stored; every event carries its id, so a retry never counts one twice.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
@@ -22,7 +26,10 @@ use std::{
 };
 
 use custodian_proto::analytics::v1::DropReason;
-use custodian_runtime::{Backend, Database};
+use custodian_runtime::{
+    Backend, Database,
+    database::fault::{self, Unavailable},
+};
 use sqlx::{PgPool, Row as _, postgres::PgPoolOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
@@ -84,7 +91,8 @@ pub enum WriteError {
 
 struct Job {
     batch: Batch,
-    reply: oneshot::Sender<Result<Written, String>>,
+    /// On failure, the database's fault when that is why.
+    reply: oneshot::Sender<Result<Written, Option<Unavailable>>>,
     _slots: OwnedSemaphorePermit,
 }
 
@@ -111,6 +119,15 @@ impl Writer {
                                 Ok(())
                             })
                         })
+                        // As the service's own pool: a connection that may
+                        // have broken unseen is checked before a batch.
+                        .before_acquire(|conn, meta| {
+                            Box::pin(async move {
+                                custodian_runtime::database::check_if_stale(conn, meta).await?;
+                                Ok(true)
+                            })
+                        })
+                        .idle_timeout(std::time::Duration::from_secs(60))
                         .connect_lazy(db.url())?
                 },
                 partitions: Mutex::default(),
@@ -151,7 +168,8 @@ impl Writer {
             .map_err(|_| WriteError::Failed(anyhow::anyhow!("the writer has stopped")))?;
         match answer.await {
             Ok(Ok(written)) => Ok(written),
-            Ok(Err(message)) => Err(WriteError::Failed(anyhow::anyhow!(message))),
+            Ok(Err(Some(unavailable))) => Err(WriteError::Failed(unavailable.into())),
+            Ok(Err(None)) => Err(WriteError::Failed(anyhow::anyhow!("storing events failed"))),
             Err(_) => Err(WriteError::Failed(anyhow::anyhow!(
                 "the writer has stopped"
             ))),
@@ -217,9 +235,16 @@ async fn run(sink: Arc<Sink>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 }
             }
             Err(err) => {
-                tracing::error!(error = %err, rows, "storing analytics events");
+                let unavailable = fault::of_error(err.as_ref());
+                match unavailable {
+                    // The readiness probe reports a database that is away.
+                    Some(u) => {
+                        tracing::debug!(fault = ?u.fault, rows, "analytics events wait for the database")
+                    }
+                    None => tracing::error!(error = %err, rows, "storing analytics events"),
+                }
                 for job in jobs {
-                    let _ = job.reply.send(Err("storing events failed".to_owned()));
+                    let _ = job.reply.send(Err(unavailable));
                 }
             }
         }
@@ -318,9 +343,38 @@ async fn write_postgres(
     batches: &[&Batch],
 ) -> anyhow::Result<Vec<Written>> {
     let events: Vec<&Clean> = batches.iter().flat_map(|b| &b.events).collect();
+    ensure_partitions(pool, partitions, events.iter().map(|e| e.day))
+        .await
+        .map_err(uncommitted)?;
+    let mut tx = pool.begin().await.map_err(|e| uncommitted(e.into()))?;
+    let results = stage_postgres(&mut tx, batches)
+        .await
+        .map_err(uncommitted)?;
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// An error met before the commit: if the database is away, nothing of
+/// the batch was stored (its transaction is rolled back with the
+/// connection).
+fn uncommitted(err: anyhow::Error) -> anyhow::Error {
+    match fault::of_error(err.as_ref()) {
+        Some(unavailable) => Unavailable {
+            nothing_stored: true,
+            ..unavailable
+        }
+        .into(),
+        None => err,
+    }
+}
+
+/// The batches' rows in `tx`, not yet committed; what each stored.
+async fn stage_postgres(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    batches: &[&Batch],
+) -> anyhow::Result<Vec<Written>> {
+    let events: Vec<&Clean> = batches.iter().flat_map(|b| &b.events).collect();
     let usage: Vec<&UsageRow> = batches.iter().flat_map(|b| &b.usage).collect();
-    ensure_partitions(pool, partitions, events.iter().map(|e| e.day)).await?;
-    let mut tx = pool.begin().await?;
     let mut inserted: HashSet<(String, i64, String)> = HashSet::new();
     if !events.is_empty() {
         let rows = sqlx::query(
@@ -347,7 +401,7 @@ async fn write_postgres(
         .bind(events.iter().map(|e| e.visitor.as_deref()).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.engaged_ms).collect::<Vec<_>>())
         .bind(events.iter().map(|e| e.consent).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         for row in rows {
             if let Some(id) = row.try_get::<Option<String>, _>("event_id")? {
@@ -374,7 +428,7 @@ async fn write_postgres(
         .bind(usage.iter().map(|u| u.event_id.as_deref()).collect::<Vec<_>>())
         .bind(usage.iter().map(|u| u.action.as_str()).collect::<Vec<_>>())
         .bind(usage.iter().map(|u| u.path.as_str()).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         for row in rows {
             if let Some(id) = row.try_get::<Option<String>, _>("event_id")? {
@@ -410,10 +464,9 @@ async fn write_postgres(
         .bind(keys.iter().map(|d| d.day as i32).collect::<Vec<_>>())
         .bind(keys.iter().map(|d| d.reason).collect::<Vec<_>>())
         .bind(counts)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
     }
-    tx.commit().await?;
     Ok(results)
 }
 

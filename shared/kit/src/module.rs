@@ -158,6 +158,10 @@ impl ServiceModule for KitModule {
         self.service.http()
     }
 
+    fn databases(&self) -> Vec<Database> {
+        vec![self.context.db.clone()]
+    }
+
     fn stop(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if let Some(task) = self.sweeping.lock().ok().and_then(|mut t| t.take()) {

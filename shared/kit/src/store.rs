@@ -1151,7 +1151,8 @@ impl Store {
         for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         for<'s> &'s str: sqlx::ColumnIndex<DB::Row>,
     {
-        let failed = |err: ApiError| Refused::Failed(err);
+        // Until the commit, a database fault stored nothing.
+        let failed = |err: ApiError| Refused::Failed(err.uncommitted());
         let (subject_id, key) = match &insert.subject {
             Subject::Known(subject, key) => (subject.clone(), key.clone()),
             Subject::ByEmail => self
@@ -1181,7 +1182,7 @@ impl Store {
             .audit
             .commit(tx, &[event])
             .await
-            .map_err(failed)?;
+            .map_err(Refused::Failed)?;
         Ok((subject_id, insert.message))
     }
 
@@ -1412,7 +1413,8 @@ impl Store {
         ) -> futures::future::BoxFuture<'t, Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
         let mut tx = self.inner.db.pool().begin().await?;
-        let out = work(&mut tx).await?;
+        // Until the commit, a database fault stored nothing.
+        let out = work(&mut tx).await.map_err(ApiError::uncommitted)?;
         tx.commit().await?;
         // The work may have staged audit events.
         self.privacy().audit.wake();

@@ -23,7 +23,7 @@ use std::sync::{
 };
 
 use custodian_proto::audit::v1::{AuditAction, AuditOutcome, ChainVerification};
-use custodian_runtime::{ApiError, Database, time::Clock};
+use custodian_runtime::{ApiError, Database, database::fault::Unavailable, time::Clock};
 use sha2::{Digest as _, Sha256};
 use sqlx::{AssertSqlSafe, Row as _, any::AnyRow};
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -268,12 +268,23 @@ enum Job {
     /// Store a read's event; answer once it is sealed and durable.
     Read {
         event: Box<Event>,
-        done: oneshot::Sender<Result<(), ()>>,
+        done: oneshot::Sender<Sealed>,
     },
     /// Answer once every change committed before this was asked is sealed.
-    Flush {
-        done: oneshot::Sender<Result<(), ()>>,
-    },
+    Flush { done: oneshot::Sender<Sealed> },
+}
+
+/// The sealer's answer: the database's fault, when that is why the events
+/// were not sealed.
+type Sealed = Result<(), Option<Unavailable>>;
+
+/// What a caller waiting on the sealer is told when its events were not
+/// sealed.
+fn not_sealed(failed: Option<Unavailable>, what: &'static str) -> ApiError {
+    match failed {
+        Some(unavailable) => ApiError::Database(unavailable),
+        None => ApiError::internal(std::io::Error::other(what)),
+    }
 }
 
 /// Staged events of changes taken into one sealing transaction, at most.
@@ -470,7 +481,7 @@ impl Sealing {
         let mut sweep =
             tokio::time::interval_at(tokio::time::Instant::now() + SEAL_SWEEP, SEAL_SWEEP);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut flushes: Vec<oneshot::Sender<Result<(), ()>>> = Vec::new();
+        let mut flushes: Vec<oneshot::Sender<Sealed>> = Vec::new();
         let mut more = false;
         let mut last_pass = tokio::time::Instant::now();
         loop {
@@ -544,6 +555,14 @@ impl Sealing {
                     }
                     Ok(staged)
                 }
+                // The database is away: alone, each would fail the same
+                // way (one connection attempt after another).
+                Err(err) if err.fault().is_some() => {
+                    for done in reads {
+                        let _ = done.send(Err(err.fault()));
+                    }
+                    Err(err)
+                }
                 Err(_) => {
                     // One bad read event must not fail every other caller's
                     // read, nor hold up the changes' events: the staged
@@ -557,7 +576,7 @@ impl Sealing {
                         if let Err(err) = &alone {
                             tracing::error!(service = self.service, error = %err, "audit read event not stored");
                         }
-                        let _ = done.send(alone.map(|_| ()).map_err(|_| ()));
+                        let _ = done.send(alone.map(|_| ()).map_err(|e| e.fault()));
                     }
                     staged
                 }
@@ -573,11 +592,19 @@ impl Sealing {
                 }
                 Err(err) => {
                     // Staged events stay staged: the next wake or sweep
-                    // tries again.
-                    tracing::error!(service = self.service, error = %err, "audit sealing failed");
+                    // tries again. A database that is away is the probe's
+                    // to report, not an error every pass.
+                    match err.fault() {
+                        Some(unavailable) => {
+                            tracing::debug!(service = self.service, fault = ?unavailable.fault, "audit sealing waits for the database")
+                        }
+                        None => {
+                            tracing::error!(service = self.service, error = %err, "audit sealing failed")
+                        }
+                    }
                     more = false;
                     for done in flushes.drain(..) {
-                        let _ = done.send(Err(()));
+                        let _ = done.send(Err(err.fault()));
                     }
                 }
             }
@@ -613,9 +640,8 @@ impl AuditLog {
         }
         match wait.await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(ApiError::internal(std::io::Error::other(
-                "audit event not stored",
-            ))),
+            Ok(Err(failed)) => Err(not_sealed(failed, "audit event not stored")),
+            Err(_) => Err(not_sealed(None, "audit event not stored")),
         }
     }
 
@@ -629,9 +655,8 @@ impl AuditLog {
             .map_err(|_| ApiError::internal(std::io::Error::other("audit sealer stopped")))?;
         match wait.await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(ApiError::internal(std::io::Error::other(
-                "audit events not sealed",
-            ))),
+            Ok(Err(failed)) => Err(not_sealed(failed, "audit events not sealed")),
+            Err(_) => Err(not_sealed(None, "audit events not sealed")),
         }
     }
 
@@ -655,7 +680,9 @@ impl AuditLog {
         String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     {
-        self.stage_in_tx(&mut tx, events).await?;
+        self.stage_in_tx(&mut tx, events)
+            .await
+            .map_err(ApiError::uncommitted)?;
         tx.commit().await?;
         self.wake();
         Ok(())

@@ -17,8 +17,8 @@
 
 use std::{borrow::Cow, path::PathBuf};
 
-use custodian_runtime::{ApiError, Backend, Database};
-use sqlx::{Connection as _, postgres::PgConnectOptions};
+use custodian_runtime::{ApiError, Backend, Database, database::native::PgNative};
+use sqlx::Connection as _;
 
 use crate::audit::{Event, Linked, link};
 
@@ -35,8 +35,9 @@ pub(crate) enum Sealer {
         connection: Option<rusqlite::Connection>,
     },
     Postgres {
-        options: Box<PgConnectOptions>,
-        connection: Option<sqlx::PgConnection>,
+        /// Checked before a pass when it may have broken unseen, and made
+        /// again after a failed one.
+        connection: Box<PgNative>,
         /// The chain head as this sealer last left it: a pass of reads
         /// alone checks it and moves it in the same statement that inserts
         /// the events, one round trip in all.
@@ -56,8 +57,7 @@ impl Sealer {
                 connection: None,
             },
             Backend::Postgres => Self::Postgres {
-                options: Box::new(db.url().parse()?),
-                connection: None,
+                connection: Box::new(PgNative::new(db.url().parse()?)),
                 head: None,
             },
         })
@@ -91,19 +91,8 @@ impl Sealer {
                 }
                 outcome.map_err(ApiError::internal)
             }
-            Self::Postgres {
-                options,
-                connection,
-                head,
-            } => {
-                let conn = match connection.as_mut() {
-                    Some(conn) => conn,
-                    None => {
-                        let conn = sqlx::PgConnection::connect_with(options).await?;
-                        custodian_runtime::database::tcp_nodelay_to(options.get_port());
-                        connection.insert(conn)
-                    }
-                };
+            Self::Postgres { connection, head } => {
+                let (conn, _) = connection.get().await?;
                 if batch == 0
                     && let Some((seq, hash)) = head.take()
                 {
@@ -116,7 +105,7 @@ impl Sealer {
                         // locked pass below reads it.
                         Ok(None) => {}
                         Err(err) => {
-                            *connection = None;
+                            connection.failed();
                             return Err(err);
                         }
                     }
@@ -128,7 +117,7 @@ impl Sealer {
                         Ok(sealed)
                     }
                     Err(err) => {
-                        *connection = None;
+                        connection.failed();
                         Err(err)
                     }
                 }

@@ -6,6 +6,11 @@
 //! kept in a table of its own (`{service}_migrations`), so services can share
 //! one database (PostgreSQL in production, or one SQLite file) without their
 //! migration versions colliding.
+//!
+//! A database can go away while the server runs: its errors are classified
+//! in [`fault`], readiness follows it through a probe ([`Database::readiness`]),
+//! and connections it may have broken are checked before they are used again
+//! (the pool's `before_acquire`, [`native::PgNative`]).
 
 use std::{
     path::Path,
@@ -19,9 +24,13 @@ use sqlx::{
     AnyPool, Executor as _,
     any::{AnyConnectOptions, AnyPoolOptions},
     migrate::Migrator,
+    pool::PoolConnectionMetadata,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
+pub mod fault;
+pub mod native;
+mod probe;
 pub mod schema;
 mod writer;
 pub use writer::{SqliteWriter, open_for_writing};
@@ -51,6 +60,9 @@ pub struct Database {
     /// Write transactions on SQLite, in place and grouped (see
     /// [`SqliteWriter`]).
     writer: Option<Arc<SqliteWriter>>,
+    /// Whether the database answers, once asked for (see
+    /// [`Database::readiness`]).
+    probe: Arc<std::sync::OnceLock<watch::Receiver<bool>>>,
 }
 
 /// How often the SQLite checkpointer copies the write-ahead log into the
@@ -98,15 +110,28 @@ impl Database {
         let options = AnyConnectOptions::from_str(url)
             .with_context(|| format!("invalid {} database URL", scheme_of(url)))?;
         let port = postgres_port(url);
-        let pool = AnyPoolOptions::new()
+        // No ping before every use: on SQLite a ping is a hand-off to the
+        // connection's thread, which cost a fifth of a point read, and on
+        // PostgreSQL a round trip. A PostgreSQL connection is checked only
+        // when it may have broken unseen (see `check_if_stale`): a database
+        // that terminated its idle connections while away otherwise failed
+        // the first calls after it came back. A SQLite connection is a
+        // file's, which no server terminates.
+        let mut pool = AnyPoolOptions::new().test_before_acquire(false);
+        if backend == Backend::Postgres {
+            pool = pool.before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    check_if_stale(conn, meta).await?;
+                    Ok(true)
+                })
+            });
+        }
+        let pool = pool
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
-            // No ping before each use: on SQLite a ping is a hand-off to the
-            // connection's thread, which cost a fifth of a point read. Broken
-            // connections surface as an error on the query instead, and are
-            // replaced over time by the lifetime limits.
-            .test_before_acquire(false)
-            .idle_timeout(Duration::from_secs(10 * 60))
+            // Connections idle this long are closed: a burst's connections
+            // do not linger, and none is older than a minute of idleness.
+            .idle_timeout(Duration::from_secs(60))
             .max_lifetime(Duration::from_secs(30 * 60))
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
@@ -153,7 +178,38 @@ impl Database {
                 Backend::Postgres => Some(Arc::new(PgPointReads::new(url)?)),
                 Backend::Sqlite => None,
             },
+            probe: Arc::default(),
         })
+    }
+
+    /// True while the database answers: a probe checks it every second,
+    /// and at once after a call met a fault (see the `probe` module).
+    /// Started on first call (inside the runtime); every clone shares it,
+    /// and it ends with the last clone.
+    pub fn readiness(&self) -> anyhow::Result<watch::Receiver<bool>> {
+        if let Some(receiver) = self.probe.get() {
+            return Ok(receiver.clone());
+        }
+        let target = match self.backend {
+            Backend::Postgres => probe::Target::Postgres(Box::new(
+                self.url
+                    .parse()
+                    .with_context(|| format!("invalid {} database URL", scheme_of(&self.url)))?,
+            )),
+            Backend::Sqlite => match self.sqlite_path() {
+                Some(path) => probe::Target::Sqlite(path.to_path_buf()),
+                // An in-memory database cannot go away.
+                None => return Ok(watch::channel(true).1),
+            },
+        };
+        let scheme = match self.backend {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        };
+        Ok(self
+            .probe
+            .get_or_init(|| probe::start(scheme, target, Arc::downgrade(&self._alive)))
+            .clone())
     }
 
     /// Runs a service's migrations, recording them in `{service}_migrations`.
@@ -361,8 +417,8 @@ async fn batches(
     sql: Arc<str>,
     receiver: Arc<tokio::sync::Mutex<mpsc::Receiver<Wanted>>>,
 ) {
-    use sqlx::{Connection as _, Row as _};
-    let mut connection: Option<sqlx::PgConnection> = None;
+    use sqlx::Row as _;
+    let mut connection = native::PgNative::new(options);
     loop {
         let mut wanted = Vec::new();
         {
@@ -378,22 +434,18 @@ async fn batches(
                 }
             }
         }
-        let rows = async {
-            let conn = match connection.as_mut() {
-                Some(conn) => conn,
-                None => {
-                    let conn = sqlx::PgConnection::connect_with(&options).await?;
-                    tcp_nodelay_to(options.get_port());
-                    connection.insert(conn)
-                }
-            };
-            let ids: Vec<&str> = wanted.iter().map(|w| w.id.as_str()).collect();
-            sqlx::query(sqlx::AssertSqlSafe(&*sql))
-                .bind(&ids)
-                .fetch_all(conn)
-                .await
+        let ids: Vec<&str> = wanted.iter().map(|w| w.id.as_str()).collect();
+        let mut rows = read_batch(&mut connection, &sql, &ids).await;
+        // A connection used before can have broken in a way no check saw
+        // (the database restarted between two batches): a read changes
+        // nothing, so it is tried once more, on a fresh connection.
+        if let Err((err, true)) = &rows
+            && fault::of_sqlx(err) == Some(fault::Fault::Lost)
+        {
+            connection.failed();
+            rows = read_batch(&mut connection, &sql, &ids).await;
         }
-        .await;
+        let rows = rows.map_err(|(err, _)| err);
         // A row whose id cannot be read fails the batch: answering
         // NOT_FOUND for it would hide the fault.
         let found = rows.and_then(|rows| {
@@ -408,7 +460,7 @@ async fn batches(
                 }
             }
             Err(err) => {
-                connection = None;
+                connection.failed();
                 let err = Arc::new(err);
                 for w in wanted {
                     let _ = w.done.send(Err(err.clone()));
@@ -416,6 +468,38 @@ async fn batches(
             }
         }
     }
+}
+
+/// One batch's query; the error says whether the connection was used
+/// before.
+async fn read_batch(
+    connection: &mut native::PgNative,
+    sql: &str,
+    ids: &[&str],
+) -> Result<Vec<sqlx::postgres::PgRow>, (sqlx::Error, bool)> {
+    let (conn, reused) = connection.get().await.map_err(|e| (e, false))?;
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
+        .fetch_all(conn)
+        .await
+        .map_err(|e| (e, reused))
+}
+
+/// The pool's check of a connection before a call gets it: a ping, when
+/// the connection sat idle long enough, or since before a fault, to have
+/// broken unseen (see [`fault::stale`]). A failed ping drops it and the
+/// pool makes another.
+pub async fn check_if_stale<C: sqlx::Connection>(
+    conn: &mut C,
+    meta: PoolConnectionMetadata,
+) -> Result<(), sqlx::Error> {
+    let idle_since = std::time::Instant::now()
+        .checked_sub(meta.idle_for)
+        .unwrap_or_else(std::time::Instant::now);
+    if fault::stale(idle_since) {
+        conn.ping().await?;
+    }
+    Ok(())
 }
 
 /// The TCP port of a PostgreSQL URL (5432 when it names none); `None` for

@@ -3,7 +3,14 @@
 //!
 //! Start-up order matters for Kubernetes: the listener is bound first and
 //! health answers NOT_SERVING while each module starts (migrations, peers);
-//! only when all are ready do health and the admission gate open. On SIGTERM
+//! only when all are ready do health and the admission gate open. From then
+//! on health follows the databases: a module's services are NOT_SERVING
+//! while its database does not answer, and `""` (what Kubernetes' readiness
+//! probe asks) while any does not; SERVING again once they answer. The
+//! process goes on meanwhile: calls are answered UNAVAILABLE. Whether the
+//! process itself is alive is the health service [`LIVENESS`]: SERVING
+//! whenever the server answers at all, so a liveness probe never restarts a
+//! pod only because its database is away. On SIGTERM
 //! or Ctrl-C health turns NOT_SERVING at once, the server keeps answering for
 //! `shutdown_grace` (so endpoints are removed before it stops), then stops
 //! accepting and drains the calls in flight.
@@ -52,6 +59,11 @@ pub trait ServiceModule: Send + Sync {
 
     /// Adds its gRPC services.
     fn register(&self, routes: &mut RoutesBuilder, limits: Limits);
+
+    /// The databases it uses: health of its gRPC services follows them.
+    fn databases(&self) -> Vec<crate::Database> {
+        Vec::new()
+    }
 
     /// Releases resources (database pools) after the server has drained.
     fn stop(&self) -> BoxFuture<'_, ()> {
@@ -176,6 +188,9 @@ impl Application {
         let service_names: Vec<&'static str> =
             modules.iter().flat_map(|m| m.grpc_services()).collect();
         set_health(&health, &service_names, ServingStatus::NotServing).await;
+        health
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
 
         let mut routes = RoutesBuilder::default();
         routes.add_service(tonic_health::pb::health_server::HealthServer::new(
@@ -237,8 +252,16 @@ impl Application {
             anyhow::Ok(())
         };
         let grace = config.shutdown_grace;
+        let following = std::sync::Mutex::new(None::<tokio::task::JoinHandle<()>>);
         let shutdown = async {
             signal.await;
+            // Health stops following the databases first: nothing may say
+            // SERVING again once stopping has begun.
+            let follower = following.lock().ok().and_then(|mut f| f.take());
+            if let Some(follower) = follower {
+                follower.abort();
+                let _ = follower.await;
+            }
             tracing::info!("shutting down: reporting NOT_SERVING");
             set_health(&health, &service_names, ServingStatus::NotServing).await;
             if !grace.is_zero() {
@@ -249,15 +272,22 @@ impl Application {
 
         let outcome = tokio::select! {
             started = startup => match started {
-                Ok(()) => {
-                    // The gate opens before health says SERVING: a caller
-                    // that waited for SERVING must not be told "starting".
-                    ready_tx.send_replace(true);
-                    set_health(&health, &service_names, ServingStatus::Serving).await;
-                    tracing::info!(services = ?service_names, "ready");
-                    shutdown.await;
-                    Ok(())
-                }
+                Ok(()) => match DatabaseHealth::of(&modules) {
+                    Ok(mut databases) => {
+                        // The gate opens before health says SERVING: a
+                        // caller that waited for SERVING must not be told
+                        // "starting".
+                        ready_tx.send_replace(true);
+                        databases.set(&health).await;
+                        if let Ok(mut slot) = following.lock() {
+                            *slot = Some(tokio::spawn(databases.follow(health.clone())));
+                        }
+                        tracing::info!(services = ?service_names, "ready");
+                        shutdown.await;
+                        Ok(())
+                    }
+                    Err(err) => Err(err),
+                },
                 Err(err) => Err(err),
             },
             () = &mut shutdown => Ok(()),
@@ -287,6 +317,94 @@ impl Application {
         served.context("serving gRPC")?;
         tracing::info!("stopped");
         outcome
+    }
+}
+
+/// The health service that says only that the process answers: what a
+/// liveness probe should ask (`grpc: {port: 50051, service: liveness}`).
+/// `""` is readiness: it follows the databases, and a restart would not
+/// bring a database back.
+pub const LIVENESS: &str = "liveness";
+
+/// Health as the databases make it: each module's gRPC services follow its
+/// databases, `""` and the services of modules without one (the shared
+/// contracts, which reach every service) follow all of them.
+struct DatabaseHealth {
+    /// One probe per database URL, however many modules share it.
+    probes: Vec<watch::Receiver<bool>>,
+    /// Each module's service names and the probes of its databases.
+    modules: Vec<(Vec<&'static str>, Vec<usize>)>,
+}
+
+impl DatabaseHealth {
+    fn of(modules: &[Arc<dyn ServiceModule>]) -> anyhow::Result<Self> {
+        let mut urls: Vec<String> = Vec::new();
+        let mut probes = Vec::new();
+        let mut of_modules = Vec::new();
+        for module in modules {
+            let mut indexes = Vec::new();
+            for db in module.databases() {
+                let index = match urls.iter().position(|u| u == db.url()) {
+                    Some(index) => index,
+                    None => {
+                        probes.push(db.readiness()?);
+                        urls.push(db.url().to_owned());
+                        urls.len() - 1
+                    }
+                };
+                if !indexes.contains(&index) {
+                    indexes.push(index);
+                }
+            }
+            of_modules.push((module.grpc_services(), indexes));
+        }
+        Ok(Self {
+            probes,
+            modules: of_modules,
+        })
+    }
+
+    /// Sets health from the probes' current states.
+    async fn set(&mut self, health: &HealthReporter) {
+        let up: Vec<bool> = self
+            .probes
+            .iter_mut()
+            .map(|p| *p.borrow_and_update())
+            .collect();
+        let status = |up: bool| {
+            if up {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            }
+        };
+        let all = up.iter().all(|u| *u);
+        health.set_service_status("", status(all)).await;
+        for (names, indexes) in &self.modules {
+            let module = if indexes.is_empty() {
+                all
+            } else {
+                indexes.iter().all(|i| up[*i])
+            };
+            for name in names {
+                health.set_service_status(*name, status(module)).await;
+            }
+        }
+    }
+
+    /// Sets health again whenever a probe changes, until the server stops
+    /// (the task is aborted) or a probe ends.
+    async fn follow(mut self, health: HealthReporter) {
+        loop {
+            if self.probes.is_empty() {
+                return;
+            }
+            let changed = self.probes.iter_mut().map(|p| Box::pin(p.changed()));
+            if futures::future::select_all(changed).await.0.is_err() {
+                return;
+            }
+            self.set(&health).await;
+        }
     }
 }
 

@@ -191,8 +191,8 @@ impl Server {
             while health
                 .message()
                 .await
-                .expect("health stream")
-                .expect("health stream open")
+                .unwrap_or_else(|e| panic!("health stream: {e}; stderr:\n{}", log.text()))
+                .unwrap_or_else(|| panic!("health stream closed; stderr:\n{}", log.text()))
                 .status
                 != serving
             {}
@@ -270,6 +270,45 @@ impl Postgres {
         let (base, _) = admin.rsplit_once('/').expect("a database name");
         let url = format!("{base}/{name}");
         Some(Self { admin, name, url })
+    }
+}
+
+impl Postgres {
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `sql` on the maintenance database the test started from, never
+    /// on this one: it must work while this one refuses connections.
+    pub async fn admin(&self, sql: &str) {
+        let pool = sqlx::AnyPool::connect(&self.admin)
+            .await
+            .expect("connecting to the maintenance database");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        pool.close().await;
+    }
+
+    /// Takes the database away: new connections refused, every open one
+    /// (the server's pools, its native connections) terminated.
+    pub async fn take_away(&self) {
+        let name = &self.name;
+        self.admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+            .await;
+        self.admin(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await;
+    }
+
+    /// Gives it back: connections accepted again.
+    pub async fn give_back(&self) {
+        let name = &self.name;
+        self.admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+            .await;
     }
 }
 

@@ -8,12 +8,13 @@
 //! events), on sqlx's native driver. If any statement of a group fails (a
 //! duplicate, a missing tenant, a retry racing its first call), the group
 //! is rolled back and each of its creates runs alone, so every caller gets
-//! its own answer, as before.
+//! its own answer, as before. When the database is away there is no such
+//! answer to find: the whole group is answered UNAVAILABLE at once.
 
 use std::sync::{Arc, Weak};
 
 use custodian_privacy::audit::Event;
-use custodian_runtime::ApiError;
+use custodian_runtime::{ApiError, database::native::PgNative};
 use prost_reflect::DynamicMessage;
 use sqlx::{AssertSqlSafe, Connection as _, postgres::PgConnectOptions};
 use tokio::sync::{mpsc, oneshot};
@@ -44,56 +45,69 @@ async fn serve(
     options: PgConnectOptions,
     mut creates: mpsc::UnboundedReceiver<Create>,
 ) {
-    let mut connection: Option<sqlx::PgConnection> = None;
+    let mut connection = PgNative::new(options);
     let mut group = Vec::with_capacity(GROUP);
     while creates.recv_many(&mut group, GROUP).await > 0 {
         let Some(inner) = store.upgrade() else { return };
         let store = Store { inner };
-        let conn = match connection.as_mut() {
-            Some(conn) => conn,
-            None => match sqlx::PgConnection::connect_with(&options).await {
-                Ok(conn) => {
-                    custodian_runtime::database::tcp_nodelay_to(options.get_port());
-                    connection.insert(conn)
-                }
-                Err(_) => {
-                    // The error's text can name the server and its user.
-                    for create in group.drain(..) {
-                        let _ = create.reply.send(Err(Refused::Failed(ApiError::Unavailable(
-                            "the database cannot be reached".into(),
-                        ))));
-                    }
-                    continue;
-                }
-            },
+        let conn = match connection.get().await {
+            Ok((conn, _)) => conn,
+            Err(err) => {
+                let err = ApiError::from(err).uncommitted();
+                answer_all(&mut group, &err);
+                continue;
+            }
         };
         let grouped = if group.len() > 1 {
-            store.insert_group(conn, &group).await.ok()
+            Some(store.insert_group(conn, &group).await)
         } else {
             None
         };
-        if let Some(subjects) = grouped {
-            store.privacy().audit.wake();
-            for (create, subject) in group.drain(..).zip(subjects) {
-                let _ = create.reply.send(Ok((subject, create.insert.message)));
+        match grouped {
+            Some(Ok(subjects)) => {
+                store.privacy().audit.wake();
+                for (create, subject) in group.drain(..).zip(subjects) {
+                    let _ = create.reply.send(Ok((subject, create.insert.message)));
+                }
+                continue;
             }
-            continue;
+            // The database is away: alone, each would only fail the same
+            // way, one connection attempt after another.
+            Some(Err(err)) if err.fault().is_some() => {
+                connection.failed();
+                answer_all(&mut group, &err);
+                continue;
+            }
+            _ => {}
         }
         // One at a time, each in its own transaction: its own answer.
         let mut broken = false;
         for create in group.drain(..) {
             let outcome = match conn.begin().await {
                 Ok(tx) => store.insert_tx(tx, create.insert).await,
-                Err(err) => {
-                    broken = true;
-                    Err(Refused::Failed(err.into()))
-                }
+                Err(err) => Err(Refused::Failed(ApiError::from(err).uncommitted())),
             };
+            if let Err(Refused::Failed(err)) = &outcome
+                && err.fault().is_some()
+            {
+                broken = true;
+            }
             let _ = create.reply.send(outcome);
         }
         if broken {
-            connection = None;
+            connection.failed();
         }
+    }
+}
+
+/// Answers every create of `group` with a database fault.
+fn answer_all(group: &mut Vec<Create>, err: &ApiError) {
+    for create in group.drain(..) {
+        let each = match err.fault() {
+            Some(unavailable) => ApiError::Database(unavailable),
+            None => super::internal("the group's connection failed"),
+        };
+        let _ = create.reply.send(Err(Refused::Failed(each)));
     }
 }
 
@@ -119,7 +133,22 @@ impl Store {
         conn: &mut sqlx::PgConnection,
         group: &[Create],
     ) -> Result<Vec<String>, ApiError> {
-        let mut tx = conn.begin().await?;
+        let mut tx = conn.begin().await.map_err(ApiError::from)?;
+        let subjects = self
+            .stage_group(&mut tx, group)
+            .await
+            .map_err(ApiError::uncommitted)?;
+        tx.commit().await?;
+        Ok(subjects)
+    }
+
+    /// Everything of a group's creates, in `tx`, not yet committed;
+    /// returns each one's subject.
+    async fn stage_group(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        group: &[Create],
+    ) -> Result<Vec<String>, ApiError> {
         let emails: Vec<Option<&str>> = group
             .iter()
             .filter(|c| matches!(c.insert.subject, Subject::ByEmail))
@@ -127,7 +156,7 @@ impl Store {
             .collect();
         let mut made = self
             .vault()
-            .subject_keys_pg(&mut tx, &emails)
+            .subject_keys_pg(&mut *tx, &emails)
             .await?
             .into_iter();
         let mut keys = Vec::with_capacity(group.len());
@@ -157,7 +186,7 @@ impl Store {
             for arg in rows.iter().flatten() {
                 q = bind(q, arg);
             }
-            q.execute(&mut *tx).await?;
+            q.execute(&mut **tx).await?;
         }
         // Every idempotency key at once; one already taken (a retry racing
         // its first call) makes the group fall back, and the retry alone is
@@ -194,7 +223,7 @@ impl Store {
             )
             .bind(keyed.iter().map(|(_, name)| *name).collect::<Vec<_>>())
             .bind(self.now())
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut **tx)
             .await?;
             if remembered.len() != keyed.len() {
                 return Err(super::internal("an idempotency key was taken"));
@@ -205,8 +234,7 @@ impl Store {
             .zip(&keys)
             .map(|(create, (subject_id, _))| create.insert.event_of(subject_id))
             .collect();
-        self.privacy().audit.stage_in_tx(&mut tx, &events).await?;
-        tx.commit().await?;
+        self.privacy().audit.stage_in_tx(tx, &events).await?;
         Ok(keys.into_iter().map(|(subject_id, _)| subject_id).collect())
     }
 }

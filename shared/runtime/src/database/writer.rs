@@ -9,7 +9,9 @@
 //! the writes that queue while it is busy go together into one `BEGIN
 //! IMMEDIATE ... COMMIT`, each inside a savepoint of its own, so one
 //! failing write rolls back alone. A write is answered only after the
-//! commit that holds it; if that commit fails, every write in it fails.
+//! commit that holds it; if that commit fails, every write in it fails,
+//! UNAVAILABLE when the file was locked or could not be written (SQLite
+//! then kept nothing of it).
 
 use std::{panic::AssertUnwindSafe, path::PathBuf, sync::mpsc, time::Duration};
 
@@ -18,7 +20,25 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use super::fault::{self, Fault, Unavailable};
 use crate::ApiError;
+
+/// Why a group's transaction did not commit: the fault, when the file was
+/// locked or could not be opened or written, and the driver's text, for
+/// the log only.
+struct NotCommitted {
+    fault: Option<Fault>,
+    why: String,
+}
+
+impl NotCommitted {
+    fn of(err: &rusqlite::Error) -> Self {
+        Self {
+            fault: fault::of_rusqlite(err),
+            why: err.to_string(),
+        }
+    }
+}
 
 /// Writes taken into one transaction at most: enough to share a commit's
 /// page writes, few enough that a write never waits long behind others.
@@ -31,7 +51,7 @@ trait Job: Send {
     /// back).
     fn run(&mut self, conn: &rusqlite::Connection) -> bool;
     /// Answers the caller: `committed` carries the commit's error, if any.
-    fn answer(self: Box<Self>, committed: Result<(), &str>);
+    fn answer(self: Box<Self>, committed: Result<(), &NotCommitted>);
 }
 
 struct Pending<F, T, E> {
@@ -62,7 +82,7 @@ where
         }
     }
 
-    fn answer(self: Box<Self>, committed: Result<(), &str>) {
+    fn answer(self: Box<Self>, committed: Result<(), &NotCommitted>) {
         let answer = match (committed, self.outcome) {
             // A write that failed rolled back alone; its own error stands
             // whatever became of the others.
@@ -71,9 +91,20 @@ where
             (Ok(()), None) => Err(ApiError::internal(std::io::Error::other(
                 "a write panicked",
             ))),
-            (Err(why), _) => Err(ApiError::internal(std::io::Error::other(format!(
-                "the write's transaction did not commit: {why}"
-            )))),
+            // SQLite rolls back a transaction it could not commit: nothing
+            // of it was stored.
+            (
+                Err(NotCommitted {
+                    fault: Some(found), ..
+                }),
+                _,
+            ) => Err(ApiError::unavailable(Unavailable {
+                fault: *found,
+                nothing_stored: true,
+            })),
+            (Err(NotCommitted { fault: None, why }), _) => Err(ApiError::internal(
+                std::io::Error::other(format!("the write's transaction did not commit: {why}")),
+            )),
         };
         // The caller may have gone (its request was cancelled); the write
         // stands regardless, as it would have with sqlx.
@@ -189,9 +220,9 @@ fn serve(path: &std::path::Path, checkpointed: bool, queue: &mpsc::Receiver<Box<
             None => match open_for_writing(path, checkpointed) {
                 Ok(conn) => conn,
                 Err(err) => {
-                    let why = err.to_string();
+                    let failed = NotCommitted::of(&err);
                     for job in group {
-                        job.answer(Err(&why));
+                        job.answer(Err(&failed));
                     }
                     continue;
                 }
@@ -206,9 +237,9 @@ fn serve(path: &std::path::Path, checkpointed: bool, queue: &mpsc::Receiver<Box<
             }
             Err(err) => {
                 // A fresh connection next time, in case this one broke.
-                let why = err.to_string();
+                let failed = NotCommitted::of(&err);
                 for job in group {
-                    job.answer(Err(&why));
+                    job.answer(Err(&failed));
                 }
             }
         }
