@@ -1067,6 +1067,7 @@ storage_test!(
                 subject: "svc:tickets".into(),
                 purposes: custodian_tickets::PEER_PURPOSES.to_vec(),
             },
+            Duration::from_secs(5),
         );
         let call = limited_call(
             "ops:mallory",
@@ -1227,6 +1228,7 @@ async fn a_forwarded_call_carries_what_is_left_of_the_deadline_or_is_not_made() 
             subject: "svc:tickets".into(),
             purposes: vec![Purpose::Support],
         },
+        Duration::from_secs(5),
     );
     let get = || GetTenantRequest {
         name: "tenants/globex".into(),
