@@ -90,6 +90,10 @@ pub const CANCELLED: &str = "cancelled";
 /// The subject an email locate step asks for.
 pub const BY_EMAIL: &str = "email";
 
+/// The service that holds authorized users: what it finds by email leads
+/// to locate steps by user name in the others.
+const USERS: &str = "identity";
+
 /// The orchestrator task of this replica.
 pub struct Running {
     stop: watch::Sender<bool>,
@@ -1142,7 +1146,7 @@ pub async fn advance(core: &Core, request_id: &str) -> Result<(), Status> {
     match phase(core, request_id).await?.as_deref() {
         Some(LOCATING) => {
             if unfinished(core, request_id, LOCATE, None).await? > 0 {
-                return Ok(());
+                return plan_located(core, request_id).await;
             }
             plan(core, request_id).await?;
             if move_phase(core, request_id, LOCATING, ACTING).await? {
@@ -1153,6 +1157,62 @@ pub async fn advance(core: &Core, request_id: &str) -> Result<(), Status> {
         Some(ACTING) => finish_tenants_and_request(core, request_id).await,
         _ => Ok(()),
     }
+}
+
+/// Acts at once on the company's records in each service whose locating
+/// is over, while other services are still being asked: a service that
+/// does not answer delays only its own part. (What is held for customers
+/// waits for every answer: a customer's inbox item lists all of it.) A
+/// service's locating is over when its own locate steps are done and no
+/// more can come: more come only from the person's user records, which
+/// only [`USERS`] holds (see [`is_user_name`]).
+async fn plan_located(core: &Core, request_id: &str) -> Result<(), Status> {
+    let pending: Vec<(String, String)> = sqlx::query(
+        "SELECT service, scope FROM dsr_steps WHERE request_id = $1 AND phase = $2 AND state = 'pending'",
+    )
+    .bind(request_id)
+    .bind(LOCATE)
+    .fetch_all(core.context.db.pool())
+    .await
+    .map_err(ApiError::from)?
+    .into_iter()
+    .map(|r| Ok((r.try_get("service")?, r.try_get("scope")?)))
+    .collect::<Result<_, sqlx::Error>>()
+    .map_err(ApiError::from)?;
+    if pending
+        .iter()
+        .any(|(service, scope)| service == USERS && scope == BY_EMAIL)
+    {
+        return Ok(());
+    }
+    let asked: BTreeSet<&str> = pending.iter().map(|(s, _)| s.as_str()).collect();
+    let ready: BTreeSet<String> = located(core, request_id)
+        .await?
+        .into_iter()
+        .filter(|(_, r)| r.controller.is_empty())
+        .map(|(_, r)| service_of(&r.service, core))
+        .filter(|s| !asked.contains(s.as_str()))
+        .collect();
+    if ready.is_empty() {
+        return Ok(());
+    }
+    let request = load(core, request_id).await?;
+    if !acts(request::Kind::try_from(request.message.kind).unwrap_or_default()) {
+        return Ok(());
+    }
+    let mut tx = core
+        .context
+        .db
+        .pool()
+        .begin()
+        .await
+        .map_err(ApiError::from)?;
+    for service in &ready {
+        insert_step(&mut *tx, request_id, ACT, service, "").await?;
+    }
+    tx.commit().await.map_err(ApiError::from)?;
+    core.wake.notify_one();
+    Ok(())
 }
 
 /// From where the records are to what is done with them.

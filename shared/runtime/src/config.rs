@@ -521,6 +521,21 @@ mod tests {
     }
 
     #[test]
+    fn the_peer_timeout_is_a_few_seconds_and_never_zero() {
+        assert_eq!(Config::default().peer_timeout, Duration::from_secs(5));
+        let args = |t: u64| ServerArgs {
+            peer_timeout: Some(Duration::from_millis(t)),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::resolve(args(1500)).unwrap().peer_timeout,
+            Duration::from_millis(1500)
+        );
+        let err = Config::resolve(args(0)).err().expect("zero is refused");
+        assert!(err.to_string().contains("--peer-timeout"), "{err}");
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("custodian.toml");
