@@ -249,7 +249,7 @@ impl Suite {
                 code: self.code_for(dsr, &email(i)),
             })
             .await
-            .expect("verified")
+            .unwrap_or_else(|e| panic!("verified: {e:?}; stderr:\n{}", self.log.text()))
             .into_inner();
         assert_eq!(verified.state, request::State::InProgress as i32);
     }

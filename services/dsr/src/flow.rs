@@ -213,7 +213,9 @@ async fn claim(
     busy: &HashMap<&str, usize>,
 ) -> Result<Vec<Step>, ApiError> {
     let pool = core.context.db.pool();
-    let now = now_micros();
+    // The lease runs from `now` in the table; this replica counts it from
+    // no later.
+    let (at, now) = (Instant::now(), now_micros());
     let full: Vec<&str> = busy
         .iter()
         .filter(|(_, n)| **n >= PER_TARGET)
@@ -258,7 +260,6 @@ async fn claim(
         if running + *taken_here >= PER_TARGET {
             continue;
         }
-        let asked = Instant::now();
         let taken = sqlx::query(
             "UPDATE dsr_steps SET lease_owner = $1, lease_until = $2, attempts = attempts + 1, \
              update_time = $3 WHERE id = $4 AND state = 'pending' \
@@ -279,7 +280,7 @@ async fn claim(
                 service,
                 scope: row.try_get("scope")?,
                 attempts: row.try_get::<i64, _>("attempts")? + 1,
-                claimed: asked,
+                claimed: at,
             });
         }
     }

@@ -531,7 +531,7 @@ mod tests {
             Config::resolve(args(1500)).unwrap().peer_timeout,
             Duration::from_millis(1500)
         );
-        let err = Config::resolve(args(0)).err().expect("zero is refused");
+        let err = Config::resolve(args(0)).expect_err("zero is refused");
         assert!(err.to_string().contains("--peer-timeout"), "{err}");
     }
 

@@ -184,7 +184,7 @@ impl Server {
             while health
                 .message()
                 .await
-                .expect("health stream")
+                .unwrap_or_else(|e| panic!("health stream: {e:?}; stderr:\n{}", log.text()))
                 .expect("health stream open")
                 .status
                 != serving
