@@ -70,8 +70,8 @@ pub const PARALLEL: usize = 16;
 /// Steps for one service (or the mailer) one replica runs at once.
 pub const PER_TARGET: usize = 4;
 /// Longest wait between two attempts of a failing step: once a service is
-/// back, its steps go on within this (and sooner, once one of them
-/// succeeds: see [`finish_step`]).
+/// back, its steps go on within this (and sooner, once one of them that
+/// had failed succeeds: see [`nudge`]).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often idle replicas look for work another replica left.
 const POLL: Duration = Duration::from_millis(500);
@@ -450,15 +450,18 @@ async fn finish_step(
         .await?;
     }
     tx.commit().await?;
-    if marked.rows_affected() == 1 && state == "done" && step.phase != MAIL {
+    // A step that had failed went through: its service is back.
+    if marked.rows_affected() == 1 && state == "done" && step.phase != MAIL && step.attempts > 1 {
         nudge(core, &step.service).await;
     }
     Ok(())
 }
 
-/// A service answered: its other steps waiting out a backoff go on now
-/// rather than at their next attempt, so requests move on as soon as a
-/// service is back. Best effort: the backoff ends anyway.
+/// A service is back: its other steps waiting out a backoff go on now
+/// rather than at their next attempt, so requests move on as soon as it
+/// answers again. Only on a recovery: a step that fails for reasons of its
+/// own keeps its backoff while others succeed. Best effort: the backoff
+/// ends anyway.
 async fn nudge(core: &Core, service: &str) {
     let now = now_micros();
     let nudged = sqlx::query(
