@@ -1955,3 +1955,307 @@ storage_test!(
         assert!(!text.contains("Quenby"));
     }
 );
+
+// --- a peer that never answers --------------------------------------------
+
+/// A stand-in for a service that accepts connections and never answers, as
+/// a frozen process does: its sockets are held open and never read.
+async fn silent_peer() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (url, task)
+}
+
+/// (state, attempts, error) of a request's locate steps in `service`.
+async fn locate_steps(app: &TestApp, request: &str, service: &str) -> Vec<(String, i64, String)> {
+    sqlx::query(
+        "SELECT state, attempts, error FROM dsr_steps WHERE request_id = $1 AND phase = 'locate' \
+         AND service = $2",
+    )
+    .bind(id_of(request))
+    .bind(service)
+    .fetch_all(&app.raw)
+    .await
+    .expect("steps")
+    .iter()
+    .map(|r| {
+        (
+            r.get("state"),
+            r.get("attempts"),
+            r.get::<Option<String>, _>("error").unwrap_or_default(),
+        )
+    })
+    .collect()
+}
+
+/// Feedback's address leads to a peer that never answers. Each call to it
+/// ends at the peer timeout (DEADLINE_EXCEEDED) and its steps are retried
+/// later; meanwhile the other services' steps run to their end, the
+/// company's records there exported, so the request waits on feedback's
+/// part only.
+async fn silent_peer_test(backend: Backend) {
+    const TIMEOUT: Duration = Duration::from_millis(500);
+    let (silent, _listening) = silent_peer().await;
+    let Some(app) = spawn_with(backend, |c| {
+        c.peers.insert("feedback".into(), silent.clone());
+        c.peer_timeout = TIMEOUT;
+    })
+    .await
+    else {
+        return;
+    };
+    let mails = Mails::outbox(&app);
+    tenants(&app).await;
+    let zora = person(&app, "zora.quenby@example.com", "Zora", "Quenby").await;
+    let verified = Instant::now();
+    let request = submit(
+        &app,
+        &mails,
+        dsr(Kind::Access, Jurisdiction::Gdpr, &zora.email),
+    )
+    .await;
+
+    // The first call to feedback ends at the timeout, and is to be retried.
+    let first_failure = loop {
+        let steps = locate_steps(&app, &request.name, "feedback").await;
+        if steps.iter().any(|(_, _, error)| !error.is_empty()) {
+            break verified.elapsed();
+        }
+        assert!(
+            verified.elapsed() < PATIENCE,
+            "no call to feedback ended within {PATIENCE:?}: {steps:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        first_failure >= TIMEOUT && first_failure < TIMEOUT + Duration::from_secs(3),
+        "the call waited the peer timeout, {TIMEOUT:?}, not {first_failure:?}"
+    );
+
+    // Identity's and tickets' parts are done while feedback never answers.
+    let until = Instant::now() + PATIENCE;
+    let parts = loop {
+        let now = get(&app, &request.name).await;
+        let exported = |service: &str| {
+            now.history
+                .iter()
+                .any(|e| e.kind == "exported" && e.target == service)
+        };
+        if exported("identity") && exported("tickets") {
+            break now;
+        }
+        assert!(
+            Instant::now() < until,
+            "the other services' parts did not run: {:?}",
+            history(&now)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(state_of(&parts), State::InProgress, "feedback's part waits");
+    for service in ["identity", "tickets", "analytics"] {
+        let steps = locate_steps(&app, &request.name, service).await;
+        assert!(
+            !steps.is_empty() && steps.iter().all(|(state, _, _)| state == "done"),
+            "{service}: {steps:?}"
+        );
+    }
+    // Feedback's steps are retried, each attempt ended by the deadline.
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let steps = locate_steps(&app, &request.name, "feedback").await;
+        let retried = steps.iter().any(|(state, attempts, error)| {
+            state == "pending" && *attempts >= 2 && error == "DeadlineExceeded"
+        });
+        if retried {
+            break;
+        }
+        assert!(Instant::now() < until, "feedback's steps: {steps:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_delays_only_its_own_steps_sqlite() {
+    silent_peer_test(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_delays_only_its_own_steps_postgres() {
+    silent_peer_test(Backend::Postgres).await;
+}
+
+// --- a request's state and its history --------------------------------------
+
+/// Makes the database refuse `op` on `table` (when `when` holds), as a
+/// database that fails between two writes would: a trigger.
+async fn refuse(app: &TestApp, trigger: &str, op: &str, table: &str, when: &str) {
+    let statements = if app.db.url.starts_with("postgres") {
+        vec![
+            "CREATE OR REPLACE FUNCTION custodian_test_refuse() RETURNS trigger \
+             LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$"
+                .to_owned(),
+            format!(
+                "CREATE TRIGGER {trigger} BEFORE {op} ON {table} FOR EACH ROW WHEN ({when}) \
+                 EXECUTE FUNCTION custodian_test_refuse()"
+            ),
+        ]
+    } else {
+        vec![format!(
+            "CREATE TRIGGER {trigger} BEFORE {op} ON {table} FOR EACH ROW WHEN {when} \
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        )]
+    };
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&app.raw)
+            .await
+            .expect("trigger");
+    }
+}
+
+async fn allow(app: &TestApp, trigger: &str, table: &str) {
+    let statement = if app.db.url.starts_with("postgres") {
+        format!("DROP TRIGGER {trigger} ON {table}")
+    } else {
+        format!("DROP TRIGGER {trigger}")
+    };
+    sqlx::query(sqlx::AssertSqlSafe(statement))
+        .execute(&app.raw)
+        .await
+        .expect("dropping the trigger");
+}
+
+async fn steps_of(app: &TestApp, request: &str) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM dsr_steps WHERE request_id = $1")
+        .bind(id_of(request))
+        .fetch_one(&app.raw)
+        .await
+        .expect("steps")
+        .get("n")
+}
+
+storage_test!(
+    a_requests_state_and_its_history_change_together,
+    |app: TestApp| async move {
+        let mails = Mails::outbox(&app);
+        let email = "yan.ostrava@example.com";
+        let created = create(&app, dsr(Kind::Access, Jurisdiction::Gdpr, email))
+            .await
+            .expect("create");
+        let code = mails.first_code(email, &created.name);
+
+        // Verification: the state cannot be written, so nothing of the
+        // verification is: not the history, the steps, or the spent code.
+        refuse(&app, "refuse_state", "UPDATE", "dsr_requests", "1 = 1").await;
+        verify(&app, &created.name, &code)
+            .await
+            .expect_err("the state cannot be written");
+        let now = get(&app, &created.name).await;
+        assert_eq!(state_of(&now), State::AwaitingVerification);
+        assert!(
+            !history(&now).contains(&"verified".to_owned()),
+            "the history says verified, the state does not: {:?}",
+            history(&now)
+        );
+        assert_eq!(steps_of(&app, &created.name).await, 0, "no step planned");
+        allow(&app, "refuse_state", "dsr_requests").await;
+
+        // Completion: the history's last line cannot be written, so the
+        // request is not shown completed without it.
+        refuse(
+            &app,
+            "refuse_completed",
+            "INSERT",
+            "dsr_events",
+            "NEW.kind = 'completed'",
+        )
+        .await;
+        let verified = verify(&app, &created.name, &code)
+            .await
+            .expect("the same code, once the database takes it");
+        assert_eq!(state_of(&verified), State::InProgress);
+        assert!(history(&verified).contains(&"verified".to_owned()));
+        let until = Instant::now() + PATIENCE;
+        loop {
+            let pending: i64 = sqlx::query(
+                "SELECT COUNT(*) AS n FROM dsr_steps WHERE request_id = $1 AND state = 'pending'",
+            )
+            .bind(id_of(&created.name))
+            .fetch_one(&app.raw)
+            .await
+            .unwrap()
+            .get("n");
+            if pending == 0 {
+                break;
+            }
+            assert!(Instant::now() < until, "steps still pending");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The orchestrator tries to finish it, and fails, for a while.
+        let watching = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < watching {
+            let now = get(&app, &created.name).await;
+            assert_ne!(
+                state_of(&now),
+                State::Completed,
+                "completed without its history: {:?}",
+                history(&now)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        allow(&app, "refuse_completed", "dsr_events").await;
+        let done = wait_for(&app, &created.name, State::Completed).await;
+        assert_eq!(
+            history(&done)
+                .iter()
+                .filter(|k| k.as_str() == "completed")
+                .count(),
+            1,
+            "{:?}",
+            history(&done)
+        );
+
+        // Cancellation: the history's line cannot be written, so the
+        // request is not cancelled.
+        let other = create(
+            &app,
+            dsr(Kind::Erasure, Jurisdiction::Gdpr, "ula.ostrava@example.com"),
+        )
+        .await
+        .expect("create");
+        refuse(
+            &app,
+            "refuse_cancelled",
+            "INSERT",
+            "dsr_events",
+            "NEW.kind = 'cancelled'",
+        )
+        .await;
+        cancel(&app, &other.name, "the requester withdrew")
+            .await
+            .expect_err("the history cannot be written");
+        let now = get(&app, &other.name).await;
+        assert_eq!(
+            state_of(&now),
+            State::AwaitingVerification,
+            "cancelled without its history: {:?}",
+            history(&now)
+        );
+        allow(&app, "refuse_cancelled", "dsr_events").await;
+        let cancelled = cancel(&app, &other.name, "the requester withdrew")
+            .await
+            .expect("cancel");
+        assert_eq!(state_of(&cancelled), State::Cancelled);
+        assert!(history(&cancelled).contains(&"cancelled".to_owned()));
+        app.stop().await.expect("stop");
+    }
+);

@@ -1067,6 +1067,7 @@ storage_test!(
                 subject: "svc:tickets".into(),
                 purposes: custodian_tickets::PEER_PURPOSES.to_vec(),
             },
+            Duration::from_secs(5),
         );
         let call = limited_call(
             "ops:mallory",
@@ -1227,6 +1228,7 @@ async fn a_forwarded_call_carries_what_is_left_of_the_deadline_or_is_not_made() 
             subject: "svc:tickets".into(),
             purposes: vec![Purpose::Support],
         },
+        Duration::from_secs(5),
     );
     let get = || GetTenantRequest {
         name: "tenants/globex".into(),
@@ -1271,6 +1273,257 @@ async fn a_forwarded_call_carries_what_is_left_of_the_deadline_or_is_not_made() 
         .unwrap_err();
     assert_eq!(answer.code(), Code::DeadlineExceeded, "{answer:?}");
     assert_eq!(recorder.calls().len(), 1, "the callee was reached");
+}
+
+/// A stand-in for a service that accepts connections and never answers, as
+/// a frozen process does: its sockets are held open and never read.
+async fn silent_peer() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    url
+}
+
+fn peers_at(peer: &str, url: String, timeout: Duration) -> Peers {
+    let (private, _) = generate_key_pair();
+    Peers::new(
+        BTreeMap::from([(peer.to_owned(), url)]),
+        Credential::Mint {
+            issuer: TokenIssuer::from_pem(&private).unwrap(),
+            subject: "svc:dsr".into(),
+            purposes: vec![Purpose::Support, Purpose::DsrFulfilment],
+        },
+        timeout,
+    )
+}
+
+/// Every call to a peer ends by itself, DEADLINE_EXCEEDED, at the peer
+/// timeout or the caller's deadline, whichever is first: also the calls of
+/// work no caller waits for (a data-subject request's steps), which had no
+/// deadline at all. The callee is told the same in `grpc-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_peer_that_never_answers_ends_at_its_deadline() {
+    const TIMEOUT: Duration = Duration::from_millis(400);
+    let silent = peers_at("identity", silent_peer().await, TIMEOUT);
+    let get = || GetTenantRequest {
+        name: "tenants/globex".into(),
+    };
+    let soon = Duration::from_millis(150);
+    // (what, the caller's time left if there is a caller, the limit)
+    let cases = [
+        ("work for a request", None, TIMEOUT),
+        (
+            "a caller with time to spare",
+            Some(Duration::from_secs(60)),
+            TIMEOUT,
+        ),
+        ("a caller in a hurry", Some(soon), soon),
+    ];
+    for (what, left, limit) in cases {
+        let channel = match left {
+            None => silent
+                .acting("identity", Purpose::DsrFulfilment, "requests/r1")
+                .unwrap(),
+            Some(left) => silent
+                .forward(
+                    &limited_call("ops:alice", "globex", Some(Instant::now() + left)),
+                    "identity",
+                )
+                .unwrap(),
+        };
+        let started = Instant::now();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            TenantServiceClient::new(channel).get_tenant(get()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{what}: the call to a silent peer never ended"));
+        let took = started.elapsed();
+        let err = answer.unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{what}: {err:?}");
+        assert!(
+            took + Duration::from_millis(50) >= limit && took < limit + Duration::from_secs(1),
+            "{what}: ended after {took:?}, not {limit:?}"
+        );
+    }
+
+    // What the callee is told: no more than the peer timeout.
+    let recorder = Recorder::default();
+    let told = peers_at("identity", recorder.serve().await, TIMEOUT);
+    TenantServiceClient::new(
+        told.acting("identity", Purpose::DsrFulfilment, "requests/r1")
+            .unwrap(),
+    )
+    .get_tenant(get())
+    .await
+    .unwrap_err();
+    TenantServiceClient::new(
+        told.forward(
+            &limited_call(
+                "ops:alice",
+                "globex",
+                Some(Instant::now() + Duration::from_secs(60)),
+            ),
+            "identity",
+        )
+        .unwrap(),
+    )
+    .get_tenant(get())
+    .await
+    .unwrap_err();
+    let calls = recorder.calls();
+    assert_eq!(calls.len(), 2);
+    for (_, headers) in &calls {
+        let carried = grpc_timeout(headers).expect("every call carries grpc-timeout");
+        assert!(carried <= TIMEOUT, "carried {carried:?}");
+    }
+}
+
+/// A subject-data service whose export sends `messages` records `gap`
+/// apart, then ends, or stalls for ever.
+struct Trickle {
+    gap: Duration,
+    messages: usize,
+    stall: bool,
+}
+
+type ExportStream = std::pin::Pin<
+    Box<
+        dyn futures::Stream<
+                Item = Result<custodian_proto::subject::v1::ExportSubjectDataResponse, Status>,
+            > + Send,
+    >,
+>;
+
+#[tonic::async_trait]
+impl custodian_proto::subject::v1::subject_data_service_server::SubjectDataService for Trickle {
+    async fn locate_subject_data(
+        &self,
+        _: tonic::Request<LocateSubjectDataRequest>,
+    ) -> Result<tonic::Response<custodian_proto::subject::v1::LocateSubjectDataResponse>, Status>
+    {
+        Err(Status::unimplemented("a stand-in"))
+    }
+
+    type ExportSubjectDataStream = ExportStream;
+
+    async fn export_subject_data(
+        &self,
+        _: tonic::Request<ExportSubjectDataRequest>,
+    ) -> Result<tonic::Response<ExportStream>, Status> {
+        let (gap, messages, stall) = (self.gap, self.messages, self.stall);
+        let records = futures::stream::unfold(0, move |sent| async move {
+            if sent == messages {
+                if stall {
+                    futures::future::pending::<()>().await;
+                }
+                return None;
+            }
+            tokio::time::sleep(gap).await;
+            Some((Ok(Default::default()), sent + 1))
+        });
+        Ok(tonic::Response::new(Box::pin(records)))
+    }
+
+    async fn rectify_subject_data(
+        &self,
+        _: tonic::Request<custodian_proto::subject::v1::RectifySubjectDataRequest>,
+    ) -> Result<tonic::Response<custodian_proto::subject::v1::RectifySubjectDataResponse>, Status>
+    {
+        Err(Status::unimplemented("a stand-in"))
+    }
+
+    async fn erase_subject_data(
+        &self,
+        _: tonic::Request<EraseSubjectDataRequest>,
+    ) -> Result<tonic::Response<custodian_proto::subject::v1::EraseSubjectDataResponse>, Status>
+    {
+        Err(Status::unimplemented("a stand-in"))
+    }
+}
+
+impl Trickle {
+    async fn serve(self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = tonic::transport::Server::builder()
+            .add_service(
+                custodian_proto::subject::v1::subject_data_service_server::SubjectDataServiceServer::new(self),
+            )
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+        tokio::spawn(server);
+        url
+    }
+}
+
+/// An export (of a large subject) may take longer than the peer timeout,
+/// as long as its records keep coming; one that stops ends
+/// DEADLINE_EXCEEDED a peer timeout after its last record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_from_a_peer_ends_when_the_peer_stops_sending() {
+    const TIMEOUT: Duration = Duration::from_millis(400);
+    let export = |peers: &Peers| {
+        SubjectDataServiceClient::new(
+            peers
+                .acting("tickets", Purpose::DsrFulfilment, "requests/r1")
+                .unwrap(),
+        )
+    };
+    let steady = Trickle {
+        gap: Duration::from_millis(100),
+        messages: 8,
+        stall: false,
+    };
+    let peers = peers_at("tickets", steady.serve().await, TIMEOUT);
+    let started = Instant::now();
+    let mut stream = export(&peers)
+        .export_subject_data(ExportSubjectDataRequest::default())
+        .await
+        .expect("the export starts")
+        .into_inner();
+    let mut records = 0;
+    while let Some(record) = stream.message().await.expect("every record comes in time") {
+        let _ = record;
+        records += 1;
+    }
+    assert_eq!(records, 8);
+    assert!(
+        started.elapsed() > TIMEOUT,
+        "longer than the timeout in all"
+    );
+
+    let stalling = Trickle {
+        gap: Duration::from_millis(10),
+        messages: 1,
+        stall: true,
+    };
+    let peers = peers_at("tickets", stalling.serve().await, TIMEOUT);
+    let mut stream = export(&peers)
+        .export_subject_data(ExportSubjectDataRequest::default())
+        .await
+        .expect("the export starts")
+        .into_inner();
+    stream
+        .message()
+        .await
+        .expect("the first record")
+        .expect("one record");
+    let last = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a stalled stream ends by itself")
+        .unwrap_err();
+    let took = last.elapsed();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        took + Duration::from_millis(50) >= TIMEOUT && took < TIMEOUT + Duration::from_secs(1),
+        "ended {took:?} after the last record, not {TIMEOUT:?}"
+    );
 }
 
 /// Through the whole stack: the caller's `grpc-timeout` (or the server's

@@ -174,7 +174,7 @@ pub fn suite(
             },
             (None, None) => Credential::None,
         };
-        let peers = Peers::new(config.peers.clone(), credential);
+        let peers = Peers::new(config.peers.clone(), credential, config.peer_timeout);
         let context = Context {
             name,
             db,

@@ -5,7 +5,7 @@
 use std::{pin::Pin, sync::Arc};
 
 use custodian_kit::{
-    Arg, Call, Filter, Idempotency, New, Query, Sensitive, Shown, Stored, respond,
+    Arg, Call, Filter, Idempotency, New, Query, Sensitive, Shown, Stored, beside, respond,
 };
 use custodian_proto::{
     audit::v1::AuditOutcome,
@@ -298,10 +298,10 @@ impl RequestService for Api {
                 message.agent = None::<Agent>;
             }
         }
-        let (stored, replayed) = self
+        let stored = self
             .core
             .requests
-            .create_or_replay(
+            .create(
                 &call,
                 New {
                     tenant_id: String::new(),
@@ -311,32 +311,43 @@ impl RequestService for Api {
                 },
             )
             .await?;
-        if !replayed {
-            let traceparent = custodian_runtime::telemetry::current_traceparent();
-            let mut tx = self
-                .core
-                .context
-                .db
-                .pool()
-                .begin()
-                .await
-                .map_err(ApiError::from)?;
-            sqlx::query(
-                "INSERT INTO dsr_runs (request_id, phase, traceparent, create_time, update_time) \
-                 VALUES ($1, $2, $3, $4, $4) ON CONFLICT (request_id) DO NOTHING",
-            )
-            .bind(&stored.id)
-            .bind(flow::VERIFY)
-            .bind(traceparent)
-            .bind(now)
-            .execute(&mut *tx)
+        // The run and its first line of history, once: also on a retry of a
+        // create cut short between the record and its run, which goes on
+        // from there (the record is the kit's, written by its own door).
+        let traceparent = custodian_runtime::telemetry::current_traceparent();
+        let mut tx = self
+            .core
+            .context
+            .db
+            .pool()
+            .begin()
             .await
             .map_err(ApiError::from)?;
+        let started = sqlx::query(
+            "INSERT INTO dsr_runs (request_id, phase, traceparent, create_time, update_time) \
+             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(&stored.id)
+        .bind(flow::VERIFY)
+        .bind(traceparent)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(ApiError::from)?
+        .rows_affected()
+            == 1;
+        if started {
             let agent = stored
                 .message
                 .agent
                 .as_ref()
                 .is_some_and(|a| a.submitted_by_agent);
+            let due = stored
+                .message
+                .due_time
+                .as_ref()
+                .map(crate::ts_micros)
+                .unwrap_or(due);
             flow::insert_event(
                 &mut *tx,
                 &self.core,
@@ -355,7 +366,9 @@ impl RequestService for Api {
                 ),
             )
             .await?;
-            tx.commit().await.map_err(ApiError::from)?;
+        }
+        tx.commit().await.map_err(ApiError::from)?;
+        if started {
             self.acknowledge(&stored).await?;
         }
         self.show(&call, &stored).await
@@ -488,54 +501,78 @@ impl RequestService for Api {
                 ));
             }
         }
-        // The code spent, the first steps planned and the phase moved in one
-        // transaction: a crash leaves either all or none.
-        let mut tx = core
-            .context
-            .db
-            .pool()
-            .begin()
-            .await
-            .map_err(ApiError::from)?;
-        // Spent here: a concurrent verify with the same code spends nothing.
-        let spent = sqlx::query("DELETE FROM dsr_codes WHERE request_id = $1 AND code_key = $2")
-            .bind(&stored.id)
-            .bind(codes::key(core, &stored.id, &req.code))
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
-        let moved = if spent.rows_affected() == 1 {
-            sqlx::query(
-                "UPDATE dsr_runs SET phase = $1, update_time = $2 WHERE request_id = $3 AND phase = $4",
-            )
-            .bind(flow::LOCATING)
-            .bind(custodian_runtime::time::now_micros())
-            .bind(&stored.id)
-            .bind(flow::VERIFY)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?
-            .rows_affected()
-        } else {
-            0
-        };
-        if moved == 1 {
-            for service in &core.context.config.dsr_services {
-                flow::insert_step(&mut *tx, &stored.id, flow::LOCATE, service, flow::BY_EMAIL)
-                    .await?;
-            }
-            flow::insert_event(
-                &mut *tx,
-                core,
-                &stored.id,
-                "verified",
-                "requester",
-                "email confirmed",
-            )
-            .await?;
-        }
-        tx.commit().await.map_err(ApiError::from)?;
-        flow::set_state(core, &stored.id, State::InProgress, None).await?;
+        // The code spent, the first steps planned, the phase moved, the
+        // state and the history changed in one transaction: a crash leaves
+        // either all or none, and no reader sees a verified history on a
+        // request still waiting for verification.
+        let code_key = codes::key(core, &stored.id, &req.code);
+        let services = core.context.config.dsr_services.clone();
+        let traceparent = custodian_runtime::telemetry::current_traceparent();
+        let now = core.now();
+        let mut verified = beside(|tx| {
+            let (id, code_key, services, traceparent) = (
+                stored.id.clone(),
+                code_key.clone(),
+                services.clone(),
+                traceparent.clone(),
+            );
+            Box::pin(async move {
+                // Spent here: of two verifies with one code, one spends it.
+                let spent =
+                    sqlx::query("DELETE FROM dsr_codes WHERE request_id = $1 AND code_key = $2")
+                        .bind(&id)
+                        .bind(&code_key)
+                        .execute(&mut **tx)
+                        .await?;
+                if spent.rows_affected() != 1 {
+                    return Err(ApiError::FailedPrecondition(
+                        "a newer code was sent since; verify with that one".into(),
+                    ));
+                }
+                // A create cut short before its run was recorded.
+                sqlx::query(
+                    "INSERT INTO dsr_runs (request_id, phase, traceparent, create_time, update_time) \
+                     VALUES ($1, $2, $3, $4, $4) ON CONFLICT (request_id) DO NOTHING",
+                )
+                .bind(&id)
+                .bind(flow::VERIFY)
+                .bind(traceparent)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                let moved = sqlx::query(
+                    "UPDATE dsr_runs SET phase = $1, update_time = $2 WHERE request_id = $3 AND phase = $4",
+                )
+                .bind(flow::LOCATING)
+                .bind(custodian_runtime::time::now_micros())
+                .bind(&id)
+                .bind(flow::VERIFY)
+                .execute(&mut **tx)
+                .await?;
+                if moved.rows_affected() != 1 {
+                    return Err(ApiError::internal(anyhow::anyhow!(
+                        "a request waiting for verification has a run past it"
+                    )));
+                }
+                for service in &services {
+                    flow::insert_step(&mut **tx, &id, flow::LOCATE, service, flow::BY_EMAIL)
+                        .await?;
+                }
+                flow::insert_event_at(
+                    &mut **tx,
+                    now,
+                    &id,
+                    "verified",
+                    "requester",
+                    "email confirmed",
+                )
+                .await?;
+                Ok(())
+            })
+        });
+        // Not moved: a concurrent verify did it all (or a cancel ended the
+        // request); the answer shows what is.
+        flow::set_state(core, &stored.id, State::InProgress, None, &mut verified).await?;
         core.wake.notify_one();
         let stored = core.requests.find(&call, &req.name, "name").await?;
         self.show(&call, &stored).await
@@ -588,10 +625,29 @@ impl RequestService for Api {
             );
         }
         let reason = req.reason.trim().to_owned();
-        let mut new_due = 0;
+        let id = core.requests.parse(&req.name, "name")?.id().to_owned();
+        // Set by the change, read by the history written with it.
+        let new_due = std::sync::atomic::AtomicI64::new(0);
+        let now = core.now();
+        let mut extended = beside(|tx| {
+            let due = new_due.load(std::sync::atomic::Ordering::Relaxed);
+            let id = id.clone();
+            Box::pin(async move {
+                flow::insert_event_at(
+                    &mut **tx,
+                    now,
+                    &id,
+                    "extended",
+                    "",
+                    &format!("due {}", mail::date(due)),
+                )
+                .await?;
+                flow::insert_step(&mut **tx, &id, flow::MAIL, "extended", "").await
+            })
+        });
         let stored = core
             .requests
-            .update(
+            .update_with(
                 &call,
                 &req.name,
                 "name",
@@ -616,34 +672,18 @@ impl RequestService for Api {
                         .as_ref()
                         .map(crate::ts_micros)
                         .unwrap_or_default();
-                    new_due = deadline::extended(jurisdiction, due).ok_or_else(|| {
+                    let due = deadline::extended(jurisdiction, due).ok_or_else(|| {
                         ApiError::FailedPrecondition("the request has no jurisdiction".into())
                     })?;
-                    after.due_time = Some(to_timestamp(new_due));
+                    new_due.store(due, std::sync::atomic::Ordering::Relaxed);
+                    after.due_time = Some(to_timestamp(due));
                     after.extension_reason = reason.clone();
                     Ok(())
                 },
                 |_, _, _| {},
+                &mut extended,
             )
             .await?;
-        let mut tx = core
-            .context
-            .db
-            .pool()
-            .begin()
-            .await
-            .map_err(ApiError::from)?;
-        flow::insert_event(
-            &mut *tx,
-            core,
-            &stored.id,
-            "extended",
-            "",
-            &format!("due {}", mail::date(new_due)),
-        )
-        .await?;
-        flow::insert_step(&mut *tx, &stored.id, flow::MAIL, "extended", "").await?;
-        tx.commit().await.map_err(ApiError::from)?;
         core.wake.notify_one();
         self.show(&call, &stored).await
     }
@@ -659,9 +699,53 @@ impl RequestService for Api {
             return Err(ApiError::invalid("reason", "is required, for the history").into());
         }
         let now = core.now();
+        let reason = req.reason.trim().to_owned();
+        let id = core.requests.parse(&req.name, "name")?.id().to_owned();
+        // Steps not yet run are not run; one running now finishes, and its
+        // result is not recorded. All with the state, in its transaction.
+        let mut cancelled = beside(|tx| {
+            let (id, reason) = (id.clone(), reason.clone());
+            Box::pin(async move {
+                let micros = custodian_runtime::time::now_micros();
+                sqlx::query(
+                    "UPDATE dsr_runs SET phase = $1, update_time = $2 WHERE request_id = $3",
+                )
+                .bind(flow::CANCELLED)
+                .bind(micros)
+                .bind(&id)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE dsr_steps SET state = 'cancelled', update_time = $1 WHERE request_id = $2 \
+                     AND state = 'pending' AND phase <> 'mail'",
+                )
+                .bind(micros)
+                .bind(&id)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE dsr_inbox SET state = $1, update_time = $2 WHERE request_id = $3 \
+                     AND state IN ($4, $5, $6)",
+                )
+                .bind(InboxState::Cancelled as i64)
+                .bind(now)
+                .bind(&id)
+                .bind(InboxState::Pending as i64)
+                .bind(InboxState::Acknowledged as i64)
+                .bind(InboxState::Fulfilling as i64)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("DELETE FROM dsr_codes WHERE request_id = $1")
+                    .bind(&id)
+                    .execute(&mut **tx)
+                    .await?;
+                flow::insert_event_at(&mut **tx, now, &id, "cancelled", "", &reason).await?;
+                flow::insert_step(&mut **tx, &id, flow::MAIL, "cancelled", "").await
+            })
+        });
         let stored = core
             .requests
-            .update(
+            .update_with(
                 &call,
                 &req.name,
                 "name",
@@ -677,57 +761,9 @@ impl RequestService for Api {
                     Ok(())
                 },
                 |_, _, _| {},
+                &mut cancelled,
             )
             .await?;
-        let pool = core.context.db.pool();
-        let mut tx = pool.begin().await.map_err(ApiError::from)?;
-        sqlx::query("UPDATE dsr_runs SET phase = $1, update_time = $2 WHERE request_id = $3")
-            .bind(flow::CANCELLED)
-            .bind(custodian_runtime::time::now_micros())
-            .bind(&stored.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
-        // Steps not yet run are not run; one running now finishes, and its
-        // result is not recorded.
-        sqlx::query(
-            "UPDATE dsr_steps SET state = 'cancelled', update_time = $1 WHERE request_id = $2 \
-             AND state = 'pending' AND phase <> 'mail'",
-        )
-        .bind(custodian_runtime::time::now_micros())
-        .bind(&stored.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
-        sqlx::query(
-            "UPDATE dsr_inbox SET state = $1, update_time = $2 WHERE request_id = $3 \
-             AND state IN ($4, $5, $6)",
-        )
-        .bind(InboxState::Cancelled as i64)
-        .bind(now)
-        .bind(&stored.id)
-        .bind(InboxState::Pending as i64)
-        .bind(InboxState::Acknowledged as i64)
-        .bind(InboxState::Fulfilling as i64)
-        .execute(&mut *tx)
-        .await
-        .map_err(ApiError::from)?;
-        sqlx::query("DELETE FROM dsr_codes WHERE request_id = $1")
-            .bind(&stored.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(ApiError::from)?;
-        flow::insert_event(
-            &mut *tx,
-            core,
-            &stored.id,
-            "cancelled",
-            "",
-            req.reason.trim(),
-        )
-        .await?;
-        flow::insert_step(&mut *tx, &stored.id, flow::MAIL, "cancelled", "").await?;
-        tx.commit().await.map_err(ApiError::from)?;
         core.wake.notify_one();
         self.show(&call, &stored).await
     }

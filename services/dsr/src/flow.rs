@@ -12,21 +12,29 @@
 //! 3. finish: when every step has run and every customer has answered, the
 //!    request completes; `mail` steps tell the requester what happened.
 //!
-//! A step is claimed with a lease before it runs (its attempt counted) and
-//! marked done or failed after, fenced by that lease: a replica whose lease
-//! ran out cannot overwrite another's result. A failed call is retried
-//! with backoff unless it is the caller's fault. Every call carries the
-//! request's name, so a service replays what it already did for it: a step
-//! cut short by a crash runs again without acting twice. Leases and
-//! backoff run on the system clock; deadlines on the injectable one.
+//! A step is claimed with a short lease before it runs (its attempt
+//! counted), renewed by a heartbeat while it runs, and marked done or failed
+//! after, fenced by that lease: a replica whose lease ran out (or was taken
+//! over) stops the step and cannot overwrite another's result, and the
+//! steps of a replica that died are taken over a lease later. A failed call
+//! is retried with backoff unless it is the caller's fault. Every call
+//! carries the request's name, so a service replays what it already did for
+//! it: a step cut short by a crash runs again without acting twice. Leases
+//! and backoff run on the system clock; deadlines on the injectable one.
+//!
+//! Steps run independently: each replica keeps up to [`PARALLEL`] in
+//! flight, claiming more as each ends, and at most [`PER_TARGET`] for one
+//! service (or the mailer), so a service that does not answer (every call
+//! to it ends at the peer timeout) holds a few slots and delays only its
+//! own steps.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use custodian_kit::Call;
+use custodian_kit::{Beside, Call, beside};
 use custodian_privacy::{Access, Caller, Method, Purpose};
 use custodian_proto::{
     audit::v1::{AuditAction, AuditOutcome},
@@ -42,18 +50,29 @@ use custodian_runtime::{ApiError, time::now_micros};
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use sqlx::Row as _;
-use tokio::{sync::watch, task::JoinHandle};
+use tokio::{
+    sync::watch,
+    task::{JoinHandle, JoinSet},
+};
 use tonic::{Code, Status};
 use tracing::Instrument as _;
 
 use crate::{Core, bundle, mail};
 
-/// How long a claimed step is ours.
-pub const LEASE: Duration = Duration::from_secs(60);
+/// How long a claimed step is ours without a renewal: the steps of a
+/// replica that died are taken over this long after its last heartbeat.
+pub const LEASE: Duration = Duration::from_secs(10);
+/// How often a running step's lease is renewed: a renewal can fail twice
+/// (a slow database) before the lease runs out.
+const HEARTBEAT: Duration = Duration::from_secs(3);
 /// Steps one replica runs at once.
-const PARALLEL: i64 = 8;
-/// Longest wait between two attempts of a failing step.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+pub const PARALLEL: usize = 16;
+/// Steps for one service (or the mailer) one replica runs at once.
+pub const PER_TARGET: usize = 4;
+/// Longest wait between two attempts of a failing step: once a service is
+/// back, its steps go on within this (and sooner, once one of them that
+/// had failed succeeds: see [`nudge`]).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often idle replicas look for work another replica left.
 const POLL: Duration = Duration::from_millis(500);
 
@@ -71,6 +90,10 @@ pub const CANCELLED: &str = "cancelled";
 /// The subject an email locate step asks for.
 pub const BY_EMAIL: &str = "email";
 
+/// The service that holds authorized users: what it finds by email leads
+/// to locate steps by user name in the others.
+const USERS: &str = "identity";
+
 /// The orchestrator task of this replica.
 pub struct Running {
     stop: watch::Sender<bool>,
@@ -87,35 +110,70 @@ impl Running {
 pub fn start(core: Arc<Core>) -> Running {
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
-        let mut last_sweep = std::time::Instant::now();
+        let mut running = JoinSet::new();
+        // The target of each running step, by task.
+        let mut targets: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut last_sweep = Instant::now();
         loop {
             if *stopped.borrow() {
-                return;
+                break;
             }
-            let claimed = match claim(&core).await {
-                Ok(claimed) => claimed,
-                Err(err) => {
-                    tracing::warn!(error = %err, "dsr: claiming steps failed; retrying");
-                    Vec::new()
+            let free = PARALLEL.saturating_sub(running.len());
+            let claimed = if free == 0 {
+                Vec::new()
+            } else {
+                let mut busy: HashMap<&str, usize> = HashMap::new();
+                for target in targets.values() {
+                    *busy.entry(target.as_str()).or_default() += 1;
                 }
-            };
-            if claimed.is_empty() {
-                // Requests whose last step finished in a replica that died
-                // before it moved the request on.
-                if last_sweep.elapsed() > Duration::from_secs(5) {
-                    last_sweep = std::time::Instant::now();
-                    if let Err(err) = advance_all(&core).await {
-                        tracing::warn!(error = %err, "dsr: advancing requests failed");
+                match claim(&core, free, &busy).await {
+                    Ok(claimed) => claimed,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "dsr: claiming steps failed; retrying");
+                        Vec::new()
                     }
                 }
-                tokio::select! {
-                    _ = core.wake.notified() => {}
-                    _ = tokio::time::sleep(POLL) => {}
-                    _ = stopped.changed() => return,
-                }
+            };
+            let idle = claimed.is_empty();
+            for step in claimed {
+                let target = step.target().to_owned();
+                let task = running.spawn(run(core.clone(), step));
+                targets.insert(task.id(), target);
+            }
+            if !idle {
+                // More may be due, and slots are left.
                 continue;
             }
-            futures::future::join_all(claimed.into_iter().map(|step| run(&core, step))).await;
+            // Requests whose last step finished in a replica that died
+            // before it moved the request on.
+            if last_sweep.elapsed() > Duration::from_secs(5) {
+                last_sweep = Instant::now();
+                if let Err(err) = advance_all(&core).await {
+                    tracing::warn!(error = %err, "dsr: advancing requests failed");
+                }
+            }
+            tokio::select! {
+                Some(ended) = running.join_next_with_id() => {
+                    let id = match ended {
+                        Ok((id, ())) => id,
+                        Err(err) => {
+                            tracing::error!(error = %err, "dsr: a step's task ended abnormally");
+                            err.id()
+                        }
+                    };
+                    targets.remove(&id);
+                }
+                _ = core.wake.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stopped.changed() => break,
+            }
+        }
+        // Stopping: the steps in flight are left as a crash would leave
+        // them (each is idempotent), and their leases released so another
+        // replica takes them at once rather than a lease later.
+        running.shutdown().await;
+        if let Err(err) = release(&core).await {
+            tracing::warn!(error = %err, "dsr: releasing leases failed; they run out");
         }
     });
     Running { stop, task }
@@ -130,25 +188,78 @@ pub struct Step {
     pub service: String,
     pub scope: String,
     pub attempts: i64,
+    /// When the claim was asked for: the lease runs from no earlier.
+    pub claimed: Instant,
 }
 
-/// Claims due steps: each one by a compare-and-set on its lease, so of two
-/// replicas only one gets it.
-async fn claim(core: &Core) -> Result<Vec<Step>, ApiError> {
+impl Step {
+    /// What the step waits on, for the slots of one replica: the service
+    /// it calls, or the mailer.
+    fn target(&self) -> &str {
+        if self.phase == MAIL {
+            MAIL
+        } else {
+            &self.service
+        }
+    }
+}
+
+/// Claims up to `free` due steps, none for a target that already has
+/// [`PER_TARGET`] running (`busy`): each one by a compare-and-set on its
+/// lease, so of two replicas only one gets it.
+async fn claim(
+    core: &Core,
+    free: usize,
+    busy: &HashMap<&str, usize>,
+) -> Result<Vec<Step>, ApiError> {
     let pool = core.context.db.pool();
-    let now = now_micros();
-    let rows = sqlx::query(
-        "SELECT id, request_id, phase, service, scope, attempts FROM dsr_steps \
-         WHERE state = 'pending' AND next_time <= $1 AND (lease_until IS NULL OR lease_until < $1) \
-         ORDER BY next_time, id LIMIT $2",
-    )
-    .bind(now)
-    .bind(PARALLEL)
-    .fetch_all(pool)
-    .await?;
+    // The lease runs from `now` in the table; this replica counts it from
+    // no later.
+    let (at, now) = (Instant::now(), now_micros());
+    let full: Vec<&str> = busy
+        .iter()
+        .filter(|(_, n)| **n >= PER_TARGET)
+        .map(|(target, _)| *target)
+        .collect();
+    // Only placeholders are added to the text: the names are bound.
+    let mut sql = "SELECT id, request_id, phase, service, scope, attempts FROM dsr_steps \
+         WHERE state = 'pending' AND next_time <= $1 AND (lease_until IS NULL OR lease_until < $1)"
+        .to_owned();
+    let services: Vec<&str> = full.iter().copied().filter(|t| *t != MAIL).collect();
+    if full.contains(&MAIL) {
+        sql.push_str(" AND phase <> 'mail'");
+    }
+    if !services.is_empty() {
+        let marks: Vec<String> = (0..services.len()).map(|i| format!("${}", i + 3)).collect();
+        sql.push_str(&format!(
+            " AND (phase = 'mail' OR service NOT IN ({}))",
+            marks.join(", ")
+        ));
+    }
+    sql.push_str(" ORDER BY next_time, id LIMIT $2");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(now)
+        .bind(free as i64);
+    for service in &services {
+        query = query.bind(*service);
+    }
+    let rows = query.fetch_all(pool).await?;
+    let mut taking: HashMap<String, usize> = HashMap::new();
     let mut claimed = Vec::new();
     for row in rows {
         let id: String = row.try_get("id")?;
+        let phase: String = row.try_get("phase")?;
+        let service: String = row.try_get("service")?;
+        let target = if phase == MAIL {
+            MAIL
+        } else {
+            service.as_str()
+        };
+        let running = busy.get(target).copied().unwrap_or(0);
+        let taken_here = taking.entry(target.to_owned()).or_default();
+        if running + *taken_here >= PER_TARGET {
+            continue;
+        }
         let taken = sqlx::query(
             "UPDATE dsr_steps SET lease_owner = $1, lease_until = $2, attempts = attempts + 1, \
              update_time = $3 WHERE id = $4 AND state = 'pending' \
@@ -161,17 +272,71 @@ async fn claim(core: &Core) -> Result<Vec<Step>, ApiError> {
         .execute(pool)
         .await?;
         if taken.rows_affected() == 1 {
+            *taken_here += 1;
             claimed.push(Step {
                 id,
                 request_id: row.try_get("request_id")?,
-                phase: row.try_get("phase")?,
-                service: row.try_get("service")?,
+                phase,
+                service,
                 scope: row.try_get("scope")?,
                 attempts: row.try_get::<i64, _>("attempts")? + 1,
+                claimed: at,
             });
         }
     }
     Ok(claimed)
+}
+
+/// Renews a running step's lease; false if it is no longer ours.
+async fn renew(core: &Core, step: &Step) -> Result<bool, ApiError> {
+    let now = now_micros();
+    let renewed = sqlx::query(
+        "UPDATE dsr_steps SET lease_until = $1 WHERE id = $2 AND lease_owner = $3 \
+         AND state = 'pending'",
+    )
+    .bind(now + LEASE.as_micros() as i64)
+    .bind(&step.id)
+    .bind(&core.worker)
+    .execute(core.context.db.pool())
+    .await?;
+    Ok(renewed.rows_affected() == 1)
+}
+
+/// Completes when the step's lease is lost: taken over by another replica
+/// (or the step cancelled), or not renewed before it ran out, after which
+/// another replica may take it. Never completes while the lease holds.
+async fn lease_lost(core: &Core, step: &Step) {
+    let mut held_until = step.claimed + LEASE;
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        let asked = Instant::now();
+        match tokio::time::timeout_at(held_until.into(), renew(core, step)).await {
+            Ok(Ok(true)) => held_until = asked + LEASE,
+            Ok(Ok(false)) => {
+                tracing::warn!(step = %step.id, "dsr: a step's lease was taken over; it stops here");
+                return;
+            }
+            Ok(Err(err)) if Instant::now() < held_until => {
+                tracing::warn!(error = %err, step = %step.id, "dsr: renewing a lease failed; retrying");
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!(step = %step.id, "dsr: a step's lease ran out; it stops here");
+                return;
+            }
+        }
+    }
+}
+
+/// Gives up the leases of this replica's unfinished steps.
+async fn release(core: &Core) -> Result<(), ApiError> {
+    sqlx::query(
+        "UPDATE dsr_steps SET lease_owner = NULL, lease_until = NULL \
+         WHERE lease_owner = $1 AND state = 'pending'",
+    )
+    .bind(&core.worker)
+    .execute(core.context.db.pool())
+    .await?;
+    Ok(())
 }
 
 /// What a step left behind.
@@ -182,15 +347,24 @@ struct Outcome {
     event: Option<(String, String, String)>,
 }
 
-async fn run(core: &Arc<Core>, step: Step) {
+async fn run(core: Arc<Core>, step: Step) {
+    let core = &core;
     let traceparent = traceparent(core, &step.request_id).await.ok().flatten();
     let span = custodian_runtime::telemetry::continuing_span("dsr.step", traceparent.as_deref());
     async {
-        let result = match step.phase.as_str() {
-            LOCATE => locate(core, &step).await,
-            ACT => act(core, &step).await,
-            MAIL => send(core, &step).await,
-            _ => Err(Status::internal("unknown step")),
+        let work = async {
+            match step.phase.as_str() {
+                LOCATE => locate(core, &step).await,
+                ACT => act(core, &step).await,
+                MAIL => send(core, &step).await,
+                _ => Err(Status::internal("unknown step")),
+            }
+        };
+        // The work stops (is dropped) when the lease is lost: the replica
+        // that holds it now runs the step.
+        let result = tokio::select! {
+            result = work => result,
+            () = lease_lost(core, &step) => return,
         };
         let recorded = match result {
             Ok(outcome) => finish_step(core, &step, "done", &outcome.result, outcome.event).await,
@@ -276,7 +450,33 @@ async fn finish_step(
         .await?;
     }
     tx.commit().await?;
+    // A step that had failed went through: its service is back.
+    if marked.rows_affected() == 1 && state == "done" && step.phase != MAIL && step.attempts > 1 {
+        nudge(core, &step.service).await;
+    }
     Ok(())
+}
+
+/// A service is back: its other steps waiting out a backoff go on now
+/// rather than at their next attempt, so requests move on as soon as it
+/// answers again. Only on a recovery: a step that fails for reasons of its
+/// own keeps its backoff while others succeed. Best effort: the backoff
+/// ends anyway.
+async fn nudge(core: &Core, service: &str) {
+    let now = now_micros();
+    let nudged = sqlx::query(
+        "UPDATE dsr_steps SET next_time = $1 WHERE service = $2 AND phase <> 'mail' \
+         AND state = 'pending' AND next_time > $1 AND lease_owner IS NULL",
+    )
+    .bind(now)
+    .bind(service)
+    .execute(core.context.db.pool())
+    .await;
+    match nudged {
+        Ok(done) if done.rows_affected() > 0 => core.wake.notify_one(),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "dsr: moving waiting steps on failed"),
+    }
 }
 
 async fn retry_later(core: &Core, step: &Step, status: &Status) -> Result<(), ApiError> {
@@ -316,13 +516,28 @@ pub async fn insert_event<'c, E>(
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
+    insert_event_at(executor, core.now(), request_id, kind, target, description).await
+}
+
+/// As [`insert_event`], at `time` (for work that cannot hold the core).
+pub async fn insert_event_at<'c, E>(
+    executor: E,
+    time: i64,
+    request_id: &str,
+    kind: &str,
+    target: &str,
+    description: &str,
+) -> Result<(), ApiError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
     sqlx::query(
         "INSERT INTO dsr_events (id, request_id, time, kind, target, description) \
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(uuid::Uuid::now_v7().to_string())
     .bind(request_id)
-    .bind(core.now())
+    .bind(time)
     .bind(kind)
     .bind(target)
     .bind(description)
@@ -935,7 +1150,7 @@ pub async fn advance(core: &Core, request_id: &str) -> Result<(), Status> {
     match phase(core, request_id).await?.as_deref() {
         Some(LOCATING) => {
             if unfinished(core, request_id, LOCATE, None).await? > 0 {
-                return Ok(());
+                return plan_located(core, request_id).await;
             }
             plan(core, request_id).await?;
             if move_phase(core, request_id, LOCATING, ACTING).await? {
@@ -946,6 +1161,62 @@ pub async fn advance(core: &Core, request_id: &str) -> Result<(), Status> {
         Some(ACTING) => finish_tenants_and_request(core, request_id).await,
         _ => Ok(()),
     }
+}
+
+/// Acts at once on the company's records in each service whose locating
+/// is over, while other services are still being asked: a service that
+/// does not answer delays only its own part. (What is held for customers
+/// waits for every answer: a customer's inbox item lists all of it.) A
+/// service's locating is over when its own locate steps are done and no
+/// more can come: more come only from the person's user records, which
+/// only [`USERS`] holds (see [`is_user_name`]).
+async fn plan_located(core: &Core, request_id: &str) -> Result<(), Status> {
+    let pending: Vec<(String, String)> = sqlx::query(
+        "SELECT service, scope FROM dsr_steps WHERE request_id = $1 AND phase = $2 AND state = 'pending'",
+    )
+    .bind(request_id)
+    .bind(LOCATE)
+    .fetch_all(core.context.db.pool())
+    .await
+    .map_err(ApiError::from)?
+    .into_iter()
+    .map(|r| Ok((r.try_get("service")?, r.try_get("scope")?)))
+    .collect::<Result<_, sqlx::Error>>()
+    .map_err(ApiError::from)?;
+    if pending
+        .iter()
+        .any(|(service, scope)| service == USERS && scope == BY_EMAIL)
+    {
+        return Ok(());
+    }
+    let asked: BTreeSet<&str> = pending.iter().map(|(s, _)| s.as_str()).collect();
+    let ready: BTreeSet<String> = located(core, request_id)
+        .await?
+        .into_iter()
+        .filter(|(_, r)| r.controller.is_empty())
+        .map(|(_, r)| service_of(&r.service, core))
+        .filter(|s| !asked.contains(s.as_str()))
+        .collect();
+    if ready.is_empty() {
+        return Ok(());
+    }
+    let request = load(core, request_id).await?;
+    if !acts(request::Kind::try_from(request.message.kind).unwrap_or_default()) {
+        return Ok(());
+    }
+    let mut tx = core
+        .context
+        .db
+        .pool()
+        .begin()
+        .await
+        .map_err(ApiError::from)?;
+    for service in &ready {
+        insert_step(&mut *tx, request_id, ACT, service, "").await?;
+    }
+    tx.commit().await.map_err(ApiError::from)?;
+    core.wake.notify_one();
+    Ok(())
 }
 
 /// From where the records are to what is done with them.
@@ -1085,29 +1356,19 @@ async fn finish_tenants_and_request(core: &Core, request_id: &str) -> Result<(),
     .map_err(ApiError::from)?
     .try_get("n")
     .map_err(ApiError::from)?;
-    let request = load(core, request_id).await?;
-    let state = request::State::try_from(request.message.state).unwrap_or_default();
     if waiting > 0 {
-        if state != request::State::AwaitingTenants {
-            set_state(core, request_id, request::State::AwaitingTenants, None).await?;
-        }
+        set_state(
+            core,
+            request_id,
+            request::State::AwaitingTenants,
+            None,
+            &mut beside(|_| Box::pin(async { Ok(()) })),
+        )
+        .await?;
         return Ok(());
     }
-    // Done: the export (if any) may be downloaded until its expiry.
+    let request = load(core, request_id).await?;
     let kind = request::Kind::try_from(request.message.kind).unwrap_or_default();
-    let expiry = matches!(kind, request::Kind::Access | request::Kind::Portability)
-        .then(|| core.now() + core.context.config.dsr_export_ttl.as_micros() as i64);
-    if let Some(expiry) = expiry {
-        sqlx::query(
-            "UPDATE dsr_runs SET export_expire_time = $1 WHERE request_id = $2 \
-             AND export_expire_time IS NULL",
-        )
-        .bind(expiry)
-        .bind(request_id)
-        .execute(pool)
-        .await
-        .map_err(ApiError::from)?;
-    }
     // A step that failed for good leaves the request to the privacy team,
     // and the requester is not told it is done.
     let failed: i64 = sqlx::query(
@@ -1125,34 +1386,57 @@ async fn finish_tenants_and_request(core: &Core, request_id: &str) -> Result<(),
     } else {
         request::State::Completed
     };
-    if state != end {
-        set_state(core, request_id, end, Some(core.now())).await?;
+    // Done: the export (if any) may be downloaded until its expiry.
+    let expiry = matches!(kind, request::Kind::Access | request::Kind::Portability)
+        .then(|| core.now() + core.context.config.dsr_export_ttl.as_micros() as i64);
+    let (event, description) = match end {
+        request::State::Completed => ("completed", String::new()),
+        _ => (
+            "failed",
+            format!("{failed} steps failed; the privacy team finishes the request"),
+        ),
+    };
+    // The run ends with the request's state: its phase, the export's
+    // expiry, the requester's notice and the history, all in the
+    // transaction that sets the state.
+    let now = core.now();
+    let mut finish = beside(|tx| {
+        let (request_id, description) = (request_id.to_owned(), description.clone());
+        Box::pin(async move {
+            if let Some(expiry) = expiry {
+                sqlx::query(
+                    "UPDATE dsr_runs SET export_expire_time = $1 WHERE request_id = $2 \
+                     AND export_expire_time IS NULL",
+                )
+                .bind(expiry)
+                .bind(&request_id)
+                .execute(&mut **tx)
+                .await?;
+            }
+            let moved = sqlx::query(
+                "UPDATE dsr_runs SET phase = $1, update_time = $2 WHERE request_id = $3 AND phase = $4",
+            )
+            .bind(DONE)
+            .bind(now_micros())
+            .bind(&request_id)
+            .bind(ACTING)
+            .execute(&mut **tx)
+            .await?;
+            if moved.rows_affected() == 1 {
+                if end == request::State::Completed {
+                    insert_step(&mut **tx, &request_id, MAIL, "completed", "").await?;
+                }
+                insert_event_at(&mut **tx, now, &request_id, event, "", &description).await?;
+            }
+            Ok(())
+        })
+    });
+    if !set_state(core, request_id, end, Some(now), &mut finish).await? {
+        // Set already: by another replica, which ended the run too, or by
+        // a cancel, which ended it otherwise. Either way this is a no-op,
+        // unless a crash before this version left the run to end.
+        alone(core, &mut finish).await?;
     }
-    let mut tx = pool.begin().await.map_err(ApiError::from)?;
-    if end == request::State::Completed {
-        insert_step(&mut *tx, request_id, MAIL, "completed", "").await?;
-    }
-    let moved = sqlx::query(
-        "UPDATE dsr_runs SET phase = $1, update_time = $2 WHERE request_id = $3 AND phase = $4",
-    )
-    .bind(DONE)
-    .bind(now_micros())
-    .bind(request_id)
-    .bind(ACTING)
-    .execute(&mut *tx)
-    .await
-    .map_err(ApiError::from)?;
-    if moved.rows_affected() == 1 {
-        let (kind, description) = match end {
-            request::State::Completed => ("completed", String::new()),
-            _ => (
-                "failed",
-                format!("{failed} steps failed; the privacy team finishes the request"),
-            ),
-        };
-        insert_event(&mut *tx, core, request_id, kind, "", &description).await?;
-    }
-    tx.commit().await.map_err(ApiError::from)?;
     core.wake.notify_one();
     Ok(())
 }
@@ -1165,38 +1449,52 @@ pub fn is_final(state: request::State) -> bool {
     )
 }
 
+/// Whether a request in state `before` may move to `state`: only forward.
+/// A final state is never left, and a request leaves verification only
+/// once, so a late writer (a verify answered after the orchestrator
+/// finished, a completion racing a cancel) cannot move it back.
+fn moves(before: request::State, state: request::State) -> bool {
+    before != state
+        && !is_final(before)
+        && !(state == request::State::InProgress && before != request::State::AwaitingVerification)
+}
+
 /// Sets a request's state (and completion time) through the kit: sealed
-/// record, compare-and-set, audited as the orchestrator. Only forward: a
-/// final state is never left, and a request leaves verification only once,
-/// so a late writer (a verify answered after the orchestrator finished, a
-/// completion racing a cancel) cannot move it back.
+/// record, compare-and-set, audited as the orchestrator; and `also` (its
+/// history, its run) in the same transaction, so no reader ever sees the
+/// one without the other. False, with nothing done, when the state does not
+/// move (see [`moves`]): another writer moved it, and wrote what went with
+/// that.
 pub async fn set_state(
     core: &Core,
     request_id: &str,
     state: request::State,
     complete: Option<i64>,
-) -> Result<(), Status> {
+    also: Beside<'_>,
+) -> Result<bool, Status> {
     let name = request_name(request_id);
     let current = load(core, request_id).await?;
-    let before = request::State::try_from(current.message.state).unwrap_or_default();
-    if before == state
-        || is_final(before)
-        || (state == request::State::InProgress && before != request::State::AwaitingVerification)
-    {
-        return Ok(());
+    if !moves(
+        request::State::try_from(current.message.state).unwrap_or_default(),
+        state,
+    ) {
+        return Ok(false);
     }
     let call = own_call(&name, ORCHESTRATE, AuditAction::Update);
+    // Read again on each attempt of the compare-and-set.
+    let mut overtaken = false;
     let moved = core
         .requests
-        .update(
+        .update_with(
             &call,
             &name,
             "name",
             "request",
             |before, r| {
                 let was = request::State::try_from(before.message.state).unwrap_or_default();
-                if is_final(was) {
-                    return Err(ApiError::FailedPrecondition("final".into()));
+                if !moves(was, state) {
+                    overtaken = true;
+                    return Err(ApiError::FailedPrecondition("moved already".into()));
                 }
                 r.state = state as i32;
                 if let Some(at) = complete {
@@ -1205,12 +1503,27 @@ pub async fn set_state(
                 Ok(())
             },
             |_, _, _| {},
+            also,
         )
         .await;
     match moved {
-        Ok(_) => Ok(()),
-        // Another writer made it final in between: theirs stands.
-        Err(status) if status.code() == Code::FailedPrecondition => Ok(()),
+        Ok(_) => Ok(true),
+        // Another writer moved it in between: theirs stands.
+        Err(_) if overtaken => Ok(false),
         Err(status) => Err(status),
     }
+}
+
+/// Runs `work` in a transaction of its own.
+async fn alone(core: &Core, work: Beside<'_>) -> Result<(), Status> {
+    let mut tx = core
+        .context
+        .db
+        .pool()
+        .begin()
+        .await
+        .map_err(ApiError::from)?;
+    work(&mut tx).await?;
+    tx.commit().await.map_err(ApiError::from)?;
+    Ok(())
 }

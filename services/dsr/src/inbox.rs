@@ -175,6 +175,7 @@ impl Inbox {
     /// moved it first.
     async fn transition(
         &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         id: &str,
         from: &[State],
         to: State,
@@ -196,7 +197,7 @@ impl Inbox {
         for state in from {
             query = query.bind(*state as i64);
         }
-        let moved = query.execute(self.core.context.db.pool()).await?;
+        let moved = query.execute(&mut **tx).await?;
         Ok(moved.rows_affected() == 1)
     }
 }
@@ -285,12 +286,21 @@ impl TenantInboxService for Inbox {
         let call = Call::of(&request)?;
         let item = self.find(&call, &request.get_ref().name).await?;
         let (tenant, id) = parse(&item.name)?;
+        // The item's state and the request's history, in one transaction.
+        let mut tx = self
+            .core
+            .context
+            .db
+            .pool()
+            .begin()
+            .await
+            .map_err(ApiError::from)?;
         if self
-            .transition(&id, &[State::Pending], State::Acknowledged, "")
+            .transition(&mut tx, &id, &[State::Pending], State::Acknowledged, "")
             .await?
         {
             flow::insert_event(
-                self.core.context.db.pool(),
+                &mut *tx,
                 &self.core,
                 &request_id_of(&item),
                 "tenant_acknowledged",
@@ -299,6 +309,7 @@ impl TenantInboxService for Inbox {
             )
             .await?;
         }
+        tx.commit().await.map_err(ApiError::from)?;
         self.audit(&call, std::slice::from_ref(&item.name)).await?;
         Ok(Response::new(self.find(&call, &item.name).await?))
     }

@@ -33,4 +33,6 @@ pub use call::{Call, respond};
 pub use declare::DECLARATIONS;
 pub use fields::Sensitive;
 pub use module::{Context, KitService};
-pub use store::{Arg, Binding, Filter, Idempotency, New, Query, Records, Shown, Store, Stored};
+pub use store::{
+    Arg, Beside, Binding, Filter, Idempotency, New, Query, Records, Shown, Store, Stored, beside,
+};

@@ -6,18 +6,31 @@
 //! [`custodian_privacy::Forward`]), so it can never do more than the call it
 //! serves; and `custodian-service` metadata, so a shared contract reaches
 //! that service's implementation.
+//!
+//! No call waits forever on a peer that does not answer (a frozen process,
+//! a dead connection, a partition): every call has a deadline, the smaller
+//! of the peer timeout (`--peer-timeout`) and what is left of its caller's,
+//! sent as `grpc-timeout` and enforced here too, the wait for a free
+//! connection included; it ends in DEADLINE_EXCEEDED. A streamed answer (an
+//! export of a large subject) has no total deadline but an idle one: each
+//! message must follow the one before within the peer timeout. HTTP/2 pings
+//! find a dead connection between calls, so the next call does not wait on
+//! it.
 
 use std::{
     collections::{BTreeMap, HashMap},
     path::PathBuf,
     sync::{Arc, Mutex, OnceLock},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use custodian_privacy::{Forward, Purpose, token::TokenIssuer};
+use futures::{StreamExt as _, future::BoxFuture};
 use tonic::{
     Status,
-    codegen::InterceptedService,
+    body::Body,
+    codegen::{InterceptedService, Service},
     metadata::{Ascii, MetadataValue},
     transport::{Channel, Endpoint},
 };
@@ -26,6 +39,15 @@ use crate::{call::Call, gate::SERVICE_HEADER};
 
 /// How long a minted service credential lives; it is renewed at half-life.
 const CREDENTIAL_TTL: Duration = Duration::from_secs(60 * 60);
+
+/// The longest a new connection may take, at most the peer timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often an HTTP/2 ping checks a connection, also while no call is
+/// open; a peer that does not answer one within the peer timeout loses the
+/// connection, and the next call makes a new one. Tonic servers take pings
+/// this often (there is no ping policy in hyper's server).
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A service's own credential.
 pub enum Credential {
@@ -50,6 +72,8 @@ pub struct Peers {
 
 struct Inner {
     configured: BTreeMap<String, String>,
+    /// The longest wait for an answer, or for a stream's next message.
+    timeout: Duration,
     /// This process's own address, once bound, and the services it runs.
     local: OnceLock<(String, Vec<&'static str>)>,
     channels: Mutex<HashMap<String, Channel>>,
@@ -64,24 +88,122 @@ pub struct ToPeer {
     service: MetadataValue<Ascii>,
 }
 
+/// When a call to a peer must have its answer, as the interceptor decided
+/// it (and told the callee in `grpc-timeout`).
+#[derive(Clone, Copy)]
+struct Until(Instant);
+
 impl tonic::service::Interceptor for ToPeer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let timeout = self.forward.timeout()?;
         request
             .metadata_mut()
             .insert(SERVICE_HEADER, self.service.clone());
-        self.forward.call(request)
+        let mut request = self.forward.call(request)?;
+        if let Some(timeout) = timeout {
+            request
+                .extensions_mut()
+                .insert(Until(Instant::now() + timeout));
+        }
+        Ok(request)
     }
 }
 
 /// A channel to a peer with its credentials, for a generated client's
 /// `new` (e.g. `UserServiceClient::new(peers.forward(&call, "identity")?)`).
-pub type PeerChannel = InterceptedService<Channel, ToPeer>;
+pub type PeerChannel = InterceptedService<Deadlined, ToPeer>;
+
+/// A channel whose calls end at their deadline, and whose streams end when
+/// the peer stops sending, both as DEADLINE_EXCEEDED. Tonic's own client
+/// timeout starts only once a connection takes the call, and answers
+/// CANCELLED; a stream's body has none.
+#[derive(Clone)]
+pub struct Deadlined {
+    channel: Channel,
+    peer: Arc<str>,
+    idle: Duration,
+}
+
+impl Service<http::Request<Body>> for Deadlined {
+    type Response = http::Response<Body>;
+    type Error = tonic::codegen::StdError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.channel.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let until = request.extensions().get::<Until>().copied();
+        let answer = self.channel.call(request);
+        let (peer, idle) = (self.peer.clone(), self.idle);
+        Box::pin(async move {
+            let answer = match until {
+                Some(Until(until)) => tokio::time::timeout_at(until.into(), answer)
+                    .await
+                    .map_err(|_| late(&peer))?,
+                None => answer.await,
+            };
+            match answer {
+                Ok(response) => Ok(response.map(|body| idle_ends(body, idle, peer))),
+                // The connection's own timer went off first.
+                Err(err) if timed_out(&err) => Err(late(&peer).into()),
+                Err(err) => Err(err.into()),
+            }
+        })
+    }
+}
+
+fn late(peer: &str) -> Status {
+    Status::deadline_exceeded(format!("the {peer} service did not answer in time"))
+}
+
+fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(err) = source {
+        if err.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The body of an answer, ended with DEADLINE_EXCEEDED when the peer sends
+/// nothing for `idle`.
+fn idle_ends(body: Body, idle: Duration, peer: Arc<str>) -> Body {
+    let frames = http_body_util::BodyStream::new(body);
+    let frames = futures::stream::unfold(Some(frames), move |frames| {
+        let peer = peer.clone();
+        async move {
+            let mut frames = frames?;
+            match tokio::time::timeout(idle, frames.next()).await {
+                Ok(Some(frame)) => Some((frame, Some(frames))),
+                Ok(None) => None,
+                Err(_) => Some((
+                    Err(Status::deadline_exceeded(format!(
+                        "the {peer} service stopped sending"
+                    ))),
+                    None,
+                )),
+            }
+        }
+    });
+    Body::new(http_body_util::StreamBody::new(frames))
+}
 
 impl Peers {
-    pub fn new(configured: BTreeMap<String, String>, credential: Credential) -> Self {
+    /// Peers at `configured` addresses, called with `credential`, each
+    /// call waiting at most `timeout` (see the module's documentation).
+    pub fn new(
+        configured: BTreeMap<String, String>,
+        credential: Credential,
+        timeout: Duration,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 configured,
+                timeout,
                 local: OnceLock::new(),
                 channels: Mutex::new(HashMap::new()),
                 credential,
@@ -92,7 +214,7 @@ impl Peers {
 
     /// No peers at all (tests of one service).
     pub fn none() -> Self {
-        Self::new(BTreeMap::new(), Credential::None)
+        Self::new(BTreeMap::new(), Credential::None, Duration::from_secs(5))
     }
 
     /// Tells where this process serves, and which services it runs: those
@@ -127,7 +249,7 @@ impl Peers {
     }
 
     #[allow(clippy::result_large_err)] // answered as is
-    fn channel(&self, peer: &str) -> Result<Channel, Status> {
+    fn channel(&self, peer: &str) -> Result<Deadlined, Status> {
         let url = self.url(peer).ok_or_else(|| {
             Status::unavailable(format!(
                 "no address for the {peer} service (--peer {peer}=URL)"
@@ -138,16 +260,29 @@ impl Peers {
             .channels
             .lock()
             .map_err(|_| Status::internal("internal error"))?;
-        if let Some(channel) = channels.get(peer) {
-            return Ok(channel.clone());
-        }
-        let channel = Endpoint::from_shared(url)
-            .map_err(|_| Status::unavailable(format!("the address of {peer} is not a URL")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        channels.insert(peer.to_owned(), channel.clone());
-        Ok(channel)
+        let timeout = self.inner.timeout;
+        let channel = match channels.get(peer) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = Endpoint::from_shared(url)
+                    .map_err(|_| {
+                        Status::unavailable(format!("the address of {peer} is not a URL"))
+                    })?
+                    .connect_timeout(CONNECT_TIMEOUT.min(timeout))
+                    .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                    .keep_alive_timeout(timeout)
+                    .keep_alive_while_idle(true)
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                channels.insert(peer.to_owned(), channel.clone());
+                channel
+            }
+        };
+        Ok(Deadlined {
+            channel,
+            peer: Arc::from(peer),
+            idle: timeout,
+        })
     }
 
     /// The service's credential, renewed before it expires.
@@ -190,7 +325,10 @@ impl Peers {
             .map_err(|_| Status::internal("internal error"))?;
         Ok(InterceptedService::new(
             self.channel(peer)?,
-            ToPeer { forward, service },
+            ToPeer {
+                forward: forward.within(self.inner.timeout),
+                service,
+            },
         ))
     }
 

@@ -174,6 +174,27 @@ pub(crate) enum Claim {
 const CLAIMED: &str = "claimed";
 const ANSWERED: &str = "answered:";
 
+/// Work done in the transaction of a change, after its rows are written
+/// (see [`Records::update_with`]).
+pub type Beside<'a> = &'a mut (
+            dyn for<'t> FnMut(
+    &'t mut sqlx::Transaction<'static, sqlx::Any>,
+) -> futures::future::BoxFuture<'t, Result<(), ApiError>>
+                + Send
+        );
+
+/// Types a closure as work beside a change (`&mut beside(|tx| ...)`), so
+/// the compiler sees the future borrows only the transaction.
+pub fn beside<F>(work: F) -> F
+where
+    F: for<'t> FnMut(
+            &'t mut sqlx::Transaction<'static, sqlx::Any>,
+        ) -> futures::future::BoxFuture<'t, Result<(), ApiError>>
+        + Send,
+{
+    work
+}
+
 /// A stored record, whole (nothing cut for a purpose).
 #[derive(Debug, Clone)]
 pub struct Stored<M> {
@@ -2055,8 +2076,28 @@ where
         name: &str,
         field: &str,
         prefix: &str,
+        change: impl FnMut(&Stored<M>, &mut M) -> Result<(), ApiError>,
+        check: impl Fn(&M, &str, &mut custodian_runtime::error::Violations),
+    ) -> Result<Stored<M>, Status> {
+        let mut nothing = beside(|_| Box::pin(async { Ok(()) }));
+        self.update_with(call, name, field, prefix, change, check, &mut nothing)
+            .await
+    }
+
+    /// As [`Self::update`], and `also` in the same transaction, after the
+    /// record is written: what the service keeps beside the record (its
+    /// history, its next steps) changes with it or not at all. `also` runs
+    /// once per attempt; an attempt that lost a race is rolled back with it.
+    #[allow(clippy::too_many_arguments)] // update's, and the work beside it
+    pub async fn update_with(
+        &self,
+        call: &Call,
+        name: &str,
+        field: &str,
+        prefix: &str,
         mut change: impl FnMut(&Stored<M>, &mut M) -> Result<(), ApiError>,
         check: impl Fn(&M, &str, &mut custodian_runtime::error::Violations),
+        also: Beside<'_>,
     ) -> Result<Stored<M>, Status> {
         const ATTEMPTS: usize = 5;
         for _ in 0..ATTEMPTS {
@@ -2070,7 +2111,7 @@ where
             check(&after, prefix, &mut violations);
             violations.finish()?;
             if let Some(row) = self
-                .replace(call, &[(before, after)])
+                .replace(call, &[(before, after)], Some(&mut *also))
                 .await?
                 .and_then(|rows| rows.into_iter().next())
             {
@@ -2126,6 +2167,7 @@ where
         &self,
         call: &Call,
         changes: &[(Stored<M>, M)],
+        also: Option<Beside<'_>>,
     ) -> Result<Option<Vec<Row>>, ApiError> {
         let pairs: Vec<(Arc<Binding>, Row, DynamicMessage)> = changes
             .iter()
@@ -2145,7 +2187,7 @@ where
                 )
             })
             .collect();
-        self.store.replace_rows(call, &pairs).await
+        self.store.replace_rows(call, &pairs, also).await
     }
 
     /// Deletes a record and its children; keys no record needs are destroyed.
@@ -2197,6 +2239,7 @@ impl Store {
         &self,
         call: &Call,
         changes: &[(Arc<Binding>, Row, DynamicMessage)],
+        also: Option<Beside<'_>>,
     ) -> Result<Option<Vec<Row>>, ApiError> {
         // Keys of unchanged subjects are read before the transaction, which
         // must begin with a write. A key read here stays valid: if it is
@@ -2318,6 +2361,9 @@ impl Store {
             });
         }
         self.shred_unused(&mut tx, &released).await?;
+        if let Some(also) = also {
+            also(&mut tx).await?;
+        }
         self.privacy().audit.commit(tx, &events).await?;
         Ok(Some(written))
     }

@@ -278,7 +278,12 @@ impl StoreSubjectData {
             changed.push((f.binding.clone(), f.row.clone(), record));
         }
         v.finish()?;
-        if self.store.replace_rows(call, &changed).await?.is_none() {
+        if self
+            .store
+            .replace_rows(call, &changed, None)
+            .await?
+            .is_none()
+        {
             return Err(Status::aborted(
                 "a record changed while it was being corrected; retry",
             ));

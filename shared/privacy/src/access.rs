@@ -398,7 +398,8 @@ mod tests {
 /// Credentials for a call one service makes to another for its caller: the
 /// calling service's own credential, the one purpose the original call was
 /// made for, who it acts for, the original caller's tenant limit, what is
-/// left of its deadline (as `grpc-timeout`) and the trace context. The
+/// left of its deadline (as `grpc-timeout`, never more than the calling
+/// service's own limit: see [`Forward::within`]) and the trace context. The
 /// callee authorises the service for that purpose only, audits the person
 /// behind it, keeps the caller's tenant limit and joins the same trace: a
 /// forwarded call can never do more than the call it serves.
@@ -409,6 +410,8 @@ pub struct Forward {
     on_behalf_of: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     tenant_limit: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     deadline: Option<std::time::Instant>,
+    /// The longest the calling service waits for any answer.
+    limit: Option<std::time::Duration>,
 }
 
 impl Forward {
@@ -437,6 +440,7 @@ impl Forward {
                 .transpose()
                 .map_err(invalid)?,
             deadline,
+            limit: None,
         })
     }
 
@@ -462,21 +466,48 @@ impl Forward {
             on_behalf_of: None,
             tenant_limit: None,
             deadline: None,
+            limit: None,
+        })
+    }
+
+    /// Waits no longer than `limit` for the answer, whatever the caller's
+    /// deadline: a caller who waits long (or work that has no caller) must
+    /// not hold a call to a peer that does not answer.
+    pub fn within(mut self, limit: std::time::Duration) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// How long the call may take from now: the smaller of what is left of
+    /// the caller's deadline and the limit, if either is set;
+    /// DEADLINE_EXCEEDED when the caller's deadline has passed already.
+    #[allow(clippy::result_large_err)] // answered as is
+    pub fn timeout(&self) -> Result<Option<std::time::Duration>, Status> {
+        let left = match self.deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(Status::deadline_exceeded(
+                        "the deadline passed before the call to another service",
+                    ));
+                }
+                Some(left)
+            }
+            None => None,
+        };
+        Ok(match (left, self.limit) {
+            (Some(left), Some(limit)) => Some(left.min(limit)),
+            (left, limit) => left.or(limit),
         })
     }
 }
 
 impl tonic::service::Interceptor for Forward {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(deadline) = self.deadline {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Err(Status::deadline_exceeded(
-                    "the deadline passed before the call to another service",
-                ));
-            }
-            // The callee stops when the original caller stops waiting.
-            request.set_timeout(left);
+        // The callee stops when the original caller (or this service)
+        // stops waiting.
+        if let Some(timeout) = self.timeout()? {
+            request.set_timeout(timeout);
         }
         let metadata = request.metadata_mut();
         metadata.insert("authorization", self.authorization.clone());

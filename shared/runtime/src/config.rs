@@ -133,6 +133,12 @@ pub struct ServerArgs {
     #[arg(long = "peer", global = true, value_name = "NAME=URL", value_parser = parse_peer)]
     pub peers: Vec<(String, String)>,
 
+    /// Longest wait for another service: a call's answer, or the next
+    /// message of a stream; a call made for a caller also ends with the
+    /// caller's deadline [default: 5s].
+    #[arg(long, global = true, env = "CUSTODIAN_PEER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub peer_timeout: Option<Duration>,
+
     /// A service credential to call other services with, when the key file
     /// holds no token signing key (a Secret in Kubernetes) [default: minted
     /// from the key file's signing key].
@@ -278,6 +284,8 @@ struct FileConfig {
     retention_sweep_interval: Option<Duration>,
     #[serde(default)]
     peers: std::collections::BTreeMap<String, String>,
+    #[serde(default, with = "humantime_serde")]
+    peer_timeout: Option<Duration>,
     service_token_file: Option<PathBuf>,
     smtp_url: Option<String>,
     smtp_url_file: Option<PathBuf>,
@@ -310,6 +318,8 @@ pub struct Config {
     pub retention_sweep_interval: Duration,
     /// Service name to URL.
     pub peers: std::collections::BTreeMap<String, String>,
+    /// Longest wait for a peer's answer or its stream's next message.
+    pub peer_timeout: Duration,
     pub service_token_file: Option<PathBuf>,
     /// May carry a password: never shown.
     pub smtp_url: Option<String>,
@@ -349,6 +359,7 @@ impl std::fmt::Debug for Config {
             .field("key_file", &self.key_file)
             .field("retention_sweep_interval", &self.retention_sweep_interval)
             .field("peers", &self.peers)
+            .field("peer_timeout", &self.peer_timeout)
             .field("service_token_file", &self.service_token_file)
             .field(
                 "smtp",
@@ -382,6 +393,7 @@ impl Default for Config {
             key_file: None,
             retention_sweep_interval: Duration::from_secs(60 * 60),
             peers: Default::default(),
+            peer_timeout: Duration::from_secs(5),
             service_token_file: None,
             smtp_url: None,
             mail_from: "support@custodian.localhost".to_owned(),
@@ -453,6 +465,11 @@ impl Config {
                 }
                 peers.extend(args.peers);
                 peers
+            },
+            // Zero would fail every call to another service.
+            peer_timeout: match args.peer_timeout.or(file.peer_timeout) {
+                Some(t) if t.is_zero() => anyhow::bail!("--peer-timeout must be above zero"),
+                t => t.unwrap_or(d.peer_timeout),
             },
             service_token_file: args.service_token_file.or(file.service_token_file),
             smtp_url: secret(
@@ -592,6 +609,21 @@ mod tests {
             config.max_message_bytes,
             Config::default().max_message_bytes
         );
+    }
+
+    #[test]
+    fn the_peer_timeout_is_a_few_seconds_and_never_zero() {
+        assert_eq!(Config::default().peer_timeout, Duration::from_secs(5));
+        let args = |t: u64| ServerArgs {
+            peer_timeout: Some(Duration::from_millis(t)),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::resolve(args(1500)).unwrap().peer_timeout,
+            Duration::from_millis(1500)
+        );
+        let err = Config::resolve(args(0)).expect_err("zero is refused");
+        assert!(err.to_string().contains("--peer-timeout"), "{err}");
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl Server {
             while health
                 .message()
                 .await
-                .unwrap_or_else(|e| panic!("health stream: {e}; stderr:\n{}", log.text()))
+                .unwrap_or_else(|e| panic!("health stream: {e:?}; stderr:\n{}", log.text()))
                 .unwrap_or_else(|| panic!("health stream closed; stderr:\n{}", log.text()))
                 .status
                 != serving
