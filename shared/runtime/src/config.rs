@@ -456,7 +456,13 @@ impl Config {
             peers: {
                 // File, then CUSTODIAN_PEER_<NAME>, then flags.
                 let mut peers = file.peers;
+                // A setting of its own under the same prefix
+                // (CUSTODIAN_PEER_TIMEOUT) names no peer.
+                let settings = setting_variables();
                 for (key, url) in std::env::vars() {
+                    if settings.contains(&key) {
+                        continue;
+                    }
                     if let Some(name) = key.strip_prefix("CUSTODIAN_PEER_") {
                         let (name, url) = parse_peer(&format!("{}={url}", name.to_lowercase()))
                             .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
@@ -541,6 +547,17 @@ fn secret(
             Ok(Some(value.to_owned()))
         }
     }
+}
+
+/// The environment variables the server's settings read, from their clap
+/// definitions.
+fn setting_variables() -> Vec<String> {
+    use clap::Args as _;
+    ServerArgs::augment_args(clap::Command::new("custodian"))
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|name| name.to_string_lossy().into_owned())
+        .collect()
 }
 
 /// Environment names under `CUSTODIAN_` that are namespaces rather than
