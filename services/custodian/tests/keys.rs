@@ -347,6 +347,38 @@ fn no_pod_mounts_anything_that_can_sign_a_token() {
     }
 }
 
+/// Runs a server that must refuse to start: its output once it exits, or
+/// a failure if it is still running after a while (it started).
+fn exit_of(command: &mut Command) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running custodian");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("waiting").is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("custodian");
+            panic!(
+                "custodian started and served:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("custodian")
+}
+
+fn exits(args: &[&str]) -> std::process::Output {
+    exit_of(
+        Command::new(common::BIN)
+            .env_clear()
+            .env("CUSTODIAN_LOG", "warn")
+            .args(args),
+    )
+}
+
 #[test]
 fn a_server_with_a_target_refuses_keys_that_can_sign_and_credentials_not_its_own() {
     let folder = tempfile::tempdir().expect("a temporary folder");
@@ -446,7 +478,7 @@ fn a_server_with_a_target_refuses_keys_that_can_sign_and_credentials_not_its_own
             data.path().to_str().unwrap(),
         ];
         all.extend(args.iter().map(String::as_str));
-        let output = command(&all);
+        let output = exits(&all);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{what}: started\n{stderr}");
         assert!(stderr.contains(expected), "{what}: {stderr}");
@@ -462,16 +494,16 @@ fn a_server_with_a_target_refuses_keys_that_can_sign_and_credentials_not_its_own
             .collect();
         assert!(stored.is_empty(), "{what}: made {stored:?}");
     }
-    // The typo is caught in the environment too.
+    // The same file given in the environment, as a Deployment gives it.
     let data = tempfile::tempdir().unwrap();
-    let output = Command::new(common::BIN)
-        .env_clear()
-        .env("CUSTODIAN_TARGET", "analytics")
-        .env("CUSTODIAN_KEY_FILE", &suite_file)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
-        .output()
-        .unwrap();
+    let output = exit_of(
+        Command::new(common::BIN)
+            .env_clear()
+            .env("CUSTODIAN_TARGET", "analytics")
+            .env("CUSTODIAN_KEY_FILE", &suite_file)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path()),
+    );
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("can sign tokens"));
 }
