@@ -474,15 +474,16 @@ pub fn vaults(
         .collect()
 }
 
-/// The services whose data keys a key file's master keys wrap: a
-/// service's file, its own; the suite's file, those `target` selects. The
+/// The services whose data keys a key file's master keys may wrap: a
+/// service's file, its own; the suite's file, every service's, whatever
+/// the target (a key retired from it is gone for all of them). The
 /// operator's signing file has none.
 pub fn key_file_services(target: Target, keys: &KeyFile) -> anyhow::Result<Vec<&'static str>> {
     match keys.role() {
         Role::Signing => anyhow::bail!(
             "the operator's signing file holds no master keys: key commands take a service's key file"
         ),
-        Role::Suite => Ok(service_names(target)),
+        Role::Suite => Ok(service_names(Target::All)),
         Role::Service(name) => {
             let service = service_named(name).ok_or_else(|| {
                 anyhow::anyhow!(

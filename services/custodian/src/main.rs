@@ -117,7 +117,8 @@ enum KeysCommand {
     /// the active master key, in batches, while the servers keep running.
     Rewrap,
     /// Step 4: removes a master key that no data key of the key file's
-    /// services uses any more (their databases are checked).
+    /// services uses any more (a service's file: that service; the suite's:
+    /// every service, whatever the target; their databases are checked).
     Retire { id: String },
     /// Shows which master key wraps how many data keys, per service of the
     /// key file.
@@ -331,7 +332,9 @@ async fn keys(target: Target, config: &Config, command: KeysCommand) -> anyhow::
             println!("{id} is now active; roll the key file out, then `custodian keys rewrap`");
         }
         KeysCommand::Rewrap => {
-            let (keys, _, services) = open().await?;
+            let (keys, _, mut services) = open().await?;
+            // Of the suite's file, the services --target names.
+            services.retain(|s| custodian::service_names(target).contains(s));
             for vault in &custodian::vaults(&services, config, &keys)? {
                 let n = vault.rewrap_all(500).await?;
                 println!(
