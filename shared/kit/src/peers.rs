@@ -27,16 +27,19 @@ use crate::{call::Call, gate::SERVICE_HEADER};
 /// How long a minted service credential lives; it is renewed at half-life.
 const CREDENTIAL_TTL: Duration = Duration::from_secs(60 * 60);
 
-/// A service's own credential.
+/// A service's own credential: `svc:NAME`, which the callee's gate lets
+/// make only the calls NAME declares.
 pub enum Credential {
     /// Minted from the key file's signing key, for the purposes the service
-    /// needs when calling others.
+    /// needs when calling others: the all-in-one only, the one process that
+    /// holds a signing key.
     Mint {
         issuer: TokenIssuer,
         subject: String,
         purposes: Vec<Purpose>,
     },
-    /// Read from a file (a Kubernetes Secret) on each renewal.
+    /// Read from a file (a Kubernetes Secret) on each renewal: a server
+    /// with `--target`, given its credential by the operator.
     File(PathBuf),
     /// None: calls to other services fail (UNAVAILABLE).
     None,
