@@ -210,6 +210,22 @@ pub fn test_keys() -> KeyFile {
     KeyFile::generate("mk-test-1", custodian_privacy::token::generate_key_pair())
 }
 
+/// What a server run with `--target SERVICE` holds, made from the suite's
+/// test keys: the service's own key file (no signing key) and, for a service
+/// that calls others, its credential, written to `config.data_dir` and set
+/// as `config.service_token_file`.
+pub fn for_target(keys: &KeyFile, service: &str, config: &mut Config) -> KeyFile {
+    let (_, mut files) = keys.split(&[service]).expect("splitting the test keys");
+    let issuer = TokenIssuer::from_pem(keys.token_signing_key.as_deref().expect("signing key"))
+        .expect("issuer");
+    if let Ok(token) = custodian::service_credential(&issuer, service, Duration::from_secs(3600)) {
+        let path = config.data_dir.join(format!("{service}.token"));
+        std::fs::write(&path, token).expect("writing the service credential");
+        config.service_token_file = Some(path);
+    }
+    files.pop().expect("the service's key file")
+}
+
 /// Starts the whole suite on `backend`; `None` when that backend is
 /// unavailable (outside CI).
 pub async fn spawn(backend: Backend) -> Option<TestApp> {

@@ -827,6 +827,25 @@ mod subject_data_is_routed_per_service {
 // --- forged and widened calls ------------------------------------------------
 
 /// A contact client sending `token` and one extra header.
+/// Sends `token` and the `extra` metadata with every call.
+fn with_metadata(
+    token: &str,
+    extra: &[(&'static str, &str)],
+) -> impl tonic::service::Interceptor + use<> {
+    let auth: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+    let extra: Vec<(&'static str, MetadataValue<_>)> = extra
+        .iter()
+        .map(|(k, v)| (*k, v.parse().unwrap()))
+        .collect();
+    move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", auth.clone());
+        for (k, v) in &extra {
+            r.metadata_mut().insert(*k, v.clone());
+        }
+        Ok(r)
+    }
+}
+
 fn contacts_with(
     app: &TestApp,
     token: &str,
@@ -837,18 +856,7 @@ fn contacts_with(
         impl tonic::service::Interceptor + use<>,
     >,
 > {
-    let auth: MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
-    let extra: Vec<(&'static str, MetadataValue<_>)> = extra
-        .iter()
-        .map(|(k, v)| (*k, v.parse().unwrap()))
-        .collect();
-    ContactServiceClient::with_interceptor(app.channel.clone(), move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", auth.clone());
-        for (k, v) in &extra {
-            r.metadata_mut().insert(*k, v.clone());
-        }
-        Ok(r)
-    })
+    ContactServiceClient::with_interceptor(app.channel.clone(), with_metadata(token, extra))
 }
 
 storage_test!(
@@ -1089,13 +1097,14 @@ storage_test!(
             .await
             .unwrap_err();
         assert_eq!(missing.code(), Code::NotFound);
-        let missing = ContactServiceClient::new(forward())
+        // Tickets never reads contacts, so its credential may not.
+        let refused = ContactServiceClient::new(forward())
             .get_contact(GetContactRequest {
                 name: acme_contact.name.clone(),
             })
             .await
             .unwrap_err();
-        assert_eq!(missing.code(), Code::NotFound);
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
         let found = UserServiceClient::new(forward())
             .get_user(GetUserRequest {
                 name: globex_user.name.clone(),
@@ -1119,31 +1128,36 @@ storage_test!(
         );
 
         // A service credential with the forwarded limit, sent by hand: the
-        // same. Without the limit the same credential reads the contact,
-        // so it is the limit that hides it.
+        // same. Without the limit the same credential reads the user, so it
+        // is the limit that hides it.
         let service = tickets_credential(&app)
             .issue_service("svc:tickets", &[Purpose::Support], Duration::from_secs(60))
             .unwrap();
-        let get = GetContactRequest {
-            name: acme_contact.name.clone(),
+        let get = GetUserRequest {
+            name: acme_user.name.clone(),
         };
-        let missing = contacts_with(
-            &app,
-            &service,
-            &[
-                ("custodian-purpose", "support"),
-                ("custodian-on-behalf-of", "ops:mallory"),
-                ("custodian-tenant-limit", "globex"),
-            ],
+        let missing = UserServiceClient::with_interceptor(
+            app.channel.clone(),
+            with_metadata(
+                &service,
+                &[
+                    ("custodian-purpose", "support"),
+                    ("custodian-on-behalf-of", "ops:mallory"),
+                    ("custodian-tenant-limit", "globex"),
+                ],
+            ),
         )
-        .get_contact(get.clone())
+        .get_user(get.clone())
         .await
         .unwrap_err();
         assert_eq!(missing.code(), Code::NotFound);
-        contacts_with(&app, &service, &[("custodian-purpose", "support")])
-            .get_contact(get)
-            .await
-            .expect("the credential itself may read it");
+        UserServiceClient::with_interceptor(
+            app.channel.clone(),
+            with_metadata(&service, &[("custodian-purpose", "support")]),
+        )
+        .get_user(get)
+        .await
+        .expect("the credential itself may read it");
         app.stop().await.unwrap();
     }
 );
@@ -1635,6 +1649,7 @@ async fn the_gate_refuses_before_any_handler_runs() {
             grpc_service: "custodian.identity.v1.ContactService",
             trail: Vec::new(),
         }],
+        &custodian::peer_calls(),
     )
     .unwrap();
     let (_ready, ready_rx) = tokio::sync::watch::channel(true);
@@ -1927,11 +1942,17 @@ async fn the_gate_table_is_every_method_served_and_nothing_else() {
 
     // A process of one service admits that service's methods and the
     // shared contracts, nothing of the other's.
-    for (target, other) in [
-        (custodian::Target::Identity, "custodian.tickets."),
-        (custodian::Target::Tickets, "custodian.identity."),
+    for (target, name, other) in [
+        (
+            custodian::Target::Identity,
+            "identity",
+            "custodian.tickets.",
+        ),
+        (custodian::Target::Tickets, "tickets", "custodian.identity."),
     ] {
-        let suite = custodian::suite(target, &config, &keys, Arc::new(SystemClock)).unwrap();
+        let mut config = config.clone();
+        let own = custodian_tests::for_target(&keys, name, &mut config);
+        let suite = custodian::suite(target, &config, &own, Arc::new(SystemClock)).unwrap();
         let table: BTreeSet<String> = suite.gate.paths().cloned().collect();
         let served: Vec<&str> = suite
             .modules
@@ -2190,12 +2211,13 @@ async fn the_kit_starts_the_kernel(backend: Backend) {
     let Some(db) = TestDatabase::create(backend).await else {
         return;
     };
-    let config = test_config(&db);
+    let mut config = test_config(&db);
     let keys = test_keys();
+    let own = custodian_tests::for_target(&keys, "tickets", &mut config);
     let suite = custodian::suite(
         custodian::Target::Tickets,
         &config,
-        &keys,
+        &own,
         Arc::new(SystemClock),
     )
     .unwrap();

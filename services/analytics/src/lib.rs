@@ -56,6 +56,17 @@ pub const USAGE_SITE: &str = "usage";
 /// policy (administration). Grant checks go with the caller's own purpose.
 pub const PEER_PURPOSES: &[Purpose] = &[Purpose::ServiceDelivery, Purpose::Administration];
 
+/// The methods of other services analytics calls, and the only ones its
+/// service credential may call (the gate refuses any other): the policy
+/// version a consent is given under (`consents.rs`), a tenant's monitoring
+/// grant for usage events (`ingest.rs`), and the retention policy for its
+/// sweeps (the kit's `PeerPolicy`).
+pub const PEER_CALLS: &[&str] = &[
+    "/custodian.identity.v1.PolicyService/GetPolicyVersionInForce",
+    "/custodian.identity.v1.MonitoringGrantService/CheckMonitoringGrant",
+    "/custodian.retention.v1.RetentionService/GetRetentionPolicy",
+];
+
 /// How often each process reloads the sites another replica may have changed.
 const SITES_REFRESH: Duration = Duration::from_secs(5);
 

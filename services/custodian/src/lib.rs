@@ -1,6 +1,13 @@
 //! What the `custodian` binary runs: the list of services, which of them a
-//! `--target` selects, the keys they need, and the key commands that must
-//! see every service's database.
+//! `--target` selects, the keys and credentials they need, and the key
+//! commands that must see the databases of a key file's services.
+//!
+//! Who holds what: a server run with `--target NAME` holds NAME's key file
+//! (its own master keys, the blind-index key, the token public keys) and
+//! NAME's service credential, issued by the operator; it refuses a key file
+//! that could sign tokens. The all-in-one process (no `--target`) holds the
+//! suite's one key file, signing key included, and mints each of its
+//! services' credentials itself: one process, one file, no pods.
 
 use std::{
     collections::BTreeSet,
@@ -12,13 +19,14 @@ use std::{
 use anyhow::Context as _;
 use custodian_kit::{
     Context, KitService,
+    gate::PeerCalls,
     peers::{Credential, Peers},
 };
 use custodian_privacy::{
     Privacy, Purpose, TokenAuthenticator,
     audit::AuditLog,
-    keys::KeyFile,
-    token::{TokenIssuer, TokenVerifier, generate_key_pair},
+    keys::{KeyFile, Role},
+    token::{TokenIssuer, TokenKind, TokenVerifier, generate_key_pair},
     vault::Vault,
 };
 use custodian_runtime::{Application, Config, Database, ServiceModule, time::Clock};
@@ -48,6 +56,18 @@ struct Service {
     construct: fn(Context) -> anyhow::Result<Arc<dyn KitService>>,
     /// What its service credential may do when it calls others.
     peer_purposes: &'static [Purpose],
+    /// The methods of others it calls: all its credential may call.
+    peer_calls: &'static [&'static str],
+}
+
+impl Service {
+    fn calls(&self) -> PeerCalls {
+        PeerCalls {
+            service: self.name,
+            purposes: self.peer_purposes,
+            calls: self.peer_calls,
+        }
+    }
 }
 
 fn identity(context: Context) -> anyhow::Result<Arc<dyn KitService>> {
@@ -82,30 +102,35 @@ const SERVICES: &[Service] = &[
         name: custodian_identity::NAME,
         construct: identity,
         peer_purposes: custodian_identity::PEER_PURPOSES,
+        peer_calls: custodian_identity::PEER_CALLS,
     },
     Service {
         target: Target::Tickets,
         name: custodian_tickets::NAME,
         construct: tickets,
         peer_purposes: custodian_tickets::PEER_PURPOSES,
+        peer_calls: custodian_tickets::PEER_CALLS,
     },
     Service {
         target: Target::Analytics,
         name: custodian_analytics::NAME,
         construct: analytics,
         peer_purposes: custodian_analytics::PEER_PURPOSES,
+        peer_calls: custodian_analytics::PEER_CALLS,
     },
     Service {
         target: Target::Feedback,
         name: custodian_feedback::NAME,
         construct: feedback,
         peer_purposes: custodian_feedback::PEER_PURPOSES,
+        peer_calls: custodian_feedback::PEER_CALLS,
     },
     Service {
         target: Target::Dsr,
         name: custodian_dsr::NAME,
         construct: dsr,
         peer_purposes: custodian_dsr::PEER_PURPOSES,
+        peer_calls: custodian_dsr::PEER_CALLS,
     },
 ];
 
@@ -118,6 +143,141 @@ fn selected(target: Target) -> impl Iterator<Item = &'static Service> {
 /// Short names of the services `target` runs.
 pub fn service_names(target: Target) -> Vec<&'static str> {
     selected(target).map(|s| s.name).collect()
+}
+
+fn service_named(name: &str) -> Option<&'static Service> {
+    SERVICES.iter().find(|s| s.name == name)
+}
+
+fn known_names() -> String {
+    SERVICES
+        .iter()
+        .map(|s| s.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What every service of the suite calls on the others, whichever this
+/// process runs: the gate admits a service credential to these calls only.
+pub fn peer_calls() -> Vec<PeerCalls> {
+    SERVICES.iter().map(Service::calls).collect()
+}
+
+/// Issues the service credential of `service`: subject `svc:NAME`, exactly
+/// the purposes that service calls others for. Refused for a name the suite
+/// does not know, and for a service that calls no other (it needs none).
+pub fn service_credential(
+    issuer: &TokenIssuer,
+    service: &str,
+    ttl: Duration,
+) -> anyhow::Result<String> {
+    let known = service_named(service).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no service {service:?} in this suite; its services are {}",
+            known_names()
+        )
+    })?;
+    anyhow::ensure!(
+        !known.peer_calls.is_empty(),
+        "{service} calls no other service, so it needs no service credential"
+    );
+    Ok(issuer.issue_service(&format!("svc:{service}"), known.peer_purposes, ttl)?)
+}
+
+/// Checks that `keys` is the key file a process running `target` may hold:
+/// under `--target NAME`, NAME's own file, which cannot sign tokens; in the
+/// all-in-one, the suite's file, whose signing key mints its services'
+/// credentials.
+pub fn check_key_file(target: Target, keys: &KeyFile) -> anyhow::Result<()> {
+    let one = selected(target).next().filter(|_| target != Target::All);
+    match (one, keys.role()) {
+        (_, Role::Signing) => anyhow::bail!(
+            "this is the operator's signing file, not a server's: a server holds its service's \
+             key file (master keys, blind-index key, token public keys) and never the signing key"
+        ),
+        (None, Role::Service(service)) => anyhow::bail!(
+            "this key file is for {service} only; the all-in-one runs every service and needs the \
+             suite's key file (or run --target {service})"
+        ),
+        (None, Role::Suite) if keys.token_signing_key.is_none() => anyhow::bail!(
+            "the all-in-one mints its services' credentials with the key file's token_signing_key, \
+             and this key file has none"
+        ),
+        (None, Role::Suite) => Ok(()),
+        (Some(own), _) if keys.token_signing_key.is_some() => anyhow::bail!(
+            "this key file can sign tokens; a server only verifies them: remove token_signing_key \
+             and keep it with the operator (`custodian keys split --out DIR` makes the operator's \
+             signing file and one key file per service), then give --target {} its own file",
+            own.name
+        ),
+        (Some(own), Role::Suite) => anyhow::bail!(
+            "this key file holds the keys of the whole suite; a server with --target {0} holds only \
+             {0}'s: make one file per service with `custodian keys split --out DIR`",
+            own.name
+        ),
+        (Some(own), Role::Service(service)) if service != own.name => anyhow::bail!(
+            "this key file is for {service}; --target {0} needs the key file of {0}",
+            own.name
+        ),
+        (Some(_), Role::Service(_)) => Ok(()),
+    }
+}
+
+/// Checks the service credential at `path` before a server relies on it:
+/// a service credential of `service` itself, for exactly its purposes,
+/// signed by a key the server trusts and not expired. The token is never
+/// shown.
+fn check_credential_file(
+    path: &Path,
+    service: &Service,
+    verifier: &TokenVerifier,
+) -> anyhow::Result<()> {
+    let name = service.name;
+    let reissue = format!("issue it with `custodian token --service {name}`");
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the service credential {}", path.display()))?;
+    let claims = verifier.verify(token.trim()).map_err(|e| {
+        anyhow::anyhow!(
+            "the service credential {} is refused ({e}): {reissue}",
+            path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        claims.kind == TokenKind::Service,
+        "{} is a caller's token, not a service credential: {reissue}",
+        path.display()
+    );
+    // Another service's subject names a service; anything else is not shown.
+    anyhow::ensure!(
+        claims.sub == format!("svc:{name}"),
+        "{} is the credential of {}, not of {name}: {reissue}",
+        path.display(),
+        if claims.sub.starts_with("svc:") {
+            claims.sub.as_str()
+        } else {
+            "another caller"
+        }
+    );
+    let mut wanted = service.peer_purposes.to_vec();
+    wanted.sort_unstable();
+    anyhow::ensure!(
+        claims.purposes == wanted,
+        "{} holds other purposes than {name} calls others for: {reissue}",
+        path.display()
+    );
+    let left = claims.exp.saturating_sub(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    if left < 7 * 24 * 60 * 60 {
+        tracing::warn!(
+            service = name,
+            days_left = left / 86_400,
+            "the service credential expires soon: issue a new one and update its Secret"
+        );
+    }
+    Ok(())
 }
 
 /// The services to run and the gate in front of them.
@@ -133,23 +293,40 @@ pub struct Suite {
 
 /// Builds the services for `target`, each with its own database pool (its
 /// own SQLite file by default), audit trail, vault, peers and credential.
+///
+/// Under `--target` the key file must be the service's own (see
+/// [`check_key_file`]) and a service that calls others needs its credential
+/// file (`--service-token-file`), checked here; the all-in-one mints each
+/// service's credential from the suite's key file.
 pub fn suite(
     target: Target,
     config: &Config,
     keys: &KeyFile,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Suite> {
+    check_key_file(target, keys)?;
     let keyring = Arc::new(keys.keyring()?);
     let index = Arc::new(keys.blind_index_key()?);
     let verifier =
         TokenVerifier::from_public_pems(keys.token_public_keys.iter().map(String::as_str))
             .context("the key file's token_public_keys")?;
-    let issuer = keys
-        .token_signing_key
-        .as_deref()
-        .map(TokenIssuer::from_pem)
-        .transpose()
-        .context("the key file's token_signing_key")?;
+    // Only the all-in-one signs (check_key_file refuses a signing key
+    // anywhere else).
+    let issuer = match target {
+        Target::All => {
+            anyhow::ensure!(
+                config.service_token_file.is_none(),
+                "--service-token-file is for a server with --target: the all-in-one mints each of \
+                 its services' own credentials"
+            );
+            keys.token_signing_key
+                .as_deref()
+                .map(TokenIssuer::from_pem)
+                .transpose()
+                .context("the key file's token_signing_key")?
+        }
+        _ => None,
+    };
     let sweep =
         (!config.retention_sweep_interval.is_zero()).then_some(config.retention_sweep_interval);
     let mailer =
@@ -159,21 +336,38 @@ pub fn suite(
     let mut all_peers = Vec::new();
     for service in selected(target) {
         let name = service.name;
+        // Refused before any database is opened (a SQLite file made).
+        let credential = match (&issuer, &config.service_token_file) {
+            (Some(issuer), _) => Credential::Mint {
+                issuer: issuer.clone(),
+                subject: format!("svc:{name}"),
+                purposes: service.peer_purposes.to_vec(),
+            },
+            (None, _) if service.peer_calls.is_empty() => {
+                if config.service_token_file.is_some() {
+                    tracing::warn!(
+                        service = name,
+                        "this service calls no other; its --service-token-file is not used"
+                    );
+                }
+                Credential::None
+            }
+            (None, Some(path)) => {
+                check_credential_file(path, service, &verifier)?;
+                Credential::File(path.clone())
+            }
+            (None, None) => anyhow::bail!(
+                "{name} calls other services and needs its service credential: \
+                 --service-token-file (CUSTODIAN_SERVICE_TOKEN_FILE), issued by the operator with \
+                 `custodian token --service {name}`"
+            ),
+        };
         let db = Database::connect_lazy(
             &config.database_url_for(name),
             config.database_max_connections,
         )?;
         let audit = AuditLog::new(name, db.clone(), clock.clone());
         let vault = Vault::new(name, db.clone(), keyring.clone(), index.clone());
-        let credential = match (&config.service_token_file, &issuer) {
-            (Some(path), _) => Credential::File(path.clone()),
-            (None, Some(issuer)) => Credential::Mint {
-                issuer: issuer.clone(),
-                subject: format!("svc:{name}"),
-                purposes: service.peer_purposes.to_vec(),
-            },
-            (None, None) => Credential::None,
-        };
         let peers = Peers::new(config.peers.clone(), credential, config.peer_timeout);
         let context = Context {
             name,
@@ -189,8 +383,13 @@ pub fn suite(
         services.push(((service.construct)(context.clone())?, context));
     }
     let names = services.iter().map(|(s, _)| s.name()).collect();
-    let assembled =
-        custodian_kit::module::assemble(services, TokenAuthenticator::new(verifier), sweep, clock)?;
+    let assembled = custodian_kit::module::assemble(
+        services,
+        TokenAuthenticator::new(verifier),
+        &peer_calls(),
+        sweep,
+        clock,
+    )?;
     Ok(Suite {
         modules: assembled.modules,
         gate: assembled.gate,
@@ -257,8 +456,109 @@ pub fn save_keys(path: &Path, keys: &KeyFile) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
-/// The database of every service of the suite (whatever the target: a key
-/// file is shared), each once.
+/// The vaults of `services` (short names), for the key commands: each on
+/// its own database, with the key file's keys.
+pub fn vaults(
+    services: &[&'static str],
+    config: &Config,
+    keys: &KeyFile,
+) -> anyhow::Result<Vec<Vault>> {
+    let keyring = Arc::new(keys.keyring()?);
+    let index = Arc::new(keys.blind_index_key()?);
+    services
+        .iter()
+        .map(|name| {
+            let db = Database::connect_lazy(&config.database_url_for(name), 1)?;
+            Ok(Vault::new(name, db, keyring.clone(), index.clone()))
+        })
+        .collect()
+}
+
+/// The services whose data keys a key file's master keys may wrap: a
+/// service's file, its own; the suite's file, every service's, whatever
+/// the target (a key retired from it is gone for all of them). The
+/// operator's signing file has none.
+pub fn key_file_services(target: Target, keys: &KeyFile) -> anyhow::Result<Vec<&'static str>> {
+    match keys.role() {
+        Role::Signing => anyhow::bail!(
+            "the operator's signing file holds no master keys: key commands take a service's key file"
+        ),
+        Role::Suite => Ok(service_names(Target::All)),
+        Role::Service(name) => {
+            let service = service_named(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the key file is for {name:?}, which is not a service of this suite ({})",
+                    known_names()
+                )
+            })?;
+            anyhow::ensure!(
+                target == Target::All || target == service.target,
+                "the key file is for {name}; it does not hold the keys of --target {}",
+                service_names(target).join(", ")
+            );
+            Ok(vec![service.name])
+        }
+    }
+}
+
+/// The master key id `keys init` gives a service: its name and the day.
+fn master_key_id(service: &str) -> String {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    format!("{service}-{}", &now[..10])
+}
+
+/// The name of the operator's signing file in a folder of split keys.
+pub const SIGNING_FILE: &str = "signing.toml";
+
+/// Writes a split set of key files into `dir` (made, mode 0700, if
+/// missing): the operator's signing file, when given, and `NAME.toml` per
+/// service. Nothing is written if any of them exists already: a key file
+/// is never overwritten. Returns the paths written.
+pub fn write_split(
+    dir: &Path,
+    signing: Option<&KeyFile>,
+    services: &[KeyFile],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut planned: Vec<(PathBuf, &KeyFile)> = Vec::new();
+    if let Some(signing) = signing {
+        planned.push((dir.join(SIGNING_FILE), signing));
+    }
+    for file in services {
+        let name = file
+            .service
+            .as_deref()
+            .context("a service's key file names its service")?;
+        planned.push((dir.join(format!("{name}.toml")), file));
+    }
+    if let Some((existing, _)) = planned.iter().find(|(path, _)| path.exists()) {
+        anyhow::bail!(
+            "{} exists already; key files are never overwritten: choose an empty folder",
+            existing.display()
+        );
+    }
+    // A folder of the operator's own keeps its mode; a new one is private.
+    if !dir.exists() {
+        custodian_runtime::database::create_private_dir(dir)?;
+    }
+    for (path, file) in &planned {
+        file.write_new(path)?;
+    }
+    Ok(planned.into_iter().map(|(path, _)| path).collect())
+}
+
+/// New keys for the whole suite run as separate servers, written to `dir`
+/// (see [`write_split`]): each service its own master key.
+pub fn init_split_keys(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let ids: Vec<(&str, String)> = SERVICES
+        .iter()
+        .map(|s| (s.name, master_key_id(s.name)))
+        .collect();
+    let ids: Vec<(&str, &str)> = ids.iter().map(|(s, id)| (*s, id.as_str())).collect();
+    let (signing, services) = KeyFile::generate_split(&ids, generate_key_pair());
+    write_split(dir, Some(&signing), &services)
+}
+
+/// The database of every service of the suite, each once.
 fn all_databases(config: &Config) -> Vec<(Vec<&'static str>, String)> {
     let mut out: Vec<(Vec<&'static str>, String)> = Vec::new();
     for service in SERVICES {
@@ -284,13 +584,16 @@ fn never_created(url: &str) -> bool {
     !path.is_empty() && path != ":memory:" && !Path::new(path).exists()
 }
 
-/// Per master key, how many data keys of which service wrap under it, in
-/// every database of the suite. A database that cannot be read is an
-/// error: a key command must not decide on a partial view.
-pub async fn key_usage(config: &Config) -> anyhow::Result<Vec<(String, String, i64)>> {
+/// Per master key, how many data keys of which of `services` wrap under
+/// it, in their databases. A database that cannot be read is an error: a
+/// key command must not decide on a partial view.
+pub async fn key_usage(
+    config: &Config,
+    services: &[&str],
+) -> anyhow::Result<Vec<(String, String, i64)>> {
     let mut usage = Vec::new();
     for (names, url) in all_databases(config) {
-        if never_created(&url) {
+        if never_created(&url) || !names.iter().any(|n| services.contains(n)) {
             continue;
         }
         let db = Database::connect_lazy(&url, 1)?;
@@ -303,11 +606,16 @@ pub async fn key_usage(config: &Config) -> anyhow::Result<Vec<(String, String, i
         match rows {
             Ok(rows) => {
                 for row in rows {
-                    usage.push((
-                        row.try_get::<String, _>("master_key_id")?,
-                        row.try_get::<String, _>("service")?,
-                        row.try_get::<i64, _>("n")?,
-                    ));
+                    let service = row.try_get::<String, _>("service")?;
+                    // A database shared by several services holds the
+                    // others' keys too, wrapped under their own files.
+                    if services.contains(&service.as_str()) {
+                        usage.push((
+                            row.try_get::<String, _>("master_key_id")?,
+                            service,
+                            row.try_get::<i64, _>("n")?,
+                        ));
+                    }
                 }
             }
             // A database the kernel never migrated holds no data key.
@@ -333,7 +641,8 @@ fn is_missing_table(message: &str) -> bool {
 
 /// Services whose databases hold data keys at all.
 async fn data_keys_held(config: &Config) -> anyhow::Result<Vec<String>> {
-    let services: BTreeSet<String> = key_usage(config)
+    let all: Vec<&str> = SERVICES.iter().map(|s| s.name).collect();
+    let services: BTreeSet<String> = key_usage(config, &all)
         .await?
         .into_iter()
         .map(|(_, service, _)| service)

@@ -1,14 +1,14 @@
 //! `custodian`: runs every Custodian service in one process, or one of them
 //! with `--target`; issues tokens and manages keys.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, Parser, Subcommand};
-use custodian::{Target, key_usage, load_keys, save_keys, suite};
+use custodian::{Target, key_file_services, key_usage, load_keys, save_keys, suite};
 use custodian_privacy::{
     Purpose,
     crypto::is_valid_key_id,
@@ -40,26 +40,36 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Prints a signed bearer token, for operators and grpcurl.
+    /// Prints a signed bearer token, for operators and grpcurl, or a
+    /// service's credential (`--service NAME`). Signs with the key file's
+    /// token_signing_key: the operator's signing file (`keys init`), or the
+    /// development key file.
     Token {
-        /// Who the caller is, e.g. "ops:alice" or "svc:dsr".
-        #[arg(long)]
-        subject: String,
+        /// Who the caller is, e.g. "ops:alice".
+        #[arg(long, required_unless_present = "service", conflicts_with = "service")]
+        subject: Option<String>,
         /// A purpose the caller may act for (repeat for several): service_delivery,
         /// support, dsr_fulfilment, security_investigation, product_analytics, audit,
         /// administration.
-        #[arg(long = "purpose", required = true)]
+        #[arg(
+            long = "purpose",
+            required_unless_present = "service",
+            conflicts_with = "service"
+        )]
         purposes: Vec<Purpose>,
         /// Limits the caller to one tenant (its id, e.g. "acme").
-        #[arg(long)]
+        #[arg(long, conflicts_with = "service")]
         tenant: Option<String>,
-        /// How long the token is valid.
+        /// How long the token is valid (at most 30 days).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         ttl: Duration,
-        /// Issues a service credential (subject "svc:NAME"): only the suite's
-        /// services hold one, for calls to each other on their callers' behalf.
-        #[arg(long, conflicts_with = "tenant")]
-        service: bool,
+        /// Issues the service credential of the service NAME (tickets,
+        /// analytics, feedback, dsr): subject "svc:NAME", exactly the
+        /// purposes that service calls others for; it may make only the
+        /// calls that service declares. Mounted as its Secret file
+        /// (--service-token-file); e.g. --ttl 720h, and renewed before then.
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
     },
     /// Master-key rotation, without downtime. See the README.
     #[command(subcommand)]
@@ -76,6 +86,25 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
+    /// Makes new keys for the suite run as separate servers (Kubernetes):
+    /// OUT/signing.toml, the operator's token signing key, kept off the
+    /// cluster; and OUT/NAME.toml per service, its own master key, the
+    /// blind-index key they share and the token public key, for its Secret.
+    Init {
+        /// The folder to write to (made, mode 0700, if missing); existing
+        /// key files are never overwritten.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Splits the suite's key file (--key-file, or the development one)
+    /// into OUT/signing.toml and OUT/NAME.toml per service (of --target).
+    /// Every service's file keeps every master key, which its data may be
+    /// wrapped under: rotate each file afterwards to give each service its
+    /// own (add, activate, rewrap, retire).
+    Split {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Step 1: adds a new master key, not yet active. Roll it out to every server.
     Add {
         /// The new key's id, e.g. "mk-2026-12".
@@ -83,13 +112,16 @@ enum KeysCommand {
     },
     /// Step 2: makes a master key the one new data keys are wrapped with. Roll out.
     Activate { id: String },
-    /// Step 3: rewraps every data key of the target's services under the
-    /// active master key, in batches, while the servers keep running.
+    /// Step 3: rewraps every data key of the key file's services (a
+    /// service's file: that service; the suite's: those of --target) under
+    /// the active master key, in batches, while the servers keep running.
     Rewrap,
-    /// Step 4: removes a master key that no data key of any service uses any
-    /// more (every service's database is checked, whatever the target).
+    /// Step 4: removes a master key that no data key of the key file's
+    /// services uses any more (a service's file: that service; the suite's:
+    /// every service, whatever the target; their databases are checked).
     Retire { id: String },
-    /// Shows which master key wraps how many data keys, per service.
+    /// Shows which master key wraps how many data keys, per service of the
+    /// key file.
     Status,
 }
 
@@ -132,10 +164,18 @@ async fn run() -> anyhow::Result<()> {
         }) => {
             let (keys, _, _) = load_keys(cli.target, &config).await?;
             let issuer = signing_key(&keys)?;
-            let token = if service {
-                issuer.issue_service(&subject, &purposes, ttl)?
-            } else {
-                issuer.issue(&subject, &purposes, tenant.as_deref(), ttl)?
+            let token = match (service, subject) {
+                (Some(service), _) => custodian::service_credential(&issuer, &service, ttl)?,
+                (None, Some(subject)) => {
+                    // What names a service in the audit trail is its
+                    // credential; a caller's token never looks like one.
+                    anyhow::ensure!(
+                        !subject.starts_with("svc:"),
+                        "\"svc:\" subjects are services' credentials: `custodian token --service NAME`"
+                    );
+                    issuer.issue(&subject, &purposes, tenant.as_deref(), ttl)?
+                }
+                (None, None) => anyhow::bail!("--subject or --service is required"),
             };
             println!("{token}");
             Ok(())
@@ -143,12 +183,19 @@ async fn run() -> anyhow::Result<()> {
         Some(Command::Keys(command)) => keys(cli.target, &config, command).await,
         Some(Command::Datamap { format }) => {
             // The map is the declarations: no keys or database are needed,
-            // so throwaway ones are used.
+            // so throwaway ones are used, with the whole suite (the target
+            // is a part of its map).
             let keys = custodian_privacy::keys::KeyFile::generate("datamap", generate_key_pair());
-            let suite = suite(cli.target, &config, &keys, Arc::new(SystemClock))?;
+            let config = Config {
+                service_token_file: None,
+                ..config
+            };
+            let mut map = suite(Target::All, &config, &keys, Arc::new(SystemClock))?.data_map;
+            let names = custodian::service_names(cli.target);
+            map.systems.retain(|s| names.contains(&s.service.as_str()));
             match format.as_str() {
-                "json" => println!("{}", custodian_kit::datamap::to_json(&suite.data_map)),
-                _ => print!("{}", custodian_kit::datamap::to_markdown(&suite.data_map)),
+                "json" => println!("{}", custodian_kit::datamap::to_json(&map)),
+                _ => print!("{}", custodian_kit::datamap::to_markdown(&map)),
             }
             Ok(())
         }
@@ -184,6 +231,10 @@ async fn serve(target: Target, config: Config) -> anyhow::Result<()> {
     tracing::debug!(?config, "configuration");
     let stopped = shutdown_signal()?;
     let (keys, key_path, created) = load_keys(target, &config).await?;
+    // Before anything is built: a pod given a key file that could sign
+    // tokens, or another service's, does not start.
+    custodian::check_key_file(target, &keys)
+        .with_context(|| format!("key file {}", key_path.display()))?;
     if created {
         println!(
             "custodian: created a development key file at {} (keep it secret)",
@@ -244,9 +295,43 @@ fn print_welcome(
 }
 
 async fn keys(target: Target, config: &Config, command: KeysCommand) -> anyhow::Result<()> {
-    let (mut keys, path, _) = load_keys(target, config).await?;
+    // A key file to rotate, and the services whose data keys its master
+    // keys wrap.
+    let open = async || -> anyhow::Result<_> {
+        let (keys, path, _) = load_keys(target, config).await?;
+        let services = key_file_services(target, &keys)?;
+        Ok((keys, path, services))
+    };
     match command {
+        KeysCommand::Init { out } => {
+            anyhow::ensure!(
+                target == Target::All,
+                "`keys init` makes every service's file at once (they share the blind-index key); \
+                 leave out --target"
+            );
+            for path in custodian::init_split_keys(&out)? {
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "keep {} off the cluster (it signs tokens); each NAME.toml goes into the Secret NAME-keys",
+                out.join(custodian::SIGNING_FILE).display()
+            );
+        }
+        KeysCommand::Split { out } => {
+            // Never made here: a new suite file has nothing worth splitting.
+            let (path, _) = custodian::key_file_path(Target::All, config)?;
+            let suite_keys = custodian_privacy::keys::KeyFile::load(&path)?;
+            let (signing, services) = suite_keys.split(&custodian::service_names(target))?;
+            let signing = signing.filter(|_| target == Target::All);
+            for path in custodian::write_split(&out, signing.as_ref(), &services)? {
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "every file still holds every master key: rotate each service's file to give it its own"
+            );
+        }
         KeysCommand::Add { id } => {
+            let (mut keys, path, _) = open().await?;
             anyhow::ensure!(
                 is_valid_key_id(&id),
                 "a key id is 1-64 letters, digits, '-' or '_'"
@@ -261,13 +346,16 @@ async fn keys(target: Target, config: &Config, command: KeysCommand) -> anyhow::
             );
         }
         KeysCommand::Activate { id } => {
+            let (mut keys, path, _) = open().await?;
             keys.activate_master_key(&id)?;
             save_keys(&path, &keys)?;
             println!("{id} is now active; roll the key file out, then `custodian keys rewrap`");
         }
         KeysCommand::Rewrap => {
-            let suite = suite(target, config, &keys, Arc::new(SystemClock))?;
-            for vault in &suite.vaults {
+            let (keys, _, mut services) = open().await?;
+            // Of the suite's file, the services --target names.
+            services.retain(|s| custodian::service_names(target).contains(s));
+            for vault in &custodian::vaults(&services, config, &keys)? {
                 let n = vault.rewrap_all(500).await?;
                 println!(
                     "{}: rewrapped {n} data keys under {}",
@@ -277,9 +365,10 @@ async fn keys(target: Target, config: &Config, command: KeysCommand) -> anyhow::
             }
         }
         KeysCommand::Retire { id } => {
-            // Every service's database, whatever the target: the key file
-            // is shared, and a key another service still needs must stay.
-            let users: Vec<String> = key_usage(config)
+            let (mut keys, path, services) = open().await?;
+            // Every database of the file's services: a key another of them
+            // still needs must stay.
+            let users: Vec<String> = key_usage(config, &services)
                 .await?
                 .into_iter()
                 .filter(|(key, _, n)| *key == id && *n > 0)
@@ -296,8 +385,9 @@ async fn keys(target: Target, config: &Config, command: KeysCommand) -> anyhow::
             println!("retired {id}");
         }
         KeysCommand::Status => {
+            let (keys, _, services) = open().await?;
             println!("active master key: {}", keys.active_master_key);
-            for (key, service, n) in key_usage(config).await? {
+            for (key, service, n) in key_usage(config, &services).await? {
                 println!("  {key}: {n} data keys of {service}");
             }
         }

@@ -15,7 +15,9 @@
 //!
 //! Runs on SQLite (a database file per service, the two dsr replicas on
 //! one) and on PostgreSQL (one database shared by all, each service its own
-//! tables).
+//! tables). Each process holds only its own key file and its own service
+//! credential, made as the operator makes them (`custodian keys init`,
+//! `custodian token --service`): no process could sign a token.
 
 mod common;
 
@@ -25,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Authed, Bearer, Log, Postgres, Server};
+use common::{Authed, Bearer, Log, Postgres, Server, SplitKeys};
 use custodian_privacy::{Purpose, keys::KeyFile, token::TokenIssuer};
 use custodian_proto::{
     audit::v1::{
@@ -89,7 +91,7 @@ async fn separate_processes_and_kill_9_postgres() {
 /// Five processes on fixed ports, so a restarted one is found again.
 struct Suite {
     dir: PathBuf,
-    key_file: PathBuf,
+    keys: SplitKeys,
     database_url: Option<String>,
     ports: BTreeMap<&'static str, u16>,
     log: Log,
@@ -106,15 +108,15 @@ fn free_port() -> u16 {
 
 impl Suite {
     fn new(dir: &Path, database_url: Option<&str>) -> Self {
-        let key_file = dir.join("keys.toml");
-        let keys = KeyFile::generate("mk-dsr-test", custodian_privacy::token::generate_key_pair());
-        keys.write_new(&key_file).expect("writing the key file");
-        let issuer = TokenIssuer::from_pem(keys.token_signing_key.as_deref().expect("signing key"))
-            .expect("issuer");
+        let keys = SplitKeys::init(&dir.join("keys"));
+        let signing = KeyFile::load(keys.signing_file()).expect("the operator's signing file");
+        let issuer =
+            TokenIssuer::from_pem(signing.token_signing_key.as_deref().expect("signing key"))
+                .expect("issuer");
         let hour = Duration::from_secs(3600);
         Self {
             dir: dir.to_path_buf(),
-            key_file,
+            keys,
             database_url: database_url.map(str::to_owned),
             ports: PEERS
                 .iter()
@@ -153,12 +155,7 @@ impl Suite {
             ("dsr-b", Some(url)) => ("dsr", Some(url.clone())),
             (_, url) => (name, url.clone()),
         };
-        let mut args = vec![
-            "--target".to_owned(),
-            target.to_owned(),
-            "--key-file".to_owned(),
-            self.key_file.display().to_string(),
-        ];
+        let mut args = self.keys.args(target);
         let peers: &[&str] = match target {
             "identity" => &[],
             "dsr" => &PEERS,

@@ -53,6 +53,18 @@ pub const NAME: &str = "dsr";
 /// retention policy for its own sweeps.
 pub const PEER_PURPOSES: &[Purpose] = &[Purpose::DsrFulfilment, Purpose::Administration];
 
+/// The methods of other services dsr calls, and the only ones its service
+/// credential may call (the gate refuses any other): the subject contract
+/// on every service a request reaches (`flow.rs`), and the retention policy
+/// for its sweeps (the kit's `PeerPolicy`).
+pub const PEER_CALLS: &[&str] = &[
+    "/custodian.subject.v1.SubjectDataService/LocateSubjectData",
+    "/custodian.subject.v1.SubjectDataService/ExportSubjectData",
+    "/custodian.subject.v1.SubjectDataService/RectifySubjectData",
+    "/custodian.subject.v1.SubjectDataService/EraseSubjectData",
+    "/custodian.retention.v1.RetentionService/GetRetentionPolicy",
+];
+
 /// What the handlers and the orchestrator share.
 pub(crate) struct Core {
     pub context: Context,

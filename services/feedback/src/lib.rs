@@ -36,6 +36,18 @@ pub const NAME: &str = "feedback";
 /// and the retention policy (administration).
 pub const PEER_PURPOSES: &[Purpose] = &[Purpose::ServiceDelivery, Purpose::Administration];
 
+/// The methods of other services feedback calls, and the only ones its
+/// service credential may call (the gate refuses any other): the policy
+/// version a publication consent is given under, a feedback's tenant and
+/// author checked with identity for the caller (`testimonials/api.rs`), and
+/// the retention policy for its sweeps (the kit's `PeerPolicy`).
+pub const PEER_CALLS: &[&str] = &[
+    "/custodian.identity.v1.PolicyService/GetPolicyVersionInForce",
+    "/custodian.identity.v1.TenantService/GetTenant",
+    "/custodian.identity.v1.UserService/GetUser",
+    "/custodian.retention.v1.RetentionService/GetRetentionPolicy",
+];
+
 /// The feedback service, ready to be handed to the kit.
 pub struct Feedback {
     context: Context,

@@ -42,6 +42,10 @@ pub const NAME: &str = "identity";
 /// yet, it only answers.
 pub const PEER_PURPOSES: &[custodian_privacy::Purpose] = &[];
 
+/// The methods of other services identity calls: none, so it holds no
+/// service credential.
+pub const PEER_CALLS: &[&str] = &[];
+
 /// The identity service, ready to be handed to the kit.
 pub struct Identity {
     context: Context,

@@ -38,6 +38,16 @@ pub const PEER_PURPOSES: &[Purpose] = &[
     Purpose::Administration,
 ];
 
+/// The methods of other services tickets calls, and the only ones its
+/// service credential may call (the gate refuses any other): a ticket's
+/// tenant and requester checked with identity for the caller (`api.rs`),
+/// and the retention policy for its sweeps (the kit's `PeerPolicy`).
+pub const PEER_CALLS: &[&str] = &[
+    "/custodian.identity.v1.TenantService/GetTenant",
+    "/custodian.identity.v1.UserService/GetUser",
+    "/custodian.retention.v1.RetentionService/GetRetentionPolicy",
+];
+
 /// The tickets service, ready to be handed to the kit.
 pub struct Tickets {
     context: Context,

@@ -8,8 +8,17 @@
 //! the request message must pass its declared hygiene (control characters,
 //! lengths, name and id forms, known enum values). Handlers then start from
 //! the [`Access`] it leaves in the request; none can forget a check.
+//!
+//! A service credential (`sub: svc:NAME`, kind `service`) may only make the
+//! calls its service declares ([`PeerCalls`]), for the purposes it declares:
+//! a compromised service holds a credential that reaches what that service
+//! reaches, not everything every service does. A credential of a service the
+//! suite does not have is refused outright. Both refusals are audited.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use custodian_privacy::{
     Privacy, Purpose, TokenAuthenticator,
@@ -58,10 +67,60 @@ struct Entry {
     trail: Trail,
 }
 
-/// The gate: the method table of the services in this process.
+/// The gate: the method table of the services in this process, and what
+/// each service of the suite may call on it.
 pub struct KitGate {
     authenticator: Arc<TokenAuthenticator>,
     methods: HashMap<String, Entry>,
+    /// By credential subject ("svc:tickets").
+    callers: HashMap<String, Calls>,
+}
+
+/// What one of the suite's services calls on the others, declared by the
+/// service next to its code: its service credential holds `purposes` and
+/// may call the methods `calls` (full gRPC paths) and nothing else.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerCalls {
+    /// The service's short name ("tickets").
+    pub service: &'static str,
+    pub purposes: &'static [Purpose],
+    pub calls: &'static [&'static str],
+}
+
+impl PeerCalls {
+    /// The subject of the service's credential.
+    pub fn subject(&self) -> String {
+        format!("svc:{}", self.service)
+    }
+}
+
+struct Calls {
+    purposes: &'static [Purpose],
+    paths: HashSet<&'static str>,
+}
+
+/// Checks a service's declaration against the contracts: each call is a
+/// declared method, which serves a purpose the service's credential holds
+/// (else the call could never be made, and the declaration is wrong).
+fn check_peer_calls(declared: &PeerCalls) -> anyhow::Result<()> {
+    let service = declared.service;
+    for path in declared.calls {
+        let decl = DECLARATIONS.method(path).ok_or_else(|| {
+            anyhow::anyhow!("{service} declares a call to {path}, which no contract declares")
+        })?;
+        anyhow::ensure!(
+            decl.policy
+                .purposes()
+                .filter_map(Purpose::from_proto)
+                .any(|p| declared.purposes.contains(&p)),
+            "{service} declares a call to {path}, which serves none of the purposes {service}'s credential holds"
+        );
+    }
+    anyhow::ensure!(
+        declared.calls.is_empty() || !declared.purposes.is_empty(),
+        "{service} declares calls but no purpose to make them for"
+    );
+    Ok(())
 }
 
 /// One gRPC service of the process and the trail its refusals go to.
@@ -71,9 +130,28 @@ pub struct Served {
 }
 
 impl KitGate {
-    /// The table of every method of `served`, from its declaration. A
-    /// method without one is not in the table, so it is refused.
-    pub fn new(authenticator: Arc<TokenAuthenticator>, served: &[Served]) -> anyhow::Result<Self> {
+    /// The table of every method of `served`, from its declaration, and
+    /// what each service of the suite (`callers`, all of them, whether this
+    /// process runs them or not) may call. A method without a declaration
+    /// is not in the table, so it is refused.
+    pub fn new(
+        authenticator: Arc<TokenAuthenticator>,
+        served: &[Served],
+        callers: &[PeerCalls],
+    ) -> anyhow::Result<Self> {
+        let mut callers_table = HashMap::new();
+        for declared in callers {
+            check_peer_calls(declared)?;
+            let calls = Calls {
+                purposes: declared.purposes,
+                paths: declared.calls.iter().copied().collect(),
+            };
+            anyhow::ensure!(
+                callers_table.insert(declared.subject(), calls).is_none(),
+                "{} declares its calls twice",
+                declared.service
+            );
+        }
         let mut methods = HashMap::new();
         for served in served {
             let service = DECLARATIONS
@@ -119,6 +197,7 @@ impl KitGate {
         Ok(Self {
             authenticator,
             methods,
+            callers: callers_table,
         })
     }
 
@@ -126,6 +205,48 @@ impl KitGate {
     pub fn paths(&self) -> impl Iterator<Item = &String> {
         self.methods.keys()
     }
+
+    /// Why a service credential may not make this call, if it may not.
+    fn service_refusal(&self, caller: &access::Caller, path: &str) -> Option<String> {
+        let Some(calls) = self.callers.get(&caller.subject) else {
+            // The subject is signed, but not worth echoing: it names no one.
+            return Some("the service credential names no service of this suite".to_owned());
+        };
+        if !calls.paths.contains(path) {
+            return Some(format!(
+                "{} does not call {path}: a service credential may make only the calls its service declares",
+                caller.subject
+            ));
+        }
+        // Service credentials always name their purpose (see `access`).
+        match caller.requested_purpose {
+            Some(purpose) if calls.purposes.contains(&purpose) => None,
+            _ => Some(format!(
+                "{} does not call other services for that purpose",
+                caller.subject
+            )),
+        }
+    }
+}
+
+/// A refusal that is written to the trail of the service the call was for
+/// before it is answered.
+fn audited(
+    entry: &Entry,
+    headers: &http::HeaderMap,
+    caller: access::Caller,
+    refusal: Status,
+) -> Verdict {
+    let method = entry.method;
+    let privacy = entry.trail.pick(headers).cloned();
+    Verdict::RefuseAfter(Box::pin(async move {
+        if let Some(privacy) = privacy
+            && let Err(err) = privacy.audit.record(privacy.denied(&caller, method)).await
+        {
+            return err.into();
+        }
+        refusal
+    }))
 }
 
 impl Gate for KitGate {
@@ -144,6 +265,11 @@ impl Gate for KitGate {
             Ok(caller) => caller,
             Err(status) => return Verdict::Refuse(status),
         };
+        if caller.service
+            && let Some(refusal) = self.service_refusal(&caller, path)
+        {
+            return audited(entry, headers, caller, Status::permission_denied(refusal));
+        }
         let access = match access::authorize(Some(&caller), entry.method) {
             Ok(access) => access,
             Err(Refusal::NoCaller) => {
@@ -151,26 +277,18 @@ impl Gate for KitGate {
             }
             Err(Refusal::Purpose { caller }) => {
                 let method = entry.method;
-                let privacy = entry.trail.pick(headers).cloned();
-                return Verdict::RefuseAfter(Box::pin(async move {
-                    if let Some(privacy) = privacy
-                        && let Err(err) =
-                            privacy.audit.record(privacy.denied(&caller, method)).await
-                    {
-                        return err.into();
+                let purposes: Vec<&str> = method.purposes.iter().map(|p| p.as_str()).collect();
+                let refusal = Status::permission_denied(format!(
+                    "{} serves the purposes {}; the token allows none of them{}",
+                    method.path,
+                    purposes.join(", "),
+                    if caller.requested_purpose.is_some() {
+                        " (or not the one requested)"
+                    } else {
+                        ""
                     }
-                    let purposes: Vec<&str> = method.purposes.iter().map(|p| p.as_str()).collect();
-                    Status::permission_denied(format!(
-                        "{} serves the purposes {}; the token allows none of them{}",
-                        method.path,
-                        purposes.join(", "),
-                        if caller.requested_purpose.is_some() {
-                            " (or not the one requested)"
-                        } else {
-                            ""
-                        }
-                    ))
-                }));
+                ));
+                return audited(entry, headers, caller, refusal);
             }
         };
         if entry.scope == Scope::Company && access.tenant_limit().is_some() {

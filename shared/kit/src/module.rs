@@ -27,7 +27,7 @@ use crate::{
     audit_api::AuditApi,
     datamap::{self, DataMapApi, System},
     declare::DECLARATIONS,
-    gate::{KitGate, Served},
+    gate::{KitGate, PeerCalls, Served},
     peers::Peers,
     retention::{RetentionOwner, RetentionRouter, Scheduled, Sweep},
     store::Store,
@@ -241,10 +241,12 @@ pub struct Assembled {
 
 /// Assembles a process from services. Refuses when a contract lacks a
 /// declaration: whatever is undeclared would be refused or hidden anyway,
-/// and is better found before the first call.
+/// and is better found before the first call. `callers` are the calls every
+/// service of the suite declares it makes on others (see [`PeerCalls`]).
 pub fn assemble(
     services: Vec<(Arc<dyn KitService>, Context)>,
     authenticator: Arc<TokenAuthenticator>,
+    callers: &[PeerCalls],
     sweep_every: Option<Duration>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Assembled> {
@@ -315,7 +317,9 @@ pub fn assemble(
     systems.sort_by_key(|s| s.service);
     let data_map = datamap::build(&systems);
     drop(systems);
-    let gate = Arc::new(KitGate::new(authenticator, &served).context("building the access table")?);
+    let gate = Arc::new(
+        KitGate::new(authenticator, &served, callers).context("building the access table")?,
+    );
     modules.push(Arc::new(Contracts {
         subject,
         sweepers,

@@ -49,16 +49,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// this often (there is no ping policy in hyper's server).
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A service's own credential.
+/// A service's own credential: `svc:NAME`, which the callee's gate lets
+/// make only the calls NAME declares.
 pub enum Credential {
     /// Minted from the key file's signing key, for the purposes the service
-    /// needs when calling others.
+    /// needs when calling others: the all-in-one only, the one process that
+    /// holds a signing key.
     Mint {
         issuer: TokenIssuer,
         subject: String,
         purposes: Vec<Purpose>,
     },
-    /// Read from a file (a Kubernetes Secret) on each renewal.
+    /// Read from a file (a Kubernetes Secret) on each renewal: a server
+    /// with `--target`, given its credential by the operator.
     File(PathBuf),
     /// None: calls to other services fail (UNAVAILABLE).
     None,

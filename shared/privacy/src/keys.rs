@@ -1,29 +1,45 @@
-//! The key file: every secret a Custodian server needs, in one TOML file.
+//! Key files: the secrets a Custodian server needs, in TOML.
 //!
-//! Operators read and edit it by hand, and in production it is mounted from a
-//! Kubernetes Secret, so it is plain TOML with comments:
+//! Operators read and edit them by hand, and in production each is mounted
+//! from a Kubernetes Secret, so they are plain TOML with comments. A file
+//! has one of three roles ([`Role`]):
+//!
+//! - **a service's** (`service = "tickets"`): that service's master keys, the
+//!   blind-index key and the token public keys. No signing key: a server
+//!   only verifies tokens, so a compromised pod can mint none.
+//! - **the operator's signing file**: the token signing key (and its public
+//!   key), kept off the cluster; `custodian token` issues callers' tokens and
+//!   each service's credential with it.
+//! - **the suite's** (no `service`): everything in one file, for the
+//!   all-in-one process (development, small installs), which mints its own
+//!   services' credentials.
 //!
 //! ```toml
 //! # Custodian keys. Keep secret (mode 0600).
-//! active_master_key = "mk-2026-11-29"
+//! service = "tickets"
+//! active_master_key = "tickets-2026-11-29"
 //! blind_index_key = "<base64 of 32 bytes>"
-//! token_signing_key = """-----BEGIN PRIVATE KEY-----
-//! ...Ed25519 PKCS#8 PEM...
-//! -----END PRIVATE KEY-----"""
 //! token_public_keys = ["-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\n"]
 //!
 //! [master_keys]
-//! "mk-2026-11-29" = "<base64 of 32 bytes>"
+//! "tickets-2026-11-29" = "<base64 of 32 bytes>"
 //! "mk-2026-01-01" = "<base64 of 32 bytes>"   # kept until every data key is rewrapped
 //! ```
 //!
-//! Master key rotation, using [`KeyFile::add_master_key`],
-//! [`KeyFile::activate_master_key`] and [`KeyFile::retire_master_key`]:
+//! The blind-index key is the same in every service's file: identity keeps
+//! a legal hold on a data subject as the blind index of the email or phone,
+//! and every other service's sweep matches it against the indexes of its
+//! own rows ([`KeyFile::split`] and [`KeyFile::generate_split`] keep it so).
 //!
-//! 1. add a new master key (not active yet) and deploy the file everywhere;
+//! Master key rotation, using [`KeyFile::add_master_key`],
+//! [`KeyFile::activate_master_key`] and [`KeyFile::retire_master_key`], per
+//! file (a service's file is rotated on its own):
+//!
+//! 1. add a new master key (not active yet) and deploy the file to every
+//!    server that uses it;
 //! 2. activate it and deploy again;
 //! 3. run the rewrap job ([`crate::crypto::Keyring::rewrap`]) over every
-//!    stored wrapped data key of every service;
+//!    stored wrapped data key of the file's service(s);
 //! 4. retire the old key and deploy again.
 //!
 //! Errors name the file and the problem but never echo a value from it: a typo
@@ -50,10 +66,31 @@ const HEADER: &str = "\
 # key must stay listed until every data key it wrapped has been rewrapped under
 # active_master_key; after that it can be removed.
 # blind_index_key makes personal fields searchable by equality: changing it
-# breaks every stored index.
+# breaks every stored index. It is the same in every service's file.
 ";
 
-/// The contents of the key file. Key values are base64 (standard alphabet,
+const SIGNING_HEADER: &str = "\
+# Custodian token signing key: the operator's. Keep it off the cluster (mode 0600).
+#
+# `custodian token --key-file THIS` issues callers' tokens and each service's
+# credential (`--service NAME`). Servers only verify tokens: never mount this
+# file in a pod. token_public_keys go into every service's key file.
+";
+
+/// What a key file is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role<'a> {
+    /// Every service's keys in one file, for the all-in-one process; it may
+    /// hold the signing key, to mint its services' credentials.
+    Suite,
+    /// One service's master keys, the blind-index key and the token public
+    /// keys: what a server run with `--target` holds.
+    Service(&'a str),
+    /// The operator's token signing key, and nothing a server needs.
+    Signing,
+}
+
+/// The contents of a key file. Key values are base64 (standard alphabet,
 /// padded) of 32 random bytes; token keys are PEM.
 ///
 /// `Debug` shows ids and counts only. Secret strings are zeroized on drop
@@ -61,13 +98,22 @@ const HEADER: &str = "\
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyFile {
-    /// The id of the master key that wraps new data keys.
+    /// The one service this file is for (its `--target` name); `None` for
+    /// the suite's file and the operator's signing file.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The id of the master key that wraps new data keys ("" in the
+    /// operator's signing file, which holds none).
+    #[serde(default)]
     pub active_master_key: String,
     /// Master key id to base64 key.
+    #[serde(default)]
     pub master_keys: BTreeMap<String, String>,
-    /// Base64 HMAC key for blind indexes.
+    /// Base64 HMAC key for blind indexes ("" in the signing file).
+    #[serde(default)]
     pub blind_index_key: String,
-    /// Ed25519 PKCS#8 PEM; only servers that issue tokens need it.
+    /// Ed25519 PKCS#8 PEM: in the operator's signing file, and in the
+    /// suite's file of the all-in-one; never in a service's.
     #[serde(default)]
     pub token_signing_key: Option<String>,
     /// Every public key (PEM) a valid token may be signed with: more than one
@@ -94,11 +140,48 @@ impl KeyFile {
         Ok(file)
     }
 
+    /// What the file is for.
+    pub fn role(&self) -> Role<'_> {
+        match &self.service {
+            Some(service) => Role::Service(service),
+            None if self.holds_master_keys() => Role::Suite,
+            None => Role::Signing,
+        }
+    }
+
+    /// Whether the file has any part of what a server needs to encrypt.
+    fn holds_master_keys(&self) -> bool {
+        !self.master_keys.is_empty()
+            || !self.active_master_key.is_empty()
+            || !self.blind_index_key.is_empty()
+    }
+
     /// Checks that every key decodes and the active master key is listed, so a
-    /// bad file fails at startup rather than on the first encrypted write.
+    /// bad file fails at startup rather than on the first encrypted write;
+    /// and that the file holds what its role needs and nothing more.
     ///
     /// Token keys are left to the token module, which parses them.
     pub fn validate(&self) -> anyhow::Result<()> {
+        match self.role() {
+            Role::Service(service) => {
+                if !is_valid_key_id(service) {
+                    bail!(
+                        "invalid service name {service:?}: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
+                    );
+                }
+                if self.token_signing_key.is_some() {
+                    bail!(
+                        "the key file of {service} holds token_signing_key: a service only verifies tokens; \
+                         keep the signing key in the operator's signing file"
+                    );
+                }
+            }
+            Role::Signing if self.token_signing_key.is_none() => {
+                bail!("the key file holds neither master keys nor a token signing key");
+            }
+            Role::Signing => return Ok(()),
+            Role::Suite => {}
+        }
         self.keyring()?;
         self.blind_index_key()?;
         Ok(())
@@ -106,6 +189,7 @@ impl KeyFile {
 
     /// The master keys as a [`Keyring`].
     pub fn keyring(&self) -> anyhow::Result<Keyring> {
+        self.needs_master_keys()?;
         let mut keys = Vec::with_capacity(self.master_keys.len());
         for (id, value) in &self.master_keys {
             let what = format!("master key {id:?}");
@@ -117,19 +201,31 @@ impl KeyFile {
 
     /// The key for blind indexes.
     pub fn blind_index_key(&self) -> anyhow::Result<BlindIndexKey> {
+        self.needs_master_keys()?;
         let bytes = decode_key("blind_index_key", &self.blind_index_key)?;
         Ok(BlindIndexKey::new(*bytes))
     }
 
-    /// A new key file with one random master key, `master_key_id`, and a
-    /// random blind index key. The token key pair is `(private PEM, public
-    /// PEM)`, made by the token module.
+    fn needs_master_keys(&self) -> anyhow::Result<()> {
+        if self.role() == Role::Signing {
+            bail!(
+                "this is the operator's signing file: it holds no master keys or blind-index key, \
+                 which are in each service's key file"
+            );
+        }
+        Ok(())
+    }
+
+    /// A new suite file (for the all-in-one) with one random master key,
+    /// `master_key_id`, and a random blind index key. The token key pair is
+    /// `(private PEM, public PEM)`, made by the token module.
     ///
     /// The id is not checked here; [`KeyFile::write_new`] refuses an invalid
     /// file, and [`KeyFile::validate`] says why.
     pub fn generate(master_key_id: &str, token_keys: (String, String)) -> KeyFile {
         let (private_pem, public_pem) = token_keys;
         KeyFile {
+            service: None,
             active_master_key: master_key_id.to_owned(),
             master_keys: BTreeMap::from([(master_key_id.to_owned(), random_key_text())]),
             blind_index_key: random_key_text(),
@@ -138,18 +234,86 @@ impl KeyFile {
         }
     }
 
+    /// New keys for a suite run as separate servers: the operator's signing
+    /// file, and for each `(service, master key id)` a file with its own
+    /// random master key, the one blind-index key they share and the token
+    /// public key.
+    pub fn generate_split(
+        services: &[(&str, &str)],
+        token_keys: (String, String),
+    ) -> (KeyFile, Vec<KeyFile>) {
+        let (private_pem, public_pem) = token_keys;
+        let blind_index_key = Zeroizing::new(random_key_text());
+        let files = services
+            .iter()
+            .map(|(service, master_key_id)| KeyFile {
+                service: Some((*service).to_owned()),
+                active_master_key: (*master_key_id).to_owned(),
+                master_keys: BTreeMap::from([((*master_key_id).to_owned(), random_key_text())]),
+                blind_index_key: blind_index_key.to_string(),
+                token_signing_key: None,
+                token_public_keys: vec![public_pem.clone()],
+            })
+            .collect();
+        (KeyFile::signing(private_pem, vec![public_pem]), files)
+    }
+
+    /// The operator's signing file.
+    pub fn signing(private_pem: String, public_pems: Vec<String>) -> KeyFile {
+        KeyFile {
+            service: None,
+            active_master_key: String::new(),
+            master_keys: BTreeMap::new(),
+            blind_index_key: String::new(),
+            token_signing_key: Some(private_pem),
+            token_public_keys: public_pems,
+        }
+    }
+
+    /// Splits a suite file into the operator's signing file (`None` when it
+    /// holds no signing key) and one file per service. Every service's file
+    /// keeps every master key, since data keys of any service may be
+    /// wrapped under any of them: give each service a master key of its own
+    /// by rotating its file afterwards (add, activate, rewrap, retire).
+    pub fn split(&self, services: &[&str]) -> anyhow::Result<(Option<KeyFile>, Vec<KeyFile>)> {
+        if self.role() != Role::Suite {
+            bail!("only the suite's key file (no `service`, with master keys) can be split");
+        }
+        let signing = self
+            .token_signing_key
+            .clone()
+            .map(|pem| KeyFile::signing(pem, self.token_public_keys.clone()));
+        let files = services
+            .iter()
+            .map(|service| {
+                let mut file = self.clone();
+                file.service = Some((*service).to_owned());
+                file.token_signing_key.zeroize();
+                file.token_signing_key = None;
+                file
+            })
+            .collect();
+        Ok((signing, files))
+    }
+
     /// The file's text, with a comment header for operators.
     pub fn to_toml(&self) -> String {
-        let mut out = String::from(HEADER);
+        let master_keys = self.holds_master_keys();
+        let mut out = String::from(if master_keys { HEADER } else { SIGNING_HEADER });
         out.push('\n');
-        out.push_str(&format!(
-            "active_master_key = {}\n",
-            toml_string(&self.active_master_key)
-        ));
-        out.push_str(&format!(
-            "blind_index_key = {}\n",
-            toml_string(&self.blind_index_key)
-        ));
+        if let Some(service) = &self.service {
+            out.push_str(&format!("service = {}\n", toml_string(service)));
+        }
+        if master_keys {
+            out.push_str(&format!(
+                "active_master_key = {}\n",
+                toml_string(&self.active_master_key)
+            ));
+            out.push_str(&format!(
+                "blind_index_key = {}\n",
+                toml_string(&self.blind_index_key)
+            ));
+        }
         if let Some(pem) = &self.token_signing_key {
             out.push_str(&format!("token_signing_key = {}\n", toml_string(pem)));
         }
@@ -161,7 +325,11 @@ impl KeyFile {
         if !self.token_public_keys.is_empty() {
             out.push('\n');
         }
-        out.push_str("]\n\n[master_keys]\n");
+        out.push_str("]\n");
+        if !master_keys {
+            return out;
+        }
+        out.push_str("\n[master_keys]\n");
         for (id, key) in &self.master_keys {
             let note = if *id == self.active_master_key {
                 "  # active"
@@ -220,6 +388,7 @@ impl KeyFile {
     /// the new one wrap, so a key is activated ([`Self::activate_master_key`])
     /// only once every server has it.
     pub fn add_master_key(&mut self, id: &str) -> anyhow::Result<()> {
+        self.needs_master_keys()?;
         if !is_valid_key_id(id) {
             bail!(
                 "invalid master key id {id:?}: use 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
@@ -235,6 +404,7 @@ impl KeyFile {
     /// Rotation step 2: makes master key `id` the one new data keys are
     /// wrapped with.
     pub fn activate_master_key(&mut self, id: &str) -> anyhow::Result<()> {
+        self.needs_master_keys()?;
         if !self.master_keys.contains_key(id) {
             bail!("no master key {id:?}");
         }
@@ -245,6 +415,7 @@ impl KeyFile {
     /// Rotation step 3: removes master key `id`, once no stored data key is
     /// wrapped under it any more. The active key can't be retired.
     pub fn retire_master_key(&mut self, id: &str) -> anyhow::Result<()> {
+        self.needs_master_keys()?;
         if id == self.active_master_key {
             bail!("master key {id:?} is active and can't be retired");
         }
@@ -286,6 +457,7 @@ impl fmt::Debug for KeyFile {
             }
         }
         f.debug_struct("KeyFile")
+            .field("service", &self.service)
             .field("active_master_key", &self.active_master_key)
             .field("master_keys", &Ids(&self.master_keys))
             .field("blind_index_key", &Redacted)
@@ -370,6 +542,7 @@ mod tests {
     }
 
     fn assert_same(a: &KeyFile, b: &KeyFile) {
+        assert_eq!(a.service, b.service);
         assert_eq!(a.active_master_key, b.active_master_key);
         assert_eq!(a.master_keys, b.master_keys);
         assert_eq!(a.blind_index_key, b.blind_index_key);
@@ -698,6 +871,106 @@ token_public_keys = ["-----BEGIN PUBLIC KEY-----\n...\n-----END PUBLIC KEY-----\
         assert_eq!(
             ring.unwrap(&old, b"row").unwrap_err(),
             crate::crypto::CryptoError::UnknownMasterKey("mk-2026-11-29".into())
+        );
+    }
+
+    #[test]
+    fn a_split_set_gives_each_service_its_own_master_key_and_no_signing_key() {
+        let (signing, services) = KeyFile::generate_split(
+            &[("identity", "identity-1"), ("tickets", "tickets-1")],
+            (PRIVATE_PEM.to_owned(), PUBLIC_PEM.to_owned()),
+        );
+        assert_eq!(signing.role(), Role::Signing);
+        assert_eq!(signing.token_signing_key.as_deref(), Some(PRIVATE_PEM));
+        assert_eq!(signing.token_public_keys, [PUBLIC_PEM]);
+        let text = signing.to_toml();
+        assert!(!text.contains("master_keys") && !text.contains("blind_index_key"));
+        assert!(text.contains("never mount this\n# file in a pod"), "{text}");
+        let parsed = KeyFile::from_toml_str(&text).unwrap();
+        assert_same(&signing, &parsed);
+        assert!(parsed.keyring().is_err() && parsed.blind_index_key().is_err());
+
+        let [identity, tickets] = &services[..] else {
+            panic!("two files")
+        };
+        assert_eq!(identity.role(), Role::Service("identity"));
+        assert_eq!(tickets.role(), Role::Service("tickets"));
+        for file in [identity, tickets] {
+            assert_eq!(file.token_signing_key, None);
+            assert_eq!(file.token_public_keys, [PUBLIC_PEM]);
+            let text = file.to_toml();
+            assert!(!text.contains("PRIVATE KEY"), "{text}");
+            assert_same(file, &KeyFile::from_toml_str(&text).unwrap());
+        }
+        assert_eq!(
+            identity.master_keys.keys().collect::<Vec<_>>(),
+            ["identity-1"]
+        );
+        assert_eq!(
+            tickets.master_keys.keys().collect::<Vec<_>>(),
+            ["tickets-1"]
+        );
+        assert_ne!(
+            identity.master_keys["identity-1"],
+            tickets.master_keys["tickets-1"]
+        );
+        // Shared: identity's legal holds are blind indexes the others match.
+        assert_eq!(identity.blind_index_key, tickets.blind_index_key);
+    }
+
+    #[test]
+    fn a_service_file_never_holds_the_signing_key() {
+        let (_, services) = KeyFile::generate_split(
+            &[("tickets", "tickets-1")],
+            (PRIVATE_PEM.to_owned(), PUBLIC_PEM.to_owned()),
+        );
+        let mut file = services[0].clone();
+        file.token_signing_key = Some(PRIVATE_PEM.to_owned());
+        let text = file.to_toml();
+        let err = format!("{:#}", KeyFile::from_toml_str(&text).unwrap_err());
+        assert!(err.contains("tickets holds token_signing_key"), "{err}");
+        assert!(!err.contains("PRIVATEPRIVATE"), "{err}");
+        let dir = TempDir::new("service-signing");
+        assert!(file.write_new(dir.0.join("keys.toml")).is_err());
+        assert!(!dir.0.join("keys.toml").exists());
+    }
+
+    #[test]
+    fn splitting_the_suite_file_keeps_every_key_where_it_is_needed() {
+        let mut suite = generated();
+        suite.add_master_key("mk-2027").unwrap();
+        let (signing, services) = suite.split(&["identity", "dsr"]).unwrap();
+        let signing = signing.expect("the suite file could sign");
+        assert_eq!(signing.token_signing_key, suite.token_signing_key);
+        assert_eq!(signing.role(), Role::Signing);
+        for (file, name) in services.iter().zip(["identity", "dsr"]) {
+            assert_eq!(file.role(), Role::Service(name));
+            assert_eq!(file.token_signing_key, None);
+            assert_eq!(file.master_keys, suite.master_keys);
+            assert_eq!(file.active_master_key, suite.active_master_key);
+            assert_eq!(file.blind_index_key, suite.blind_index_key);
+            assert_eq!(file.token_public_keys, suite.token_public_keys);
+            file.validate().unwrap();
+        }
+        assert!(services[0].split(&["identity"]).is_err(), "a service's own");
+        assert!(signing.split(&["identity"]).is_err(), "the signing file");
+    }
+
+    #[test]
+    fn the_signing_file_has_no_master_keys_to_rotate() {
+        let (mut signing, _) =
+            KeyFile::generate_split(&[], (PRIVATE_PEM.to_owned(), PUBLIC_PEM.to_owned()));
+        let err = signing.add_master_key("mk-1").unwrap_err().to_string();
+        assert!(err.contains("signing file"), "{err}");
+        assert!(signing.activate_master_key("mk-1").is_err());
+        assert!(signing.master_keys.is_empty());
+        let err = format!(
+            "{:#}",
+            KeyFile::from_toml_str("token_public_keys = []").unwrap_err()
+        );
+        assert!(
+            err.contains("neither master keys nor a token signing key"),
+            "{err}"
         );
     }
 

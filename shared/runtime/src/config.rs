@@ -116,7 +116,8 @@ pub struct ServerArgs {
     #[arg(long, global = true, env = "CUSTODIAN_SHUTDOWN_GRACE", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Option<Duration>,
 
-    /// Key file: master keys, blind-index key, token keys [default with no
+    /// Key file: master keys, blind-index key, token keys; with --target,
+    /// that service's own, which cannot sign tokens [default with no
     /// --target: DATA_DIR/keys.toml, created on first start; required with --target].
     #[arg(long, global = true, env = "CUSTODIAN_KEY_FILE", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
@@ -139,9 +140,10 @@ pub struct ServerArgs {
     #[arg(long, global = true, env = "CUSTODIAN_PEER_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub peer_timeout: Option<Duration>,
 
-    /// A service credential to call other services with, when the key file
-    /// holds no token signing key (a Secret in Kubernetes) [default: minted
-    /// from the key file's signing key].
+    /// The service's credential to call other services with, from
+    /// `custodian token --service NAME` (a Secret in Kubernetes); required
+    /// with --target for a service that calls others [default: the
+    /// all-in-one mints its services' own].
     #[arg(
         long,
         global = true,

@@ -337,3 +337,125 @@ impl Drop for Postgres {
         .join();
     }
 }
+
+/// Keys and credentials as the operator makes them for a suite run as
+/// separate servers: `custodian keys init --out DIR` (or `keys split`), and
+/// `custodian token --service NAME` with the signing file. Each server gets
+/// only its own key file and its own credential ([`Self::args`]).
+pub struct SplitKeys {
+    pub dir: std::path::PathBuf,
+}
+
+impl SplitKeys {
+    /// `custodian keys init --out DIR`: new keys.
+    pub fn init(dir: &Path) -> Self {
+        run_ok(&["keys", "init", "--out", &dir.display().to_string()]);
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// `custodian keys split --key-file SUITE --out DIR`: the suite's one
+    /// key file split per service.
+    pub fn split(suite_file: &Path, dir: &Path) -> Self {
+        run_ok(&[
+            "keys",
+            "split",
+            "--key-file",
+            &suite_file.display().to_string(),
+            "--out",
+            &dir.display().to_string(),
+        ]);
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The operator's signing file.
+    pub fn signing_file(&self) -> std::path::PathBuf {
+        self.dir.join("signing.toml")
+    }
+
+    /// The key file of `service`.
+    pub fn key_file(&self, service: &str) -> std::path::PathBuf {
+        self.dir.join(format!("{service}.toml"))
+    }
+
+    /// The credential of `service`, issued once into the folder; `None`
+    /// for a service that calls no other.
+    pub fn credential(&self, service: &str) -> Option<std::path::PathBuf> {
+        let path = self.dir.join(format!("{service}.token"));
+        if !path.exists() {
+            let output = command(&[
+                "token",
+                "--key-file",
+                &self.signing_file().display().to_string(),
+                "--service",
+                service,
+                "--ttl",
+                "24h",
+            ]);
+            if !output.status.success() {
+                return None;
+            }
+            std::fs::write(&path, &output.stdout).expect("writing the credential");
+        }
+        Some(path)
+    }
+
+    /// `--target NAME --key-file ... [--service-token-file ...]`: what the
+    /// Deployment of `service` is given.
+    pub fn args(&self, service: &str) -> Vec<String> {
+        let mut args = vec![
+            "--target".to_owned(),
+            service.to_owned(),
+            "--key-file".to_owned(),
+            self.key_file(service).display().to_string(),
+        ];
+        if let Some(credential) = self.credential(service) {
+            args.push("--service-token-file".to_owned());
+            args.push(credential.display().to_string());
+        }
+        args
+    }
+
+    /// A caller's token from `custodian token` with the signing file.
+    pub fn token(&self, subject: &str, purposes: &[&str], tenant: Option<&str>) -> String {
+        let signing = self.signing_file().display().to_string();
+        let mut args = vec!["token", "--key-file", &signing, "--subject", subject];
+        for purpose in purposes {
+            args.extend(["--purpose", purpose]);
+        }
+        if let Some(tenant) = tenant {
+            args.extend(["--tenant", tenant]);
+        }
+        let output = run_ok(&args);
+        String::from_utf8(output.stdout)
+            .expect("a token is ASCII")
+            .trim()
+            .to_owned()
+    }
+}
+
+/// Runs `custodian ARGS` to its end, with a clean environment.
+pub fn command(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .env_clear()
+        .env("CUSTODIAN_LOG", "warn")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {BIN}: {e}"))
+}
+
+/// As [`command`], which must succeed.
+pub fn run_ok(args: &[&str]) -> std::process::Output {
+    let output = command(args);
+    assert!(
+        output.status.success(),
+        "custodian {}: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
