@@ -11,15 +11,9 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     process::Stdio,
-    time::Duration,
 };
 
-use common::{BIN, Log, Postgres, Server};
-use custodian_privacy::{
-    Purpose,
-    keys::KeyFile,
-    token::{TokenIssuer, generate_key_pair},
-};
+use common::{BIN, Log, Postgres, Server, SplitKeys};
 use serde_json::Value;
 
 fn repo_root() -> PathBuf {
@@ -155,21 +149,22 @@ fn containers(objects: &[Value]) -> Vec<Container> {
     out
 }
 
-/// What the operator puts in each Secret, made for the test.
+/// What the operator puts in each Secret, made for the test by the
+/// operator's own procedure (`custodian keys init`, `custodian token
+/// --service`).
 struct Secrets {
     root: tempfile::TempDir,
-    issuer: TokenIssuer,
-    public_key: String,
+    keys: SplitKeys,
     databases: BTreeMap<String, Postgres>,
 }
 
 impl Secrets {
     fn new() -> Self {
-        let (private, public) = generate_key_pair();
+        let root = tempfile::tempdir().expect("a folder");
+        let keys = SplitKeys::init(&root.path().join("operator"));
         Self {
-            root: tempfile::tempdir().expect("a folder"),
-            issuer: TokenIssuer::from_pem(&private).expect("a signing key"),
-            public_key: public,
+            root,
+            keys,
             databases: BTreeMap::new(),
         }
     }
@@ -187,37 +182,18 @@ impl Secrets {
             // Mail is only sent when there is mail to send; starting needs
             // the setting, not the relay.
             std::fs::write(dir.join("url"), "smtp://127.0.0.1:2525\n").expect("writing");
-        } else if secret == format!("{service}-keys") || secret == "custodian-keys" {
-            // A server's key file verifies tokens and never signs them.
-            let mut keys = KeyFile::generate(&format!("mk-{service}"), generate_key_pair());
-            keys.token_signing_key = None;
-            keys.token_public_keys = vec![self.public_key.clone()];
-            std::fs::write(dir.join("keys.toml"), keys.to_toml()).expect("writing");
+        } else if secret == format!("{service}-keys") {
+            std::fs::copy(self.keys.key_file(service), dir.join("keys.toml")).expect("copying");
         } else if secret == format!("{service}-credential") {
             let token = self
-                .issuer
-                .issue_service(
-                    &format!("svc:{service}"),
-                    peer_purposes(service),
-                    Duration::from_secs(3600),
-                )
-                .expect("a service credential");
-            std::fs::write(dir.join("token"), token).expect("writing");
+                .keys
+                .credential(service)
+                .unwrap_or_else(|| panic!("{service} mounts a credential it cannot have"));
+            std::fs::copy(token, dir.join("token")).expect("copying");
         } else {
             panic!("{service} mounts Secret {secret}, and this test does not know what it holds");
         }
         Some(dir)
-    }
-}
-
-fn peer_purposes(service: &str) -> &'static [Purpose] {
-    match service {
-        "identity" => custodian_identity::PEER_PURPOSES,
-        "tickets" => custodian_tickets::PEER_PURPOSES,
-        "analytics" => custodian_analytics::PEER_PURPOSES,
-        "feedback" => custodian_feedback::PEER_PURPOSES,
-        "dsr" => custodian_dsr::PEER_PURPOSES,
-        other => panic!("unknown service {other}"),
     }
 }
 
@@ -265,7 +241,10 @@ async fn every_prod_deployment_reaches_serving_as_rendered() {
         for (name, value) in &container.env {
             let value = if name == "CUSTODIAN_LISTEN" {
                 "127.0.0.1:0".to_owned()
-            } else if let Some(peer) = name.strip_prefix("CUSTODIAN_PEER_") {
+            } else if let Some(peer) = name
+                .strip_prefix("CUSTODIAN_PEER_")
+                .filter(|_| value.starts_with("http://"))
+            {
                 let peer = peer.to_lowercase();
                 let server = running
                     .get(&peer)

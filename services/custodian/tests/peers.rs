@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Authed, Bearer, Log, Postgres, Server};
+use common::{Authed, Bearer, Log, Postgres, Server, SplitKeys};
 use custodian_privacy::{Purpose, keys::KeyFile, token::TokenIssuer};
 use custodian_proto::{
     common::v1::PersonName,
@@ -60,7 +60,7 @@ const RESUME: Duration = Duration::from_secs(15);
 /// restarted one is found again, each on its own PostgreSQL database.
 struct Suite {
     dir: PathBuf,
-    key_file: PathBuf,
+    keys: SplitKeys,
     databases: BTreeMap<&'static str, Postgres>,
     ports: BTreeMap<&'static str, u16>,
     log: Log,
@@ -81,17 +81,16 @@ impl Suite {
         for name in PEERS.iter().chain(["dsr"].iter()) {
             databases.insert(*name, Postgres::create().await?);
         }
-        let key_file = dir.join("keys.toml");
-        let keys = KeyFile::generate(
-            "mk-peers-test",
-            custodian_privacy::token::generate_key_pair(),
-        );
-        keys.write_new(&key_file).expect("writing the key file");
-        let issuer = TokenIssuer::from_pem(keys.token_signing_key.as_deref().expect("signing key"))
-            .expect("issuer");
+        // As production runs: each service with its own key file and
+        // credential, the signing key with the operator.
+        let keys = SplitKeys::init(&dir.join("keys"));
+        let signing = KeyFile::load(keys.signing_file()).expect("the operator's signing file");
+        let issuer =
+            TokenIssuer::from_pem(signing.token_signing_key.as_deref().expect("signing key"))
+                .expect("issuer");
         Some(Self {
             dir: dir.to_path_buf(),
-            key_file,
+            keys,
             databases,
             ports: PEERS
                 .iter()
@@ -112,12 +111,7 @@ impl Suite {
     /// Starts `name` ("dsr-b": a second dsr replica on dsr's database).
     async fn start(&self, name: &'static str, more: &[&str]) -> Server {
         let target = if name == "dsr-b" { "dsr" } else { name };
-        let mut args = vec![
-            "--target".to_owned(),
-            target.to_owned(),
-            "--key-file".to_owned(),
-            self.key_file.display().to_string(),
-        ];
+        let mut args = self.keys.args(target);
         let peers: &[&str] = match target {
             "identity" => &[],
             "dsr" => &PEERS,
