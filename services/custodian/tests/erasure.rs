@@ -99,7 +99,10 @@ impl Run {
         let data = tempfile::tempdir().expect("a data folder");
         let keys_dir = tempfile::tempdir().expect("a key folder").keep();
         let key_file = keys_dir.join("keys.toml");
-        let keys = KeyFile::generate("mk-erasure-test", custodian_privacy::token::generate_key_pair());
+        let keys = KeyFile::generate(
+            "mk-erasure-test",
+            custodian_privacy::token::generate_key_pair(),
+        );
         keys.write_new(&key_file).expect("writing the key file");
         let issuer = TokenIssuer::from_pem(keys.token_signing_key.as_deref().expect("signing key"))
             .expect("issuer");
@@ -114,7 +117,12 @@ impl Run {
                 .issue("test:erasure", &Purpose::ALL, None, hour)
                 .expect("token"),
             acme_token: issuer
-                .issue("test:acme-privacy", &[Purpose::DsrFulfilment], Some("acme"), hour)
+                .issue(
+                    "test:acme-privacy",
+                    &[Purpose::DsrFulfilment],
+                    Some("acme"),
+                    hour,
+                )
                 .expect("token"),
             log: Log::default(),
         }
@@ -125,10 +133,7 @@ impl Run {
     }
 
     async fn start(&self) -> Server {
-        let mut args = vec![
-            "--key-file".to_owned(),
-            self.key_file.display().to_string(),
-        ];
+        let mut args = vec!["--key-file".to_owned(), self.key_file.display().to_string()];
         if let Some(log) = &self.erasure_log {
             args.push("--erasure-log".to_owned());
             args.push(log.url.clone());
@@ -515,7 +520,9 @@ async fn found_nowhere(run: &Run, server: &Server, hers: &Hers) {
         .expect("the anonymised ticket")
         .into_inner();
     assert!(
-        ticket.requester.is_none_or(|r| r.email.is_empty() && r.person_name.is_none()),
+        ticket
+            .requester
+            .is_none_or(|r| r.email.is_empty() && r.person_name.is_none()),
         "the ticket still names her"
     );
     let feedback = FeedbackServiceClient::with_interceptor(server.channel.clone(), run.bearer())
@@ -568,6 +575,11 @@ async fn backup_erase_restore(run: &Run) {
 
     run.restore().await;
     let mut server = run.start().await;
+    assert!(
+        run.log.text().contains("were applied again"),
+        "the start says it applied erasures again; stderr:\n{}",
+        run.log.text()
+    );
     found_nowhere(run, &server, &hers).await;
     on_disk_nowhere(run, "after the restore");
     // The proof of the request is still there, completed, saying where it
@@ -593,17 +605,23 @@ async fn backup_erase_restore(run: &Run) {
 
 // --- what production refuses ----------------------------------------------------
 
-/// Runs `custodian` with `args` until it exits by itself.
+/// Runs `custodian` with `args` until it exits by itself, which it must,
+/// and returns what it wrote to stderr.
 fn refused(args: &[&str]) -> String {
     let data = tempfile::tempdir().expect("a data folder");
-    let keys = data.path().join("keys.toml");
+    refused_in(data.path(), args)
+}
+
+/// As [`refused`], with `data` as the data folder.
+fn refused_in(data: &Path, args: &[&str]) -> String {
+    let keys = data.join("keys.toml");
     KeyFile::generate("mk-refuse", custodian_privacy::token::generate_key_pair())
         .write_new(&keys)
         .expect("a key file");
     let output = Command::new(BIN)
         .env_clear()
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data.path())
+        .arg(data)
         .arg("--key-file")
         .arg(&keys)
         .args(args)
@@ -614,4 +632,109 @@ fn refused(args: &[&str]) -> String {
         "custodian {args:?} started: {output:?}"
     );
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn a_target_that_mails_refuses_to_start_without_smtp_or_an_outbox_asked_for() {
+    let log = tempfile::tempdir().expect("a folder");
+    let log_url = format!(
+        "sqlite://{}?mode=rwc",
+        log.path().join("erasures.db").display()
+    );
+    let stderr = refused(&["--target", "tickets", "--erasure-log", &log_url]);
+    assert!(
+        stderr.contains("--smtp-url") && stderr.contains("--mail-outbox"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("tickets sends mail"), "{stderr}");
+    let stderr = refused(&["--target", "dsr", "--erasure-log", &log_url]);
+    assert!(stderr.contains("dsr sends mail"), "{stderr}");
+    // Both at once is no answer either.
+    let stderr = refused(&[
+        "--erasure-log",
+        &log_url,
+        "--smtp-url",
+        "smtp://127.0.0.1:2525",
+        "--mail-outbox",
+        "/tmp/outbox",
+    ]);
+    assert!(stderr.contains("choose one"), "{stderr}");
+}
+
+#[test]
+fn a_target_refuses_to_start_without_an_erasure_log_of_its_own() {
+    let stderr = refused(&["--target", "identity"]);
+    assert!(stderr.contains("--erasure-log"), "{stderr}");
+    let db = tempfile::tempdir().expect("a folder");
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        db.path().join("identity.db").display()
+    );
+    // The same file, spelled differently.
+    let same = format!("sqlite:{}", db.path().join("identity.db").display());
+    let stderr = refused(&[
+        "--target",
+        "identity",
+        "--database-url",
+        &url,
+        "--erasure-log",
+        &same,
+    ]);
+    assert!(stderr.contains("own database"), "{stderr}");
+    // The all-in-one's own SQLite files too.
+    let data = tempfile::tempdir().expect("a folder");
+    std::fs::create_dir(data.path().join("sub")).expect("a folder");
+    let stderr = refused_in(
+        data.path(),
+        &[
+            "--erasure-log",
+            &format!("sqlite://{}", data.path().join("sub/../dsr.db").display()),
+        ],
+    );
+    assert!(stderr.contains("dsr's own database"), "{stderr}");
+}
+
+/// What the refusals leave out starts: tickets with its outbox asked for,
+/// identity (which sends no mail) without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_with_what_it_needs_starts() {
+    let data = tempfile::tempdir().expect("a data folder");
+    let keys = data.path().join("keys.toml");
+    KeyFile::generate("mk-start", custodian_privacy::token::generate_key_pair())
+        .write_new(&keys)
+        .expect("a key file");
+    let log_url = format!(
+        "sqlite://{}?mode=rwc",
+        data.path().join("erasures.db").display()
+    );
+    let log = Log::default();
+    for (target, extra) in [
+        (
+            "tickets",
+            vec![
+                "--mail-outbox".to_owned(),
+                data.path().join("mail").display().to_string(),
+            ],
+        ),
+        ("identity", vec![]),
+    ] {
+        let mut args = vec![
+            "--target".to_owned(),
+            target.to_owned(),
+            "--key-file".to_owned(),
+            keys.display().to_string(),
+            "--erasure-log".to_owned(),
+            log_url.clone(),
+        ];
+        args.extend(extra);
+        let mut server =
+            Server::start_with(&data.path().join(target), None, "127.0.0.1:0", &args, &log).await;
+        server.kill_9().await;
+    }
+    assert!(data.path().join("mail").is_dir(), "the outbox asked for");
+    assert!(
+        log.text().contains("mail is NOT sent"),
+        "said at WARN: {}",
+        log.text()
+    );
 }

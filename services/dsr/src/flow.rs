@@ -46,7 +46,7 @@ use tokio::{sync::watch, task::JoinHandle};
 use tonic::{Code, Status};
 use tracing::Instrument as _;
 
-use crate::{Core, bundle, mail};
+use crate::{Core, bundle, mail, proof};
 
 /// How long a claimed step is ours.
 pub const LEASE: Duration = Duration::from_secs(60);
@@ -835,6 +835,11 @@ async fn send(core: &Core, step: &Step) -> Result<Outcome, Status> {
             .await
             .map_err(|err| Status::unavailable(format!("mail: {err}")))?;
     }
+    // The last word to the requester of an erasure is handed over; what
+    // was mailed to them is not kept.
+    if step.service == "completed" {
+        proof::forget_mail(core, &request.message).await?;
+    }
     Ok(Outcome {
         result: String::new(),
         event: Some(("mailed".into(), step.service.clone(), String::new())),
@@ -1126,7 +1131,24 @@ async fn finish_tenants_and_request(core: &Core, request_id: &str) -> Result<(),
         request::State::Completed
     };
     if state != end {
-        set_state(core, request_id, end, Some(core.now())).await?;
+        let at = core.now();
+        // The proof of an erasure goes to the erasure log before the
+        // request is final: a restored dsr database still shows it.
+        if kind == request::Kind::Erasure {
+            proof::record(
+                core,
+                request_id,
+                &request.message,
+                request.create_time,
+                end,
+                at,
+            )
+            .await?;
+        }
+        set_state(core, request_id, end, Some(at)).await?;
+    }
+    if end == request::State::Failed {
+        proof::forget_mail(core, &request.message).await?;
     }
     let mut tx = pool.begin().await.map_err(ApiError::from)?;
     if end == request::State::Completed {

@@ -17,6 +17,7 @@ use std::{collections::HashMap, pin::Pin, sync::Arc};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use custodian_privacy::normalize;
+use custodian_proto::privacy::v1::Lookup;
 use custodian_proto::{
     audit::v1::AuditOutcome,
     common::v1::{Controller, SubjectIdentifier, controller, subject_identifier},
@@ -36,6 +37,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     call::Call,
     declare::DECLARATIONS,
+    erasure::{self, Erased, ErasureLog},
     fields,
     gate::SERVICE_HEADER,
     pattern::Pattern,
@@ -375,10 +377,15 @@ const CLAIM_LEASE_MICROS: i64 = 5 * 60 * 1_000_000;
 /// The blind-index domain of the keys that remember answers by request.
 const ANSWER_DOMAIN: &str = "subject-request";
 
-/// One service's part, and the store where its answers are remembered.
-struct Part {
-    data: Arc<dyn SubjectData>,
-    store: Store,
+/// One service's part: its implementation, the store where its answers
+/// are remembered, the erasure log it records its erasures in, and its
+/// mailer (whose outbox files go with the person).
+#[derive(Clone)]
+pub struct Part {
+    pub data: Arc<dyn SubjectData>,
+    pub store: Store,
+    pub log: ErasureLog,
+    pub mailer: Arc<dyn custodian_mail::Mailer>,
 }
 
 /// The contract, served once per process. Before a service's part runs it
@@ -390,14 +397,9 @@ pub struct SubjectRouter {
 }
 
 impl SubjectRouter {
-    /// Each service's part and its store.
-    pub fn new(services: Vec<(&'static str, Arc<dyn SubjectData>, Store)>) -> Self {
-        Self {
-            services: services
-                .into_iter()
-                .map(|(name, data, store)| (name, Part { data, store }))
-                .collect(),
-        }
+    /// Each service's part.
+    pub fn new(services: Vec<(&'static str, Part)>) -> Self {
+        Self { services }
     }
 
     /// The part the call names, and the call narrowed to `controller` and
@@ -624,6 +626,69 @@ impl Drop for ClaimGuard {
     }
 }
 
+/// The subject asked for, as the erasure log keeps it (see
+/// [`Erased::subject`]): an email or phone only as its blind index.
+fn keyed_subject(store: &Store, subject: &Option<SubjectIdentifier>) -> String {
+    match subject.as_ref().and_then(|s| s.kind.as_ref()) {
+        Some(subject_identifier::Kind::Email(e)) => {
+            let email = normalize::email(e).unwrap_or_else(|_| e.trim().to_lowercase());
+            format!("email:{}", store.lookup_key(Lookup::Email, &email))
+        }
+        Some(subject_identifier::Kind::Phone(p)) => {
+            let phone = normalize::phone(p, None).unwrap_or_else(|_| p.trim().to_owned());
+            format!("phone:{}", store.lookup_key(Lookup::Phone, &phone))
+        }
+        Some(subject_identifier::Kind::Id(name)) => format!("id:{name}"),
+        None => String::new(),
+    }
+}
+
+/// Erases through the service's part, then records the erasure in the
+/// erasure log, durably, before it is answered (a log that cannot be
+/// written makes the erase UNAVAILABLE: a retry finds what is left, and the
+/// same request's entry is not written twice), marks it reflected in the
+/// service's database, and deletes the mail the service sent the person.
+async fn erase_recorded(
+    part: &Part,
+    call: &Call,
+    subject: Option<SubjectIdentifier>,
+) -> Result<EraseSubjectDataResponse, Status> {
+    let store = &part.store;
+    let began = store.now();
+    let (erased, note) = crate::erasure::noting(part.data.erase(call, subject.clone())).await;
+    let erased = erased?;
+    let request = call.request.clone().unwrap_or_default();
+    let entry = Erased {
+        scope: erasure::scope_of(call.tenant_limit()),
+        subject: keyed_subject(store, &subject),
+        records: erased.iter().map(|r| r.resource.clone()).collect(),
+        key_ids: note.key_ids.into_iter().collect(),
+    };
+    if !request.is_empty() || !entry.records.is_empty() || !entry.key_ids.is_empty() {
+        let digest = erasure::digest(erasure::ERASED, &request, &[&entry.scope, &entry.subject]);
+        let body = serde_json::to_string(&entry).map_err(ApiError::internal)?;
+        let logged = part
+            .log
+            .append(
+                store.service(),
+                erasure::ERASED,
+                &request,
+                began,
+                &digest,
+                &body,
+            )
+            .await?;
+        if let Err(err) = erasure::mark_applied(store.db(), store.service(), logged.seq).await {
+            // Applied it is; the next start only looks again.
+            tracing::warn!(service = store.service(), error = %err, "marking an erasure as reflected");
+        }
+    }
+    if let Some(key) = entry.subject.strip_prefix("email:") {
+        crate::mail::erase_mail(part.mailer.as_ref(), store.service(), &[key.to_owned()]).await?;
+    }
+    Ok(EraseSubjectDataResponse { erased })
+}
+
 /// The implementation a call names in `custodian-service` metadata; without
 /// one, the only implementation, if there is only one.
 #[allow(clippy::result_large_err)] // answered as is
@@ -743,11 +808,7 @@ impl SubjectDataService for SubjectRouter {
         };
         let subject = request.into_inner().subject;
         let key = answer_key(&part.store, &call, "EraseSubjectData", &subject, &[]);
-        let answer = once(&part.store, key, async {
-            let erased = part.data.erase(&call, subject.clone()).await?;
-            Ok(EraseSubjectDataResponse { erased })
-        })
-        .await?;
+        let answer = once(&part.store, key, erase_recorded(part, &call, subject)).await?;
         Ok(Response::new(answer))
     }
 }

@@ -300,7 +300,7 @@ fn expire(dir: &Path, service: &str, cutoff: i64) -> io::Result<u64> {
         let Some(stem) = stem_of(&path, "eml") else {
             continue;
         };
-        if !written_at(&stem).is_some_and(|t| t < cutoff) {
+        if written_at(&stem).is_none_or(|t| t >= cutoff) {
             continue;
         }
         let label = match fs::read_to_string(dir.join(format!("{stem}.label"))) {
