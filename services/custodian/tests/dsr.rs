@@ -158,7 +158,18 @@ impl Suite {
             target.to_owned(),
             "--key-file".to_owned(),
             self.key_file.display().to_string(),
+            // One erasure log for the suite, apart from every database.
+            "--erasure-log".to_owned(),
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.dir.join("erasures.db").display()
+            ),
         ];
+        // Mail into each process's folder, asked for.
+        if matches!(target, "tickets" | "dsr") {
+            args.push("--mail-outbox".to_owned());
+            args.push(self.dir.join(name).join("outbox").display().to_string());
+        }
         let peers: &[&str] = match target {
             "identity" => &[],
             "dsr" => &PEERS,
@@ -523,7 +534,7 @@ async fn run(dir: &Path, database_url: Option<&str>) {
                 reason: String::new(),
             })
             .await
-            .expect("instructed");
+            .unwrap_or_else(|e| panic!("instructed: {e:?}; log:\n{}", suite.log.text()));
         servers.get_mut("dsr").expect("dsr").kill_9().await;
         servers.insert("dsr", suite.start("dsr").await);
     }

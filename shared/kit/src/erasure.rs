@@ -140,9 +140,9 @@ impl ErasureLog {
                         // entry survives a power cut, and the file alone is
                         // the whole log (no -wal to copy with it).
                         for pragma in [
+                            "PRAGMA busy_timeout = 5000",
                             "PRAGMA journal_mode = DELETE",
                             "PRAGMA synchronous = FULL",
-                            "PRAGMA busy_timeout = 5000",
                         ] {
                             conn.execute(pragma).await?;
                         }
@@ -174,10 +174,18 @@ impl ErasureLog {
                 }
                 let mut migrator = sqlx::migrate!("./erasure-log");
                 migrator.dangerous_set_table_name("erasure_log_migrations");
-                migrator
-                    .run(self.pool())
-                    .await
-                    .map_err(|e| unavailable("read", e))?;
+                // Several processes may share a SQLite log, and sqlx takes
+                // no lock there: two starting at once both apply the first
+                // migration (IF NOT EXISTS) and one fails recording it;
+                // looked at again, it is applied.
+                let mut attempt = 0;
+                while let Err(err) = migrator.run(self.pool()).await {
+                    attempt += 1;
+                    if attempt == 5 {
+                        return Err(unavailable("read", err));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
                 sqlx::query(
                     "INSERT INTO erasure_log_meta (key, value) VALUES ('id', $1) \
                      ON CONFLICT (key) DO NOTHING",

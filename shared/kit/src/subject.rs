@@ -627,61 +627,89 @@ impl Drop for ClaimGuard {
 }
 
 /// The subject asked for, as the erasure log keeps it (see
-/// [`Erased::subject`]): an email or phone only as its blind index.
-fn keyed_subject(store: &Store, subject: &Option<SubjectIdentifier>) -> String {
-    match subject.as_ref().and_then(|s| s.kind.as_ref()) {
-        Some(subject_identifier::Kind::Email(e)) => {
-            let email = normalize::email(e).unwrap_or_else(|_| e.trim().to_lowercase());
-            format!("email:{}", store.lookup_key(Lookup::Email, &email))
+/// [`Erased::subject`]): an email or phone only as its blind index. `None`
+/// when there is none or it is malformed (the erase refuses it).
+fn keyed_subject(store: &Store, subject: &Option<SubjectIdentifier>) -> Option<String> {
+    match subject.as_ref().and_then(|s| s.kind.as_ref())? {
+        subject_identifier::Kind::Email(e) => {
+            let email = normalize::email(e).ok()?;
+            Some(format!("email:{}", store.lookup_key(Lookup::Email, &email)))
         }
-        Some(subject_identifier::Kind::Phone(p)) => {
-            let phone = normalize::phone(p, None).unwrap_or_else(|_| p.trim().to_owned());
-            format!("phone:{}", store.lookup_key(Lookup::Phone, &phone))
+        subject_identifier::Kind::Phone(p) => {
+            let phone = normalize::phone(p, None).ok()?;
+            Some(format!("phone:{}", store.lookup_key(Lookup::Phone, &phone)))
         }
-        Some(subject_identifier::Kind::Id(name)) => format!("id:{name}"),
-        None => String::new(),
+        subject_identifier::Kind::Id(name) if !name.is_empty() => Some(format!("id:{name}")),
+        subject_identifier::Kind::Id(_) => None,
     }
 }
 
-/// Erases through the service's part, then records the erasure in the
-/// erasure log, durably, before it is answered (a log that cannot be
-/// written makes the erase UNAVAILABLE: a retry finds what is left, and the
-/// same request's entry is not written twice), marks it reflected in the
-/// service's database, and deletes the mail the service sent the person.
+/// Appends one entry of this erasure, marks it reflected here.
+async fn record(
+    part: &Part,
+    request: &str,
+    time: i64,
+    stage: &str,
+    entry: &Erased,
+) -> Result<(), Status> {
+    let store = &part.store;
+    let digest = erasure::digest(
+        erasure::ERASED,
+        request,
+        &[&entry.scope, &entry.subject, stage],
+    );
+    let body = serde_json::to_string(entry).map_err(ApiError::internal)?;
+    let logged = part
+        .log
+        .append(
+            store.service(),
+            erasure::ERASED,
+            request,
+            time,
+            &digest,
+            &body,
+        )
+        .await?;
+    if let Err(err) = erasure::mark_applied(store.db(), store.service(), logged.seq).await {
+        // Reflected it is; the next start only looks again.
+        tracing::warn!(service = store.service(), error = %err, "marking an erasure as reflected");
+    }
+    Ok(())
+}
+
+/// Erases through the service's part, recorded in the erasure log before
+/// and after, durably, before it is answered: first what is asked (the
+/// subject, as a blind index, and the controller), so that nothing is
+/// erased that the log does not know of (a log that cannot be written
+/// makes the erase UNAVAILABLE, and nothing changed); then what was erased
+/// and the data keys destroyed. A retry of the same request writes neither
+/// again. Then the mail the service sent the person is deleted.
 async fn erase_recorded(
     part: &Part,
     call: &Call,
     subject: Option<SubjectIdentifier>,
 ) -> Result<EraseSubjectDataResponse, Status> {
     let store = &part.store;
-    let began = store.now();
-    let (erased, note) = crate::erasure::noting(part.data.erase(call, subject.clone())).await;
-    let erased = erased?;
-    let request = call.request.clone().unwrap_or_default();
-    let entry = Erased {
-        scope: erasure::scope_of(call.tenant_limit()),
-        subject: keyed_subject(store, &subject),
-        records: erased.iter().map(|r| r.resource.clone()).collect(),
-        key_ids: note.key_ids.into_iter().collect(),
+    let Some(keyed) = keyed_subject(store, &subject) else {
+        // Refused as malformed by the part; nothing to record.
+        let erased = part.data.erase(call, subject).await?;
+        return Ok(EraseSubjectDataResponse { erased });
     };
-    if !request.is_empty() || !entry.records.is_empty() || !entry.key_ids.is_empty() {
-        let digest = erasure::digest(erasure::ERASED, &request, &[&entry.scope, &entry.subject]);
-        let body = serde_json::to_string(&entry).map_err(ApiError::internal)?;
-        let logged = part
-            .log
-            .append(
-                store.service(),
-                erasure::ERASED,
-                &request,
-                began,
-                &digest,
-                &body,
-            )
-            .await?;
-        if let Err(err) = erasure::mark_applied(store.db(), store.service(), logged.seq).await {
-            // Applied it is; the next start only looks again.
-            tracing::warn!(service = store.service(), error = %err, "marking an erasure as reflected");
-        }
+    let began = store.now();
+    let request = call.request.clone().unwrap_or_default();
+    let mut entry = Erased {
+        scope: erasure::scope_of(call.tenant_limit()),
+        subject: keyed,
+        records: Vec::new(),
+        key_ids: Vec::new(),
+    };
+    record(part, &request, began, "asked", &entry).await?;
+    let (erased, note) = crate::erasure::noting(part.data.erase(call, subject)).await;
+    let erased = erased?;
+    entry.records = erased.iter().map(|r| r.resource.clone()).collect();
+    entry.key_ids = note.key_ids.into_iter().collect();
+    if !entry.records.is_empty() || !entry.key_ids.is_empty() {
+        record(part, &request, began, "erased", &entry).await?;
     }
     if let Some(key) = entry.subject.strip_prefix("email:") {
         crate::mail::erase_mail(part.mailer.as_ref(), store.service(), &[key.to_owned()]).await?;

@@ -188,8 +188,8 @@ impl Server {
             while health
                 .message()
                 .await
-                .expect("health stream")
-                .expect("health stream open")
+                .unwrap_or_else(|e| panic!("health stream: {e}; output:\n{}", log.text()))
+                .unwrap_or_else(|| panic!("health stream closed; output:\n{}", log.text()))
                 .status
                 != serving
             {}
