@@ -797,6 +797,14 @@ fn service_of(grpc: &str, core: &Core) -> String {
 
 /// Sends one notice.
 async fn send(core: &Core, step: &Step) -> Result<Outcome, Status> {
+    // The last word comes last: a refusal or an extension still being
+    // mailed goes first (and, for an erasure, is not left in the outbox
+    // after the mail to the requester is deleted).
+    if step.service == "completed" && unfinished(core, &step.request_id, MAIL, None).await? > 1 {
+        return Err(Status::unavailable(
+            "the request's other notices are mailed first",
+        ));
+    }
     let request = load(core, &step.request_id).await?;
     let from = &core.context.config.mail_from;
     let notice_owned;
