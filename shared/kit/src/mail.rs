@@ -89,7 +89,7 @@ pub async fn erase_mail(
 /// The outbox as the data map shows it, for a service that mails into it.
 pub fn holding(category: DataCategory, retention: Duration) -> DataMapResource {
     DataMapResource {
-        message: "mail outbox (.eml files in the outbox folder, instead of SMTP)".to_owned(),
+        message: "mail outbox (.eml files instead of SMTP; erased with the recipient)".to_owned(),
         pattern: "outbox/{file}".to_owned(),
         data_category: category as i32,
         controller: Controller::Company as i32,
@@ -104,7 +104,7 @@ pub fn holding(category: DataCategory, retention: Duration) -> DataMapResource {
             seconds: retention.as_secs() as i64,
             nanos: 0,
         }),
-        retention_clock: "when it was written (erased with the recipient)".to_owned(),
+        retention_clock: "when it was written".to_owned(),
         tenant_may_set_retention: false,
         erasure: Erasure::Delete as i32,
         purposes: Vec::new(),

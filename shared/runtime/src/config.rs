@@ -574,6 +574,43 @@ mod tests {
     }
 
     #[test]
+    fn the_erasure_log_and_the_outbox_live_in_the_data_folder_unless_set() {
+        let config = Config {
+            data_dir: PathBuf::from("/srv/custodian"),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.erasure_log_url(),
+            "sqlite:///srv/custodian/erasures.db?mode=rwc"
+        );
+        assert_eq!(config.mail_outbox_dir(), Path::new("/srv/custodian/outbox"));
+        assert_eq!(
+            config.mail_outbox_retention,
+            Duration::from_secs(30 * 86_400)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custodian.toml");
+        std::fs::write(
+            &path,
+            "erasure_log = \"postgres://u:secret@db/erasures\"\nmail_outbox = \"/mail\"\n\
+             mail_outbox_retention = \"7d\"\n",
+        )
+        .unwrap();
+        let config = Config::resolve(ServerArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.erasure_log_url(), "postgres://u:secret@db/erasures");
+        assert_eq!(config.mail_outbox_dir(), Path::new("/mail"));
+        assert_eq!(
+            config.mail_outbox_retention,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert!(!format!("{config:?}").contains("secret"));
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("custodian.toml");
