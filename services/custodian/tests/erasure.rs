@@ -86,6 +86,8 @@ async fn a_restored_backup_does_not_bring_an_erased_person_back_postgres() {
 struct Run {
     data: tempfile::TempDir,
     backup: tempfile::TempDir,
+    /// The erasure log as it was at the backup (SQLite), kept apart.
+    old_log: tempfile::TempDir,
     key_file: PathBuf,
     database: Option<Postgres>,
     erasure_log: Option<Postgres>,
@@ -110,6 +112,7 @@ impl Run {
         Self {
             data,
             backup: tempfile::tempdir().expect("a backup folder"),
+            old_log: tempfile::tempdir().expect("a folder"),
             key_file,
             database,
             erasure_log,
@@ -160,6 +163,11 @@ impl Run {
                     std::fs::copy(&file, self.backup.path().join(file.file_name().unwrap()))
                         .expect("copying a service file");
                 }
+                std::fs::copy(
+                    self.dir().join("erasures.db"),
+                    self.old_log.path().join("erasures.db"),
+                )
+                .expect("copying the erasure log");
             }
             Some(database) => {
                 let dump = self.backup.path().join("services.dump");
@@ -600,6 +608,30 @@ async fn backup_erase_restore(run: &Run) {
     for service in ["identity for tenants/acme", "tickets", "feedback"] {
         assert!(erased.contains(&service), "{service} in {erased:?}");
     }
+    server.kill_9().await;
+    if run.database.is_none() {
+        log_older_than_the_databases(run, &hers).await;
+    }
+}
+
+/// The wrong way round: the erasure log put back from the backup, older
+/// than the databases. Said at start, and nothing comes back (the
+/// databases reflect the erasure).
+async fn log_older_than_the_databases(run: &Run, hers: &Hers) {
+    std::fs::copy(
+        run.old_log.path().join("erasures.db"),
+        run.dir().join("erasures.db"),
+    )
+    .expect("putting the old log back");
+    let mut server = run.start().await;
+    assert!(
+        run.log
+            .text()
+            .contains("the erasure log holds fewer erasures than this database reflects"),
+        "{}",
+        run.log.text()
+    );
+    found_nowhere(run, &server, hers).await;
     server.kill_9().await;
 }
 
