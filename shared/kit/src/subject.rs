@@ -644,14 +644,14 @@ fn keyed_subject(store: &Store, subject: &Option<SubjectIdentifier>) -> Option<S
     }
 }
 
-/// Appends one entry of this erasure, marks it reflected here.
+/// Appends one entry of this erasure; its sequence number.
 async fn record(
     part: &Part,
     request: &str,
     time: i64,
     stage: &str,
     entry: &Erased,
-) -> Result<(), Status> {
+) -> Result<i64, Status> {
     let store = &part.store;
     let digest = erasure::digest(
         erasure::ERASED,
@@ -670,20 +670,17 @@ async fn record(
             &body,
         )
         .await?;
-    if let Err(err) = erasure::mark_applied(store.db(), store.service(), logged.seq).await {
-        // Reflected it is; the next start only looks again.
-        tracing::warn!(service = store.service(), error = %err, "marking an erasure as reflected");
-    }
-    Ok(())
+    Ok(logged.seq)
 }
 
 /// Erases through the service's part, recorded in the erasure log before
 /// and after, durably, before it is answered: first what is asked (the
 /// subject, as a blind index, and the controller), so that nothing is
 /// erased that the log does not know of (a log that cannot be written
-/// makes the erase UNAVAILABLE, and nothing changed); then what was erased
-/// and the data keys destroyed. A retry of the same request writes neither
-/// again. Then the mail the service sent the person is deleted.
+/// makes the erase UNAVAILABLE, and nothing changed; an erase that does not
+/// finish is applied again when the service next starts); then what was
+/// erased and the data keys destroyed. A retry of the same request writes
+/// neither again. Then the mail the service sent the person is deleted.
 async fn erase_recorded(
     part: &Part,
     call: &Call,
@@ -703,13 +700,20 @@ async fn erase_recorded(
         records: Vec::new(),
         key_ids: Vec::new(),
     };
-    record(part, &request, began, "asked", &entry).await?;
+    let mut logged = vec![record(part, &request, began, "asked", &entry).await?];
     let (erased, note) = crate::erasure::noting(part.data.erase(call, subject)).await;
     let erased = erased?;
     entry.records = erased.iter().map(|r| r.resource.clone()).collect();
     entry.key_ids = note.key_ids.into_iter().collect();
     if !entry.records.is_empty() || !entry.key_ids.is_empty() {
-        record(part, &request, began, "erased", &entry).await?;
+        logged.push(record(part, &request, began, "erased", &entry).await?);
+    }
+    // Reflected here now: the next start need not apply them again.
+    for seq in logged {
+        if let Err(err) = erasure::mark_applied(store.db(), store.service(), seq).await {
+            // The next start only looks again.
+            tracing::warn!(service = store.service(), error = %err, "marking an erasure as reflected");
+        }
     }
     if let Some(key) = entry.subject.strip_prefix("email:") {
         crate::mail::erase_mail(part.mailer.as_ref(), store.service(), &[key.to_owned()]).await?;
