@@ -228,11 +228,15 @@ pub fn check_settings(target: Target, config: &Config, suite: &Suite) -> anyhow:
     if target != Target::All {
         anyhow::ensure!(
             config.erasure_log.is_some(),
-            "--erasure-log (or CUSTODIAN_ERASURE_LOG) is required with --target: the record of              erasures must outlive this process and any restore of its database (a database of              its own, e.g. postgres://.../custodian_erasures); refusing to start"
+            "--erasure-log (or CUSTODIAN_ERASURE_LOG) is required with --target: the record of \
+             erasures must outlive this process and any restore of its database (a database of \
+             its own, e.g. postgres://.../custodian_erasures); refusing to start"
         );
         anyhow::ensure!(
             config.smtp_url.is_some() || config.mail_outbox.is_some() || suite.mailing.is_empty(),
-            "{} sends mail, and neither --smtp-url nor --mail-outbox is set: set --smtp-url (or              CUSTODIAN_SMTP_URL) to send it, or --mail-outbox DIR to write it to files on              purpose (nobody receives them); refusing to start",
+            "{} sends mail, and neither --smtp-url nor --mail-outbox is set: set --smtp-url (or \
+             CUSTODIAN_SMTP_URL) to send it, or --mail-outbox DIR to write it to files on \
+             purpose (nobody receives them); refusing to start",
             suite.mailing.join(", ")
         );
     }
@@ -240,7 +244,8 @@ pub fn check_settings(target: Target, config: &Config, suite: &Suite) -> anyhow:
     for service in &suite.names {
         anyhow::ensure!(
             !same_database(&log, &config.database_url_for(service)),
-            "the erasure log is {service}'s own database: restoring that database would roll the              log back with it; give --erasure-log a database of its own; refusing to start"
+            "the erasure log is {service}'s own database: restoring that database would roll the \
+             log back with it; give --erasure-log a database of its own; refusing to start"
         );
     }
     Ok(())

@@ -2173,7 +2173,6 @@ where
         self.store.replace_rows(call, &pairs).await
     }
 
-    /// Deletes a record and its children; keys no record needs are destroyed.
     /// Stores again, under its own id, a top-level record of which nothing
     /// personal is known any more (the proof of a data-subject request,
     /// made again from the erasure log after a restore): its units that
@@ -2228,6 +2227,7 @@ where
         Ok(true)
     }
 
+    /// Deletes a record and its children; keys no record needs are destroyed.
     pub async fn delete(&self, call: &Call, name: &str, field: &str) -> Result<(), Status> {
         let stored = self.find(call, name, field).await?;
         let store = &self.store;
