@@ -129,8 +129,11 @@ impl ErasureLog {
         };
         let options = AnyConnectOptions::from_str(url)
             .with_context(|| format!("invalid {scheme} erasure log URL"))?;
+        // Erasures are rare and a service's appends take turns anyway: two
+        // connections a process, mostly none (they close when idle).
         let pool = AnyPoolOptions::new()
-            .max_connections(4)
+            .max_connections(2)
+            .min_connections(0)
             .acquire_timeout(Duration::from_secs(5))
             .idle_timeout(Duration::from_secs(10 * 60))
             .after_connect(move |conn, _meta| {
