@@ -1992,14 +1992,44 @@ fn check_map(map: &DataMap) {
             .map(|r| r.full_name())
             .filter(|n| n.starts_with(&package))
             .collect();
-        // What a service holds in bulk, outside the store, it describes
-        // itself: a message of its contracts, with a category; sealed only
-        // where the service seals it itself (survey free text, under its
-        // survey's key).
+        // Survey free text is sealed by its service itself, under its
+        // survey's key.
         let sealed_by_service = ["custodian.feedback.v1.SurveyAnswer"];
-        let (bulk, records): (Vec<_>, Vec<_>) = system
+        // The mail a service keeps in the outbox, described by the kit: a
+        // holding of the service's mail category, in files, deleted.
+        let (outbox, resources): (Vec<_>, Vec<_>) = system
             .resources
             .iter()
+            .partition(|r| r.pattern == "outbox/{file}");
+        let mails = match system.service.as_str() {
+            "tickets" => Some(custodian_proto::privacy::v1::DataCategory::SupportRequest as i32),
+            "dsr" => Some(custodian_proto::privacy::v1::DataCategory::DsrRecord as i32),
+            _ => None,
+        };
+        assert_eq!(
+            outbox.iter().map(|r| r.data_category).collect::<Vec<_>>(),
+            mails.into_iter().collect::<Vec<_>>(),
+            "{}: the outbox",
+            system.service
+        );
+        for resource in &outbox {
+            assert_eq!(
+                resource.erasure,
+                custodian_proto::privacy::v1::Erasure::Delete as i32
+            );
+            assert!(
+                resource
+                    .personal_fields
+                    .iter()
+                    .all(|f| !f.encrypted_at_rest)
+            );
+            assert!(resource.default_retention.is_some());
+        }
+        // What a service holds in bulk, outside the store, it describes
+        // itself: a message of its contracts, with a category; sealed only
+        // where the service seals it itself.
+        let (bulk, records): (Vec<_>, Vec<_>) = resources
+            .into_iter()
             .partition(|r| DECLARATIONS.resource(&r.message).is_none());
         for resource in &bulk {
             assert!(

@@ -59,11 +59,12 @@ pub const PEER_PURPOSES: &[Purpose] = &[Purpose::ServiceDelivery, Purpose::Admin
 /// The methods of other services analytics calls, and the only ones its
 /// service credential may call (the gate refuses any other): the policy
 /// version a consent is given under (`consents.rs`), a tenant's monitoring
-/// grant for usage events (`ingest.rs`), and the retention policy for its
-/// sweeps (the kit's `PeerPolicy`).
+/// grant and the users of usage events (`ingest.rs`), and the retention
+/// policy for its sweeps (the kit's `PeerPolicy`).
 pub const PEER_CALLS: &[&str] = &[
     "/custodian.identity.v1.PolicyService/GetPolicyVersionInForce",
     "/custodian.identity.v1.MonitoringGrantService/CheckMonitoringGrant",
+    "/custodian.identity.v1.UserService/GetUser",
     "/custodian.retention.v1.RetentionService/GetRetentionPolicy",
 ];
 

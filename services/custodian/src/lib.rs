@@ -19,7 +19,9 @@ use std::{
 use anyhow::Context as _;
 use custodian_kit::{
     Context, KitService,
+    erasure::ErasureLog,
     gate::PeerCalls,
+    mail::ServiceMailer,
     peers::{Credential, Peers},
 };
 use custodian_privacy::{
@@ -288,6 +290,8 @@ pub struct Suite {
     pub vaults: Vec<Vault>,
     pub peers: Vec<Peers>,
     pub names: Vec<&'static str>,
+    /// The services that send mail.
+    pub mailing: Vec<&'static str>,
     pub data_map: custodian_proto::privacy::v1::DataMap,
 }
 
@@ -329,8 +333,9 @@ pub fn suite(
     };
     let sweep =
         (!config.retention_sweep_interval.is_zero()).then_some(config.retention_sweep_interval);
-    let mailer =
-        custodian_mail::mailer(config.smtp_url.as_deref(), &config.data_dir.join("outbox"))?;
+    let mailer = custodian_mail::mailer(config.smtp_url.as_deref(), &config.mail_outbox_dir())?;
+    // One log for the process's services, each entry naming its service.
+    let erasure_log = ErasureLog::connect_lazy(&config.erasure_log_url())?;
     let mut services = Vec::new();
     let mut vaults = Vec::new();
     let mut all_peers = Vec::new();
@@ -375,7 +380,9 @@ pub fn suite(
             privacy: Privacy::new(audit, vault.clone()),
             clock: clock.clone(),
             peers: peers.clone(),
-            mailer: mailer.clone(),
+            // What it sends is labelled with it and its recipients' keys.
+            mailer: Arc::new(ServiceMailer::new(name, vault.clone(), mailer.clone())),
+            erasure_log: erasure_log.clone(),
             config: config.clone(),
         };
         vaults.push(vault);
@@ -383,6 +390,11 @@ pub fn suite(
         services.push(((service.construct)(context.clone())?, context));
     }
     let names = services.iter().map(|(s, _)| s.name()).collect();
+    let mailing = services
+        .iter()
+        .filter(|(s, _)| s.mail_category().is_some())
+        .map(|(s, _)| s.name())
+        .collect();
     let assembled = custodian_kit::module::assemble(
         services,
         TokenAuthenticator::new(verifier),
@@ -396,8 +408,78 @@ pub fn suite(
         vaults,
         peers: all_peers,
         names,
+        mailing,
         data_map: assembled.data_map,
     })
+}
+
+/// What a server refuses to start without, beyond the key file: with
+/// `--target` (production) an erasure log named explicitly (a default in
+/// the pod's data folder would be lost with the pod), never a service's own
+/// database (a restore of it would roll the log back with it); and mail
+/// either sent (`--smtp-url`) or put in files on purpose (`--mail-outbox`)
+/// by a service that mails, never both.
+pub fn check_settings(target: Target, config: &Config, suite: &Suite) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.smtp_url.is_none() || config.mail_outbox.is_none(),
+        "--smtp-url and --mail-outbox are both set: mail is either sent or written to files; choose one"
+    );
+    if target != Target::All {
+        anyhow::ensure!(
+            config.erasure_log.is_some(),
+            "--erasure-log (or CUSTODIAN_ERASURE_LOG) is required with --target: the record of \
+             erasures must outlive this process and any restore of its database (a database of \
+             its own, e.g. postgres://.../custodian_erasures); refusing to start"
+        );
+        anyhow::ensure!(
+            config.smtp_url.is_some() || config.mail_outbox.is_some() || suite.mailing.is_empty(),
+            "{} sends mail, and neither --smtp-url nor --mail-outbox is set: set --smtp-url (or \
+             CUSTODIAN_SMTP_URL) to send it, or --mail-outbox DIR to write it to files on \
+             purpose (nobody receives them); refusing to start",
+            suite.mailing.join(", ")
+        );
+    }
+    let log = config.erasure_log_url();
+    for service in &suite.names {
+        anyhow::ensure!(
+            !same_database(&log, &config.database_url_for(service)),
+            "the erasure log is {service}'s own database: restoring that database would roll the \
+             log back with it; give --erasure-log a database of its own; refusing to start"
+        );
+    }
+    Ok(())
+}
+
+/// Whether two database URLs name the same database: the same SQLite
+/// file, or the same PostgreSQL database on the same server.
+fn same_database(a: &str, b: &str) -> bool {
+    fn sqlite(url: &str) -> Option<PathBuf> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))?
+            .split('?')
+            .next()?;
+        let path = Path::new(path);
+        Some(
+            path.canonicalize()
+                .or_else(|_| std::path::absolute(path))
+                .unwrap_or_else(|_| path.to_path_buf()),
+        )
+    }
+    fn postgres(url: &str) -> Option<(String, u16, String)> {
+        use std::str::FromStr as _;
+        let options = sqlx::postgres::PgConnectOptions::from_str(url).ok()?;
+        Some((
+            options.get_host().to_owned(),
+            options.get_port(),
+            options.get_database().unwrap_or_default().to_owned(),
+        ))
+    }
+    match (sqlite(a), sqlite(b)) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => postgres(a).is_some() && postgres(a) == postgres(b),
+        _ => false,
+    }
 }
 
 /// Binds the listener and tells every service where this process serves,

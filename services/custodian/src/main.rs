@@ -242,6 +242,7 @@ async fn serve(target: Target, config: Config) -> anyhow::Result<()> {
         );
     }
     let suite = suite(target, &config, &keys, Arc::new(SystemClock))?;
+    custodian::check_settings(target, &config, &suite)?;
     let app = custodian::bind(config.clone(), suite).await?;
     print_welcome(&app, &config, &services, target, &keys, created);
     app.run_with_shutdown(stopped).await

@@ -178,6 +178,13 @@ impl Secrets {
             let db = Postgres::create().await?;
             std::fs::write(dir.join("url"), format!("{}\n", db.url)).expect("writing");
             self.databases.insert(service.to_owned(), db);
+        } else if secret == "custodian-erasure-log" {
+            // One log for every service, a database of its own.
+            if !dir.join("url").exists() {
+                let log = Postgres::create().await?;
+                std::fs::write(dir.join("url"), format!("{}\n", log.url)).expect("writing");
+                self.databases.insert("erasure log".to_owned(), log);
+            }
         } else if secret.ends_with("-smtp") {
             // Mail is only sent when there is mail to send; starting needs
             // the setting, not the relay.

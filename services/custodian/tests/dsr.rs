@@ -156,6 +156,17 @@ impl Suite {
             (_, url) => (name, url.clone()),
         };
         let mut args = self.keys.args(target);
+        // One erasure log for the suite, apart from every database.
+        args.push("--erasure-log".to_owned());
+        args.push(format!(
+            "sqlite://{}?mode=rwc",
+            self.dir.join("erasures.db").display()
+        ));
+        // Mail into each process's folder, asked for.
+        if matches!(target, "tickets" | "dsr") {
+            args.push("--mail-outbox".to_owned());
+            args.push(self.dir.join(name).join("outbox").display().to_string());
+        }
         let peers: &[&str] = match target {
             "identity" => &[],
             "dsr" => &PEERS,
@@ -520,7 +531,7 @@ async fn run(dir: &Path, database_url: Option<&str>) {
                 reason: String::new(),
             })
             .await
-            .expect("instructed");
+            .unwrap_or_else(|e| panic!("instructed: {e:?}; log:\n{}", suite.log.text()));
         servers.get_mut("dsr").expect("dsr").kill_9().await;
         servers.insert("dsr", suite.start("dsr").await);
     }

@@ -195,7 +195,9 @@ fn pod_of(deployment: &Value) -> Pod {
 /// Secrets the operator fills with a URL (the database, the mail relay):
 /// made by hand, from the secret manager, never from the key folder.
 fn is_url_secret(name: &str) -> bool {
-    name.ends_with("-database") || name.ends_with("-smtp")
+    // The erasure log: one PostgreSQL database for every service, apart
+    // from theirs; its Secret holds its URL only.
+    name.ends_with("-database") || name.ends_with("-smtp") || name == "custodian-erasure-log"
 }
 
 #[test]

@@ -57,7 +57,7 @@ use tokio::{
 use tonic::{Code, Status};
 use tracing::Instrument as _;
 
-use crate::{Core, bundle, mail};
+use crate::{Core, bundle, mail, proof};
 
 /// How long a claimed step is ours without a renewal: the steps of a
 /// replica that died are taken over this long after its last heartbeat.
@@ -1012,6 +1012,14 @@ fn service_of(grpc: &str, core: &Core) -> String {
 
 /// Sends one notice.
 async fn send(core: &Core, step: &Step) -> Result<Outcome, Status> {
+    // The last word comes last: a refusal or an extension still being
+    // mailed goes first (and, for an erasure, is not left in the outbox
+    // after the mail to the requester is deleted).
+    if step.service == "completed" && unfinished(core, &step.request_id, MAIL, None).await? > 1 {
+        return Err(Status::unavailable(
+            "the request's other notices are mailed first",
+        ));
+    }
     let request = load(core, &step.request_id).await?;
     let from = &core.context.config.mail_from;
     let notice_owned;
@@ -1049,6 +1057,11 @@ async fn send(core: &Core, step: &Step) -> Result<Outcome, Status> {
             .send(&message)
             .await
             .map_err(|err| Status::unavailable(format!("mail: {err}")))?;
+    }
+    // The last word to the requester of an erasure is handed over; what
+    // was mailed to them is not kept.
+    if step.service == "completed" {
+        proof::forget_mail(core, &request.message).await?;
     }
     Ok(Outcome {
         result: String::new(),
@@ -1431,11 +1444,27 @@ async fn finish_tenants_and_request(core: &Core, request_id: &str) -> Result<(),
             Ok(())
         })
     });
+    // The proof of an erasure goes to the erasure log before the request
+    // is final: a restored dsr database still shows it.
+    if kind == request::Kind::Erasure {
+        proof::record(
+            core,
+            request_id,
+            &request.message,
+            request.create_time,
+            end,
+            now,
+        )
+        .await?;
+    }
     if !set_state(core, request_id, end, Some(now), &mut finish).await? {
         // Set already: by another replica, which ended the run too, or by
         // a cancel, which ended it otherwise. Either way this is a no-op,
         // unless a crash before this version left the run to end.
         alone(core, &mut finish).await?;
+    }
+    if end == request::State::Failed {
+        proof::forget_mail(core, &request.message).await?;
     }
     core.wake.notify_one();
     Ok(())

@@ -22,6 +22,7 @@ pub mod deadline;
 mod flow;
 mod inbox;
 mod mail;
+mod proof;
 
 pub use flow::{LEASE, MAX_BACKOFF};
 
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex};
 
 use custodian_kit::{
     Binding, Context, KitService, Records, Store,
+    erasure::Entry,
     retention::{PeerPolicy, StoreSweep, Sweep},
     subject::{StoreSubjectData, SubjectData},
 };
@@ -37,6 +39,7 @@ use custodian_proto::dsr::v1::{
     Request, request_service_server::RequestServiceServer,
     tenant_inbox_service_server::TenantInboxServiceServer,
 };
+use custodian_proto::privacy::v1::DataCategory;
 use custodian_runtime::{
     ApiError,
     server::{Limits, service_name},
@@ -168,6 +171,14 @@ impl KitService for Dsr {
 
     fn store(&self) -> &Store {
         &self.core.store
+    }
+
+    fn mail_category(&self) -> Option<DataCategory> {
+        Some(DataCategory::DsrRecord)
+    }
+
+    fn restore<'a>(&'a self, entry: &'a Entry) -> BoxFuture<'a, Result<usize, ApiError>> {
+        Box::pin(proof::restore(&self.core, entry))
     }
 
     fn subject_data(&self) -> Arc<dyn SubjectData> {

@@ -253,3 +253,44 @@ pub fn notice(from: &str, request: &Request, notice: &Notice<'_>) -> Vec<Outgoin
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use custodian_proto::dsr::v1::Requester;
+
+    /// A customer's refusal reaches the requester with its reason and the
+    /// customer's name (the outbox copy goes once an erasure ends, so the
+    /// words are checked here).
+    #[test]
+    fn a_refusal_names_the_customer_and_its_reason() {
+        let request = Request {
+            name: "requests/0190abcd".into(),
+            kind: Kind::Erasure as i32,
+            requester: Some(Requester {
+                email: "otto@example.com".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let reason = "Otto's account is under a legal hold until 2031";
+        let mails = notice(
+            "privacy@custodian.example",
+            &request,
+            &Notice::Declined {
+                tenant: "tenants/acme",
+                reason,
+            },
+        );
+        assert_eq!(mails.len(), 1, "no agent, no copy");
+        let mail = &mails[0];
+        assert_eq!(mail.to[0].email, "otto@example.com");
+        assert!(mail.subject.contains("declined"), "{}", mail.subject);
+        assert!(mail.text.contains(reason), "{}", mail.text);
+        assert!(mail.text.contains("tenants/acme"), "{}", mail.text);
+        assert!(
+            mail.text
+                .contains("the deletion of your personal information")
+        );
+    }
+}

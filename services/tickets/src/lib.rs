@@ -113,6 +113,10 @@ impl KitService for Tickets {
         &self.store
     }
 
+    fn mail_category(&self) -> Option<custodian_proto::privacy::v1::DataCategory> {
+        Some(custodian_proto::privacy::v1::DataCategory::SupportRequest)
+    }
+
     fn subject_data(&self) -> Arc<dyn SubjectData> {
         Arc::new(StoreSubjectData::new(self.store.clone()).with_check::<Ticket>(api::check_ticket))
     }

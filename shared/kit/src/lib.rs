@@ -13,6 +13,9 @@
 //!   contracts, served once per process and routed to each service.
 //! - [`peers`]: calls between services, which never widen what the caller
 //!   may do.
+//! - [`erasure`], [`reapply`], [`mail`]: erasure outlives backups (a log
+//!   apart from the databases, applied again before a service answers) and
+//!   reaches the mail a service kept in its outbox.
 //! - [`module`]: a service as the runtime sees it; the kit starts the
 //!   privacy kernel's writers itself, so no service can forget them.
 
@@ -20,11 +23,14 @@ pub mod audit_api;
 pub mod call;
 pub mod datamap;
 pub mod declare;
+pub mod erasure;
 pub mod fields;
 pub mod gate;
+pub mod mail;
 pub mod module;
 pub mod pattern;
 pub mod peers;
+pub mod reapply;
 pub mod retention;
 pub mod store;
 pub mod subject;

@@ -11,12 +11,12 @@ use anyhow::Context as _;
 use custodian_privacy::{Privacy, TokenAuthenticator, retention::schedule};
 use custodian_proto::{
     audit::v1::audit_service_server::AuditServiceServer,
-    privacy::v1::data_map_service_server::DataMapServiceServer,
+    privacy::v1::{DataCategory, data_map_service_server::DataMapServiceServer},
     retention::v1::retention_service_server::RetentionServiceServer,
     subject::v1::subject_data_service_server::SubjectDataServiceServer,
 };
 use custodian_runtime::{
-    Config, Database, HttpRoutes, ServiceModule,
+    ApiError, Config, Database, HttpRoutes, ServiceModule,
     server::{Limits, service_name},
     time::Clock,
 };
@@ -27,15 +27,19 @@ use crate::{
     audit_api::AuditApi,
     datamap::{self, DataMapApi, System},
     declare::DECLARATIONS,
+    erasure::{Entry, ErasureLog},
     gate::{KitGate, PeerCalls, Served},
+    mail::MailSweep,
     peers::Peers,
+    reapply::reapply,
     retention::{RetentionOwner, RetentionRouter, Scheduled, Sweep},
     store::Store,
-    subject::{SubjectData, SubjectRouter},
+    subject::{Part, SubjectData, SubjectRouter},
 };
 
 /// What a service is handed: its database, its privacy kernel, the clock,
-/// its peers, the mailer and the process's settings.
+/// its peers, the mailer (a [`crate::mail::ServiceMailer`]: what it sends
+/// is labelled for erasure), the erasure log and the process's settings.
 #[derive(Clone)]
 pub struct Context {
     pub name: &'static str,
@@ -44,6 +48,7 @@ pub struct Context {
     pub clock: Arc<dyn Clock>,
     pub peers: Peers,
     pub mailer: Arc<dyn custodian_mail::Mailer>,
+    pub erasure_log: ErasureLog,
     pub config: Config,
 }
 
@@ -93,6 +98,33 @@ pub trait KitService: Send + Sync + 'static {
     fn http(&self) -> Option<HttpRoutes> {
         None
     }
+
+    /// The category of the mail it sends, if it sends any: its outbox
+    /// files are a holding of that category, expired by its sweep.
+    fn mail_category(&self) -> Option<DataCategory> {
+        None
+    }
+
+    /// Applies again an entry of the erasure log of a kind of its own (the
+    /// kit applies its erasures itself), before the service answers.
+    fn restore<'a>(&'a self, _entry: &'a Entry) -> BoxFuture<'a, Result<usize, ApiError>> {
+        Box::pin(async { Ok(0) })
+    }
+}
+
+/// Its sweep, with the expiry of its outbox files when it sends mail.
+fn sweeper_of(service: &Arc<dyn KitService>, context: &Context) -> Arc<dyn Sweep> {
+    let inner = service.sweeper();
+    match service.mail_category() {
+        Some(category) => Arc::new(MailSweep {
+            inner,
+            mailer: context.mailer.clone(),
+            category,
+            retention: context.config.mail_outbox_retention,
+            privacy: context.privacy.clone(),
+        }),
+        None => inner,
+    }
 }
 
 /// A service wrapped for the runtime.
@@ -137,11 +169,20 @@ impl ServiceModule for KitModule {
             );
             self.service.start().await?;
             self.service.store().check_tables().await?;
+            // A database restored from before an erasure must not answer
+            // for the person: the erasure log is applied first.
+            reapply(
+                self.service.as_ref(),
+                &context.erasure_log,
+                context.mailer.as_ref(),
+            )
+            .await
+            .with_context(|| format!("applying the erasure log to {name}"))?;
             if let Some(every) = self.sweep_every
                 && let Ok(mut slot) = self.sweeping.lock()
             {
                 *slot = Some(schedule(
-                    Arc::new(Scheduled(self.service.sweeper())),
+                    Arc::new(Scheduled(sweeper_of(&self.service, context))),
                     context.clock.clone(),
                     every,
                 ));
@@ -175,7 +216,7 @@ impl ServiceModule for KitModule {
 
 /// The shared contracts, served once per process.
 struct Contracts {
-    subject: Vec<(&'static str, Arc<dyn SubjectData>, Store)>,
+    subject: Vec<(&'static str, Part)>,
     sweepers: Vec<(&'static str, Arc<dyn Sweep>)>,
     owner: Option<Arc<dyn RetentionOwner>>,
     logs: Vec<custodian_privacy::audit::AuditLog>,
@@ -278,8 +319,16 @@ pub fn assemble(
             });
         }
         trails.push((name, context.privacy.clone()));
-        subject.push((name, service.subject_data(), service.store().clone()));
-        sweepers.push((name, service.sweeper()));
+        subject.push((
+            name,
+            Part {
+                data: service.subject_data(),
+                store: service.store().clone(),
+                log: context.erasure_log.clone(),
+                mailer: context.mailer.clone(),
+            },
+        ));
+        sweepers.push((name, sweeper_of(service, context)));
         if let Some(o) = service.retention_owner() {
             anyhow::ensure!(owner.is_none(), "two services own retention facts");
             owner = Some(o);
@@ -300,10 +349,22 @@ pub fn assemble(
     }
     let mut systems: Vec<System<'_>> = services
         .iter()
-        .map(|(service, _)| System {
+        .map(|(service, context)| System {
             service: service.name(),
             bindings: service.store().bindings(),
-            bulk: service.held_in_bulk(),
+            bulk: {
+                let mut bulk = service.held_in_bulk();
+                // Mail kept in files is held like a table row.
+                if let Some(category) = service.mail_category()
+                    && context.mailer.outbox().is_some()
+                {
+                    bulk.push(crate::mail::holding(
+                        category,
+                        context.config.mail_outbox_retention,
+                    ));
+                }
+                bulk
+            },
             grpc_services: service
                 .grpc_services()
                 .into_iter()

@@ -1020,7 +1020,8 @@ impl Store {
     }
 
     /// Destroys the data keys of these subjects that no record of this
-    /// service uses any more (crypto-shredding).
+    /// service uses any more (crypto-shredding). An erase running on this
+    /// task notes the keys destroyed, for the erasure log.
     async fn shred_unused(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -1053,9 +1054,35 @@ impl Store {
                 .await?;
             if destroyed.rows_affected() > 0 {
                 self.vault().forget(subject);
+                crate::erasure::note_destroyed([subject.clone()]);
             }
         }
         Ok(())
+    }
+
+    /// Destroys these data keys whatever still uses them, as the erasure
+    /// log says an erasure did; one audit event (by `call`) per key that
+    /// was still there. Returns how many were.
+    pub(crate) async fn destroy_keys(&self, call: &Call, ids: &[String]) -> Result<u64, ApiError> {
+        let mut destroyed = 0;
+        for id in ids.iter().filter(|id| !id.is_empty()) {
+            let mut tx = self.db().pool().begin().await?;
+            let done = sqlx::query("DELETE FROM subject_keys WHERE service = $1 AND id = $2")
+                .bind(self.inner.service)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            self.vault().forget(id);
+            if done.rows_affected() == 0 {
+                tx.rollback().await?;
+                continue;
+            }
+            destroyed += 1;
+            let mut event = call.event(self.privacy(), "", id, &[], AuditOutcome::Ok);
+            event.detail = call.detail("data key destroyed again, from the erasure log");
+            self.privacy().audit.commit(tx, &[event]).await?;
+        }
+        Ok(destroyed)
     }
 
     async fn forget_idempotency(
@@ -2190,6 +2217,60 @@ where
         self.store.replace_rows(call, &pairs, also).await
     }
 
+    /// Stores again, under its own id, a top-level record of which nothing
+    /// personal is known any more (the proof of a data-subject request,
+    /// made again from the erasure log after a restore): its units that
+    /// are not personal, with no subject, as an anonymised record is kept.
+    /// Nothing is written when a record of that id exists; returns whether
+    /// one was. Audited as a create by `call`.
+    pub async fn restore_anonymous(
+        &self,
+        call: &Call,
+        id: &str,
+        create_time: i64,
+        message: M,
+    ) -> Result<bool, Status> {
+        let store = &self.store;
+        let binding = &self.binding;
+        if binding.parent.is_some() || binding.spec.pattern.has_var("tenant") {
+            return Err(internal("only a company's top-level record is restored").into());
+        }
+        let name = binding.name("", "", id);
+        let now = store.now();
+        let mut message = message.transcode_to_dynamic();
+        store.set_meta(binding, &mut message, &name, "", create_time, now);
+        let kept = fields::without_personal(&binding.spec, &message);
+        let (_, attrs) = store.documents(binding, &name, &kept, None);
+        let mut args = vec![
+            Arg::Text(id.to_owned()),
+            Arg::Text(String::new()),
+            Arg::Text(String::new()),
+            Arg::Text(String::new()),
+            Arg::Text(String::new()),
+            Arg::Text(attrs),
+            Arg::NullText,
+            Arg::NullText,
+            Arg::Int(create_time),
+            Arg::Int(now),
+        ];
+        args.extend(store.column_args(binding, &kept));
+        let sql = format!("{} ON CONFLICT (id) DO NOTHING", binding.insert_sql());
+        let mut tx = store.db().pool().begin().await.map_err(ApiError::from)?;
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for arg in &args {
+            q = bind(q, arg);
+        }
+        let written = q.execute(&mut *tx).await.map_err(ApiError::from)?;
+        if written.rows_affected() == 0 {
+            tx.rollback().await.map_err(ApiError::from)?;
+            return Ok(false);
+        }
+        let mut event = call.event(store.privacy(), &name, "", &[], AuditOutcome::Ok);
+        event.detail = call.detail("re-created from the erasure log, without personal data");
+        store.privacy().audit.commit(tx, &[event]).await?;
+        Ok(true)
+    }
+
     /// Deletes a record and its children; keys no record needs are destroyed.
     pub async fn delete(&self, call: &Call, name: &str, field: &str) -> Result<(), Status> {
         let stored = self.find(call, name, field).await?;
@@ -2451,6 +2532,69 @@ impl Store {
             }
         }
         self.with_children(found).await
+    }
+
+    /// The names of the root records the caller may see whose email,
+    /// phone or user blind index is one of `lookups` (`email:KEY`,
+    /// `phone:KEY`, `user:KEY`) and that were created at or before
+    /// `created_by`: what an erasure by those keys found, or would have.
+    pub(crate) async fn names_by_lookups(
+        &self,
+        call: &Call,
+        lookups: &[String],
+        created_by: i64,
+    ) -> Result<Vec<String>, ApiError> {
+        let keys = |prefix: &str| -> Vec<&str> {
+            lookups
+                .iter()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .collect()
+        };
+        let (emails, phones, users) = (keys("email:"), keys("phone:"), keys("user:"));
+        let mut names = Vec::new();
+        for binding in self.inner.bindings.iter().filter(|b| b.parent.is_none()) {
+            let mut args: Vec<Arg> = vec![Arg::Int(created_by)];
+            let mut wanted = Vec::new();
+            let mut any = |column: &str, values: &[&str], args: &mut Vec<Arg>| {
+                if values.is_empty() {
+                    return;
+                }
+                let mut placeholders = Vec::new();
+                for value in values {
+                    args.push(Arg::Text((*value).to_owned()));
+                    placeholders.push(format!("${}", args.len()));
+                }
+                wanted.push(format!("{column} IN ({})", placeholders.join(", ")));
+            };
+            any("email_key", &emails, &mut args);
+            any("phone_key", &phones, &mut args);
+            if binding.user_lookup().is_some() {
+                any("user_key", &users, &mut args);
+            }
+            if wanted.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "SELECT id, tenant_id, parent_id FROM {} WHERE create_time <= $1 AND ({}) ORDER BY id",
+                binding.table,
+                wanted.join(" OR ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for arg in &args {
+                q = bind(q, arg);
+            }
+            for row in q.fetch_all(self.db().pool()).await? {
+                let (id, tenant_id, parent_id): (String, String, String) = (
+                    row.try_get("id")?,
+                    row.try_get("tenant_id")?,
+                    row.try_get("parent_id")?,
+                );
+                if call.sees_tenant(&tenant_id) {
+                    names.push(binding.name(&tenant_id, &parent_id, &id));
+                }
+            }
+        }
+        Ok(names)
     }
 
     /// The record named `name`, of any resource here, with its children;

@@ -17,6 +17,7 @@ use std::{collections::HashMap, pin::Pin, sync::Arc};
 
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use custodian_privacy::normalize;
+use custodian_proto::privacy::v1::Lookup;
 use custodian_proto::{
     audit::v1::AuditOutcome,
     common::v1::{Controller, SubjectIdentifier, controller, subject_identifier},
@@ -36,6 +37,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     call::Call,
     declare::DECLARATIONS,
+    erasure::{self, Erased, ErasureLog},
     fields,
     gate::SERVICE_HEADER,
     pattern::Pattern,
@@ -380,10 +382,15 @@ const CLAIM_LEASE_MICROS: i64 = 5 * 60 * 1_000_000;
 /// The blind-index domain of the keys that remember answers by request.
 const ANSWER_DOMAIN: &str = "subject-request";
 
-/// One service's part, and the store where its answers are remembered.
-struct Part {
-    data: Arc<dyn SubjectData>,
-    store: Store,
+/// One service's part: its implementation, the store where its answers
+/// are remembered, the erasure log it records its erasures in, and its
+/// mailer (whose outbox files go with the person).
+#[derive(Clone)]
+pub struct Part {
+    pub data: Arc<dyn SubjectData>,
+    pub store: Store,
+    pub log: ErasureLog,
+    pub mailer: Arc<dyn custodian_mail::Mailer>,
 }
 
 /// The contract, served once per process. Before a service's part runs it
@@ -395,14 +402,9 @@ pub struct SubjectRouter {
 }
 
 impl SubjectRouter {
-    /// Each service's part and its store.
-    pub fn new(services: Vec<(&'static str, Arc<dyn SubjectData>, Store)>) -> Self {
-        Self {
-            services: services
-                .into_iter()
-                .map(|(name, data, store)| (name, Part { data, store }))
-                .collect(),
-        }
+    /// Each service's part.
+    pub fn new(services: Vec<(&'static str, Part)>) -> Self {
+        Self { services }
     }
 
     /// The part the call names, and the call narrowed to `controller` and
@@ -629,6 +631,101 @@ impl Drop for ClaimGuard {
     }
 }
 
+/// The subject asked for, as the erasure log keeps it (see
+/// [`Erased::subject`]): an email or phone only as its blind index. `None`
+/// when there is none or it is malformed (the erase refuses it).
+fn keyed_subject(store: &Store, subject: &Option<SubjectIdentifier>) -> Option<String> {
+    match subject.as_ref().and_then(|s| s.kind.as_ref())? {
+        subject_identifier::Kind::Email(e) => {
+            let email = normalize::email(e).ok()?;
+            Some(format!("email:{}", store.lookup_key(Lookup::Email, &email)))
+        }
+        subject_identifier::Kind::Phone(p) => {
+            let phone = normalize::phone(p, None).ok()?;
+            Some(format!("phone:{}", store.lookup_key(Lookup::Phone, &phone)))
+        }
+        subject_identifier::Kind::Id(name) if !name.is_empty() => Some(format!("id:{name}")),
+        subject_identifier::Kind::Id(_) => None,
+    }
+}
+
+/// Appends one entry of this erasure; its sequence number.
+async fn record(
+    part: &Part,
+    request: &str,
+    time: i64,
+    stage: &str,
+    entry: &Erased,
+) -> Result<i64, Status> {
+    let store = &part.store;
+    let digest = erasure::digest(
+        erasure::ERASED,
+        request,
+        &[&entry.scope, &entry.subject, stage],
+    );
+    let body = serde_json::to_string(entry).map_err(ApiError::internal)?;
+    let logged = part
+        .log
+        .append(
+            store.service(),
+            erasure::ERASED,
+            request,
+            time,
+            &digest,
+            &body,
+        )
+        .await?;
+    Ok(logged.seq)
+}
+
+/// Erases through the service's part, recorded in the erasure log before
+/// and after, durably, before it is answered: first what is asked (the
+/// subject, as a blind index, and the controller), so that nothing is
+/// erased that the log does not know of (a log that cannot be written
+/// makes the erase UNAVAILABLE, and nothing changed; an erase that does not
+/// finish is applied again when the service next starts); then what was
+/// erased and the data keys destroyed. A retry of the same request writes
+/// neither again. Then the mail the service sent the person is deleted.
+async fn erase_recorded(
+    part: &Part,
+    call: &Call,
+    subject: Option<SubjectIdentifier>,
+) -> Result<EraseSubjectDataResponse, Status> {
+    let store = &part.store;
+    let Some(keyed) = keyed_subject(store, &subject) else {
+        // Refused as malformed by the part; nothing to record.
+        let erased = part.data.erase(call, subject).await?;
+        return Ok(EraseSubjectDataResponse { erased });
+    };
+    let began = store.now();
+    let request = call.request.clone().unwrap_or_default();
+    let mut entry = Erased {
+        scope: erasure::scope_of(call.tenant_limit()),
+        subject: keyed,
+        records: Vec::new(),
+        key_ids: Vec::new(),
+    };
+    let mut logged = vec![record(part, &request, began, "asked", &entry).await?];
+    let (erased, note) = crate::erasure::noting(part.data.erase(call, subject)).await;
+    let erased = erased?;
+    entry.records = erased.iter().map(|r| r.resource.clone()).collect();
+    entry.key_ids = note.key_ids.into_iter().collect();
+    if !entry.records.is_empty() || !entry.key_ids.is_empty() {
+        logged.push(record(part, &request, began, "erased", &entry).await?);
+    }
+    // Reflected here now: the next start need not apply them again.
+    for seq in logged {
+        if let Err(err) = erasure::mark_applied(store.db(), store.service(), seq).await {
+            // The next start only looks again.
+            tracing::warn!(service = store.service(), error = %err, "marking an erasure as reflected");
+        }
+    }
+    if let Some(key) = entry.subject.strip_prefix("email:") {
+        crate::mail::erase_mail(part.mailer.as_ref(), store.service(), &[key.to_owned()]).await?;
+    }
+    Ok(EraseSubjectDataResponse { erased })
+}
+
 /// The implementation a call names in `custodian-service` metadata; without
 /// one, the only implementation, if there is only one.
 #[allow(clippy::result_large_err)] // answered as is
@@ -748,11 +845,7 @@ impl SubjectDataService for SubjectRouter {
         };
         let subject = request.into_inner().subject;
         let key = answer_key(&part.store, &call, "EraseSubjectData", &subject, &[]);
-        let answer = once(&part.store, key, async {
-            let erased = part.data.erase(&call, subject.clone()).await?;
-            Ok(EraseSubjectDataResponse { erased })
-        })
-        .await?;
+        let answer = once(&part.store, key, erase_recorded(part, &call, subject)).await?;
         Ok(Response::new(answer))
     }
 }

@@ -43,7 +43,7 @@ pub mod testing;
 
 pub use error::MailError;
 pub use inbound::{InboundMail, MAX_INBOUND_BYTES, parse_inbound};
-pub use outbox::OutboxMailer;
+pub use outbox::{Label, OutboxMailer};
 pub use outgoing::{Mailbox, OutgoingMail, is_usable_message_id, new_message_id};
 pub use smtp::SmtpMailer;
 
@@ -52,11 +52,28 @@ pub use smtp::SmtpMailer;
 /// the SMTP server, or the file is complete), not that it was delivered.
 pub trait Mailer: Send + Sync + 'static {
     fn send(&self, mail: &OutgoingMail) -> BoxFuture<'_, Result<(), MailError>>;
+
+    /// Sends a message with what the outbox keeps beside it (who sent it,
+    /// keyed indexes of its recipients); a mailer that keeps nothing of
+    /// what it sends, SMTP, just sends it.
+    fn send_labelled<'a>(
+        &'a self,
+        mail: &'a OutgoingMail,
+        _label: &'a Label,
+    ) -> BoxFuture<'a, Result<(), MailError>> {
+        self.send(mail)
+    }
+
+    /// The outbox folder messages are kept in, if they are kept at all.
+    fn outbox(&self) -> Option<&OutboxMailer> {
+        None
+    }
 }
 
 /// The mailer a service runs with: SMTP when `smtp_url` is given (the
 /// operator's `--smtp-url`), otherwise the outbox folder `outbox` (usually
-/// `DATA_DIR/outbox`), created if missing.
+/// `DATA_DIR/outbox`), created if missing. Mail that goes to files is
+/// never delivered, and the files hold personal data: said at WARN.
 pub fn mailer(smtp_url: Option<&str>, outbox: &Path) -> anyhow::Result<Arc<dyn Mailer>> {
     Ok(match smtp_url {
         Some(url) => {
@@ -67,7 +84,11 @@ pub fn mailer(smtp_url: Option<&str>, outbox: &Path) -> anyhow::Result<Arc<dyn M
         None => {
             let outbox = OutboxMailer::new(outbox)
                 .with_context(|| format!("creating the outbox folder {}", outbox.display()))?;
-            tracing::info!(outbox = %outbox.dir().display(), "mail goes to the outbox folder");
+            tracing::warn!(
+                outbox = %outbox.dir().display(),
+                "mail is NOT sent: it is written as .eml files to the outbox folder \
+                 (development; set --smtp-url to deliver it)"
+            );
             Arc::new(outbox)
         }
     })

@@ -7,7 +7,7 @@ use std::{
 };
 
 use custodian_mail::{
-    MailError, Mailbox, OutboxMailer, OutgoingMail, mailer, new_message_id, parse_inbound,
+    Label, MailError, Mailbox, OutboxMailer, OutgoingMail, mailer, new_message_id, parse_inbound,
 };
 
 fn verification_code(to: &str) -> OutgoingMail {
@@ -169,4 +169,138 @@ fn the_smtp_url_picks_smtp_and_its_errors_hide_the_password() {
         !text.contains("hunter2") && !text.contains("mailrelayuser"),
         "{text}"
     );
+}
+
+/// Every file of the outbox folder, by name.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn label(service: &str, recipients: &[&str]) -> Label {
+    Label {
+        service: service.into(),
+        recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
+    }
+}
+
+#[tokio::test]
+async fn a_label_beside_each_message_names_the_service_and_keys_never_an_address() {
+    let data = tempfile::tempdir().unwrap();
+    let outbox = OutboxMailer::new(data.path().join("outbox")).unwrap();
+    let path = outbox
+        .write_labelled(
+            &verification_code("zoe@example.com"),
+            &label("dsr", &["k-zoe", "k-agent"]),
+        )
+        .await
+        .unwrap();
+    let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+    assert_eq!(
+        names(outbox.dir()),
+        [format!("{stem}.eml"), format!("{stem}.label")]
+    );
+    let text = fs::read_to_string(outbox.dir().join(format!("{stem}.label"))).unwrap();
+    assert_eq!(text, "service dsr\nto k-zoe\nto k-agent\n");
+    assert!(!text.contains("zoe@") && !text.contains("Zoë"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let file = outbox.dir().join(format!("{stem}.label"));
+        let mode = fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    // A value that could not be read back is refused, and nothing written.
+    let err = outbox
+        .write_labelled(
+            &verification_code("zoe@example.com"),
+            &label("dsr", &["k zoe"]),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MailError::Outbox(_)), "{err:?}");
+    assert_eq!(names(outbox.dir()).len(), 2);
+}
+
+#[tokio::test]
+async fn erasure_deletes_what_one_service_sent_to_one_person() {
+    let data = tempfile::tempdir().unwrap();
+    let outbox = OutboxMailer::new(data.path().join("outbox")).unwrap();
+    let mail = verification_code("zoe@example.com");
+    let zoe_dsr = outbox
+        .write_labelled(&mail, &label("dsr", &["k-zoe"]))
+        .await
+        .unwrap();
+    let zoe_and_ann = outbox
+        .write_labelled(&mail, &label("dsr", &["k-ann", "k-zoe"]))
+        .await
+        .unwrap();
+    let zoe_tickets = outbox
+        .write_labelled(&mail, &label("tickets", &["k-zoe"]))
+        .await
+        .unwrap();
+    let ann_dsr = outbox
+        .write_labelled(&mail, &label("dsr", &["k-ann"]))
+        .await
+        .unwrap();
+    let unlabelled = outbox.write(&mail).await.unwrap();
+    // A write cut short after its label: the temporary file goes too.
+    let stem = zoe_dsr.file_stem().unwrap().to_string_lossy().into_owned();
+    fs::write(outbox.dir().join(format!(".{stem}.eml.tmp")), b"half").unwrap();
+
+    assert_eq!(outbox.erase("dsr", &["k-zoe".to_owned()]).await.unwrap(), 2);
+    for gone in [&zoe_dsr, &zoe_and_ann] {
+        assert!(!gone.exists());
+        assert!(!gone.with_extension("label").exists());
+    }
+    assert!(!outbox.dir().join(format!(".{stem}.eml.tmp")).exists());
+    for kept in [&zoe_tickets, &ann_dsr, &unlabelled] {
+        assert!(kept.exists(), "{kept:?}");
+    }
+    // Again: nothing left to erase.
+    assert_eq!(outbox.erase("dsr", &["k-zoe".to_owned()]).await.unwrap(), 0);
+    assert_eq!(outbox.erase("dsr", &[]).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn expiry_deletes_what_a_service_sent_before_the_cutoff_and_unlabelled_mail() {
+    let data = tempfile::tempdir().unwrap();
+    let outbox = OutboxMailer::new(data.path().join("outbox")).unwrap();
+    let mail = verification_code("zoe@example.com");
+    let old_dsr = outbox
+        .write_labelled(&mail, &label("dsr", &["k-zoe"]))
+        .await
+        .unwrap();
+    let old_tickets = outbox
+        .write_labelled(&mail, &label("tickets", &["k-zoe"]))
+        .await
+        .unwrap();
+    let old_unlabelled = outbox.write(&mail).await.unwrap();
+    let cutoff = unix_micros();
+    let new_dsr = outbox
+        .write_labelled(&mail, &label("dsr", &["k-zoe"]))
+        .await
+        .unwrap();
+    // Leftovers of a write cut short, older than the cutoff.
+    let stale = outbox.dir().join(format!(".{}-x.eml.tmp", cutoff - 1));
+    fs::write(&stale, b"half").unwrap();
+    let orphan = outbox.dir().join(format!("{}-y.label", cutoff - 1));
+    fs::write(&orphan, b"service dsr\n").unwrap();
+
+    assert_eq!(outbox.expire("dsr", cutoff).await.unwrap(), 2);
+    for gone in [&old_dsr, &old_unlabelled, &stale, &orphan] {
+        assert!(!gone.exists(), "{gone:?}");
+    }
+    assert!(!old_dsr.with_extension("label").exists());
+    for kept in [&old_tickets, &new_dsr] {
+        assert!(kept.exists(), "{kept:?}");
+        assert!(kept.with_extension("label").exists(), "{kept:?}");
+    }
+    assert_eq!(outbox.expire("tickets", cutoff).await.unwrap(), 1);
+    assert!(!old_tickets.exists());
+    assert!(new_dsr.exists());
 }

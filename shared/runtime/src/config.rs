@@ -247,6 +247,40 @@ pub struct ServerArgs {
         value_delimiter = ','
     )]
     pub dsr_services: Option<Vec<String>>,
+
+    /// Where erasures are recorded, apart from the databases they erase,
+    /// so a restored database does not bring an erased person back:
+    /// sqlite://PATH or postgres://... (never a service's own database);
+    /// required with --target [default: DATA_DIR/erasures.db].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_ERASURE_LOG",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub erasure_log: Option<String>,
+
+    /// A file holding the erasure log's URL (a mounted Secret), instead of --erasure-log.
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_ERASURE_LOG_FILE",
+        value_name = "FILE",
+        conflicts_with = "erasure_log"
+    )]
+    pub erasure_log_file: Option<PathBuf>,
+
+    /// Write mail as .eml files to DIR instead of sending it; with --target
+    /// a service that mails needs this or --smtp-url [default: DATA_DIR/outbox
+    /// without --smtp-url, all-in-one only].
+    #[arg(long, global = true, env = "CUSTODIAN_MAIL_OUTBOX", value_name = "DIR")]
+    pub mail_outbox: Option<PathBuf>,
+
+    /// How long an outbox file is kept before the retention sweep deletes
+    /// it [default: 30d].
+    #[arg(long, global = true, env = "CUSTODIAN_MAIL_OUTBOX_RETENTION", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub mail_outbox_retention: Option<Duration>,
 }
 
 /// "NAME=URL".
@@ -299,6 +333,11 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde")]
     dsr_export_ttl: Option<Duration>,
     dsr_services: Option<Vec<String>>,
+    erasure_log: Option<String>,
+    erasure_log_file: Option<PathBuf>,
+    mail_outbox: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    mail_outbox_retention: Option<Duration>,
 }
 
 /// Resolved settings: every value known.
@@ -338,6 +377,13 @@ pub struct Config {
     pub dsr_export_ttl: Duration,
     /// The services data-subject requests reach.
     pub dsr_services: Vec<String>,
+    /// The erasure log's URL; `None` means `DATA_DIR/erasures.db` (see
+    /// [`Config::erasure_log_url`]). May carry a password: never shown.
+    pub erasure_log: Option<String>,
+    /// The outbox folder asked for explicitly.
+    pub mail_outbox: Option<PathBuf>,
+    /// How long outbox files are kept.
+    pub mail_outbox_retention: Duration,
 }
 
 // The database URL may carry a password, so Debug leaves it out.
@@ -374,6 +420,12 @@ impl std::fmt::Debug for Config {
             .field("report_min_visitors", &self.report_min_visitors)
             .field("dsr_export_ttl", &self.dsr_export_ttl)
             .field("dsr_services", &self.dsr_services)
+            .field(
+                "erasure_log",
+                &self.erasure_log.as_deref().map(crate::database::scheme_of),
+            )
+            .field("mail_outbox", &self.mail_outbox)
+            .field("mail_outbox_retention", &self.mail_outbox_retention)
             .finish()
     }
 }
@@ -407,6 +459,9 @@ impl Default for Config {
             dsr_services: ["identity", "tickets", "analytics", "feedback"]
                 .map(str::to_owned)
                 .to_vec(),
+            erasure_log: None,
+            mail_outbox: None,
+            mail_outbox_retention: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -507,7 +562,37 @@ impl Config {
                 .dsr_services
                 .or(file.dsr_services)
                 .unwrap_or(d.dsr_services),
+            erasure_log: secret(
+                "erasure log URL",
+                args.erasure_log.or(file.erasure_log),
+                args.erasure_log_file.or(file.erasure_log_file),
+            )?,
+            mail_outbox: args.mail_outbox.or(file.mail_outbox),
+            mail_outbox_retention: args
+                .mail_outbox_retention
+                .or(file.mail_outbox_retention)
+                .unwrap_or(d.mail_outbox_retention),
         })
+    }
+
+    /// The erasure log's URL: the configured one, or a SQLite file of its
+    /// own in the data folder, apart from the services' files.
+    pub fn erasure_log_url(&self) -> String {
+        match &self.erasure_log {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("erasures.db").display()
+            ),
+        }
+    }
+
+    /// Where mail goes when it is not sent over SMTP: the folder asked for,
+    /// else `DATA_DIR/outbox`.
+    pub fn mail_outbox_dir(&self) -> PathBuf {
+        self.mail_outbox
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("outbox"))
     }
 
     /// The database URL for one service: the configured one, or that
@@ -643,6 +728,43 @@ mod tests {
         );
         let err = Config::resolve(args(0)).expect_err("zero is refused");
         assert!(err.to_string().contains("--peer-timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_erasure_log_and_the_outbox_live_in_the_data_folder_unless_set() {
+        let config = Config {
+            data_dir: PathBuf::from("/srv/custodian"),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.erasure_log_url(),
+            "sqlite:///srv/custodian/erasures.db?mode=rwc"
+        );
+        assert_eq!(config.mail_outbox_dir(), Path::new("/srv/custodian/outbox"));
+        assert_eq!(
+            config.mail_outbox_retention,
+            Duration::from_secs(30 * 86_400)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custodian.toml");
+        std::fs::write(
+            &path,
+            "erasure_log = \"postgres://u:secret@db/erasures\"\nmail_outbox = \"/mail\"\n\
+             mail_outbox_retention = \"7d\"\n",
+        )
+        .unwrap();
+        let config = Config::resolve(ServerArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.erasure_log_url(), "postgres://u:secret@db/erasures");
+        assert_eq!(config.mail_outbox_dir(), Path::new("/mail"));
+        assert_eq!(
+            config.mail_outbox_retention,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert!(!format!("{config:?}").contains("secret"));
     }
 
     #[test]

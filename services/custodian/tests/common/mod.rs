@@ -1,6 +1,6 @@
 //! What the process tests share: the built `custodian` binary started on a
 //! free port and awaited through its serving line and health (never by
-//! sleeping), killed with SIGKILL, its stderr kept for failure messages;
+//! sleeping), killed with SIGKILL, its output kept for failure messages;
 //! and a PostgreSQL database kept across restarts.
 
 #![allow(dead_code)] // each test binary uses its own part
@@ -67,7 +67,7 @@ impl Interceptor for Bearer {
 
 pub type Authed = InterceptedService<Channel, Bearer>;
 
-/// Everything every start of the server wrote to stderr, for failure
+/// Everything every start of the server wrote (its log and stderr), for failure
 /// messages: a failure may come from an earlier start than the last.
 #[derive(Clone, Default)]
 pub struct Log(Arc<Mutex<String>>);
@@ -156,7 +156,11 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {BIN}: {e}"));
         let (tx, mut lines) = mpsc::unbounded_channel();
-        read_lines(child.stdout.take().expect("piped"), None, Some(tx));
+        read_lines(
+            child.stdout.take().expect("piped"),
+            Some(log.clone()),
+            Some(tx),
+        );
         read_lines(child.stderr.take().expect("piped"), Some(log.clone()), None);
         let addr = tokio::time::timeout(STARTUP_TIMEOUT, async {
             while let Some(line) = lines.recv().await {
@@ -191,8 +195,8 @@ impl Server {
             while health
                 .message()
                 .await
-                .unwrap_or_else(|e| panic!("health stream: {e:?}; stderr:\n{}", log.text()))
-                .unwrap_or_else(|| panic!("health stream closed; stderr:\n{}", log.text()))
+                .unwrap_or_else(|e| panic!("health stream: {e:?}; output:\n{}", log.text()))
+                .unwrap_or_else(|| panic!("health stream closed; output:\n{}", log.text()))
                 .status
                 != serving
             {}
