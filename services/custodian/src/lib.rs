@@ -174,8 +174,9 @@ pub fn service_credential(
     ttl: Duration,
 ) -> anyhow::Result<String> {
     let known = service_named(service).ok_or_else(|| {
+        // The name is not repeated: what was typed may be anything.
         anyhow::anyhow!(
-            "no service {service:?} in this suite; its services are {}",
+            "--service names no service of this suite; its services are {}",
             known_names()
         )
     })?;

@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Authed, BIN, Bearer, Log, Postgres, Server};
+use common::{Authed, BIN, Bearer, Log, Postgres, Server, SplitKeys};
 use custodian_privacy::{Purpose, keys::KeyFile, token::TokenIssuer};
 use custodian_proto::{
     common::v1::{PersonName, SubjectIdentifier, subject_identifier},
@@ -646,16 +646,24 @@ fn refused(args: &[&str]) -> String {
 
 /// As [`refused`], with `data` as the data folder.
 fn refused_in(data: &Path, args: &[&str]) -> String {
-    let keys = data.join("keys.toml");
-    KeyFile::generate("mk-refuse", custodian_privacy::token::generate_key_pair())
-        .write_new(&keys)
-        .expect("a key file");
+    // The keys a server of that target is given in production (its own key
+    // file and credential), so what is refused is what the test names.
+    let key_args = match args.iter().position(|a| *a == "--target") {
+        // (SplitKeys::args begins with the --target the caller gives.)
+        Some(i) => SplitKeys::init(&data.join("keys")).args(args[i + 1])[2..].to_vec(),
+        None => {
+            let keys = data.join("keys.toml");
+            KeyFile::generate("mk-refuse", custodian_privacy::token::generate_key_pair())
+                .write_new(&keys)
+                .expect("a key file");
+            vec!["--key-file".to_owned(), keys.display().to_string()]
+        }
+    };
     let output = Command::new(BIN)
         .env_clear()
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
-        .arg("--key-file")
-        .arg(&keys)
+        .args(&key_args)
         .args(args)
         .output()
         .expect("running custodian");
@@ -731,10 +739,7 @@ fn a_target_refuses_to_start_without_an_erasure_log_of_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_with_what_it_needs_starts() {
     let data = tempfile::tempdir().expect("a data folder");
-    let keys = data.path().join("keys.toml");
-    KeyFile::generate("mk-start", custodian_privacy::token::generate_key_pair())
-        .write_new(&keys)
-        .expect("a key file");
+    let keys = SplitKeys::init(&data.path().join("keys"));
     let log_url = format!(
         "sqlite://{}?mode=rwc",
         data.path().join("erasures.db").display()
@@ -750,14 +755,8 @@ async fn a_target_with_what_it_needs_starts() {
         ),
         ("identity", vec![]),
     ] {
-        let mut args = vec![
-            "--target".to_owned(),
-            target.to_owned(),
-            "--key-file".to_owned(),
-            keys.display().to_string(),
-            "--erasure-log".to_owned(),
-            log_url.clone(),
-        ];
+        let mut args = keys.args(target);
+        args.extend(["--erasure-log".to_owned(), log_url.clone()]);
         args.extend(extra);
         let mut server =
             Server::start_with(&data.path().join(target), None, "127.0.0.1:0", &args, &log).await;

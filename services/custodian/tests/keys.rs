@@ -556,7 +556,7 @@ async fn split_and_rotate(dir: &Path, database_url: Option<&str>) {
     let token = keys.token("ops:test", &["administration", "support"], None);
     let log = Log::default();
     let start = |service: &'static str, peers: Vec<String>| {
-        let mut args = keys.args(service);
+        let mut args = keys.target_args(service, &data);
         args.extend(peers);
         let (data, log) = (data.clone(), log.clone());
         async move { Server::start_with(&data, database_url, "127.0.0.1:0", &args, &log).await }

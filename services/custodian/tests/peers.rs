@@ -111,7 +111,7 @@ impl Suite {
     /// Starts `name` ("dsr-b": a second dsr replica on dsr's database).
     async fn start(&self, name: &'static str, more: &[&str]) -> Server {
         let target = if name == "dsr-b" { "dsr" } else { name };
-        let mut args = self.keys.args(target);
+        let mut args = self.keys.target_args(target, &self.dir);
         let peers: &[&str] = match target {
             "identity" => &[],
             "dsr" => &PEERS,

@@ -407,6 +407,23 @@ impl SplitKeys {
         Some(path)
     }
 
+    /// [`Self::args`], and what else a `--target` server needs: the suite's
+    /// erasure log (a SQLite file in `dir`, apart from every database) and,
+    /// for a service that mails, an outbox asked for (in `dir/NAME/outbox`).
+    pub fn target_args(&self, service: &str, dir: &Path) -> Vec<String> {
+        let mut args = self.args(service);
+        args.push("--erasure-log".to_owned());
+        args.push(format!(
+            "sqlite://{}?mode=rwc",
+            dir.join("erasures.db").display()
+        ));
+        if matches!(service, "tickets" | "dsr") {
+            args.push("--mail-outbox".to_owned());
+            args.push(dir.join(service).join("outbox").display().to_string());
+        }
+        args
+    }
+
     /// `--target NAME --key-file ... [--service-token-file ...]`: what the
     /// Deployment of `service` is given.
     pub fn args(&self, service: &str) -> Vec<String> {
