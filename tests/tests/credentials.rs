@@ -12,8 +12,9 @@ use custodian_proto::{
     common::v1::{SubjectIdentifier, subject_identifier},
     identity::v1::{
         CreateContactRequest, CreateUserRequest, DeleteContactRequest, DeleteTenantRequest,
-        GetTenantRequest, GetUserRequest, contact_service_client::ContactServiceClient,
-        tenant_service_client::TenantServiceClient, user_service_client::UserServiceClient,
+        GetTenantRequest, GetUserRequest, ListUsersRequest,
+        contact_service_client::ContactServiceClient, tenant_service_client::TenantServiceClient,
+        user_service_client::UserServiceClient,
     },
     subject::v1::{
         EraseSubjectDataRequest, LocateSubjectDataRequest,
@@ -103,16 +104,14 @@ storage_test!(
             .await
             .unwrap()
             .into_inner();
-        let user = app
-            .users()
+        app.users()
             .create_user(CreateUserRequest {
                 parent: "tenants/acme".into(),
                 user: Some(fixtures::user("ann@example.com")),
                 request_id: String::new(),
             })
             .await
-            .unwrap()
-            .into_inner();
+            .unwrap();
         let tickets = credential(&app, "tickets");
         let analytics = credential(&app, "analytics");
         let dsr = credential(&app, "dsr");
@@ -127,15 +126,17 @@ storage_test!(
                 .await
                 .unwrap_err();
         refused_for_its_calls(&refused, "svc:tickets");
-        // Analytics never reads an authorized user.
+        // Analytics reads one user it is told about (to check usage), but
+        // never lists a tenant's users.
         let refused = UserServiceClient::new(client(
             &app,
             &analytics,
             Purpose::ServiceDelivery,
             "identity",
         ))
-        .get_user(GetUserRequest {
-            name: user.name.clone(),
+        .list_users(ListUsersRequest {
+            parent: "tenants/acme".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -218,7 +219,7 @@ storage_test!(
             ),
             (
                 "svc:analytics",
-                "/custodian.identity.v1.UserService/GetUser",
+                "/custodian.identity.v1.UserService/ListUsers",
             ),
             (
                 "svc:analytics",
