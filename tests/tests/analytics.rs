@@ -14,13 +14,14 @@ use custodian_proto::{
         report_service_client::ReportServiceClient, site_service_client::SiteServiceClient,
         usage_service_client::UsageServiceClient,
     },
-    common::v1::{SubjectIdentifier, subject_identifier},
+    common::v1::{DataCategory, SubjectIdentifier, subject_identifier},
     identity::v1::{
         CreateMonitoringGrantRequest, CreateUserRequest, MonitoringGrant, PolicyVersion,
-        PublishPolicyVersionRequest, RevokeMonitoringGrantRequest,
-        monitoring_grant_service_client::MonitoringGrantServiceClient,
+        PublishPolicyVersionRequest, RetentionRule, RevokeMonitoringGrantRequest, Tenant,
+        UpdateTenantRequest, monitoring_grant_service_client::MonitoringGrantServiceClient,
         policy_service_client::PolicyServiceClient,
     },
+    retention::v1::{CreateLegalHoldRequest, LegalHold, legal_hold},
     subject::v1::{EraseSubjectDataRequest, LocateSubjectDataRequest},
 };
 use custodian_runtime::time::{Clock as _, to_timestamp};
@@ -1566,6 +1567,105 @@ storage_test!(
         assert!(
             counted.contains(&(DropReason::UnknownUser as i32, 2)),
             "{counted:?}"
+        );
+    }
+);
+
+/// One usage event of a new user of `tenant`, under a grant of its own.
+async fn one_usage_event(app: &TestApp, tenant: &str) {
+    fixtures::tenant(app, tenant).await;
+    let admin = user(app, tenant, &format!("admin@{tenant}.example")).await;
+    let worker = user(app, tenant, &format!("worker@{tenant}.example")).await;
+    MonitoringGrantServiceClient::with_interceptor(
+        app.channel.clone(),
+        Bearer::new(Some(&app.root_token)),
+    )
+    .create_monitoring_grant(CreateMonitoringGrantRequest {
+        parent: format!("tenants/{tenant}"),
+        monitoring_grant: Some(MonitoringGrant {
+            scopes: vec![custodian_analytics::USAGE_SCOPE.into()],
+            expire_time: Some(to_timestamp(app.clock.now_micros() + 86_400_000_000)),
+            granted_by: admin,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    })
+    .await
+    .expect("grant");
+    let answer = collector(app)
+        .collect_usage_events(CollectUsageEventsRequest {
+            events: vec![usage_event(tenant, &worker, "workflow_run")],
+        })
+        .await
+        .expect("usage")
+        .into_inner();
+    assert_eq!(answer.accepted, 1, "{answer:?}");
+}
+
+async fn usage_tenants(app: &TestApp) -> Vec<String> {
+    rows(
+        app,
+        "SELECT tenant_id FROM analytics_usage ORDER BY tenant_id",
+    )
+    .await
+    .iter()
+    .map(|row| row.get::<String, _>("tenant_id"))
+    .collect()
+}
+
+storage_test!(
+    usage_events_expire_by_their_tenants_rule_and_never_under_a_legal_hold,
+    |app: TestApp| async move {
+        for tenant in ["acme", "beta", "gamma"] {
+            one_usage_event(&app, tenant).await;
+        }
+        // acme is under a legal hold; beta keeps usage 90 days; gamma
+        // keeps the default, 30 days.
+        app.retention()
+            .create_legal_hold(CreateLegalHoldRequest {
+                legal_hold: Some(LegalHold {
+                    target: Some(legal_hold::Target::Tenant("tenants/acme".into())),
+                    reason: "case 12".into(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("legal hold");
+        app.tenants()
+            .update_tenant(UpdateTenantRequest {
+                tenant: Some(Tenant {
+                    name: "tenants/beta".into(),
+                    retention_rules: vec![RetentionRule {
+                        data_category: DataCategory::UsageEvent as i32,
+                        retain_for: Some(prost_types::Duration {
+                            seconds: 90 * 86_400,
+                            nanos: 0,
+                        }),
+                    }],
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["retention_rules".into()],
+                }),
+            })
+            .await
+            .expect("retention rule");
+        let sweep = || async {
+            app.retention()
+                .sweep_expired(custodian_proto::retention::v1::SweepExpiredRequest::default())
+                .await
+                .expect("sweep")
+        };
+
+        app.clock.advance(40 * DAY);
+        sweep().await;
+        assert_eq!(usage_tenants(&app).await, vec!["acme", "beta"]);
+        app.clock.advance(60 * DAY);
+        sweep().await;
+        assert_eq!(
+            usage_tenants(&app).await,
+            vec!["acme"],
+            "held, whatever its age"
         );
     }
 );

@@ -9,13 +9,13 @@ use custodian_kit::{
 };
 use custodian_privacy::{
     audit::{AuditLog, Event},
-    retention::{SweepCounts, default_retention},
+    retention::SweepCounts,
 };
 use custodian_proto::{
     audit::v1::{AuditAction, AuditOutcome},
     privacy::v1::DataCategory,
 };
-use custodian_runtime::{ApiError, Backend, Database, time::micros};
+use custodian_runtime::{ApiError, Backend, Database};
 use futures::future::BoxFuture;
 use sqlx::Row as _;
 
@@ -86,15 +86,40 @@ impl AnalyticsSweep {
         Ok(deleted)
     }
 
+    /// Usage events past their tenant's retention (its own rule, or the
+    /// default), never a held tenant's. A subject hold names an email or a
+    /// phone, which usage events do not carry (only a keyed index of the
+    /// user's name), so it reaches them through its tenant only.
     async fn usage(&self, now: i64) -> Result<i64, ApiError> {
-        let Some(keep) = default_retention(DataCategory::UsageEvent) else {
-            return Ok(0);
-        };
-        Ok(sqlx::query("DELETE FROM analytics_usage WHERE time < $1")
-            .bind(now - micros(keep))
-            .execute(self.db.pool())
-            .await?
-            .rows_affected() as i64)
+        let cutoffs = self
+            .records
+            .tenant_cutoffs(DataCategory::UsageEvent, now)
+            .await?;
+        let mut deleted = 0i64;
+        for (tenant, cutoff) in &cutoffs.by_tenant {
+            deleted += sqlx::query("DELETE FROM analytics_usage WHERE tenant_id = $1 AND time < $2")
+                .bind(tenant)
+                .bind(cutoff)
+                .execute(self.db.pool())
+                .await?
+                .rows_affected() as i64;
+        }
+        if let Some(cutoff) = cutoffs.default {
+            // The exceptions are few (tenants with a rule or a hold), so a
+            // list in the statement stays short.
+            let except = cutoffs.not_default();
+            let mut sql = "DELETE FROM analytics_usage WHERE time < $1".to_owned();
+            if !except.is_empty() {
+                let marks: Vec<String> = (2..except.len() + 2).map(|i| format!("${i}")).collect();
+                sql.push_str(&format!(" AND tenant_id NOT IN ({})", marks.join(", ")));
+            }
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(cutoff);
+            for tenant in &except {
+                query = query.bind(tenant);
+            }
+            deleted += query.execute(self.db.pool()).await?.rows_affected() as i64;
+        }
+        Ok(deleted)
     }
 }
 

@@ -166,6 +166,32 @@ impl Facts {
     }
 }
 
+/// When a bulk holding's rows of one category expire, tenant by tenant,
+/// for a service that sweeps a table of its own beside its [`Store`]: the
+/// same facts (tenants' rules, legal holds) the store's sweep obeys.
+#[derive(Debug, Clone, Default)]
+pub struct TenantCutoffs {
+    /// Rows of tenants with a rule of their own expire before these times.
+    pub by_tenant: Vec<(String, i64)>,
+    /// Every other tenant's rows expire before this, if the category expires.
+    pub default: Option<i64>,
+    /// Tenants under a legal hold: none of their rows may be deleted, and
+    /// none of them appears above.
+    pub held: Vec<String>,
+}
+
+impl TenantCutoffs {
+    /// Tenants the default does not apply to: those held and those with
+    /// a rule of their own.
+    pub fn not_default(&self) -> Vec<String> {
+        self.held
+            .iter()
+            .cloned()
+            .chain(self.by_tenant.iter().map(|(t, _)| t.clone()))
+            .collect()
+    }
+}
+
 /// The sweep of a service's [`Store`], from the declarations.
 pub struct StoreSweep {
     store: Store,
@@ -175,6 +201,38 @@ pub struct StoreSweep {
 impl StoreSweep {
     pub fn new(store: Store, policy: Arc<dyn PolicySource>) -> Self {
         Self { store, policy }
+    }
+
+    /// The cutoffs of a bulk holding of `category` (held for tenants) at
+    /// `now`. Fails, so nothing is deleted, when the facts cannot be had.
+    pub async fn tenant_cutoffs(
+        &self,
+        category: DataCategory,
+        now: i64,
+    ) -> Result<TenantCutoffs, ApiError> {
+        let facts = Facts::new(&self.policy.policy().await?);
+        let mut held: Vec<String> = facts.held_tenants.iter().cloned().collect();
+        held.sort();
+        let by_tenant = if retention::tenant_may_set(category) {
+            let mut rules: Vec<(String, i64)> = facts
+                .rules
+                .iter()
+                .filter(|(t, _)| !facts.held_tenants.contains(*t))
+                .filter_map(|(t, r)| {
+                    r.get(&(category as i32))
+                        .map(|s| (t.clone(), now - s.saturating_mul(1_000_000)))
+                })
+                .collect();
+            rules.sort();
+            rules
+        } else {
+            Vec::new()
+        };
+        Ok(TenantCutoffs {
+            by_tenant,
+            default: retention::default_retention(category).map(|keep| now - micros(keep)),
+            held,
+        })
     }
 
     async fn run(&self, now: i64, by: Option<&Call>) -> Result<SweepCounts, ApiError> {
