@@ -134,37 +134,9 @@ echo "contact: $NAME"
 grpcurl -plaintext -H "$AUTH" -d "{\"name\": \"$NAME\"}" "$ADDR" \
     custodian.identity.v1.ContactService/GetContact | jq -e --arg n "$NAME" '.name == $n' >/dev/null
 
-# One gRPC frame: flag 0 (not compressed), big-endian u32 length, then the
-# protobuf message GetContactRequest{name = 1}: tag 0x0a, varint length, bytes.
-byte() { printf "\\$(printf '%03o' "$1")"; }
-varint() {
-    local n=$1
-    while ((n >= 128)); do
-        byte $(((n & 127) | 128))
-        n=$((n >> 7))
-    done
-    byte "$n"
-}
-field() { # number, then the field's bytes on stdin: a length-delimited field
-    local body
-    body=$(mktemp -p "$WORK")
-    cat >"$body"
-    byte $((($1 << 3) | 2))
-    varint "$(stat -c %s "$body")"
-    cat "$body"
-}
-frame() { # the message on stdin, as one uncompressed gRPC frame
-    local body len
-    body=$(mktemp -p "$WORK")
-    cat >"$body"
-    len=$(stat -c %s "$body")
-    byte 0
-    byte $(((len >> 24) & 255))
-    byte $(((len >> 16) & 255))
-    byte $(((len >> 8) & 255))
-    byte $((len & 255))
-    cat "$body"
-}
+# GetContactRequest{name = 1}, as one gRPC frame.
+# shellcheck source=grpc-frame.sh
+source "$(dirname "${BASH_SOURCE[0]}")/grpc-frame.sh"
 printf '%s' "$NAME" | field 1 | frame >"$WORK/frame.bin"
 # CreateContactRequest{parent, contact{person_name, email, organization,
 # notes}}: every call creates another contact (no request_id).
