@@ -2286,3 +2286,159 @@ storage_test!(
         app.stop().await.expect("stop");
     }
 );
+
+// --- intake limits ---------------------------------------------------------
+
+/// What an answer says, apart from its name and whose it is.
+fn shape(request: &Request) -> Request {
+    Request {
+        name: String::new(),
+        requester: None,
+        ..request.clone()
+    }
+}
+
+storage_test!(
+    one_address_is_mailed_a_few_codes_however_often_it_is_asked_and_answers_do_not_tell,
+    |app: TestApp| async move {
+        let mails = Mails::outbox(&app);
+        // The company holds data of one address, none of the other.
+        let known = "known@example.com";
+        let unknown = "nobody@example.com";
+        app.signups()
+            .create_evaluation_signup(CreateEvaluationSignupRequest {
+                evaluation_signup: Some(fixtures::signup(known)),
+                request_id: String::new(),
+            })
+            .await
+            .expect("signup");
+
+        // 100 requests for the known address, then one for the unknown.
+        let mut answers = Vec::new();
+        for _ in 0..100 {
+            answers.push(
+                create(&app, dsr(Kind::Access, Jurisdiction::Gdpr, known))
+                    .await
+                    .expect("answered as accepted"),
+            );
+        }
+        let stranger = create(&app, dsr(Kind::Access, Jurisdiction::Gdpr, unknown))
+            .await
+            .expect("answered as accepted");
+
+        // Mailed: the first few open requests' codes, nothing after.
+        let open = custodian_dsr::OPEN_UNVERIFIED as usize;
+        let to_known = mails.to(known);
+        assert_eq!(
+            to_known.len(),
+            open,
+            "one acknowledgement each, {open} in all"
+        );
+        for (i, answer) in answers.iter().enumerate() {
+            let mailed = mails.about(known, &answer.name, "please confirm").len();
+            assert_eq!(mailed, usize::from(i < open), "request {i}");
+        }
+        assert_eq!(
+            mails.to(unknown).len(),
+            1,
+            "another address has its own limits"
+        );
+
+        // Every answer is the same, limited or not, known or not.
+        let first = shape(&answers[0]);
+        for (i, answer) in answers.iter().enumerate() {
+            assert_eq!(shape(answer), first, "request {i}");
+            assert_eq!(
+                shape(&get(&app, &answer.name).await),
+                shape(&get(&app, &answers[0].name).await)
+            );
+        }
+        assert_eq!(shape(&stranger), first);
+
+        // Resends: answered as sent; the address gets at most its hourly
+        // count of code mails, whichever requests ask.
+        app.clock.advance(MINUTE + Duration::from_secs(1));
+        for answer in &answers[..10] {
+            let resent = resend(&app, &answer.name).await.expect("answered as sent");
+            assert_eq!(state_of(&resent), State::AwaitingVerification);
+        }
+        let codes = mails.to(known).len();
+        assert_eq!(
+            codes,
+            custodian_dsr::CODES_PER_HOUR as usize,
+            "{codes} code mails in the hour"
+        );
+
+        // The day's limit holds across hours.
+        for hour in 1..=4 {
+            app.clock.advance(Duration::from_secs(3600));
+            for answer in &answers[10 + hour * 10..20 + hour * 10] {
+                resend(&app, &answer.name).await.expect("answered as sent");
+            }
+        }
+        assert_eq!(mails.to(known).len(), custodian_dsr::CODES_PER_DAY as usize);
+    }
+);
+
+storage_test!(
+    wrong_codes_are_counted_per_address_across_its_requests,
+    |app: TestApp| async move {
+        let mails = Mails::outbox(&app);
+        let email = "target@example.com";
+        let wrong = |code: &str| {
+            let n: u32 = code.parse().unwrap();
+            format!("{:08}", (n + 1) % 100_000_000)
+        };
+        // One request, its code resent (each resend gives 3 fresh attempts)
+        // until the address has been tried with ten wrong codes in a day.
+        let created = create(&app, dsr(Kind::Access, Jurisdiction::Gdpr, email))
+            .await
+            .expect("create");
+        let mut code = mails.first_code(email, &created.name);
+        let mut tried = 0;
+        while tried < custodian_dsr::WRONG_CODES_PER_DAY {
+            for _ in 0..3 {
+                if tried == custodian_dsr::WRONG_CODES_PER_DAY {
+                    break;
+                }
+                let err = verify(&app, &created.name, &wrong(&code))
+                    .await
+                    .unwrap_err();
+                assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+                tried += 1;
+            }
+            if tried < custodian_dsr::WRONG_CODES_PER_DAY {
+                app.clock.advance(MINUTE + Duration::from_secs(1));
+                resend(&app, &created.name).await.expect("resend");
+                let resent = mails.about(email, &created.name, "new code");
+                code = resent.last().expect("a new code").code().expect("a code");
+            }
+        }
+        // Now even the right code is refused, and nothing moves.
+        let err = verify(&app, &created.name, &code).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert_eq!(
+            state_of(&get(&app, &created.name).await),
+            State::AwaitingVerification
+        );
+        // A request of its own does not reset the count.
+        let other = create(&app, dsr(Kind::Erasure, Jurisdiction::Gdpr, email))
+            .await
+            .expect("create");
+        let other_code = mails.first_code(email, &other.name);
+        let err = verify(&app, &other.name, &other_code).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        assert_eq!(
+            state_of(&get(&app, &other.name).await),
+            State::AwaitingVerification
+        );
+
+        // A day later the address may try again.
+        app.clock.advance(Duration::from_secs(86_400));
+        resend(&app, &other.name).await.expect("resend");
+        let fresh = mails.about(email, &other.name, "new code");
+        let fresh = fresh.last().expect("a new code").code().expect("a code");
+        let verified = verify(&app, &other.name, &fresh).await.expect("verified");
+        assert_eq!(state_of(&verified), State::InProgress);
+    }
+);

@@ -25,7 +25,7 @@ use futures::Stream;
 use sqlx::Row as _;
 use tonic::{Response, Status};
 
-use crate::{Core, bundle, codes, codes::Checked, deadline, flow, mail};
+use crate::{Core, bundle, codes, codes::Checked, deadline, flow, intake, mail};
 
 /// Bytes per chunk of a download.
 const CHUNK: usize = 64 * 1024;
@@ -218,8 +218,9 @@ impl Api {
     /// Mails the acknowledgement with a fresh code (and the agent's copy).
     async fn acknowledge(&self, stored: &Stored<Request>) -> Result<(), Status> {
         let core = &self.core;
+        let mailbox = intake::mailbox(core, &requester_email(&stored.message));
         let code = codes::generate()?;
-        codes::replace(core, &stored.id, &code, true).await?;
+        codes::first(core, &stored.id, &mailbox, &code).await?;
         let due = stored
             .message
             .due_time
@@ -229,6 +230,12 @@ impl Api {
         let from = &core.context.config.mail_from;
         let mut mails = vec![mail::acknowledgement(from, &stored.message, due, &code)];
         mails.extend(mail::agent_copy(from, &stored.message, due));
+        // Beyond the limits the answer and the history are those of a
+        // request acknowledged: only the mail is not sent.
+        if !intake::may_mail_code(core, &mailbox, &stored.id, true).await? {
+            intake::withheld(core);
+            mails.clear();
+        }
         for message in &mails {
             if let Err(err) = core.context.mailer.send(message).await {
                 tracing::warn!(error = %err, "dsr: the acknowledgement could not be mailed");
@@ -469,9 +476,16 @@ impl RequestService for Api {
             let id = stored.id.clone();
             async move { flow::insert_event(pool, core, &id, kind, "requester", &description).await }
         };
-        match codes::check(core, &stored.id, &req.code).await? {
+        let mailbox = intake::mailbox(core, &requester_email(&stored.message));
+        let checked = if intake::may_try_code(core, &mailbox).await? {
+            codes::check(core, &stored.id, &req.code).await?
+        } else {
+            Checked::TooManyAttempts
+        };
+        match checked {
             Checked::Right => {}
             Checked::Wrong(left) => {
+                intake::wrong_code(core, &mailbox).await?;
                 event(
                     "verification_failed",
                     format!("wrong code; {left} attempts left"),
@@ -593,13 +607,21 @@ impl RequestService for Api {
                 "the request is not waiting for verification",
             ));
         }
-        let code = codes::generate()?;
-        codes::replace(core, &stored.id, &code, false).await?;
-        let message = mail::code(&core.context.config.mail_from, &stored.message, &code);
-        core.context.mailer.send(&message).await.map_err(|err| {
-            tracing::warn!(error = %err, "dsr: a code could not be mailed");
-            Status::unavailable("the code could not be mailed; retry in a minute")
-        })?;
+        let sends = codes::may_resend(core, &stored.id).await?;
+        let mailbox = intake::mailbox(core, &requester_email(&stored.message));
+        // Beyond the address's limits the live code stays as it is and
+        // nothing is mailed, but the answer is that of a code sent.
+        if intake::may_mail_code(core, &mailbox, &stored.id, false).await? {
+            let code = codes::generate()?;
+            codes::replace(core, &stored.id, &mailbox, &code, sends).await?;
+            let message = mail::code(&core.context.config.mail_from, &stored.message, &code);
+            core.context.mailer.send(&message).await.map_err(|err| {
+                tracing::warn!(error = %err, "dsr: a code could not be mailed");
+                Status::unavailable("the code could not be mailed; retry in a minute")
+            })?;
+        } else {
+            intake::withheld(core);
+        }
         flow::insert_event(
             core.context.db.pool(),
             core,
@@ -821,4 +843,13 @@ impl RequestService for Api {
             .collect();
         Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
     }
+}
+
+/// The address a request's mail goes to, which the intake limits count by.
+fn requester_email(request: &Request) -> String {
+    request
+        .requester
+        .as_ref()
+        .map(|r| r.email.clone())
+        .unwrap_or_default()
 }

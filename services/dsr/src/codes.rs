@@ -50,29 +50,32 @@ pub enum Checked {
     TooManyAttempts,
 }
 
-/// Stores `code` as the request's only live code. `first` is the code sent
-/// with the acknowledgement; a resend is refused inside the limits.
-pub async fn replace(core: &Core, request_id: &str, code: &str, first: bool) -> Result<(), Status> {
+/// Stores `code` as the first code of a new request (a retried create
+/// keeps the code it stored first).
+pub async fn first(core: &Core, request_id: &str, mailbox: &str, code: &str) -> Result<(), Status> {
     let now = core.now();
-    let pool = core.context.db.pool();
-    let key = key(core, request_id, code);
-    if first {
-        sqlx::query(
-            "INSERT INTO dsr_codes (request_id, code_key, attempts, sends, send_time, expire_time) \
-             VALUES ($1, $2, 0, 1, $3, $4) ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(request_id)
-        .bind(key)
-        .bind(now)
-        .bind(now + VALID_FOR)
-        .execute(pool)
-        .await
-        .map_err(ApiError::from)?;
-        return Ok(());
-    }
+    sqlx::query(
+        "INSERT INTO dsr_codes (request_id, code_key, attempts, sends, send_time, expire_time, \
+         mailbox_key) VALUES ($1, $2, 0, 1, $3, $4, $5) ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(request_id)
+    .bind(key(core, request_id, code))
+    .bind(now)
+    .bind(now + VALID_FOR)
+    .bind(mailbox)
+    .execute(core.context.db.pool())
+    .await
+    .map_err(ApiError::from)?;
+    Ok(())
+}
+
+/// Whether the request may be sent another code, inside its own limits;
+/// the codes sent so far, for [`replace`].
+pub async fn may_resend(core: &Core, request_id: &str) -> Result<i64, Status> {
+    let now = core.now();
     let row = sqlx::query("SELECT sends, send_time FROM dsr_codes WHERE request_id = $1")
         .bind(request_id)
-        .fetch_optional(pool)
+        .fetch_optional(core.context.db.pool())
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| {
@@ -91,17 +94,31 @@ pub async fn replace(core: &Core, request_id: &str, code: &str, first: bool) -> 
             "a code was sent less than a minute ago; retry in {wait} s"
         )));
     }
+    Ok(sends)
+}
+
+/// Replaces the request's live code with `code`, the `sends + 1`th, unless
+/// another resend got there first.
+pub async fn replace(
+    core: &Core,
+    request_id: &str,
+    mailbox: &str,
+    code: &str,
+    sends: i64,
+) -> Result<(), Status> {
+    let now = core.now();
     // Compare-and-set on the send count, so two resends at once send one.
     let updated = sqlx::query(
         "UPDATE dsr_codes SET code_key = $1, attempts = 0, sends = sends + 1, send_time = $2, \
-         expire_time = $3 WHERE request_id = $4 AND sends = $5",
+         expire_time = $3, mailbox_key = $4 WHERE request_id = $5 AND sends = $6",
     )
-    .bind(key)
+    .bind(key(core, request_id, code))
     .bind(now)
     .bind(now + VALID_FOR)
+    .bind(mailbox)
     .bind(request_id)
     .bind(sends)
-    .execute(pool)
+    .execute(core.context.db.pool())
     .await
     .map_err(ApiError::from)?;
     if updated.rows_affected() == 0 {

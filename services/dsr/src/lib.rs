@@ -7,6 +7,8 @@
 //!   record: the requester's details sealed, found again by email, kept as
 //!   proof for its category's retention after completion.
 //! - `codes`: one-time codes, stored only as a keyed hash.
+//! - `intake`: limits per address on code mails and wrong codes, beyond
+//!   which a request is answered as accepted but nothing is mailed.
 //! - `flow`: the orchestrator. Every step is a row, claimed with a lease
 //!   before it runs and marked after; steps are retried with backoff,
 //!   resumed after a restart, never run by two replicas at once, and
@@ -21,10 +23,12 @@ mod codes;
 pub mod deadline;
 mod flow;
 mod inbox;
+mod intake;
 mod mail;
 mod proof;
 
 pub use flow::{LEASE, MAX_BACKOFF};
+pub use intake::{CODES_PER_DAY, CODES_PER_HOUR, OPEN_UNVERIFIED, WRONG_CODES_PER_DAY};
 
 use std::sync::{Arc, Mutex};
 

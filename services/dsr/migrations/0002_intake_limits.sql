@@ -1,0 +1,16 @@
+-- Intake limits: how many code mails a mailbox was sent, and how many wrong
+-- codes were tried for it, across all its requests. A mailbox is a keyed
+-- blind index of the requester's address (never the address), kept one
+-- day: rows older than that are deleted as new ones are written.
+CREATE TABLE dsr_mailbox_events (
+    mailbox_key TEXT   NOT NULL,
+    kind        TEXT   NOT NULL, -- 'code' (a code mailed) or 'wrong_code'
+    time        BIGINT NOT NULL
+);
+CREATE INDEX dsr_mailbox_events_key ON dsr_mailbox_events (mailbox_key, kind, time);
+CREATE INDEX dsr_mailbox_events_time ON dsr_mailbox_events (time);
+
+-- The mailbox of each live code, so the open, unverified requests of one
+-- address can be counted. NULL for codes written before this release.
+ALTER TABLE dsr_codes ADD COLUMN mailbox_key TEXT;
+CREATE INDEX dsr_codes_mailbox ON dsr_codes (mailbox_key);
