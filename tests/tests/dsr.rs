@@ -178,6 +178,22 @@ fn history(request: &Request) -> Vec<String> {
 
 /// Polls GetRequest until the request is in `state`; fails after
 /// [`PATIENCE`] or when it settles in another final state.
+/// Waits for the company's own part of a request to be done.
+async fn company_part(app: &TestApp, name: &str) -> Request {
+    let until = Instant::now() + PATIENCE;
+    loop {
+        let request = get(app, name).await;
+        if request.company_part_time.is_some() {
+            return request;
+        }
+        assert!(
+            Instant::now() < until,
+            "the company's part of {name} was not done: {request:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn wait_for(app: &TestApp, name: &str, state: State) -> Request {
     let until = Instant::now() + PATIENCE;
     loop {
@@ -1094,10 +1110,43 @@ storage_test!(
         let routed = mails
             .wait(&zora.email, &request.name, "held for our customers")
             .await;
-        assert!(routed.text.contains("tenants/acme"), "{}", routed.text);
-        // No bundle before the request is complete.
-        let err = download(&app, &request.name).await.unwrap_err();
-        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(
+            routed.text.contains("Tenant acme (tenants/acme)"),
+            "the customer by its name: {}",
+            routed.text
+        );
+        // The company's part does not wait for acme: it can be downloaded
+        // now, and says who decides about the rest.
+        let part = company_part(&app, &request.name).await;
+        assert_eq!(part.tenants[0].display_name, "Tenant acme");
+        let early = download(&app, &request.name)
+            .await
+            .expect("the company's part");
+        assert_eq!(early["complete"], false);
+        assert_eq!(
+            early["customers_still_deciding"],
+            serde_json::json!(["Tenant acme (tenants/acme)"])
+        );
+        let early_records = bundle_records(&early);
+        assert!(
+            early_records
+                .iter()
+                .all(|(_, _, c, _)| *c == serde_json::json!({"company": true})),
+            "no customer's record before it instructs: {early:#}"
+        );
+        assert_eq!(
+            early_records.len(),
+            4,
+            "the sign-up, the ticket and its message, the feedback"
+        );
+        let told = mails
+            .wait(&zora.email, &request.name, "the company's part")
+            .await;
+        assert!(
+            told.text.contains("Tenant acme (tenants/acme)"),
+            "{}",
+            told.text
+        );
 
         let item = item_of(&app, "acme", &request.name).await;
         assert_eq!(item.kind, "access");
@@ -1117,6 +1166,7 @@ storage_test!(
         mails.wait(&zora.email, &request.name, "done").await;
 
         let bundle = download(&app, &request.name).await.expect("the bundle");
+        assert_eq!(bundle["complete"], true);
         assert_eq!(bundle["request"], Value::String(request.name.clone()));
         assert_eq!(bundle["kind"], "access");
         assert_eq!(
@@ -2440,5 +2490,88 @@ storage_test!(
         let fresh = fresh.last().expect("a new code").code().expect("a code");
         let verified = verify(&app, &other.name, &fresh).await.expect("verified");
         assert_eq!(state_of(&verified), State::InProgress);
+    }
+);
+
+storage_test!(
+    a_customer_that_never_answers_does_not_hold_up_the_company_part,
+    |app: TestApp| async move {
+        let mails = Mails::outbox(&app);
+        tenants(&app).await;
+        let zora = person(&app, "zora.quenby@example.com", "Zora", "Quenby").await;
+        for kind in [Kind::Access, Kind::Erasure] {
+            let request = submit(&app, &mails, dsr(kind, Jurisdiction::Gdpr, &zora.email)).await;
+            wait_for(&app, &request.name, State::AwaitingTenants).await;
+            let part = company_part(&app, &request.name).await;
+            // Done within the company's deadline, while acme says nothing.
+            assert!(micros(&part.company_part_time) <= micros(&part.due_time));
+            assert_eq!(state_of(&part), State::AwaitingTenants);
+            assert!(
+                part.history.iter().any(|e| e.kind == "company_part_done"),
+                "{:?}",
+                part.history
+            );
+            // The person's status names who holds the rest.
+            assert_eq!(part.tenants.len(), 1);
+            assert_eq!(part.tenants[0].tenant, "tenants/acme");
+            assert_eq!(part.tenants[0].display_name, "Tenant acme");
+            assert_eq!(part.tenants[0].decision, Decision::Pending as i32);
+            let told = mails
+                .wait(&zora.email, &request.name, "the company's part")
+                .await;
+            assert!(
+                told.text.contains("Tenant acme (tenants/acme)"),
+                "{}",
+                told.text
+            );
+            match kind {
+                Kind::Access => {
+                    let bundle = download(&app, &request.name)
+                        .await
+                        .expect("the company's part");
+                    assert_eq!(bundle["complete"], false);
+                    let records = bundle_records(&bundle);
+                    assert_eq!(records.len(), 4, "{bundle:#}");
+                    assert!(part.export_expire_time.is_some());
+                }
+                _ => {
+                    // What the company controls is gone; acme's user is not.
+                    assert!(
+                        located(&app, "tickets", email_subject(&zora.email))
+                            .await
+                            .is_empty()
+                    );
+                    assert!(
+                        located(&app, "feedback", email_subject(&zora.email))
+                            .await
+                            .is_empty()
+                    );
+                    assert_eq!(
+                        located(&app, "identity", email_subject(&zora.email)).await,
+                        vec![zora.user.clone()],
+                        "the sign-up erased, acme's user kept"
+                    );
+                }
+            }
+        }
+        // The deadline passes with acme silent: the request is overdue for
+        // its customer's part only; the company's was done in time.
+        app.clock.advance(Duration::from_secs(40 * 86_400));
+        let overdue = app
+            .dsr_requests()
+            .list_requests(ListRequestsRequest {
+                overdue: true,
+                ..Default::default()
+            })
+            .await
+            .expect("overdue")
+            .into_inner()
+            .requests;
+        assert_eq!(overdue.len(), 2);
+        assert!(
+            overdue
+                .iter()
+                .all(|r| micros(&r.company_part_time) <= micros(&r.due_time))
+        );
     }
 );

@@ -141,7 +141,8 @@ pub async fn compose(
         });
     }
     let items = sqlx::query(
-        "SELECT id, tenant_id, records, state, reason FROM dsr_inbox WHERE request_id = $1 ORDER BY tenant_id",
+        "SELECT id, tenant_id, tenant_name, records, state, reason FROM dsr_inbox \
+         WHERE request_id = $1 ORDER BY tenant_id",
     )
     .bind(id)
     .fetch_all(pool)
@@ -165,6 +166,9 @@ pub async fn compose(
                 row.try_get::<String, _>("id")?
             ),
             tenant: format!("tenants/{tenant_id}"),
+            display_name: row
+                .try_get::<Option<String>, _>("tenant_name")?
+                .unwrap_or_default(),
             records: records.len() as i32,
             decision: decision as i32,
             reason: crate::inbox::open_reason(
@@ -185,6 +189,7 @@ pub async fn compose(
         .collect::<std::collections::BTreeSet<_>>()
         .len() as i32;
     request.export_expire_time = bundle::expires(core, id).await?.map(to_timestamp);
+    request.company_part_time = flow::company_part_time(core, id).await?.map(to_timestamp);
     Ok(request)
 }
 
@@ -810,9 +815,16 @@ impl RequestService for Api {
         }
         // A failed request's export has what was found, for the privacy
         // team that finishes it.
-        if !matches!(state_of(&stored.message), State::Completed | State::Failed) {
+        // While customers decide, what the company controls can be had
+        // once its part is done; their parts join as they answer.
+        let ready = match state_of(&stored.message) {
+            State::Completed | State::Failed => true,
+            State::AwaitingTenants => flow::company_part_time(core, &stored.id).await?.is_some(),
+            _ => false,
+        };
+        if !ready {
             return Err(Status::failed_precondition(
-                "the export is ready once the request has completed",
+                "the export is ready once the company's part of the request is done",
             ));
         }
         let expired = match bundle::expires(core, &stored.id).await? {

@@ -121,12 +121,21 @@ pub async fn assemble(core: &Core, request: &Stored<Request>) -> Result<Option<V
     }
     let kind = request::Kind::try_from(request.message.kind).unwrap_or_default();
     let requester = request.message.requester.clone().unwrap_or_default();
+    // Customers still deciding: their parts are not in this copy yet.
+    let pending: Vec<String> = crate::flow::customers(core, &request.id)
+        .await?
+        .into_iter()
+        .filter(|(_, answered)| !answered)
+        .map(|(name, _)| name)
+        .collect();
     let head = serde_json::json!({
         "request": format!("requests/{}", request.id),
         "kind": crate::mail::kind_word(kind),
         "generated_time": crate::mail::date(core.now()),
         "subject": { "email": requester.email },
         "controller_note": "records whose controller is a tenant are held on behalf of that customer",
+        "complete": pending.is_empty(),
+        "customers_still_deciding": pending,
         "record_count": count,
     });
     let mut out = serde_json::to_vec(&head).map_err(ApiError::internal)?;

@@ -40,6 +40,7 @@ use custodian_proto::{
     audit::v1::{AuditAction, AuditOutcome},
     common::v1::{Controller, SubjectIdentifier, controller, subject_identifier},
     dsr::v1::{Request, inbox_item::State as InboxItemState, request},
+    identity::v1::{GetTenantRequest, tenant_service_client::TenantServiceClient},
     subject::v1::{
         EraseSubjectDataRequest, ExportSubjectDataRequest, FieldCorrection,
         LocateSubjectDataRequest, RectifySubjectDataRequest, SubjectRecord,
@@ -1026,8 +1027,24 @@ async fn send(core: &Core, step: &Step) -> Result<Outcome, Status> {
     let tenants;
     let notice = match step.service.as_str() {
         "routed" => {
-            tenants = step.scope.split(',').map(str::to_owned).collect::<Vec<_>>();
+            tenants = customers(core, &step.request_id)
+                .await?
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect::<Vec<_>>();
             mail::Notice::Routed { tenants: &tenants }
+        }
+        "company_part" => {
+            tenants = customers(core, &step.request_id)
+                .await?
+                .into_iter()
+                .filter(|(_, answered)| !answered)
+                .map(|(name, _)| name)
+                .collect::<Vec<_>>();
+            mail::Notice::CompanyPartDone {
+                customers: &tenants,
+                export_until: bundle::expires(core, &step.request_id).await?,
+            }
         }
         "declined" => {
             notice_owned = decline_reason(core, &step.request_id, &step.scope).await?;
@@ -1251,6 +1268,7 @@ async fn plan(core: &Core, request_id: &str) -> Result<(), Status> {
         }
     }
     let due = request.message.due_time.as_ref().map(crate::ts_micros);
+    let names = customer_names(core, &request_name(request_id), tenants.keys()).await;
     let mut tx = core
         .context
         .db
@@ -1269,7 +1287,8 @@ async fn plan(core: &Core, request_id: &str) -> Result<(), Status> {
         let references: Vec<Located> = records.iter().cloned().collect();
         sqlx::query(
             "INSERT INTO dsr_inbox (id, tenant_id, request_id, kind, records, state, reason, \
-             due_time, create_time, update_time) VALUES ($1, $2, $3, $4, $5, $6, '', $7, $8, $8) \
+             due_time, create_time, update_time, tenant_name) \
+             VALUES ($1, $2, $3, $4, $5, $6, '', $7, $8, $8, $9) \
              ON CONFLICT (request_id, tenant_id) DO NOTHING",
         )
         .bind(uuid::Uuid::now_v7().to_string())
@@ -1280,6 +1299,7 @@ async fn plan(core: &Core, request_id: &str) -> Result<(), Status> {
         .bind(InboxItemState::Pending as i64)
         .bind(due)
         .bind(now)
+        .bind(names.get(tenant))
         .execute(&mut *tx)
         .await
         .map_err(ApiError::from)?;
@@ -1310,6 +1330,75 @@ async fn plan(core: &Core, request_id: &str) -> Result<(), Status> {
     }
     tx.commit().await.map_err(ApiError::from)?;
     Ok(())
+}
+
+/// The customers' display names, asked of identity when a request is
+/// routed, by resource name. A name that cannot be had now is left out: the
+/// requester is then told the customer's resource name, and the request
+/// goes on (a name is a courtesy, not a reason to hold a request up).
+async fn customer_names<'a>(
+    core: &Core,
+    request: &str,
+    tenants: impl Iterator<Item = &'a String>,
+) -> BTreeMap<String, String> {
+    let mut names = BTreeMap::new();
+    for tenant in tenants {
+        let channel = match core
+            .context
+            .peers
+            .acting(USERS, Purpose::Administration, request)
+        {
+            Ok(channel) => channel,
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), "dsr: customers' names cannot be asked for");
+                break;
+            }
+        };
+        match TenantServiceClient::new(channel)
+            .get_tenant(GetTenantRequest {
+                name: tenant.clone(),
+            })
+            .await
+        {
+            Ok(found) => {
+                let name = found.into_inner().display_name;
+                if !name.is_empty() {
+                    names.insert(tenant.clone(), name);
+                }
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), %tenant, "dsr: a customer's name could not be had");
+            }
+        }
+    }
+    names
+}
+
+/// The customers a request was routed to, as the requester is told them
+/// ("Acme Corp (tenants/acme)"), and whether each has answered for good.
+pub async fn customers(core: &Core, request_id: &str) -> Result<Vec<(String, bool)>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT tenant_id, tenant_name, state FROM dsr_inbox WHERE request_id = $1 ORDER BY tenant_id",
+    )
+    .bind(request_id)
+    .fetch_all(core.context.db.pool())
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let tenant = format!("tenants/{}", row.try_get::<String, _>("tenant_id")?);
+            let name: Option<String> = row.try_get("tenant_name")?;
+            let state = InboxItemState::try_from(row.try_get::<i64, _>("state")? as i32)
+                .unwrap_or_default();
+            let answered = matches!(state, InboxItemState::Fulfilled | InboxItemState::Declined);
+            Ok((
+                match name {
+                    Some(name) => format!("{name} ({tenant})"),
+                    None => tenant,
+                },
+                answered,
+            ))
+        })
+        .collect()
 }
 
 /// Whether the services act on data for this kind of request.
@@ -1354,21 +1443,13 @@ async fn finish_tenants_and_request(core: &Core, request_id: &str) -> Result<(),
             .map_err(ApiError::from)?;
         }
     }
+    let waiting = waiting_customers(core, request_id).await?;
+    if waiting > 0 && unfinished(core, request_id, ACT, Some("")).await? == 0 {
+        company_part_done(core, request_id).await?;
+    }
     if unfinished(core, request_id, ACT, None).await? > 0 {
         return Ok(());
     }
-    let waiting: i64 = sqlx::query(
-        "SELECT COUNT(*) AS n FROM dsr_inbox WHERE request_id = $1 AND state IN ($2, $3, $4)",
-    )
-    .bind(request_id)
-    .bind(InboxItemState::Pending as i64)
-    .bind(InboxItemState::Acknowledged as i64)
-    .bind(InboxItemState::Fulfilling as i64)
-    .fetch_one(pool)
-    .await
-    .map_err(ApiError::from)?
-    .try_get("n")
-    .map_err(ApiError::from)?;
     if waiting > 0 {
         set_state(
             core,
@@ -1380,6 +1461,89 @@ async fn finish_tenants_and_request(core: &Core, request_id: &str) -> Result<(),
         .await?;
         return Ok(());
     }
+    finish_request(core, request_id).await
+}
+
+/// Customers that have not yet answered for good.
+async fn waiting_customers(core: &Core, request_id: &str) -> Result<i64, ApiError> {
+    Ok(sqlx::query(
+        "SELECT COUNT(*) AS n FROM dsr_inbox WHERE request_id = $1 AND state IN ($2, $3, $4)",
+    )
+    .bind(request_id)
+    .bind(InboxItemState::Pending as i64)
+    .bind(InboxItemState::Acknowledged as i64)
+    .bind(InboxItemState::Fulfilling as i64)
+    .fetch_one(core.context.db.pool())
+    .await?
+    .try_get("n")?)
+}
+
+/// The company's own part done while customers still decide: it is
+/// delivered now, on the company's deadline, not on theirs. The export of
+/// what the company controls can be downloaded from here on (the customers'
+/// parts join it as they answer), and the requester is told which
+/// customers hold the rest. Once, whichever replica gets here first.
+async fn company_part_done(core: &Core, request_id: &str) -> Result<(), Status> {
+    let request = load(core, request_id).await?;
+    let kind = request::Kind::try_from(request.message.kind).unwrap_or_default();
+    let now = core.now();
+    let expiry = matches!(kind, request::Kind::Access | request::Kind::Portability)
+        .then(|| now + core.context.config.dsr_export_ttl.as_micros() as i64);
+    let mut tx = core
+        .context
+        .db
+        .pool()
+        .begin()
+        .await
+        .map_err(ApiError::from)?;
+    let marked = sqlx::query(
+        "UPDATE dsr_runs SET company_done_time = $1, export_expire_time = $2, update_time = $3 \
+         WHERE request_id = $4 AND phase = $5 AND company_done_time IS NULL",
+    )
+    .bind(now)
+    .bind(expiry)
+    .bind(now_micros())
+    .bind(request_id)
+    .bind(ACTING)
+    .execute(&mut *tx)
+    .await
+    .map_err(ApiError::from)?;
+    if marked.rows_affected() == 1 {
+        insert_step(&mut *tx, request_id, MAIL, "company_part", "").await?;
+        insert_event_at(
+            &mut *tx,
+            now,
+            request_id,
+            "company_part_done",
+            "",
+            "the company's own part is done; customers decide about the rest",
+        )
+        .await?;
+    }
+    tx.commit().await.map_err(ApiError::from)?;
+    if marked.rows_affected() == 1 {
+        core.wake.notify_one();
+    }
+    Ok(())
+}
+
+/// When the company's own part of a request was done, if it was done
+/// before the request ended (customers held some of the data).
+pub async fn company_part_time(core: &Core, request_id: &str) -> Result<Option<i64>, ApiError> {
+    Ok(
+        sqlx::query("SELECT company_done_time FROM dsr_runs WHERE request_id = $1")
+            .bind(request_id)
+            .fetch_optional(core.context.db.pool())
+            .await?
+            .map(|r| r.try_get::<Option<i64>, _>("company_done_time"))
+            .transpose()?
+            .flatten(),
+    )
+}
+
+/// Every step run and every customer answered: the request ends.
+async fn finish_request(core: &Core, request_id: &str) -> Result<(), Status> {
+    let pool = core.context.db.pool();
     let request = load(core, request_id).await?;
     let kind = request::Kind::try_from(request.message.kind).unwrap_or_default();
     // A step that failed for good leaves the request to the privacy team,
@@ -1416,16 +1580,6 @@ async fn finish_tenants_and_request(core: &Core, request_id: &str) -> Result<(),
     let mut finish = beside(|tx| {
         let (request_id, description) = (request_id.to_owned(), description.clone());
         Box::pin(async move {
-            if let Some(expiry) = expiry {
-                sqlx::query(
-                    "UPDATE dsr_runs SET export_expire_time = $1 WHERE request_id = $2 \
-                     AND export_expire_time IS NULL",
-                )
-                .bind(expiry)
-                .bind(&request_id)
-                .execute(&mut **tx)
-                .await?;
-            }
             let moved = sqlx::query(
                 "UPDATE dsr_runs SET phase = $1, update_time = $2 WHERE request_id = $3 AND phase = $4",
             )
@@ -1436,6 +1590,17 @@ async fn finish_tenants_and_request(core: &Core, request_id: &str) -> Result<(),
             .execute(&mut **tx)
             .await?;
             if moved.rows_affected() == 1 {
+                // The whole export is kept its full time from completion,
+                // also when the company's part could be had before.
+                if let Some(expiry) = expiry {
+                    sqlx::query(
+                        "UPDATE dsr_runs SET export_expire_time = $1 WHERE request_id = $2",
+                    )
+                    .bind(expiry)
+                    .bind(&request_id)
+                    .execute(&mut **tx)
+                    .await?;
+                }
                 if end == request::State::Completed {
                     insert_step(&mut **tx, &request_id, MAIL, "completed", "").await?;
                 }

@@ -62,14 +62,16 @@ pub const PEER_PURPOSES: &[Purpose] = &[Purpose::DsrFulfilment, Purpose::Adminis
 
 /// The methods of other services dsr calls, and the only ones its service
 /// credential may call (the gate refuses any other): the subject contract
-/// on every service a request reaches (`flow.rs`), and the retention policy
-/// for its sweeps (the kit's `PeerPolicy`).
+/// on every service a request reaches (`flow.rs`), the retention policy
+/// for its sweeps (the kit's `PeerPolicy`), and a customer's name, which the
+/// requester is told when their request is routed to it.
 pub const PEER_CALLS: &[&str] = &[
     "/custodian.subject.v1.SubjectDataService/LocateSubjectData",
     "/custodian.subject.v1.SubjectDataService/ExportSubjectData",
     "/custodian.subject.v1.SubjectDataService/RectifySubjectData",
     "/custodian.subject.v1.SubjectDataService/EraseSubjectData",
     "/custodian.retention.v1.RetentionService/GetRetentionPolicy",
+    "/custodian.identity.v1.TenantService/GetTenant",
 ];
 
 /// What the handlers and the orchestrator share.

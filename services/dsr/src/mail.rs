@@ -181,6 +181,12 @@ pub enum Notice<'a> {
         due: i64,
     },
     Cancelled,
+    /// The company's own part is done; customers still decide about
+    /// theirs (named as the requester knows them).
+    CompanyPartDone {
+        customers: &'a [String],
+        export_until: Option<i64>,
+    },
     Completed {
         export_until: Option<i64>,
     },
@@ -229,6 +235,35 @@ pub fn notice(from: &str, request: &Request, notice: &Notice<'_>) -> Vec<Outgoin
                 "your request for {what} was cancelled; nothing more will be done \
                  for it.",
                 what = what(kind),
+            ),
+        ),
+        Notice::CompanyPartDone {
+            customers,
+            export_until,
+        } => (
+            "the company's part is handled",
+            format!(
+                "{done} What remains is held by us on behalf of our customer(s), who \
+                 decide about it; we forwarded your request to them and will tell you \
+                 when they have answered:\n\n{names}",
+                done = match (kind, export_until) {
+                    (Kind::Access | Kind::Portability, Some(until)) => format!(
+                        "the copy of the information we hold for ourselves is ready; our \
+                         privacy team will send it to you. It is kept until {until}, then \
+                         deleted; the customers' parts are added as they answer.",
+                        until = date(*until),
+                    ),
+                    _ => format!(
+                        "we have carried out your request for {what} on the information \
+                         we hold for ourselves.",
+                        what = what(kind),
+                    ),
+                },
+                names = customers
+                    .iter()
+                    .map(|c| format!("    {c}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
             ),
         ),
         Notice::Completed { export_until } => (

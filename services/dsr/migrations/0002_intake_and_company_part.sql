@@ -14,3 +14,11 @@ CREATE INDEX dsr_mailbox_events_time ON dsr_mailbox_events (time);
 -- address can be counted. NULL for codes written before this release.
 ALTER TABLE dsr_codes ADD COLUMN mailbox_key TEXT;
 CREATE INDEX dsr_codes_mailbox ON dsr_codes (mailbox_key);
+
+-- The company's part of a request done, while customers still decide
+-- about theirs: from then on its export can be downloaded.
+ALTER TABLE dsr_runs ADD COLUMN company_done_time BIGINT;
+
+-- The customer's name as the requester is told it (its display name when
+-- the request was routed); NULL for items routed before this release.
+ALTER TABLE dsr_inbox ADD COLUMN tenant_name TEXT;
