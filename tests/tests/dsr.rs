@@ -30,8 +30,8 @@ use custodian_proto::{
         AcknowledgeInboxItemRequest, Agent, CancelRequestRequest, CreateRequestRequest,
         DownloadExportRequest, ExtendRequestRequest, GetInboxItemRequest, GetRequestRequest,
         InboxItem, InstructInboxItemRequest, Jurisdiction, ListInboxItemsRequest,
-        ListRequestsRequest, Request, Requester, ResendVerificationCodeRequest,
-        VerifyRequestRequest,
+        ListOverdueTenantsRequest, ListRequestsRequest, Request, Requester,
+        ResendVerificationCodeRequest, VerifyRequestRequest,
         inbox_item::{Instruction, State as ItemState},
         request::{Kind, State},
         tenant_routing::Decision,
@@ -256,6 +256,11 @@ struct Mail {
 }
 
 impl Mail {
+    /// The whole mail as text, headers included.
+    fn raw_text(&self) -> String {
+        String::from_utf8_lossy(&self.raw).into_owned()
+    }
+
     fn parse(raw: Vec<u8>) -> Self {
         let parsed = custodian_mail::parse_inbound(&raw).expect("a mail");
         let text = String::from_utf8_lossy(&raw).replace("\r\n", "\n");
@@ -2499,8 +2504,22 @@ storage_test!(
         let mails = Mails::outbox(&app);
         tenants(&app).await;
         let zora = person(&app, "zora.quenby@example.com", "Zora", "Quenby").await;
+        // acme's administrator, whom reminders go to.
+        app.users()
+            .create_user(CreateUserRequest {
+                parent: "tenants/acme".into(),
+                user: Some(User {
+                    role: custodian_proto::identity::v1::user::Role::Admin as i32,
+                    ..fixtures::user("privacy@acme.example")
+                }),
+                request_id: String::new(),
+            })
+            .await
+            .expect("admin");
+        let mut part_names = Vec::new();
         for kind in [Kind::Access, Kind::Erasure] {
             let request = submit(&app, &mails, dsr(kind, Jurisdiction::Gdpr, &zora.email)).await;
+            part_names.push(request.name.clone());
             wait_for(&app, &request.name, State::AwaitingTenants).await;
             let part = company_part(&app, &request.name).await;
             // Done within the company's deadline, while acme says nothing.
@@ -2554,8 +2573,63 @@ storage_test!(
                 }
             }
         }
+        // A week on, acme's administrator is reminded of each item, with
+        // nothing about Zora in the mail.
+        let reminded = |n: usize| {
+            let mails = &mails;
+            async move {
+                let until = Instant::now() + PATIENCE;
+                loop {
+                    let found: Vec<Mail> = mails
+                        .to("privacy@acme.example")
+                        .into_iter()
+                        .filter(|m| m.subject.starts_with("Reminder"))
+                        .collect();
+                    if found.len() >= n || Instant::now() > until {
+                        return found;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        // (The orchestrator looks every 5 s when idle.)
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert!(
+            mails.to("privacy@acme.example").is_empty(),
+            "no reminder before a week"
+        );
+        app.clock.advance(Duration::from_secs(7 * 86_400 + 60));
+        let first = reminded(2).await;
+        assert_eq!(first.len(), 2, "one reminder per item");
+        for mail in &first {
+            assert!(
+                mail.text.contains("Tenant acme (tenants/acme)"),
+                "{}",
+                mail.text
+            );
+            assert!(
+                mail.text.contains("tenants/acme/inboxItems/"),
+                "{}",
+                mail.text
+            );
+            for personal in [zora.email.as_str(), "Zora", "Quenby"] {
+                assert!(
+                    !mail.raw_text().contains(personal),
+                    "{personal} in a reminder"
+                );
+            }
+        }
+        assert!(
+            mails.to("admin@acme.example").is_empty(),
+            "members are not reminded, administrators are"
+        );
+        let item = item_of(&app, "acme", &part_names[0]).await;
+        assert_eq!(item.reminders, 1);
+        assert!(item.escalate_time.is_none());
+
         // The deadline passes with acme silent: the request is overdue for
-        // its customer's part only; the company's was done in time.
+        // its customer's part only; the company's was done in time. The
+        // privacy team is told, once per item, and the history says so.
         app.clock.advance(Duration::from_secs(40 * 86_400));
         let overdue = app
             .dsr_requests()
@@ -2568,6 +2642,54 @@ storage_test!(
             .into_inner()
             .requests;
         assert_eq!(overdue.len(), 2);
+        let until = Instant::now() + PATIENCE;
+        let escalations = loop {
+            let found: Vec<Mail> = mails
+                .all()
+                .into_iter()
+                .filter(|m| m.subject.starts_with("Overdue"))
+                .collect();
+            if found.len() >= 2 || Instant::now() > until {
+                break found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(escalations.len(), 2, "one escalation per item");
+        for mail in &escalations {
+            assert!(mail.text.contains("Tenant acme"), "{}", mail.text);
+            assert!(!mail.raw_text().contains(&zora.email));
+        }
+        for name in &part_names {
+            let request = get(&app, name).await;
+            assert!(
+                request
+                    .history
+                    .iter()
+                    .any(|e| e.kind == "escalated" && e.target == "tenants/acme"),
+                "{:?}",
+                request.history
+            );
+            let item = item_of(&app, "acme", name).await;
+            assert!(item.escalate_time.is_some());
+        }
+        let report = app
+            .dsr_inbox()
+            .list_overdue_tenants(ListOverdueTenantsRequest {})
+            .await
+            .expect("report")
+            .into_inner()
+            .tenants;
+        assert_eq!(report.len(), 1, "{report:?}");
+        assert_eq!(report[0].tenant, "tenants/acme");
+        assert_eq!(report[0].display_name, "Tenant acme");
+        assert_eq!(report[0].overdue_items, 2);
+        assert_eq!(report[0].reminders, 2);
+        // A caller limited to a tenant gets no company-wide report.
+        let refused = inbox_of(&app, "acme")
+            .list_overdue_tenants(ListOverdueTenantsRequest {})
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
         assert!(
             overdue
                 .iter()

@@ -22,3 +22,9 @@ ALTER TABLE dsr_runs ADD COLUMN company_done_time BIGINT;
 -- The customer's name as the requester is told it (its display name when
 -- the request was routed); NULL for items routed before this release.
 ALTER TABLE dsr_inbox ADD COLUMN tenant_name TEXT;
+
+-- Reminders of an item the customer has not instructed, and its
+-- escalation to the privacy team once overdue.
+ALTER TABLE dsr_inbox ADD COLUMN reminders BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE dsr_inbox ADD COLUMN next_reminder_time BIGINT;
+ALTER TABLE dsr_inbox ADD COLUMN escalate_time BIGINT;

@@ -152,6 +152,9 @@ pub fn start(core: Arc<Core>) -> Running {
                 if let Err(err) = advance_all(&core).await {
                     tracing::warn!(error = %err, "dsr: advancing requests failed");
                 }
+                if let Err(err) = crate::reminders::run(&core).await {
+                    tracing::warn!(error = %err, "dsr: reminding customers failed");
+                }
             }
             tokio::select! {
                 Some(ended) = running.join_next_with_id() => {

@@ -10,7 +10,8 @@ use custodian_proto::{
     audit::v1::AuditOutcome,
     dsr::v1::{
         AcknowledgeInboxItemRequest, GetInboxItemRequest, InboxItem, InstructInboxItemRequest,
-        ListInboxItemsRequest, ListInboxItemsResponse,
+        ListInboxItemsRequest, ListInboxItemsResponse, ListOverdueTenantsRequest,
+        ListOverdueTenantsResponse, OverdueTenant,
         inbox_item::{Instruction, State},
         request,
         tenant_inbox_service_server::TenantInboxService,
@@ -33,8 +34,8 @@ impl Inbox {
     }
 }
 
-const COLUMNS: &str =
-    "id, tenant_id, request_id, kind, records, state, reason, due_time, create_time, update_time";
+const COLUMNS: &str = "id, tenant_id, request_id, kind, records, state, reason, due_time, \
+     create_time, update_time, reminders, escalate_time";
 
 fn item(row: &AnyRow) -> Result<InboxItem, ApiError> {
     let tenant_id: String = row.try_get("tenant_id")?;
@@ -51,6 +52,10 @@ fn item(row: &AnyRow) -> Result<InboxItem, ApiError> {
         due_time: row.try_get::<Option<i64>, _>("due_time")?.map(to_timestamp),
         create_time: Some(to_timestamp(row.try_get("create_time")?)),
         update_time: Some(to_timestamp(row.try_get("update_time")?)),
+        reminders: row.try_get::<i64, _>("reminders")? as i32,
+        escalate_time: row
+            .try_get::<Option<i64>, _>("escalate_time")?
+            .map(to_timestamp),
     })
 }
 
@@ -267,6 +272,43 @@ impl TenantInboxService for Inbox {
             items,
             next_page_token,
         }))
+    }
+
+    async fn list_overdue_tenants(
+        &self,
+        request: tonic::Request<ListOverdueTenantsRequest>,
+    ) -> Result<Response<ListOverdueTenantsResponse>, Status> {
+        let _call = Call::of(&request)?;
+        // Company-wide (the method's scope keeps tenant callers out); counts
+        // and customers' names, no person's data.
+        let rows = sqlx::query(
+            "SELECT tenant_id, MAX(tenant_name) AS tenant_name, COUNT(*) AS n, \
+             MIN(due_time) AS oldest, CAST(SUM(reminders) AS BIGINT) AS reminders FROM dsr_inbox \
+             WHERE state IN ($1, $2) AND due_time IS NOT NULL AND due_time < $3 \
+             GROUP BY tenant_id ORDER BY MIN(due_time), tenant_id",
+        )
+        .bind(State::Pending as i64)
+        .bind(State::Acknowledged as i64)
+        .bind(self.core.now())
+        .fetch_all(self.core.context.db.pool())
+        .await
+        .map_err(ApiError::from)?;
+        let tenants = rows
+            .iter()
+            .map(|row| {
+                Ok(OverdueTenant {
+                    tenant: format!("tenants/{}", row.try_get::<String, _>("tenant_id")?),
+                    display_name: row
+                        .try_get::<Option<String>, _>("tenant_name")?
+                        .unwrap_or_default(),
+                    overdue_items: row.try_get::<i64, _>("n")? as i32,
+                    oldest_due_time: Some(to_timestamp(row.try_get("oldest")?)),
+                    reminders: row.try_get::<i64, _>("reminders")? as i32,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(ApiError::from)?;
+        Ok(Response::new(ListOverdueTenantsResponse { tenants }))
     }
 
     async fn get_inbox_item(

@@ -14,6 +14,7 @@
 //!   resumed after a restart, never run by two replicas at once, and
 //!   idempotent at the services (the request's name goes with every call).
 //! - `inbox`: `custodian.dsr.v1.TenantInboxService`.
+//! - `reminders`: customers' items reminded, and escalated when overdue.
 //! - `bundle`: the export, sealed under the request's key until it is
 //!   downloaded or expires.
 
@@ -26,6 +27,7 @@ mod inbox;
 mod intake;
 mod mail;
 mod proof;
+mod reminders;
 
 pub use flow::{LEASE, MAX_BACKOFF};
 pub use intake::{CODES_PER_DAY, CODES_PER_HOUR, OPEN_UNVERIFIED, WRONG_CODES_PER_DAY};
@@ -63,8 +65,9 @@ pub const PEER_PURPOSES: &[Purpose] = &[Purpose::DsrFulfilment, Purpose::Adminis
 /// The methods of other services dsr calls, and the only ones its service
 /// credential may call (the gate refuses any other): the subject contract
 /// on every service a request reaches (`flow.rs`), the retention policy
-/// for its sweeps (the kit's `PeerPolicy`), and a customer's name, which the
-/// requester is told when their request is routed to it.
+/// for its sweeps (the kit's `PeerPolicy`), a customer's name, which the
+/// requester is told when their request is routed to it, and a customer's
+/// administrators, reminded of items it has not instructed (`reminders`).
 pub const PEER_CALLS: &[&str] = &[
     "/custodian.subject.v1.SubjectDataService/LocateSubjectData",
     "/custodian.subject.v1.SubjectDataService/ExportSubjectData",
@@ -72,6 +75,7 @@ pub const PEER_CALLS: &[&str] = &[
     "/custodian.subject.v1.SubjectDataService/EraseSubjectData",
     "/custodian.retention.v1.RetentionService/GetRetentionPolicy",
     "/custodian.identity.v1.TenantService/GetTenant",
+    "/custodian.identity.v1.UserService/ListUsers",
 ];
 
 /// What the handlers and the orchestrator share.

@@ -166,6 +166,54 @@ pub fn code(from: &str, request: &Request, code: &str) -> OutgoingMail {
     )
 }
 
+/// A reminder to a customer's administrators of an item they have not
+/// instructed. Names the item, never the person it is about.
+pub fn reminder(
+    from: &str,
+    to: Vec<Mailbox>,
+    customer: &str,
+    item: &str,
+    kind: &str,
+    due: i64,
+) -> OutgoingMail {
+    let text = format!(
+        "Hello,\n\n\
+         a privacy request about personal information we hold on behalf of \
+         {customer} is waiting for your instruction:\n\n    {item} ({kind})\n\n\
+         It is due on {due}. Please acknowledge it and instruct us to fulfil or \
+         decline it (TenantInboxService, InstructInboxItem); past its due time the \
+         request is escalated to our privacy team.\n\n\
+         Privacy Officer\n",
+        due = date(due),
+    );
+    message(
+        from,
+        to,
+        format!("Reminder: a privacy request is waiting for {customer}"),
+        text,
+    )
+}
+
+/// The privacy team is told of an item past its due time without an
+/// instruction. Names the item and the customer, never the person.
+pub fn escalation(from: &str, customer: &str, item: &str, request: &str, due: i64) -> OutgoingMail {
+    let text = format!(
+        "Privacy team,\n\n\
+         {customer} has not instructed us on {item}, part of {request}; it was \
+         due on {due}. The requester has had the company's own part. Contact the \
+         customer, and tell the requester how the rest will be handled \
+         (RequestService/ExtendRequest records a reason).\n\n\
+         Custodian\n",
+        due = date(due),
+    );
+    message(
+        from,
+        vec![Mailbox::new("Privacy team", from)],
+        format!("Overdue: {customer} has not answered a privacy request"),
+        text,
+    )
+}
+
 /// The notices sent by the orchestrator, each once.
 pub enum Notice<'a> {
     /// Customers hold some of the data; the request went to them.
