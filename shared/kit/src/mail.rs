@@ -17,7 +17,11 @@ use custodian_proto::{
     audit::v1::{AuditAction, AuditOutcome},
     privacy::v1::{Controller, DataCategory, DataMapField, DataMapResource, Erasure, Lookup},
 };
-use custodian_runtime::{ApiError, time::micros};
+use custodian_runtime::{
+    ApiError,
+    metrics::{self, Counter, KeyValue, UpDownCounter},
+    time::micros,
+};
 use futures::future::BoxFuture;
 
 use crate::{call::Call, retention::Sweep};
@@ -39,6 +43,40 @@ impl ServiceMailer {
     }
 }
 
+/// Mail sent, failed and being sent, by service: the suite sends as it
+/// goes (no queue), so what waits is what is being handed to the SMTP
+/// server or written to the outbox now.
+struct MailMetrics {
+    sent: Counter<u64>,
+    failed: Counter<u64>,
+    sending: UpDownCounter<i64>,
+}
+
+static MAIL: std::sync::LazyLock<MailMetrics> = std::sync::LazyLock::new(|| {
+    let meter = metrics::meter();
+    MailMetrics {
+        sent: meter
+            .u64_counter("custodian.mail.sent")
+            .with_unit("{message}")
+            .with_description("Mail handed to the SMTP server or written to the outbox, by service")
+            .build(),
+        failed: meter
+            .u64_counter("custodian.mail.failed")
+            .with_unit("{message}")
+            .with_description(
+                "Mail that could not be sent, by service and whether the failure was transient",
+            )
+            .build(),
+        sending: meter
+            .i64_up_down_counter("custodian.mail.sending")
+            .with_unit("{message}")
+            .with_description(
+                "Mail being sent now (waiting on the SMTP server or the outbox), by service",
+            )
+            .build(),
+    }
+});
+
 /// The keyed blind index of an address, as a store's `email_key` has it.
 pub fn recipient_key(vault: &Vault, address: &str) -> String {
     // An address the stores' normaliser refuses is not one of theirs;
@@ -58,7 +96,23 @@ impl Mailer for ServiceMailer {
                 .collect(),
         };
         let mail = mail.clone();
-        Box::pin(async move { self.inner.send_labelled(&mail, &label).await })
+        Box::pin(async move {
+            let service = [KeyValue::new("custodian.service", self.service)];
+            MAIL.sending.add(1, &service);
+            let sent = self.inner.send_labelled(&mail, &label).await;
+            MAIL.sending.add(-1, &service);
+            match &sent {
+                Ok(()) => MAIL.sent.add(1, &service),
+                Err(err) => MAIL.failed.add(
+                    1,
+                    &[
+                        service[0].clone(),
+                        KeyValue::new("custodian.mail.transient", err.is_transient()),
+                    ],
+                ),
+            }
+            sent
+        })
     }
 
     fn outbox(&self) -> Option<&OutboxMailer> {

@@ -505,7 +505,8 @@ impl Config {
                 // Service in front of it.
                 Some(addr)
                     if addr.port() != 0
-                        && addr.port() == args.listen.or(file.listen).unwrap_or(d.listen).port() =>
+                        && addr.port()
+                            == args.listen.or(file.listen).unwrap_or(d.listen).port() =>
                 {
                     anyhow::bail!("--metrics-listen must be a port of its own, not the gRPC port")
                 }

@@ -25,16 +25,19 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use opentelemetry::{
-    KeyValue, global,
-    metrics::{Histogram, Meter},
-};
+use opentelemetry::{global, metrics::Meter};
 use opentelemetry_sdk::{Resource, metrics::SdkMeterProvider};
 use prost::Message as _;
 use tonic::body::Body;
 use tower::{Layer, Service};
 
 use crate::config::Config;
+
+/// For the services' own instruments, without a dependency of their own.
+pub use opentelemetry::{
+    KeyValue,
+    metrics::{Counter, Histogram, UpDownCounter},
+};
 
 /// The meter every Custodian instrument is made on.
 pub fn meter() -> Meter {
@@ -167,7 +170,8 @@ fn rpc_names(path: &str) -> (&'static str, &'static str) {
     KNOWN.get(path).copied().unwrap_or(("_OTHER", "_OTHER"))
 }
 
-fn duration_histogram(name: &'static str, description: &'static str) -> Histogram<f64> {
+/// A histogram of durations in seconds, with [`DURATION_BOUNDS`].
+pub fn duration_histogram(name: &'static str, description: &'static str) -> Histogram<f64> {
     meter()
         .f64_histogram(name)
         .with_unit("s")
