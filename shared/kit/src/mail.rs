@@ -35,6 +35,18 @@ pub struct ServiceMailer {
 
 impl ServiceMailer {
     pub fn new(service: &'static str, vault: Vault, inner: Arc<dyn Mailer>) -> Self {
+        // Every service's series exist from the start, at 0: an alert on
+        // failures must not wait for the first one to see the series.
+        let labels = [KeyValue::new("custodian.service", service)];
+        MAIL.sent.add(0, &labels);
+        MAIL.sending.add(0, &labels);
+        MAIL.failed.add(
+            0,
+            &[
+                labels[0].clone(),
+                KeyValue::new("custodian.mail.transient", true),
+            ],
+        );
         Self {
             service,
             vault,
