@@ -474,6 +474,47 @@ async fn prometheus_finds_every_metric_and_no_personal_label() {
         .1
     );
 
+    // Every metric the alerts and the dashboard read is one the suite
+    // exports (recording rules' own names aside).
+    let (_, names) = http(
+        prometheus.addr,
+        "GET /api/v1/label/__name__/values HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let monitoring = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/monitoring");
+    // Label names share the metrics' prefixes.
+    const LABELS: &[&str] = &[
+        "custodian_service",
+        "custodian_dsr_kind",
+        "custodian_dsr_state",
+        "custodian_dsr_step_service",
+        "custodian_analytics_kind",
+        "custodian_analytics_reason",
+        "custodian_tickets_state",
+        "custodian_tickets_sla_target",
+        "db_client_connection_pool_name",
+        "db_client_connection_state",
+    ];
+    for file in ["rules.yml", "dashboard.json"] {
+        let text = std::fs::read_to_string(monitoring.join(file)).unwrap();
+        let mut read = 0;
+        // Recording rules' names hold a colon and stay whole words here.
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+            let ours = ["rpc_server_", "rpc_client_", "db_client_", "custodian_"]
+                .iter()
+                .any(|p| word.starts_with(p));
+            if !ours || word.contains(':') || LABELS.contains(&word) {
+                continue;
+            }
+            read += 1;
+            assert!(
+                names.contains(&format!("\"{word}\"")),
+                "{file} reads {word}, which Prometheus never scraped"
+            );
+        }
+        assert!(read >= 10, "{file} reads {read} metrics");
+    }
+
     // Nothing personal in any label of any series the suite exports.
     let all = query(
         prometheus.addr,
