@@ -284,7 +284,9 @@ async fn drive(server: &Server, data_dir: &Path, authed: Authed) {
 
 /// Each query must return at least one series (and, where given, one
 /// whose value passes the check).
-const EXPECTED: &[(&str, Option<fn(f64) -> bool>)] = &[
+type Check = Option<fn(f64) -> bool>;
+
+const EXPECTED: &[(&str, Check)] = &[
     (
         r#"rpc_server_duration_seconds_count{rpc_service="custodian.identity.v1.ContactService",rpc_method="CreateContact",rpc_grpc_status_code="0"}"#,
         Some(|v| v >= 1.0),
