@@ -2,6 +2,7 @@
 //! schema every event must meet (one set of rules and messages for both
 //! doors), then the privacy door, then the writer.
 
+use custodian_runtime::metrics;
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
@@ -158,6 +159,67 @@ fn micros_of(t: &prost_types::Timestamp) -> i64 {
         .saturating_add(i64::from(t.nanos / 1000))
 }
 
+struct IngestMetrics {
+    accepted: metrics::Counter<u64>,
+    dropped: metrics::Counter<u64>,
+}
+
+static INGEST: std::sync::LazyLock<IngestMetrics> = std::sync::LazyLock::new(|| {
+    let meter = metrics::meter();
+    IngestMetrics {
+        accepted: meter
+            .u64_counter("custodian.analytics.events.accepted")
+            .with_unit("{event}")
+            .with_description("Analytics events stored, by kind (web, usage)")
+            .build(),
+        dropped: meter
+            .u64_counter("custodian.analytics.events.dropped")
+            .with_unit("{event}")
+            .with_description(
+                "Analytics events not stored, by kind and reason (bot, consent, invalid, \
+                 unknown_site, duplicate, unknown_user, queue_full)",
+            )
+            .build(),
+    }
+});
+
+/// Counts events of `kind` not stored, for `reason`.
+pub(crate) fn count_dropped(kind: &'static str, reason: &'static str, n: u64) {
+    if n > 0 {
+        INGEST.dropped.add(
+            n,
+            &[
+                metrics::KeyValue::new("custodian.analytics.kind", kind),
+                metrics::KeyValue::new("custodian.analytics.reason", reason),
+            ],
+        );
+    }
+}
+
+/// The reason's label: its proto name, lower case, without the prefix.
+fn reason_label(reason: i32) -> &'static str {
+    match DropReason::try_from(reason).unwrap_or(DropReason::Unspecified) {
+        DropReason::Unspecified => "unspecified",
+        DropReason::Bot => "bot",
+        DropReason::Consent => "consent",
+        DropReason::Invalid => "invalid",
+        DropReason::UnknownSite => "unknown_site",
+        DropReason::Duplicate => "duplicate",
+        DropReason::UnknownUser => "unknown_user",
+    }
+}
+
+/// Counts what one request's events became.
+fn count(kind: &'static str, accepted: i64, dropped: &BTreeMap<i32, i64>) {
+    INGEST.accepted.add(
+        accepted.max(0) as u64,
+        &[metrics::KeyValue::new("custodian.analytics.kind", kind)],
+    );
+    for (reason, n) in dropped {
+        count_dropped(kind, reason_label(*reason), (*n).max(0) as u64);
+    }
+}
+
 fn response(accepted: i64, dropped: &BTreeMap<i32, i64>) -> CollectEventsResponse {
     CollectEventsResponse {
         accepted,
@@ -210,6 +272,7 @@ impl Ingest {
         if written.duplicates > 0 {
             *dropped.entry(DropReason::Duplicate as i32).or_default() += written.duplicates;
         }
+        count("web", written.accepted, &dropped);
         Ok(response(written.accepted, &dropped))
     }
 
@@ -321,6 +384,7 @@ impl Ingest {
         if written.duplicates > 0 {
             *dropped.entry(DropReason::Duplicate as i32).or_default() += written.duplicates;
         }
+        count("usage", written.accepted, &dropped);
         Ok(response(written.accepted, &dropped))
     }
 

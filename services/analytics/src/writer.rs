@@ -26,6 +26,7 @@ use std::{
 };
 
 use custodian_proto::analytics::v1::DropReason;
+use custodian_runtime::metrics;
 use custodian_runtime::{
     Backend, Database,
     database::fault::{self, Unavailable},
@@ -144,20 +145,47 @@ impl Writer {
         };
         let (jobs, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(Arc::new(sink), rx));
-        Ok(Self {
-            jobs,
-            slots: Arc::new(Semaphore::new(queue_rows.max(1))),
-        })
+        let slots = Arc::new(Semaphore::new(queue_rows.max(1)));
+        let waiting = Arc::downgrade(&slots);
+        let capacity = queue_rows.max(1);
+        // Rows waiting are the queue's slots taken; read when metrics are
+        // collected, nothing per request.
+        let _ = metrics::meter()
+            .i64_observable_gauge("custodian.analytics.writer.queue")
+            .with_unit("{row}")
+            .with_description("Analytics rows (events, usage events, drops) waiting for the writer")
+            .with_callback(move |observer| {
+                if let Some(slots) = waiting.upgrade() {
+                    let taken = capacity.saturating_sub(slots.available_permits());
+                    observer.observe(taken as i64, &[]);
+                }
+            })
+            .build();
+        Ok(Self { jobs, slots })
     }
 
     /// Stores a request's rows; returns once they are committed.
     pub async fn write(&self, batch: Batch) -> Result<Written, WriteError> {
-        let rows = u32::try_from(batch.rows().max(1)).map_err(|_| WriteError::Busy)?;
+        let refused = |batch: &Batch| {
+            // Refused whole, answered 429: the sender may try again.
+            let kind = if batch.usage.is_empty() {
+                "web"
+            } else {
+                "usage"
+            };
+            crate::ingest::count_dropped(
+                kind,
+                "queue_full",
+                (batch.events.len() + batch.usage.len()) as u64,
+            );
+            WriteError::Busy
+        };
+        let rows = u32::try_from(batch.rows().max(1)).map_err(|_| refused(&batch))?;
         let slots = self
             .slots
             .clone()
             .try_acquire_many_owned(rows)
-            .map_err(|_| WriteError::Busy)?;
+            .map_err(|_| refused(&batch))?;
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job {
@@ -188,6 +216,16 @@ enum Sink {
     },
 }
 
+/// Rows per commit of the writer.
+static BATCH_SIZE: std::sync::LazyLock<metrics::Histogram<u64>> = std::sync::LazyLock::new(|| {
+    metrics::meter()
+        .u64_histogram("custodian.analytics.writer.batch_size")
+        .with_unit("{row}")
+        .with_description("Rows written by one commit of the analytics writer")
+        .with_boundaries(vec![1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 10_000.0])
+        .build()
+});
+
 async fn run(sink: Arc<Sink>, mut rx: mpsc::UnboundedReceiver<Job>) {
     while let Some(first) = rx.recv().await {
         let mut rows = first.batch.rows();
@@ -201,6 +239,7 @@ async fn run(sink: Arc<Sink>, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Err(_) => break,
             }
         }
+        BATCH_SIZE.record(rows as u64, &[]);
         let batches: Vec<&Batch> = jobs.iter().map(|j| &j.batch).collect();
         let outcome = match sink.as_ref() {
             Sink::Postgres { pool, partitions } => write_postgres(pool, partitions, &batches).await,

@@ -23,6 +23,7 @@ mod bundle;
 mod codes;
 pub mod deadline;
 mod flow;
+mod gauges;
 mod inbox;
 mod intake;
 mod mail;
@@ -185,6 +186,10 @@ impl KitService for Dsr {
 
     fn mail_category(&self) -> Option<DataCategory> {
         Some(DataCategory::DsrRecord)
+    }
+
+    fn observe_state(&self) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(gauges::observe(&self.core))
     }
 
     fn restore<'a>(&'a self, entry: &'a Entry) -> BoxFuture<'a, Result<usize, ApiError>> {

@@ -6,6 +6,7 @@
 //! the contract (`proto/custodian/tickets/v1`); the service kit applies it.
 
 mod api;
+mod gauges;
 mod mail;
 pub mod sla;
 
@@ -115,6 +116,10 @@ impl KitService for Tickets {
 
     fn mail_category(&self) -> Option<custodian_proto::privacy::v1::DataCategory> {
         Some(custodian_proto::privacy::v1::DataCategory::SupportRequest)
+    }
+
+    fn observe_state(&self) -> BoxFuture<'_, Result<(), custodian_runtime::ApiError>> {
+        Box::pin(gauges::observe(&self.context.db, self.store.now()))
     }
 
     fn subject_data(&self) -> Arc<dyn SubjectData> {

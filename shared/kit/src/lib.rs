@@ -16,6 +16,8 @@
 //! - [`erasure`], [`reapply`], [`mail`]: erasure outlives backups (a log
 //!   apart from the databases, applied again before a service answers) and
 //!   reaches the mail a service kept in its outbox.
+//! - [`observe`]: the gauges of each service's stored state and the
+//!   scheduled verification of its audit chain.
 //! - [`module`]: a service as the runtime sees it; the kit starts the
 //!   privacy kernel's writers itself, so no service can forget them.
 
@@ -28,6 +30,7 @@ pub mod fields;
 pub mod gate;
 pub mod mail;
 pub mod module;
+pub mod observe;
 pub mod pattern;
 pub mod peers;
 pub mod reapply;

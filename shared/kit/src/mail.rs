@@ -17,7 +17,11 @@ use custodian_proto::{
     audit::v1::{AuditAction, AuditOutcome},
     privacy::v1::{Controller, DataCategory, DataMapField, DataMapResource, Erasure, Lookup},
 };
-use custodian_runtime::{ApiError, time::micros};
+use custodian_runtime::{
+    ApiError,
+    metrics::{self, Counter, KeyValue, UpDownCounter},
+    time::micros,
+};
 use futures::future::BoxFuture;
 
 use crate::{call::Call, retention::Sweep};
@@ -31,6 +35,18 @@ pub struct ServiceMailer {
 
 impl ServiceMailer {
     pub fn new(service: &'static str, vault: Vault, inner: Arc<dyn Mailer>) -> Self {
+        // Every service's series exist from the start, at 0: an alert on
+        // failures must not wait for the first one to see the series.
+        let labels = [KeyValue::new("custodian.service", service)];
+        MAIL.sent.add(0, &labels);
+        MAIL.sending.add(0, &labels);
+        MAIL.failed.add(
+            0,
+            &[
+                labels[0].clone(),
+                KeyValue::new("custodian.mail.transient", true),
+            ],
+        );
         Self {
             service,
             vault,
@@ -38,6 +54,40 @@ impl ServiceMailer {
         }
     }
 }
+
+/// Mail sent, failed and being sent, by service: the suite sends as it
+/// goes (no queue), so what waits is what is being handed to the SMTP
+/// server or written to the outbox now.
+struct MailMetrics {
+    sent: Counter<u64>,
+    failed: Counter<u64>,
+    sending: UpDownCounter<i64>,
+}
+
+static MAIL: std::sync::LazyLock<MailMetrics> = std::sync::LazyLock::new(|| {
+    let meter = metrics::meter();
+    MailMetrics {
+        sent: meter
+            .u64_counter("custodian.mail.sent")
+            .with_unit("{message}")
+            .with_description("Mail handed to the SMTP server or written to the outbox, by service")
+            .build(),
+        failed: meter
+            .u64_counter("custodian.mail.failed")
+            .with_unit("{message}")
+            .with_description(
+                "Mail that could not be sent, by service and whether the failure was transient",
+            )
+            .build(),
+        sending: meter
+            .i64_up_down_counter("custodian.mail.sending")
+            .with_unit("{message}")
+            .with_description(
+                "Mail being sent now (waiting on the SMTP server or the outbox), by service",
+            )
+            .build(),
+    }
+});
 
 /// The keyed blind index of an address, as a store's `email_key` has it.
 pub fn recipient_key(vault: &Vault, address: &str) -> String {
@@ -58,7 +108,23 @@ impl Mailer for ServiceMailer {
                 .collect(),
         };
         let mail = mail.clone();
-        Box::pin(async move { self.inner.send_labelled(&mail, &label).await })
+        Box::pin(async move {
+            let service = [KeyValue::new("custodian.service", self.service)];
+            MAIL.sending.add(1, &service);
+            let sent = self.inner.send_labelled(&mail, &label).await;
+            MAIL.sending.add(-1, &service);
+            match &sent {
+                Ok(()) => MAIL.sent.add(1, &service),
+                Err(err) => MAIL.failed.add(
+                    1,
+                    &[
+                        service[0].clone(),
+                        KeyValue::new("custodian.mail.transient", err.is_transient()),
+                    ],
+                ),
+            }
+            sent
+        })
     }
 
     fn outbox(&self) -> Option<&OutboxMailer> {

@@ -105,6 +105,12 @@ pub trait KitService: Send + Sync + 'static {
         None
     }
 
+    /// Publishes the gauges of its stored state (see [`crate::observe`]):
+    /// one cheap query each, called every few seconds, never per request.
+    fn observe_state(&self) -> BoxFuture<'_, Result<(), ApiError>> {
+        Box::pin(async { Ok(()) })
+    }
+
     /// Applies again an entry of the erasure log of a kind of its own (the
     /// kit applies its erasures itself), before the service answers.
     fn restore<'a>(&'a self, _entry: &'a Entry) -> BoxFuture<'a, Result<usize, ApiError>> {
@@ -133,6 +139,7 @@ struct KitModule {
     context: Context,
     sweep_every: Option<Duration>,
     sweeping: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    observing: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 async fn kit_migrations(db: &Database, service: &'static str) -> anyhow::Result<()> {
@@ -187,6 +194,14 @@ impl ServiceModule for KitModule {
                     every,
                 ));
             }
+            if let Ok(mut slot) = self.observing.lock() {
+                *slot = Some(crate::observe::start(
+                    self.service.clone(),
+                    context.db.clone(),
+                    context.privacy.audit.clone(),
+                    context.clock.clone(),
+                ));
+            }
             Ok(())
         })
     }
@@ -205,8 +220,10 @@ impl ServiceModule for KitModule {
 
     fn stop(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Some(task) = self.sweeping.lock().ok().and_then(|mut t| t.take()) {
-                task.abort();
+            for slot in [&self.sweeping, &self.observing] {
+                if let Some(task) = slot.lock().ok().and_then(|mut t| t.take()) {
+                    task.abort();
+                }
             }
             self.service.stop().await;
             self.context.db.close().await;
@@ -339,6 +356,7 @@ pub fn assemble(
             context: context.clone(),
             sweep_every,
             sweeping: std::sync::Mutex::new(None),
+            observing: std::sync::Mutex::new(None),
         }));
     }
     for grpc in shared_contracts() {

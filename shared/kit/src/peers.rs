@@ -138,20 +138,31 @@ impl Service<http::Request<Body>> for Deadlined {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let until = request.extensions().get::<Until>().copied();
+        let timer = custodian_runtime::metrics::RpcTimer::client(&self.peer, request.uri().path());
         let answer = self.channel.call(request);
         let (peer, idle) = (self.peer.clone(), self.idle);
         Box::pin(async move {
             let answer = match until {
-                Some(Until(until)) => tokio::time::timeout_at(until.into(), answer)
-                    .await
-                    .map_err(|_| late(&peer))?,
+                Some(Until(until)) => match tokio::time::timeout_at(until.into(), answer).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        timer.finish(tonic::Code::DeadlineExceeded);
+                        return Err(late(&peer).into());
+                    }
+                },
                 None => answer.await,
             };
             match answer {
-                Ok(response) => Ok(response.map(|body| idle_ends(body, idle, peer))),
+                Ok(response) => Ok(timer.observe(response.map(|body| idle_ends(body, idle, peer)))),
                 // The connection's own timer went off first.
-                Err(err) if timed_out(&err) => Err(late(&peer).into()),
-                Err(err) => Err(err.into()),
+                Err(err) if timed_out(&err) => {
+                    timer.finish(tonic::Code::DeadlineExceeded);
+                    Err(late(&peer).into())
+                }
+                Err(err) => {
+                    timer.finish(tonic::Code::Unavailable);
+                    Err(err.into())
+                }
             }
         })
     }

@@ -420,6 +420,15 @@ impl AuditLog {
     }
 }
 
+/// How long one pass of a sealer takes, its commit included.
+static SEAL_PASS: std::sync::LazyLock<custodian_runtime::metrics::Histogram<f64>> =
+    std::sync::LazyLock::new(|| {
+        custodian_runtime::metrics::duration_histogram(
+            "custodian.audit.seal.duration",
+            "Duration of one pass of the audit sealer (its commit included), by service",
+        )
+    });
+
 /// What the sealer holds of its [`AuditLog`]: not the queue's sender, so
 /// the queue closes (and the sealer ends) with the last `AuditLog`.
 struct Sealing {
@@ -548,7 +557,16 @@ impl Sealing {
                 0
             };
             let answered = reads.len();
-            let staged = match sealer.seal(self.service, &events, batch, self.now()).await {
+            let pass = std::time::Instant::now();
+            let sealed = sealer.seal(self.service, &events, batch, self.now()).await;
+            SEAL_PASS.record(
+                pass.elapsed().as_secs_f64(),
+                &[custodian_runtime::metrics::KeyValue::new(
+                    "custodian.service",
+                    self.service,
+                )],
+            );
+            let staged = match sealed {
                 Ok(staged) => {
                     for done in reads {
                         let _ = done.send(Ok(()));

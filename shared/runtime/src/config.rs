@@ -80,6 +80,16 @@ pub struct ServerArgs {
     )]
     pub otlp_endpoint: Option<String>,
 
+    /// Address to serve Prometheus metrics on, at /metrics: a port of its
+    /// own, never the gRPC one, e.g. 0.0.0.0:9464 [default: not served].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_METRICS_LISTEN",
+        value_name = "ADDR"
+    )]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Longest time one request may take [default: 10s].
     #[arg(long, global = true, env = "CUSTODIAN_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub request_timeout: Option<Duration>,
@@ -308,6 +318,7 @@ struct FileConfig {
     log: Option<String>,
     log_format: Option<LogFormat>,
     otlp_endpoint: Option<String>,
+    metrics_listen: Option<SocketAddr>,
     #[serde(default, with = "humantime_serde")]
     request_timeout: Option<Duration>,
     max_concurrent_requests: Option<usize>,
@@ -350,6 +361,8 @@ pub struct Config {
     pub log: String,
     pub log_format: LogFormat,
     pub otlp_endpoint: Option<String>,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub max_message_bytes: usize,
@@ -399,6 +412,7 @@ impl std::fmt::Debug for Config {
             .field("log", &self.log)
             .field("log_format", &self.log_format)
             .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("metrics_listen", &self.metrics_listen)
             .field("request_timeout", &self.request_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_message_bytes", &self.max_message_bytes)
@@ -439,6 +453,7 @@ impl Default for Config {
             log: "info".to_owned(),
             log_format: LogFormat::Text,
             otlp_endpoint: None,
+            metrics_listen: None,
             request_timeout: Duration::from_secs(10),
             max_concurrent_requests: 1024,
             max_message_bytes: 4 * 1024 * 1024,
@@ -485,6 +500,18 @@ impl Config {
             log: args.log.or(file.log).unwrap_or(d.log),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
             otlp_endpoint: args.otlp_endpoint.or(file.otlp_endpoint),
+            metrics_listen: match args.metrics_listen.or(file.metrics_listen) {
+                // Metrics on the gRPC port would reach every caller of the
+                // Service in front of it.
+                Some(addr)
+                    if addr.port() != 0
+                        && addr.port()
+                            == args.listen.or(file.listen).unwrap_or(d.listen).port() =>
+                {
+                    anyhow::bail!("--metrics-listen must be a port of its own, not the gRPC port")
+                }
+                addr => addr,
+            },
             request_timeout: args
                 .request_timeout
                 .or(file.request_timeout)
@@ -713,6 +740,22 @@ mod tests {
             config.max_message_bytes,
             Config::default().max_message_bytes
         );
+    }
+
+    #[test]
+    fn metrics_are_off_by_default_and_never_on_the_grpc_port() {
+        assert_eq!(Config::default().metrics_listen, None);
+        let args = |listen: &str, metrics: &str| ServerArgs {
+            listen: Some(listen.parse().unwrap()),
+            metrics_listen: Some(metrics.parse().unwrap()),
+            ..Default::default()
+        };
+        let config = Config::resolve(args("0.0.0.0:50051", "0.0.0.0:9464")).unwrap();
+        assert_eq!(config.metrics_listen, Some("0.0.0.0:9464".parse().unwrap()));
+        let err = Config::resolve(args("0.0.0.0:50051", "127.0.0.1:50051"))
+            .expect_err("the gRPC port is refused");
+        assert!(err.to_string().contains("--metrics-listen"), "{err}");
+        assert!(Config::resolve(args("127.0.0.1:0", "127.0.0.1:0")).is_ok());
     }
 
     #[test]

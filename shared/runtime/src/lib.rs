@@ -8,6 +8,7 @@
 pub mod config;
 pub mod database;
 pub mod error;
+pub mod metrics;
 pub mod paging;
 pub mod server;
 pub mod telemetry;

@@ -138,6 +138,7 @@ pub struct Application {
     modules: Vec<Arc<dyn ServiceModule>>,
     gate: Arc<dyn Gate>,
     ready_tx: watch::Sender<bool>,
+    metrics: Option<TcpListener>,
 }
 
 impl Application {
@@ -151,6 +152,7 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let local_addr = listener.local_addr()?;
+        let metrics = crate::metrics::bind(&config).await?;
         Ok(Self {
             listener,
             local_addr,
@@ -158,11 +160,17 @@ impl Application {
             modules,
             gate,
             ready_tx: watch::channel(false).0,
+            metrics,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served, when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(crate::metrics::local_addr)
     }
 
     /// Turns true once every module has started and calls are admitted.
@@ -182,6 +190,7 @@ impl Application {
             modules,
             gate,
             ready_tx,
+            metrics,
         } = self;
 
         let health = HealthReporter::new();
@@ -230,6 +239,7 @@ impl Application {
                     .make_span_with(|req: &http::Request<Body>| telemetry::grpc_span(req))
                     .on_failure(telemetry::OnServerFault),
             )
+            .layer(crate::metrics::ServerLayer)
             .layer(admission)
             .add_routes(routes);
 
@@ -240,6 +250,17 @@ impl Application {
             let _ = stop_rx_server.wait_for(|stop| *stop).await;
         }));
         tracing::info!(address = %local_addr, "listening");
+        // Metrics are served from the start (a slow start is worth seeing)
+        // until the server has drained.
+        let metrics = metrics.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(address = %addr, "serving metrics at /metrics");
+            }
+            let mut stopped = stop_rx.clone();
+            crate::metrics::serve(listener, async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+        });
 
         // Start the modules while already answering health checks.
         let startup = async {
@@ -313,6 +334,9 @@ impl Application {
         };
         for module in &modules {
             module.stop().await;
+        }
+        if let Some(metrics) = metrics {
+            let _ = metrics.await;
         }
         served.context("serving gRPC")?;
         tracing::info!("stopped");

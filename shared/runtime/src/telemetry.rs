@@ -57,26 +57,9 @@ pub fn init(config: &Config, service_name: &str) -> anyhow::Result<TelemetryGuar
             .boxed(),
     };
 
-    // Counters (refused calls, server faults) go out by OTLP with the traces.
-    let meters = match &config.otlp_endpoint {
-        Some(endpoint) => {
-            let exporter = opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint)
-                .build()?;
-            let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-                .with_periodic_exporter(exporter)
-                .with_resource(
-                    Resource::builder()
-                        .with_service_name(service_name.to_owned())
-                        .build(),
-                )
-                .build();
-            global::set_meter_provider(meters.clone());
-            Some(meters)
-        }
-        None => None,
-    };
+    // Metrics go out by OTLP with the traces, and to /metrics (see
+    // `crate::metrics`).
+    let meters = crate::metrics::provider(config, service_name)?;
     let provider = match &config.otlp_endpoint {
         Some(endpoint) => {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
