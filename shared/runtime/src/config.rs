@@ -80,6 +80,17 @@ pub struct ServerArgs {
     )]
     pub otlp_endpoint: Option<String>,
 
+    /// Share of the traces that start here which are exported, from 0 to 1;
+    /// a trace a caller started keeps the caller's decision [default: 1].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_TRACE_SAMPLE_RATIO",
+        value_name = "RATIO",
+        value_parser = parse_ratio
+    )]
+    pub trace_sample_ratio: Option<f64>,
+
     /// Longest time one request may take [default: 10s].
     #[arg(long, global = true, env = "CUSTODIAN_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub request_timeout: Option<Duration>,
@@ -297,6 +308,14 @@ fn parse_peer(raw: &str) -> Result<(String, String), String> {
     Ok((name.to_owned(), url.to_owned()))
 }
 
+/// A share from 0 to 1 (a sampling ratio).
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err("a number from 0 to 1, e.g. 0.1".to_owned()),
+    }
+}
+
 /// The same settings as read from a file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,6 +327,7 @@ struct FileConfig {
     log: Option<String>,
     log_format: Option<LogFormat>,
     otlp_endpoint: Option<String>,
+    trace_sample_ratio: Option<f64>,
     #[serde(default, with = "humantime_serde")]
     request_timeout: Option<Duration>,
     max_concurrent_requests: Option<usize>,
@@ -350,6 +370,8 @@ pub struct Config {
     pub log: String,
     pub log_format: LogFormat,
     pub otlp_endpoint: Option<String>,
+    /// Share of the traces started here that are exported (0 to 1).
+    pub trace_sample_ratio: f64,
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub max_message_bytes: usize,
@@ -399,6 +421,7 @@ impl std::fmt::Debug for Config {
             .field("log", &self.log)
             .field("log_format", &self.log_format)
             .field("otlp_endpoint", &self.otlp_endpoint)
+            .field("trace_sample_ratio", &self.trace_sample_ratio)
             .field("request_timeout", &self.request_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_message_bytes", &self.max_message_bytes)
@@ -439,6 +462,7 @@ impl Default for Config {
             log: "info".to_owned(),
             log_format: LogFormat::Text,
             otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
             request_timeout: Duration::from_secs(10),
             max_concurrent_requests: 1024,
             max_message_bytes: 4 * 1024 * 1024,
@@ -485,6 +509,11 @@ impl Config {
             log: args.log.or(file.log).unwrap_or(d.log),
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
             otlp_endpoint: args.otlp_endpoint.or(file.otlp_endpoint),
+            trace_sample_ratio: match args.trace_sample_ratio.or(file.trace_sample_ratio) {
+                Some(ratio) => parse_ratio(&ratio.to_string())
+                    .map_err(|err| anyhow::anyhow!("trace_sample_ratio: {err}"))?,
+                None => d.trace_sample_ratio,
+            },
             request_timeout: args
                 .request_timeout
                 .or(file.request_timeout)
