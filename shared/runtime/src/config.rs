@@ -760,6 +760,38 @@ mod tests {
     }
 
     #[test]
+    fn the_trace_sample_ratio_is_a_share() {
+        assert_eq!(Config::default().trace_sample_ratio, 1.0);
+        for (given, ok) in [
+            ("0", true),
+            ("0.25", true),
+            ("1", true),
+            ("1.5", false),
+            ("-0.1", false),
+            ("NaN", false),
+            ("all", false),
+        ] {
+            assert_eq!(parse_ratio(given).is_ok(), ok, "{given}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custodian.toml");
+        std::fs::write(&path, "trace_sample_ratio = 2.0\n").unwrap();
+        let err = Config::resolve(ServerArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect_err("above 1 is refused");
+        assert!(err.to_string().contains("trace_sample_ratio"), "{err}");
+        std::fs::write(&path, "trace_sample_ratio = 0.1\n").unwrap();
+        let config = Config::resolve(ServerArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.trace_sample_ratio, 0.1);
+    }
+
+    #[test]
     fn the_erasure_log_and_the_outbox_live_in_the_data_folder_unless_set() {
         let config = Config {
             data_dir: PathBuf::from("/srv/custodian"),

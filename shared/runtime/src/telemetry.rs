@@ -778,3 +778,122 @@ impl tower_http::trace::OnFailure<tower_http::classify::GrpcFailureClass> for On
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use opentelemetry::trace::{Span as _, Tracer as _};
+
+    use super::*;
+
+    /// Keeps what it is sent.
+    #[derive(Debug, Default, Clone)]
+    struct Kept(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanExporter for Kept {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().unwrap().extend(batch);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn spans_beyond_the_bound_are_counted_not_queued() {
+        let kept = Kept::default();
+        let drops = Arc::new(Drops::default());
+        // No export before shutdown: every span ended waits.
+        let batches = BatchSpanProcessor::builder(Counted {
+            inner: kept.clone(),
+            drops: drops.clone(),
+        })
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(16)
+                .with_max_export_batch_size(16)
+                .with_scheduled_delay(Duration::from_secs(3600))
+                .build(),
+        )
+        .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(Bounded {
+                inner: batches,
+                drops: drops.clone(),
+                limit: 2,
+            })
+            .build();
+        let tracer = provider.tracer("test");
+        for _ in 0..5 {
+            tracer.start("work").end();
+        }
+        assert_eq!(drops.waiting.load(Ordering::Relaxed), 2);
+        assert_eq!(drops.dropped.load(Ordering::Relaxed), 3);
+        provider.shutdown().unwrap();
+        assert_eq!(kept.0.lock().unwrap().len(), 2, "what waited is exported");
+        assert_eq!(drops.waiting.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            drops.dropped.load(Ordering::Relaxed),
+            0,
+            "the drops are reported at shutdown"
+        );
+    }
+
+    #[test]
+    fn error_status_follows_the_grpc_conventions() {
+        use tonic::Code::*;
+        let server_faults = [
+            Unknown,
+            DeadlineExceeded,
+            Unimplemented,
+            Internal,
+            Unavailable,
+            DataLoss,
+        ];
+        for code in (0..=16).map(tonic::Code::from) {
+            assert_eq!(
+                is_error(code, Side::Server),
+                server_faults.contains(&code),
+                "{code:?}"
+            );
+            assert_eq!(is_error(code, Side::Client), code != Ok, "{code:?}");
+            assert_eq!(
+                tonic::Code::from(code as i32),
+                code,
+                "{}",
+                grpc_code_name(code)
+            );
+        }
+        assert_eq!(grpc_code_name(Unimplemented), "UNIMPLEMENTED");
+    }
+
+    #[test]
+    fn only_grpc_calls_are_named_by_service_and_method() {
+        let mut grpc = http::HeaderMap::new();
+        grpc.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc+proto"),
+        );
+        assert_eq!(
+            grpc_method(&grpc, "/custodian.identity.v1.TenantService/GetTenant"),
+            Some(("custodian.identity.v1.TenantService", "GetTenant"))
+        );
+        for path in ["/", "/a", "//b", "/a/", "/a/b/c"] {
+            assert_eq!(grpc_method(&grpc, path), None, "{path}");
+        }
+        assert_eq!(
+            grpc_method(&http::HeaderMap::new(), "/custodian.x.v1.S/M"),
+            None,
+            "a plain HTTP call"
+        );
+    }
+
+    #[test]
+    fn grpc_status_is_read_from_headers_or_trailers() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(grpc_status(&headers), None);
+        headers.insert("grpc-status", http::HeaderValue::from_static("14"));
+        assert_eq!(grpc_status(&headers), Some(tonic::Code::Unavailable));
+        headers.insert("grpc-status", http::HeaderValue::from_static("x"));
+        assert_eq!(grpc_status(&headers), None);
+    }
+}
