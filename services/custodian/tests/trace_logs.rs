@@ -102,62 +102,133 @@ fn with_trace<T>(message: T, trace_id: &str, bearer: Option<&str>) -> tonic::Req
     request
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_carry_the_ids_of_the_exported_spans() {
+/// A stand-in collector on a free port.
+async fn collector() -> (Collector, SocketAddr) {
     let collector = Collector::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector_addr = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(collector.clone()))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
+    (collector, addr)
+}
 
-    let data_dir = tempfile::tempdir().unwrap();
-    let mut server = tokio::process::Command::new(BIN)
-        .env_clear()
-        // The runtime's refusals are logged at debug, inside the call.
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--log",
-            "info,custodian_runtime=debug",
-            "--data-dir",
-        ])
-        .arg(data_dir.path())
-        .arg("--otlp-endpoint")
-        .arg(format!("http://{collector_addr}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    // The address, from the first lines; the rest is kept for later.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stdout = server.stdout.take().unwrap();
-    let stdout = tokio::spawn(async move {
-        let mut lines = BufReader::new(stdout).lines();
-        let mut all = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = tx.send(line.clone());
-            all.push(line);
+/// The suite with JSON logs, exporting to `collector`: the process, its
+/// address (from its serving line), and its stdout and stderr lines, read
+/// until it exits.
+struct Suite {
+    process: tokio::process::Child,
+    addr: SocketAddr,
+    stdout: tokio::task::JoinHandle<Vec<String>>,
+    stderr: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl Suite {
+    async fn start(
+        data_dir: &std::path::Path,
+        collector: Option<SocketAddr>,
+        args: &[&str],
+    ) -> Self {
+        let mut process = tokio::process::Command::new(BIN)
+            .env_clear()
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(collector.map(|c| format!("--otlp-endpoint=http://{c}")))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // The address, from the first lines; the rest is kept for later.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let stdout = process.stdout.take().unwrap();
+        let stdout = tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut all = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line.clone());
+                all.push(line);
+            }
+            all
+        });
+        let stderr = lines_of(process.stderr.take().unwrap());
+        let addr: SocketAddr = loop {
+            let line = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .expect("the serving line within 30s")
+                .expect("stdout open");
+            let line: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
+            if line["message"] == "serving" {
+                break line["address"].as_str().unwrap().parse().unwrap();
+            }
+        };
+        Self {
+            process,
+            addr,
+            stdout,
+            stderr,
         }
-        all
-    });
-    let stderr = lines_of(server.stderr.take().unwrap());
-    let addr: SocketAddr = loop {
-        let line = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+    }
+
+    /// A channel, once the suite is ready. Health is checked, not
+    /// watched: a stream cut short would have no status.
+    async fn ready(&self) -> tonic::transport::Channel {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
             .await
-            .expect("the serving line within 30s")
-            .expect("stdout open");
-        let line: Value =
-            serde_json::from_str(&line).unwrap_or_else(|err| panic!("not JSON ({err}): {line}"));
-        if line["message"] == "serving" {
-            break line["address"].as_str().unwrap().parse().unwrap();
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let began = std::time::Instant::now();
+        while health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            != tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        {
+            assert!(began.elapsed() < Duration::from_secs(30), "not ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    };
+        channel
+    }
+
+    /// Stops it with SIGTERM (which flushes the exporter); its lines.
+    async fn stop(mut self) -> (Vec<String>, Vec<String>) {
+        let pid = self.process.id().expect("running").to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let status = tokio::time::timeout(Duration::from_secs(20), self.process.wait())
+            .await
+            .expect("stops within 20s of SIGTERM")
+            .unwrap();
+        assert!(status.success(), "{status}");
+        (self.stdout.await.unwrap(), self.stderr.await.unwrap())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_ids_of_the_exported_spans() {
+    let (collector, collector_addr) = collector().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    // The runtime's refusals are logged at debug, inside the call.
+    let suite = Suite::start(
+        data_dir.path(),
+        Some(collector_addr),
+        &["--log", "info,custodian_runtime=debug"],
+    )
+    .await;
     let token = String::from_utf8(
         Command::new(BIN)
             .env_clear()
@@ -179,25 +250,7 @@ async fn json_logs_carry_the_ids_of_the_exported_spans() {
     .unwrap();
     let bearer = format!("Bearer {}", token.trim());
 
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    // Checks, not a watch: a stream cut short would have no status.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    let began = std::time::Instant::now();
-    while health
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-        != tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-    {
-        assert!(began.elapsed() < Duration::from_secs(30), "not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let channel = suite.ready().await;
 
     let mut tenants = TenantServiceClient::new(channel.clone());
     let mut create = tonic::Request::new(CreateTenantRequest {
@@ -267,24 +320,9 @@ async fn json_logs_carry_the_ids_of_the_exported_spans() {
         .unwrap_err();
     assert_eq!(unimplemented.code(), tonic::Code::Unimplemented);
 
-    // Stopping flushes the exporter.
-    let pid = server.id().expect("running").to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(20), server.wait())
-        .await
-        .expect("stops within 20s of SIGTERM")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    let (stdout, stderr) = suite.stop().await;
 
     // Every line, on both streams, is a JSON object.
-    let stdout = stdout.await.unwrap();
-    let stderr = stderr.await.unwrap();
     let lines: Vec<Value> = stdout
         .iter()
         .chain(&stderr)
@@ -422,6 +460,97 @@ async fn json_logs_carry_the_ids_of_the_exported_spans() {
             "a log line or a span carries a personal value or the token"
         );
     }
+}
+
+/// With a ratio of 0, the traces that start here are not exported; a
+/// caller's sampled trace still is, and the logs of both calls carry ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_ratio_applies_to_traces_that_start_here() {
+    let (collector, collector_addr) = collector().await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let suite = Suite::start(
+        data_dir.path(),
+        Some(collector_addr),
+        &[
+            "--log",
+            "info,custodian_runtime=debug",
+            "--trace-sample-ratio",
+            "0",
+        ],
+    )
+    .await;
+    let mut tenants = TenantServiceClient::new(suite.ready().await);
+    for _ in 0..20 {
+        tenants
+            .list_tenants(ListTenantsRequest::default())
+            .await
+            .unwrap_err();
+    }
+    tenants
+        .list_tenants(with_trace(
+            ListTenantsRequest::default(),
+            REFUSED_TRACE,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    let (stdout, _) = suite.stop().await;
+
+    let spans = collector.spans();
+    assert!(
+        spans.iter().all(|s| hex(&s.trace_id) == REFUSED_TRACE),
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+    assert_eq!(spans.len(), 1, "the caller's sampled call");
+    // Not exported, yet each refusal's line names its own trace.
+    let refusals: Vec<Value> = stdout
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["message"] == "call refused")
+        .collect();
+    assert_eq!(refusals.len(), 21);
+    let mut traces: Vec<&str> = refusals
+        .iter()
+        .map(|l| l["trace_id"].as_str().expect("a trace_id"))
+        .collect();
+    traces.sort();
+    traces.dedup();
+    assert_eq!(traces.len(), 21, "one trace a call");
+}
+
+/// Without an OTLP endpoint nothing is exported, but the lines of one call
+/// still share its ids, the ones its `traceparent` named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_carry_ids_without_an_endpoint() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let suite = Suite::start(
+        data_dir.path(),
+        None,
+        &["--log", "info,custodian_runtime=debug"],
+    )
+    .await;
+    let mut tenants = TenantServiceClient::new(suite.ready().await);
+    tenants
+        .list_tenants(with_trace(
+            ListTenantsRequest::default(),
+            REFUSED_TRACE,
+            None,
+        ))
+        .await
+        .unwrap_err();
+    let (stdout, stderr) = suite.stop().await;
+    let lines: Vec<Value> = stdout
+        .iter()
+        .chain(&stderr)
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON ({err}): {l}")))
+        .collect();
+    let refusal = lines
+        .iter()
+        .find(|l| l["message"] == "call refused")
+        .expect("the refusal logged");
+    assert_eq!(refusal["trace_id"], REFUSED_TRACE);
+    assert_eq!(refusal["span_id"].as_str().map(str::len), Some(16));
 }
 
 /// A start that fails is reported as JSON too: a flag clap refuses, a
