@@ -73,13 +73,6 @@ impl Drop for TelemetryGuard {
 pub fn init(config: &Config, service_name: &str) -> anyhow::Result<TelemetryGuard> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = EnvFilter::try_new(&config.log)?;
-    // The JSON formatter asks the OpenTelemetry layer for a line's ids
-    // through the dispatcher, which exists only once the formatter is in it.
-    let dispatch = Arc::new(OnceLock::new());
-    let fmt = match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
-        LogFormat::Json => json_layer(std::io::stdout, dispatch.clone()).boxed(),
-    };
 
     // Counters (refused calls, server faults) go out by OTLP with the traces.
     let meters = match &config.otlp_endpoint {
@@ -103,18 +96,7 @@ pub fn init(config: &Config, service_name: &str) -> anyhow::Result<TelemetryGuar
     };
     let provider = tracer_provider(config, service_name)?;
     global::set_tracer_provider(provider.clone());
-    // The log filter applies to log lines only: a quiet log must not switch
-    // off the RPC spans that traces are made of.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("custodian"))
-        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
-
-    let subscriber: tracing::Dispatch = tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
-        .with(otel)
-        .into();
-    let _ = dispatch.set(subscriber.downgrade());
-    subscriber.try_init()?;
+    subscriber(config.log_format, filter, std::io::stdout, &provider).try_init()?;
     if config.log_format == LogFormat::Json {
         json_panics();
     }
@@ -122,6 +104,36 @@ pub fn init(config: &Config, service_name: &str) -> anyhow::Result<TelemetryGuar
         provider: Some(provider),
         meters,
     })
+}
+
+/// Log lines through `filter` in `format` to `writer`; spans to `provider`.
+fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    provider: &SdkTracerProvider,
+) -> tracing::Dispatch
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    // The JSON formatter asks the OpenTelemetry layer for a line's ids
+    // through the dispatcher, which exists only once the formatter is in it.
+    let dispatch = Arc::new(OnceLock::new());
+    let fmt = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Json => json_layer(writer, dispatch.clone()).boxed(),
+    };
+    // The log filter applies to log lines only: a quiet log must not switch
+    // off the RPC spans that traces are made of.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("custodian"))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let subscriber: tracing::Dispatch = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .into();
+    let _ = dispatch.set(subscriber.downgrade());
+    subscriber
 }
 
 /// Export settings, sized for the suite's peak (about 7k calls a second,
@@ -332,14 +344,23 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        // Spans below the OpenTelemetry layer's level have no ids: the
-        // nearest one above them does.
+        // The spans around the event as the registry has them: the log
+        // filter may hide a call's span from this layer (`--log warn`
+        // hides the INFO span of a call a WARN line is written in). Spans
+        // below the OpenTelemetry layer's level have no ids: the nearest
+        // one above them does.
         let ids = self
             .dispatch
             .get()
             .and_then(WeakDispatch::upgrade)
             .and_then(|dispatch| {
-                ctx.event_scope()?.find_map(|span| {
+                let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+                let leaf = match event.parent() {
+                    Some(parent) => parent.clone(),
+                    None if event.is_contextual() => registry.current_span().id()?.clone(),
+                    None => return None,
+                };
+                registry.span(&leaf)?.scope().find_map(|span| {
                     let cx = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
                     let span = cx.span();
                     let ids = span.span_context();
@@ -836,6 +857,77 @@ mod tests {
             0,
             "the drops are reported at shutdown"
         );
+    }
+
+    /// A line's writer for tests.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_carry_the_ids_of_the_call_even_when_its_span_is_filtered_out() {
+        global::set_text_map_propagator(TraceContextPropagator::new());
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOff)
+            .build();
+        let lines = Lines::default();
+        let writer = lines.clone();
+        // The call's span is INFO, hidden from the log by "warn".
+        let dispatch = subscriber(
+            LogFormat::Json,
+            EnvFilter::new("warn"),
+            move || writer.clone(),
+            &provider,
+        );
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        tracing::dispatcher::with_default(&dispatch, || {
+            let request = http::Request::builder()
+                .uri("/custodian.x.v1.S/Get")
+                .header("content-type", "application/grpc")
+                .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+                .body(())
+                .unwrap();
+            let span = grpc_span(&request);
+            span.in_scope(|| {
+                tracing::warn!("inside");
+                let _inner = tracing::debug_span!("below the spans' level").entered();
+                tracing::warn!("deeper");
+            });
+            tracing::warn!("outside");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let ids = format!("\"trace_id\":\"{trace}\",\"span_id\":\"");
+        assert!(
+            lines[0].contains("\"inside\"") && lines[0].contains(&ids),
+            "{text}"
+        );
+        assert!(
+            !lines[0].contains("00f067aa0ba902b7"),
+            "the call's own span: {text}"
+        );
+        let span_id = |line: &str| {
+            line.split("\"span_id\":\"")
+                .nth(1)
+                .map(|s| s[..16].to_owned())
+        };
+        assert_eq!(span_id(lines[1]), span_id(lines[0]), "{text}");
+        assert!(
+            lines[2].contains("\"outside\"") && !lines[2].contains("trace_id"),
+            "{text}"
+        );
+        assert!(lines[0].ends_with('}'), "{text}");
     }
 
     #[test]
