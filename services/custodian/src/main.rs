@@ -15,7 +15,11 @@ use custodian_privacy::{
     token::{TokenIssuer, generate_key_pair},
 };
 use custodian_runtime::{
-    Application, Config, config::ServerArgs, server::shutdown_signal, telemetry, time::SystemClock,
+    Application, Config,
+    config::{LogFormat, ServerArgs},
+    server::shutdown_signal,
+    telemetry,
+    time::SystemClock,
 };
 
 /// Custodian keeps a SaaS privacy policy's promises as running services.
@@ -125,8 +129,58 @@ enum KeysCommand {
     Status,
 }
 
-fn main() -> anyhow::Result<()> {
-    runtime()?.block_on(run())
+fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
+    // What the flags and environment ask for, until the configuration
+    // file has been read: an error before then is reported in that format.
+    let mut format = cli.server.log_format.unwrap_or_default();
+    let outcome = runtime()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli, &mut format)));
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            telemetry::fatal(&err, format);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A command line clap refuses: as clap reports it, or as one JSON line
+/// when JSON logs were asked for (as far as a command line that did not
+/// parse can tell). Help and version are printed as they are.
+fn usage_error(err: clap::Error) -> std::process::ExitCode {
+    use clap::error::ErrorKind;
+    let json = {
+        let args: Vec<String> = std::env::args().collect();
+        let flag = args.iter().enumerate().find_map(|(i, arg)| {
+            arg.strip_prefix("--log-format=")
+                .or_else(|| (arg == "--log-format").then(|| args.get(i + 1).map(String::as_str))?)
+        });
+        flag.map(str::to_owned)
+            .or_else(|| std::env::var("CUSTODIAN_LOG_FORMAT").ok())
+            .is_some_and(|f| f == "json")
+    };
+    if !json
+        || matches!(
+            err.kind(),
+            ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        )
+    {
+        err.exit();
+    }
+    let message = err.render().to_string();
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    telemetry::fatal(
+        &anyhow::anyhow!("{}", message.trim_end()),
+        custodian_runtime::config::LogFormat::Json,
+    );
+    std::process::ExitCode::from(2)
 }
 
 /// Tokio's multi-threaded runtime, without its LIFO slot where the build
@@ -145,14 +199,14 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     builder.build()
 }
 
-async fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn run(cli: Cli, format: &mut LogFormat) -> anyhow::Result<()> {
     let command = Cli::command();
     custodian_runtime::config::refuse_unknown_variables(
         variables_read(&command).iter().map(String::as_str),
         std::env::vars_os(),
     )?;
     let config = Config::resolve(cli.server)?;
+    *format = config.log_format;
     match cli.command {
         None => serve(cli.target, config).await,
         Some(Command::Token {
@@ -236,10 +290,16 @@ async fn serve(target: Target, config: Config) -> anyhow::Result<()> {
     custodian::check_key_file(target, &keys)
         .with_context(|| format!("key file {}", key_path.display()))?;
     if created {
-        println!(
-            "custodian: created a development key file at {} (keep it secret)",
-            key_path.display()
-        );
+        match config.log_format {
+            LogFormat::Text => println!(
+                "custodian: created a development key file at {} (keep it secret)",
+                key_path.display()
+            ),
+            LogFormat::Json => tracing::warn!(
+                path = %key_path.display(),
+                "created a development key file (keep it secret)"
+            ),
+        }
     }
     let suite = suite(target, &config, &keys, Arc::new(SystemClock))?;
     custodian::check_settings(target, &config, &suite)?;
@@ -263,6 +323,16 @@ fn print_welcome(
         Some(url) => format!("database: {}", custodian_runtime::database::scheme_of(url)),
         None => format!("SQLite files in {}", config.data_dir.display()),
     };
+    // Collectors get one line, and never a token.
+    if config.log_format == LogFormat::Json {
+        tracing::info!(
+            address = %addr,
+            services = %services.join(","),
+            storage,
+            "serving"
+        );
+        return;
+    }
     println!(
         "custodian: serving {} on {addr} ({storage})",
         services.join(", ")

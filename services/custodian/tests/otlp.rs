@@ -22,9 +22,12 @@ use custodian_proto::{
         contact_service_client::ContactServiceClient, tenant_service_client::TenantServiceClient,
     },
 };
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::any_value::Value,
 };
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -285,10 +288,7 @@ async fn spans_are_exported_with_the_callers_trace_id() {
         .iter()
         .find(|s| hex(&s.trace_id) == TRACE_ID)
         .unwrap_or_else(|| panic!("no span in the caller's trace among {} spans", spans.len()));
-    assert_eq!(
-        ours.name,
-        "/custodian.identity.v1.TenantService/ListTenants"
-    );
+    assert_eq!(ours.name, "custodian.identity.v1.TenantService/ListTenants");
     assert_eq!(
         hex(&ours.parent_span_id),
         "00f067aa0ba902b7",
@@ -301,9 +301,9 @@ async fn spans_are_exported_with_the_callers_trace_id() {
         .map(|s| s.name.as_str())
         .collect();
     for part in [
-        "/custodian.dsr.v1.RequestService/CreateRequest",
+        "custodian.dsr.v1.RequestService/CreateRequest",
         "dsr.step",
-        "/custodian.subject.v1.SubjectDataService/LocateSubjectData",
+        "custodian.subject.v1.SubjectDataService/LocateSubjectData",
     ] {
         assert!(
             request_trace.contains(&part),
@@ -318,6 +318,40 @@ async fn spans_are_exported_with_the_callers_trace_id() {
             .count()
             >= 4,
         "{request_trace:?}"
+    );
+    // Each step says which it is and whom it reaches (never its scope,
+    // which can name a person's record).
+    let steps: Vec<_> = spans
+        .iter()
+        .filter(|s| hex(&s.trace_id) == DSR_TRACE_ID && s.name == "dsr.step")
+        .collect();
+    let attribute = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+        span.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.as_ref())
+            .and_then(|v| match &v.value {
+                Some(Value::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            })
+    };
+    let mut located: Vec<String> = steps
+        .iter()
+        .filter(|s| attribute(s, "dsr.step.phase").as_deref() == Some("locate"))
+        .filter_map(|s| attribute(s, "dsr.step.service"))
+        .collect();
+    located.sort();
+    located.dedup();
+    assert_eq!(
+        located,
+        ["analytics", "feedback", "identity", "tickets"],
+        "{steps:?}"
+    );
+    assert!(
+        steps
+            .iter()
+            .all(|s| attribute(s, "dsr.step.outcome").is_some()),
+        "{steps:?}"
     );
     let everything = format!("{exported:?}");
     for secret in ["annika", "Zwiebelbaum", token.trim()] {

@@ -354,7 +354,19 @@ struct Outcome {
 async fn run(core: Arc<Core>, step: Step) {
     let core = &core;
     let traceparent = traceparent(core, &step.request_id).await.ok().flatten();
-    let span = custodian_runtime::telemetry::continuing_span("dsr.step", traceparent.as_deref());
+    // The phase and the service it reaches, never the scope: a locate
+    // step's scope can name a person's record.
+    let span = tracing::info_span!(
+        "dsr.step",
+        otel.name = "dsr.step",
+        otel.kind = "internal",
+        dsr.step.phase = %step.phase,
+        dsr.step.service = %step.service,
+        dsr.step.attempt = step.attempts,
+        dsr.step.outcome = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    custodian_runtime::telemetry::continue_trace(&span, traceparent.as_deref());
     async {
         let work = async {
             match step.phase.as_str() {
@@ -370,6 +382,16 @@ async fn run(core: Arc<Core>, step: Step) {
             result = work => result,
             () = lease_lost(core, &step) => return,
         };
+        let span = tracing::Span::current();
+        let outcome = match &result {
+            Ok(_) => "done",
+            Err(status) if permanent(status) => "failed",
+            Err(_) => "retry",
+        };
+        span.record("dsr.step.outcome", outcome);
+        if let Err(status) = &result {
+            span.record("otel.status_description", format!("{:?}", status.code()));
+        }
         let recorded = match result {
             Ok(outcome) => finish_step(core, &step, "done", &outcome.result, outcome.event).await,
             Err(status) if permanent(&status) => {

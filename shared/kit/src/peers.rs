@@ -35,6 +35,8 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 
+use custodian_runtime::telemetry::{self, Side};
+
 use crate::{call::Call, gate::SERVICE_HEADER};
 
 /// How long a minted service credential lives; it is renewed at half-life.
@@ -89,6 +91,7 @@ struct Inner {
 pub struct ToPeer {
     forward: Forward,
     service: MetadataValue<Ascii>,
+    peer: Arc<str>,
 }
 
 /// When a call to a peer must have its answer, as the interceptor decided
@@ -96,19 +99,44 @@ pub struct ToPeer {
 #[derive(Clone, Copy)]
 struct Until(Instant);
 
+/// The client span of a call, from the interceptor (which knows the
+/// method) to the channel (which sees the answer).
+#[derive(Clone)]
+struct ClientSpan(tracing::Span);
+
 impl tonic::service::Interceptor for ToPeer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        let timeout = self.forward.timeout()?;
-        request
-            .metadata_mut()
-            .insert(SERVICE_HEADER, self.service.clone());
-        let mut request = self.forward.call(request)?;
-        if let Some(timeout) = timeout {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        // Generated clients name the method in an extension.
+        let span = match request.extensions().get::<tonic::GrpcMethod>() {
+            Some(method) => telemetry::client_span(method.service(), method.method(), &self.peer),
+            None => tracing::Span::none(),
+        };
+        // Entered while the metadata is written: the callee's span is a
+        // child of this one.
+        let intercepted = span.in_scope(|| -> Result<_, Status> {
+            let timeout = self.forward.timeout()?;
+            let mut request = request;
             request
-                .extensions_mut()
-                .insert(Until(Instant::now() + timeout));
+                .metadata_mut()
+                .insert(SERVICE_HEADER, self.service.clone());
+            let mut request = self.forward.call(request)?;
+            if let Some(timeout) = timeout {
+                request
+                    .extensions_mut()
+                    .insert(Until(Instant::now() + timeout));
+            }
+            Ok(request)
+        });
+        match intercepted {
+            Ok(mut request) => {
+                request.extensions_mut().insert(ClientSpan(span));
+                Ok(request)
+            }
+            Err(status) => {
+                telemetry::record_grpc_status(&span, status.code(), Side::Client);
+                Err(status)
+            }
         }
-        Ok(request)
     }
 }
 
@@ -136,9 +164,13 @@ impl Service<http::Request<Body>> for Deadlined {
         self.channel.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let until = request.extensions().get::<Until>().copied();
         let timer = custodian_runtime::metrics::RpcTimer::client(&self.peer, request.uri().path());
+        let span = request
+            .extensions_mut()
+            .remove::<ClientSpan>()
+            .map_or_else(tracing::Span::none, |s| s.0);
         let answer = self.channel.call(request);
         let (peer, idle) = (self.peer.clone(), self.idle);
         Box::pin(async move {
@@ -147,20 +179,39 @@ impl Service<http::Request<Body>> for Deadlined {
                     Ok(answer) => answer,
                     Err(_) => {
                         timer.finish(tonic::Code::DeadlineExceeded);
+                        telemetry::record_grpc_status(
+                            &span,
+                            tonic::Code::DeadlineExceeded,
+                            Side::Client,
+                        );
                         return Err(late(&peer).into());
                     }
                 },
                 None => answer.await,
             };
             match answer {
-                Ok(response) => Ok(timer.observe(response.map(|body| idle_ends(body, idle, peer)))),
+                Ok(response) => {
+                    // An answer that is only a status has it in its
+                    // headers; any other, in its trailers.
+                    if let Some(code) = telemetry::grpc_status(response.headers()) {
+                        telemetry::record_grpc_status(&span, code, Side::Client);
+                    }
+                    Ok(timer.observe(response.map(|body| idle_ends(body, idle, peer, span))))
+                }
                 // The connection's own timer went off first.
                 Err(err) if timed_out(&err) => {
                     timer.finish(tonic::Code::DeadlineExceeded);
+                    telemetry::record_grpc_status(
+                        &span,
+                        tonic::Code::DeadlineExceeded,
+                        Side::Client,
+                    );
                     Err(late(&peer).into())
                 }
                 Err(err) => {
                     timer.finish(tonic::Code::Unavailable);
+                    // What tonic answers a call that never reached the peer.
+                    telemetry::record_grpc_status(&span, tonic::Code::Unavailable, Side::Client);
                     Err(err.into())
                 }
             }
@@ -184,22 +235,40 @@ fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The body of an answer, ended with DEADLINE_EXCEEDED when the peer sends
-/// nothing for `idle`.
-fn idle_ends(body: Body, idle: Duration, peer: Arc<str>) -> Body {
+/// nothing for `idle`. It holds the call's span, which ends with it, and
+/// records the status the trailers bring.
+fn idle_ends(body: Body, idle: Duration, peer: Arc<str>, span: tracing::Span) -> Body {
     let frames = http_body_util::BodyStream::new(body);
     let frames = futures::stream::unfold(Some(frames), move |frames| {
-        let peer = peer.clone();
+        let (peer, span) = (peer.clone(), span.clone());
         async move {
             let mut frames = frames?;
             match tokio::time::timeout(idle, frames.next()).await {
-                Ok(Some(frame)) => Some((frame, Some(frames))),
+                Ok(Some(frame)) => {
+                    if let Some(code) = frame
+                        .as_ref()
+                        .ok()
+                        .and_then(|f| f.trailers_ref())
+                        .and_then(telemetry::grpc_status)
+                    {
+                        telemetry::record_grpc_status(&span, code, Side::Client);
+                    }
+                    Some((frame, Some(frames)))
+                }
                 Ok(None) => None,
-                Err(_) => Some((
-                    Err(Status::deadline_exceeded(format!(
-                        "the {peer} service stopped sending"
-                    ))),
-                    None,
-                )),
+                Err(_) => {
+                    telemetry::record_grpc_status(
+                        &span,
+                        tonic::Code::DeadlineExceeded,
+                        Side::Client,
+                    );
+                    Some((
+                        Err(Status::deadline_exceeded(format!(
+                            "the {peer} service stopped sending"
+                        ))),
+                        None,
+                    ))
+                }
             }
         }
     });
@@ -342,6 +411,7 @@ impl Peers {
             ToPeer {
                 forward: forward.within(self.inner.timeout),
                 service,
+                peer: Arc::from(peer),
             },
         ))
     }

@@ -90,6 +90,17 @@ pub struct ServerArgs {
     )]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Share of the traces that start here which are exported, from 0 to 1;
+    /// a trace a caller started keeps the caller's decision [default: 1].
+    #[arg(
+        long,
+        global = true,
+        env = "CUSTODIAN_TRACE_SAMPLE_RATIO",
+        value_name = "RATIO",
+        value_parser = parse_ratio
+    )]
+    pub trace_sample_ratio: Option<f64>,
+
     /// Longest time one request may take [default: 10s].
     #[arg(long, global = true, env = "CUSTODIAN_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub request_timeout: Option<Duration>,
@@ -307,6 +318,14 @@ fn parse_peer(raw: &str) -> Result<(String, String), String> {
     Ok((name.to_owned(), url.to_owned()))
 }
 
+/// A share from 0 to 1 (a sampling ratio).
+fn parse_ratio(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err("a number from 0 to 1, e.g. 0.1".to_owned()),
+    }
+}
+
 /// The same settings as read from a file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -319,6 +338,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     otlp_endpoint: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    trace_sample_ratio: Option<f64>,
     #[serde(default, with = "humantime_serde")]
     request_timeout: Option<Duration>,
     max_concurrent_requests: Option<usize>,
@@ -363,6 +383,9 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Share of the traces started here that are exported (0 to 1).
+    pub trace_sample_ratio: f64,
     pub request_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub max_message_bytes: usize,
@@ -413,6 +436,7 @@ impl std::fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("otlp_endpoint", &self.otlp_endpoint)
             .field("metrics_listen", &self.metrics_listen)
+            .field("trace_sample_ratio", &self.trace_sample_ratio)
             .field("request_timeout", &self.request_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_message_bytes", &self.max_message_bytes)
@@ -454,6 +478,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             otlp_endpoint: None,
             metrics_listen: None,
+            trace_sample_ratio: 1.0,
             request_timeout: Duration::from_secs(10),
             max_concurrent_requests: 1024,
             max_message_bytes: 4 * 1024 * 1024,
@@ -511,6 +536,11 @@ impl Config {
                     anyhow::bail!("--metrics-listen must be a port of its own, not the gRPC port")
                 }
                 addr => addr,
+            },
+            trace_sample_ratio: match args.trace_sample_ratio.or(file.trace_sample_ratio) {
+                Some(ratio) => parse_ratio(&ratio.to_string())
+                    .map_err(|err| anyhow::anyhow!("trace_sample_ratio: {err}"))?,
+                None => d.trace_sample_ratio,
             },
             request_timeout: args
                 .request_timeout
@@ -771,6 +801,38 @@ mod tests {
         );
         let err = Config::resolve(args(0)).expect_err("zero is refused");
         assert!(err.to_string().contains("--peer-timeout"), "{err}");
+    }
+
+    #[test]
+    fn the_trace_sample_ratio_is_a_share() {
+        assert_eq!(Config::default().trace_sample_ratio, 1.0);
+        for (given, ok) in [
+            ("0", true),
+            ("0.25", true),
+            ("1", true),
+            ("1.5", false),
+            ("-0.1", false),
+            ("NaN", false),
+            ("all", false),
+        ] {
+            assert_eq!(parse_ratio(given).is_ok(), ok, "{given}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custodian.toml");
+        std::fs::write(&path, "trace_sample_ratio = 2.0\n").unwrap();
+        let err = Config::resolve(ServerArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .expect_err("above 1 is refused");
+        assert!(err.to_string().contains("trace_sample_ratio"), "{err}");
+        std::fs::write(&path, "trace_sample_ratio = 0.1\n").unwrap();
+        let config = Config::resolve(ServerArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.trace_sample_ratio, 0.1);
     }
 
     #[test]

@@ -237,6 +237,8 @@ impl Application {
             .layer(
                 tower_http::trace::TraceLayer::new(SharedClassifier::new(server_faults()))
                     .make_span_with(|req: &http::Request<Body>| telemetry::grpc_span(req))
+                    .on_response(telemetry::RecordStatus)
+                    .on_eos(telemetry::RecordStatus)
                     .on_failure(telemetry::OnServerFault),
             )
             .layer(crate::metrics::ServerLayer)

@@ -233,8 +233,15 @@ impl Server {
     }
 }
 
-/// The address in `custodian: serving SERVICES on ADDR (STORAGE)`.
+/// The address in `custodian: serving SERVICES on ADDR (STORAGE)`, or in
+/// the JSON line that says the same (`--log-format json`).
 pub fn serving_addr(line: &str) -> Option<SocketAddr> {
+    if line.starts_with('{') {
+        let line: serde_json::Value = serde_json::from_str(line).ok()?;
+        return (line["message"] == "serving")
+            .then(|| line["address"].as_str()?.parse().ok())
+            .flatten();
+    }
     let rest = line.strip_prefix("custodian: serving ")?;
     let (_, after) = rest.split_once(" on ")?;
     after.split_whitespace().next()?.parse().ok()
