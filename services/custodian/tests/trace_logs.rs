@@ -553,6 +553,42 @@ async fn lines_carry_ids_without_an_endpoint() {
     assert_eq!(refusal["span_id"].as_str().map(str::len), Some(16));
 }
 
+/// A burst of refused calls that then stops is still summed up, in one WARN
+/// line, once its window has ended; each refusal alone stays at DEBUG.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_refusals_is_summed_up_after_it_ends() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let suite = Suite::start(data_dir.path(), None, &[]).await;
+    let mut tenants = TenantServiceClient::new(suite.ready().await);
+    for _ in 0..25 {
+        let refused = tenants
+            .list_tenants(ListTenantsRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+    // Nothing more is asked: the summary comes from the window's end.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let (stdout, stderr) = suite.stop().await;
+    let lines: Vec<Value> = stdout
+        .iter()
+        .chain(&stderr)
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|err| panic!("not JSON ({err}): {l}")))
+        .collect();
+    let summaries: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["message"] == "many calls refused")
+        .collect();
+    assert_eq!(summaries.len(), 1, "{lines:#?}");
+    assert_eq!(summaries[0]["level"], "WARN");
+    assert_eq!(summaries[0]["refused"], 25);
+    assert_eq!(summaries[0]["by_code"], "Unauthenticated=25");
+    assert!(
+        !lines.iter().any(|l| l["message"] == "call refused"),
+        "single refusals stay at DEBUG"
+    );
+}
+
 /// A start that fails is reported as JSON too: a flag clap refuses, a
 /// configuration it cannot read.
 #[test]

@@ -252,6 +252,16 @@ impl Application {
             let _ = stop_rx_server.wait_for(|stop| *stop).await;
         }));
         tracing::info!(address = %local_addr, "listening");
+        // Refusals are summed up when their window ends, also after a burst
+        // with nothing after it.
+        let summaries = tokio::spawn(async {
+            let mut every = tokio::time::interval(telemetry::SUMMARY_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                telemetry::summarise_refusals();
+            }
+        });
         // Metrics are served from the start (a slow start is worth seeing)
         // until the server has drained.
         let metrics = metrics.map(|listener| {
@@ -334,6 +344,8 @@ impl Application {
                 Ok(())
             }
         };
+        summaries.abort();
+        telemetry::summarise_refusals();
         for module in &modules {
             module.stop().await;
         }

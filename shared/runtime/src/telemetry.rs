@@ -669,11 +669,20 @@ pub fn refused(code: tonic::Code) {
     REFUSALS.record(code);
 }
 
+/// Sums up the refusals of a window that has ended; the server calls it
+/// every [`SUMMARY_EVERY`].
+pub fn summarise_refusals() {
+    if let Ok(mut window) = REFUSALS.window.lock() {
+        Refusals::summarise(&mut window);
+    }
+}
+
 /// How often refusals are summed up in the log, at most.
 pub const SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Below this many refusals in a window, no summary is logged at all.
-const SUMMARY_THRESHOLD: u64 = 100;
+/// Below this many refusals in a window, no summary is logged at all: a
+/// caller's occasional mistake is no news.
+const SUMMARY_THRESHOLD: u64 = 10;
 
 static REFUSALS: std::sync::LazyLock<Refusals> = std::sync::LazyLock::new(Refusals::new);
 
@@ -714,6 +723,13 @@ impl Refusals {
             return;
         };
         *window.counts.entry(code as i32).or_default() += 1;
+        Self::summarise(&mut window);
+    }
+
+    /// Logs the window's summary once it is [`SUMMARY_EVERY`] old. Called by
+    /// each refusal and by a timer ([`summarise_refusals`]): a burst that
+    /// ends is summed up too, not only one that goes on.
+    fn summarise(window: &mut Window) {
         if window.start.elapsed() < SUMMARY_EVERY {
             return;
         }
