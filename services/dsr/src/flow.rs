@@ -753,7 +753,7 @@ async fn locate(core: &Core, step: &Step) -> Result<Outcome, Status> {
             .filter(|r| is_user_name(r))
             .collect();
         for user in users {
-            for service in &core.context.config.dsr_services {
+            for service in &core.targets() {
                 if *service != step.service {
                     insert_step(
                         core.context.db.pool(),
@@ -997,16 +997,13 @@ fn foreign_fields(status: &Status, corrections: &[FieldCorrection]) -> BTreeSet<
     out
 }
 
-/// The short name of the configured service that answered with a gRPC
-/// service name ("custodian.identity.v1.ContactService" → "identity").
+/// The short name of the service that answered with a gRPC service name
+/// ("custodian.identity.v1.ContactService" → "identity").
 fn service_of(grpc: &str, core: &Core) -> String {
     let package = grpc.split('.').nth(1).unwrap_or_default();
-    core.context
-        .config
-        .dsr_services
-        .iter()
+    core.targets()
+        .into_iter()
         .find(|s| s.as_str() == package)
-        .cloned()
         .unwrap_or_else(|| package.to_owned())
 }
 
