@@ -36,6 +36,7 @@ use tonic::{codegen::InterceptedService, transport::Channel};
 pub use custodian_runtime::telemetry::init_for_tests;
 
 pub mod hostile;
+pub mod notes;
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,14 +234,24 @@ pub async fn spawn(backend: Backend) -> Option<TestApp> {
 }
 
 pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    spawn_suite(backend, custodian::SERVICES, tweak).await
+}
+
+/// Starts the services of `table` (the binary's table, or a longer one) in
+/// one process on `backend`.
+pub async fn spawn_suite(
+    backend: Backend,
+    table: &[custodian::Service],
+    tweak: impl FnOnce(&mut Config),
+) -> Option<TestApp> {
     init_for_tests();
     let db = TestDatabase::create(backend).await?;
     let mut config = test_config(&db);
     tweak(&mut config);
     let keys = test_keys();
     let clock = Arc::new(ManualClock::new(custodian_runtime::time::now_micros()));
-    let suite =
-        custodian::suite(custodian::Target::All, &config, &keys, clock.clone()).expect("suite");
+    let suite = custodian::suite_of(table, custodian::Target::All, &config, &keys, clock.clone())
+        .expect("suite");
     let app = custodian::bind(config, suite).await.expect("bind");
     let addr = app.local_addr();
     let mut ready = app.readiness();
