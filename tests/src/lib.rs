@@ -287,6 +287,35 @@ pub async fn spawn_suite(
     })
 }
 
+/// An access as the kernel makes it, for code that calls the kit without a
+/// server: a token for `subject` (signed with a fresh key pair), verified by
+/// the kernel's authenticator and authorised for `method`. Outside the
+/// kernel there is no other way to make one.
+pub fn verified_access(
+    subject: &str,
+    purposes: &[Purpose],
+    tenant: Option<&str>,
+    method: custodian_privacy::Method,
+) -> custodian_privacy::Access {
+    let (private, public) = custodian_privacy::token::generate_key_pair();
+    let token = TokenIssuer::from_pem(&private)
+        .expect("issuer")
+        .issue(subject, purposes, tenant, Duration::from_secs(3600))
+        .expect("token");
+    let authenticator = custodian_privacy::TokenAuthenticator::new(
+        custodian_privacy::token::TokenVerifier::from_public_pems([public.as_str()])
+            .expect("verifier"),
+    );
+    let mut headers = tonic::codegen::http::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ASCII"),
+    );
+    let caller = authenticator.caller(&headers).expect("a verified caller");
+    custodian_privacy::access::authorize(Some(&caller), method)
+        .unwrap_or_else(|_| panic!("{subject} may call {}", method.path))
+}
+
 /// A token signed with `keys`, valid for an hour.
 pub fn issue(keys: &KeyFile, subject: &str, purposes: &[Purpose], tenant: Option<&str>) -> String {
     TokenIssuer::from_pem(keys.token_signing_key.as_deref().expect("signing key"))

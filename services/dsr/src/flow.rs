@@ -35,7 +35,7 @@ use std::{
 };
 
 use custodian_kit::{Beside, Call, beside};
-use custodian_privacy::{Access, Caller, Method, Purpose};
+use custodian_privacy::{Actor, Method, Purpose};
 use custodian_proto::{
     audit::v1::{AuditAction, AuditOutcome},
     common::v1::{Controller, SubjectIdentifier, controller, subject_identifier},
@@ -586,24 +586,24 @@ async fn traceparent(core: &Core, request_id: &str) -> Result<Option<String>, Ap
 
 /// The orchestrator's own call: dsr's service identity, for the request,
 /// as `method` (what its audit events name).
-pub fn own_call(request_name: &str, method: &'static str, action: AuditAction) -> Call {
+pub fn own_call(
+    core: &Core,
+    request_name: &str,
+    method: &'static str,
+    action: AuditAction,
+) -> Call {
     Call {
-        access: Access {
-            caller: Caller {
-                subject: format!("svc:{}", crate::NAME),
-                purposes: vec![Purpose::DsrFulfilment],
-                tenant: None,
-                requested_purpose: Some(Purpose::DsrFulfilment),
+        access: core.context.privacy.internal_access(
+            Actor::Service {
                 on_behalf_of: Some(request_name.to_owned()),
-                service: true,
             },
-            purpose: Purpose::DsrFulfilment,
-            method: Method {
+            Purpose::DsrFulfilment,
+            Method {
                 path: method,
                 action,
                 purposes: &[Purpose::DsrFulfilment],
             },
-        },
+        ),
         deadline: None,
         request: Some(request_name.to_owned()),
     }
@@ -616,7 +616,7 @@ pub fn request_name(request_id: &str) -> String {
 /// The request, whole (the orchestrator needs the verified email).
 pub async fn load(core: &Core, request_id: &str) -> Result<custodian_kit::Stored<Request>, Status> {
     let name = request_name(request_id);
-    let call = own_call(&name, ORCHESTRATE, AuditAction::Read);
+    let call = own_call(core, &name, ORCHESTRATE, AuditAction::Read);
     core.requests.find(&call, &name, "name").await
 }
 
@@ -699,7 +699,7 @@ async fn audit_step(
     detail: String,
 ) -> Result<(), ApiError> {
     let name = request_name(&request.id);
-    let call = own_call(&name, method, action);
+    let call = own_call(core, &name, method, action);
     let mut event = core.context.privacy.event(
         &call.access,
         &name,
@@ -1506,7 +1506,7 @@ pub async fn set_state(
     ) {
         return Ok(false);
     }
-    let call = own_call(&name, ORCHESTRATE, AuditAction::Update);
+    let call = own_call(core, &name, ORCHESTRATE, AuditAction::Update);
     // Read again on each attempt of the compare-and-set.
     let mut overtaken = false;
     let moved = core
