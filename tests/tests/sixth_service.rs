@@ -202,7 +202,10 @@ async fn sixth_service(backend: Backend) {
 
     let hers = note(&app, EMAIL, "Prefers to be called Mina.").await;
     let theirs = note(&app, OTHER, "Asked about invoices.").await;
-    assert_eq!(located(&app, notes::NAME, EMAIL).await, [hers.name.clone()]);
+    assert_eq!(
+        located(&app, notes::NAME, EMAIL).await,
+        vec![hers.name.clone()]
+    );
 
     // Access: her note is in the export, and nobody else's.
     let access = carried_out(&app, Kind::Access).await;
@@ -226,7 +229,7 @@ async fn sixth_service(backend: Backend) {
     assert!(located(&app, notes::NAME, EMAIL).await.is_empty());
     assert_eq!(
         located(&app, notes::NAME, OTHER).await,
-        [theirs.name.clone()]
+        vec![theirs.name.clone()]
     );
 }
 

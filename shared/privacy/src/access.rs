@@ -288,14 +288,16 @@ impl Access {
     }
 
     /// Limits the access to records held for `tenant_id` ("" for the
-    /// company's own). Refused (and nothing changed) when the caller is
-    /// limited to another tenant already: a limit is only ever narrowed.
-    pub fn narrow(&mut self, tenant_id: &str) -> Result<(), ()> {
+    /// company's own); whether it did. Refused (false, nothing changed)
+    /// when the caller is limited to another tenant already: a limit is
+    /// only ever narrowed.
+    #[must_use]
+    pub fn narrow(&mut self, tenant_id: &str) -> bool {
         match &self.caller.tenant {
-            Some(own) if own != tenant_id => Err(()),
+            Some(own) if own != tenant_id => false,
             _ => {
                 self.caller.tenant = Some(tenant_id.to_owned());
-                Ok(())
+                true
             }
         }
     }
