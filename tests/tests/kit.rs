@@ -1337,12 +1337,13 @@ async fn a_call_to_a_peer_that_never_answers_ends_at_its_deadline() {
             None => silent
                 .acting("identity", Purpose::DsrFulfilment, "requests/r1")
                 .unwrap(),
-            Some(left) => silent
-                .forward(
-                    &limited_call("ops:alice", "globex", Some(Instant::now() + left)),
-                    "identity",
-                )
-                .unwrap(),
+            Some(left) => {
+                // The access first (a token is signed and verified), so
+                // the caller's time left starts with the call.
+                let mut call = limited_call("ops:alice", "globex", None);
+                call.deadline = Some(Instant::now() + left);
+                silent.forward(&call, "identity").unwrap()
+            }
         };
         let started = Instant::now();
         let answer = tokio::time::timeout(
