@@ -36,6 +36,7 @@ use tonic::{codegen::InterceptedService, transport::Channel};
 pub use custodian_runtime::telemetry::init_for_tests;
 
 pub mod hostile;
+pub mod notes;
 
 /// Which database a test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,14 +234,24 @@ pub async fn spawn(backend: Backend) -> Option<TestApp> {
 }
 
 pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    spawn_suite(backend, custodian::SERVICES, tweak).await
+}
+
+/// Starts the services of `table` (the binary's table, or a longer one) in
+/// one process on `backend`.
+pub async fn spawn_suite(
+    backend: Backend,
+    table: &[custodian::Service],
+    tweak: impl FnOnce(&mut Config),
+) -> Option<TestApp> {
     init_for_tests();
     let db = TestDatabase::create(backend).await?;
     let mut config = test_config(&db);
     tweak(&mut config);
     let keys = test_keys();
     let clock = Arc::new(ManualClock::new(custodian_runtime::time::now_micros()));
-    let suite =
-        custodian::suite(custodian::Target::All, &config, &keys, clock.clone()).expect("suite");
+    let suite = custodian::suite_of(table, custodian::Target::All, &config, &keys, clock.clone())
+        .expect("suite");
     let app = custodian::bind(config, suite).await.expect("bind");
     let addr = app.local_addr();
     let mut ready = app.readiness();
@@ -274,6 +285,35 @@ pub async fn spawn_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Op
         stop: Some(stop),
         task: Some(task),
     })
+}
+
+/// An access as the kernel makes it, for code that calls the kit without a
+/// server: a token for `subject` (signed with a fresh key pair), verified by
+/// the kernel's authenticator and authorised for `method`. Outside the
+/// kernel there is no other way to make one.
+pub fn verified_access(
+    subject: &str,
+    purposes: &[Purpose],
+    tenant: Option<&str>,
+    method: custodian_privacy::Method,
+) -> custodian_privacy::Access {
+    let (private, public) = custodian_privacy::token::generate_key_pair();
+    let token = TokenIssuer::from_pem(&private)
+        .expect("issuer")
+        .issue(subject, purposes, tenant, Duration::from_secs(3600))
+        .expect("token");
+    let authenticator = custodian_privacy::TokenAuthenticator::new(
+        custodian_privacy::token::TokenVerifier::from_public_pems([public.as_str()])
+            .expect("verifier"),
+    );
+    let mut headers = tonic::codegen::http::HeaderMap::new();
+    headers.insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ASCII"),
+    );
+    let caller = authenticator.caller(&headers).expect("a verified caller");
+    custodian_privacy::access::authorize(Some(&caller), method)
+        .unwrap_or_else(|_| panic!("{subject} may call {}", method.path))
 }
 
 /// A token signed with `keys`, valid for an hour.

@@ -28,7 +28,7 @@ use custodian_kit::{
     peers::{Credential, Peers},
 };
 use custodian_privacy::{
-    Access, Caller, Method, Purpose, TokenAuthenticator,
+    Method, Purpose, TokenAuthenticator,
     token::{TokenIssuer, TokenVerifier, generate_key_pair},
 };
 use custodian_proto::{
@@ -901,22 +901,16 @@ fn tickets_credential(app: &TestApp) -> TokenIssuer {
 /// A call as tickets serves it, for a caller limited to `tenant`.
 fn limited_call(subject: &str, tenant: &str, deadline: Option<Instant>) -> Call {
     Call {
-        access: Access {
-            caller: Caller {
-                subject: subject.into(),
-                purposes: vec![Purpose::Support],
-                tenant: Some(tenant.into()),
-                requested_purpose: None,
-                on_behalf_of: None,
-                service: false,
-            },
-            purpose: Purpose::Support,
-            method: Method {
+        access: custodian_tests::verified_access(
+            subject,
+            &[Purpose::Support],
+            Some(tenant),
+            Method {
                 path: "/custodian.tickets.v1.TicketService/CreateTicket",
                 action: AuditAction::Create,
                 purposes: &[Purpose::Support, Purpose::ServiceDelivery],
             },
-        },
+        ),
         deadline,
         request: None,
     }
@@ -1343,12 +1337,13 @@ async fn a_call_to_a_peer_that_never_answers_ends_at_its_deadline() {
             None => silent
                 .acting("identity", Purpose::DsrFulfilment, "requests/r1")
                 .unwrap(),
-            Some(left) => silent
-                .forward(
-                    &limited_call("ops:alice", "globex", Some(Instant::now() + left)),
-                    "identity",
-                )
-                .unwrap(),
+            Some(left) => {
+                // The access first (a token is signed and verified), so
+                // the caller's time left starts with the call.
+                let mut call = limited_call("ops:alice", "globex", None);
+                call.deadline = Some(Instant::now() + left);
+                silent.forward(&call, "identity").unwrap()
+            }
         };
         let started = Instant::now();
         let answer = tokio::time::timeout(

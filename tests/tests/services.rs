@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use custodian_privacy::{Access, Caller, Forward, Method, Purpose, keys::KeyFile, vault::Vault};
+use custodian_privacy::{Forward, Method, Purpose, keys::KeyFile, vault::Vault};
 use custodian_proto::{
     audit::v1::AuditAction,
     common::v1::{SubjectIdentifier, subject_identifier},
@@ -30,22 +30,16 @@ storage_test!(
             .await
             .unwrap();
         // The dsr service received a request from an operator, and asks identity.
-        let operator = Access {
-            caller: Caller {
-                subject: "ops:alice".into(),
-                purposes: vec![Purpose::DsrFulfilment],
-                tenant: None,
-                requested_purpose: None,
-                on_behalf_of: None,
-                service: false,
-            },
-            purpose: Purpose::DsrFulfilment,
-            method: Method {
+        let operator = custodian_tests::verified_access(
+            "ops:alice",
+            &[Purpose::DsrFulfilment],
+            None,
+            Method {
                 path: "/custodian.dsr.v1.RequestService/Fulfil",
                 action: AuditAction::Export,
                 purposes: &[Purpose::DsrFulfilment],
             },
-        };
+        );
         let service_token = custodian_privacy::token::TokenIssuer::from_pem(
             app.keys.token_signing_key.as_deref().unwrap(),
         )

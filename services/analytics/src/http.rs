@@ -20,10 +20,7 @@ use axum::{
     routing::{get, post},
 };
 use custodian_kit::Call;
-use custodian_privacy::{
-    Access, Purpose,
-    access::{Caller, Method},
-};
+use custodian_privacy::{Actor, Purpose, access::Method};
 use custodian_proto::analytics::v1::{
     Consent, ConsentState, Event, RecordConsentRequest, event::Type,
 };
@@ -546,25 +543,18 @@ async fn collect(State(beacon): State<Beacon>, request: Request) -> Response {
 
 /// Who records a consent that arrives through the beacon: the browser,
 /// anonymous, for service delivery, through this path.
-fn beacon_call(deadline: Option<std::time::Instant>) -> Call {
+fn beacon_call(privacy: &custodian_privacy::Privacy, deadline: Option<std::time::Instant>) -> Call {
     const PURPOSES: &[Purpose] = &[Purpose::ServiceDelivery];
     Call {
-        access: Access {
-            caller: Caller {
-                subject: "web:beacon".to_owned(),
-                purposes: PURPOSES.to_vec(),
-                tenant: None,
-                requested_purpose: None,
-                on_behalf_of: None,
-                service: false,
-            },
-            purpose: Purpose::ServiceDelivery,
-            method: Method {
+        access: privacy.internal_access(
+            Actor::Beacon,
+            Purpose::ServiceDelivery,
+            Method {
                 path: "/v1/consent",
                 action: custodian_proto::privacy::v1::AuditAction::Create,
                 purposes: PURPOSES,
             },
-        },
+        ),
         deadline,
         request: None,
     }
@@ -643,7 +633,10 @@ async fn consent(State(beacon): State<Beacon>, request: Request) -> Response {
     let recorded = match site {
         Some(_) => beacon
             .consents
-            .record(&beacon_call(deadline), request)
+            .record(
+                &beacon_call(beacon.consents.records.store().privacy(), deadline),
+                request,
+            )
             .await
             .map(|shown| (shown.message.name, shown.message.policy_version)),
         None => beacon.consents.record_for_unknown_site(request).await,

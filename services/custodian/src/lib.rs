@@ -51,15 +51,28 @@ pub enum Target {
     Dsr,
 }
 
-/// One service of the suite.
-struct Service {
-    target: Target,
-    name: &'static str,
-    construct: fn(Context) -> anyhow::Result<Arc<dyn KitService>>,
+impl Target {
+    /// The service a `--target` other than `all` runs.
+    fn service(self) -> Option<&'static str> {
+        match self {
+            Target::All => None,
+            Target::Identity => Some(custodian_identity::NAME),
+            Target::Tickets => Some(custodian_tickets::NAME),
+            Target::Analytics => Some(custodian_analytics::NAME),
+            Target::Feedback => Some(custodian_feedback::NAME),
+            Target::Dsr => Some(custodian_dsr::NAME),
+        }
+    }
+}
+
+/// One service of the suite: a line of the binary's table.
+pub struct Service {
+    pub name: &'static str,
+    pub construct: fn(Context) -> anyhow::Result<Arc<dyn KitService>>,
     /// What its service credential may do when it calls others.
-    peer_purposes: &'static [Purpose],
+    pub peer_purposes: &'static [Purpose],
     /// The methods of others it calls: all its credential may call.
-    peer_calls: &'static [&'static str],
+    pub peer_calls: &'static [&'static str],
 }
 
 impl Service {
@@ -97,38 +110,34 @@ fn dsr(context: Context) -> anyhow::Result<Arc<dyn KitService>> {
 }
 
 /// Every service of the suite, by `--target` name. A new service is one
-/// more entry here.
-const SERVICES: &[Service] = &[
+/// more entry here: data-subject requests reach it as soon as its
+/// declarations say it holds personal data.
+pub const SERVICES: &[Service] = &[
     Service {
-        target: Target::Identity,
         name: custodian_identity::NAME,
         construct: identity,
         peer_purposes: custodian_identity::PEER_PURPOSES,
         peer_calls: custodian_identity::PEER_CALLS,
     },
     Service {
-        target: Target::Tickets,
         name: custodian_tickets::NAME,
         construct: tickets,
         peer_purposes: custodian_tickets::PEER_PURPOSES,
         peer_calls: custodian_tickets::PEER_CALLS,
     },
     Service {
-        target: Target::Analytics,
         name: custodian_analytics::NAME,
         construct: analytics,
         peer_purposes: custodian_analytics::PEER_PURPOSES,
         peer_calls: custodian_analytics::PEER_CALLS,
     },
     Service {
-        target: Target::Feedback,
         name: custodian_feedback::NAME,
         construct: feedback,
         peer_purposes: custodian_feedback::PEER_PURPOSES,
         peer_calls: custodian_feedback::PEER_CALLS,
     },
     Service {
-        target: Target::Dsr,
         name: custodian_dsr::NAME,
         construct: dsr,
         peer_purposes: custodian_dsr::PEER_PURPOSES,
@@ -137,9 +146,13 @@ const SERVICES: &[Service] = &[
 ];
 
 fn selected(target: Target) -> impl Iterator<Item = &'static Service> {
-    SERVICES
+    selected_of(SERVICES, target)
+}
+
+fn selected_of(table: &[Service], target: Target) -> impl Iterator<Item = &Service> {
+    table
         .iter()
-        .filter(move |s| target == Target::All || s.target == target)
+        .filter(move |s| target.service().is_none_or(|name| s.name == name))
 }
 
 /// Short names of the services `target` runs.
@@ -163,6 +176,85 @@ fn known_names() -> String {
 /// process runs: the gate admits a service credential to these calls only.
 pub fn peer_calls() -> Vec<PeerCalls> {
     SERVICES.iter().map(Service::calls).collect()
+}
+
+/// The path of the subject contract's first call: a service that declares
+/// it calls it on others carries out data-subject requests.
+const LOCATE_SUBJECT_DATA: &str = "/custodian.subject.v1.SubjectDataService/LocateSubjectData";
+
+/// The services of `table` that hold personal data, read from their own
+/// declarations (their records and bulk holdings, as the data map shows
+/// them), whichever of them this process runs. Each is built on a database
+/// that is never opened and dropped at once: services do nothing before
+/// they are started.
+fn subject_services(
+    table: &[Service],
+    config: &Config,
+    keys: &KeyFile,
+    clock: &Arc<dyn Clock>,
+    mailer: &Arc<dyn custodian_mail::Mailer>,
+    erasure_log: &ErasureLog,
+) -> anyhow::Result<Vec<&'static str>> {
+    let keyring = Arc::new(keys.keyring()?);
+    let index = Arc::new(keys.blind_index_key()?);
+    let mut holders = Vec::new();
+    for service in table {
+        let name = service.name;
+        let db = Database::connect_lazy("sqlite::memory:", 1)?;
+        let vault = Vault::new(name, db.clone(), keyring.clone(), index.clone());
+        let context = Context {
+            name,
+            db: db.clone(),
+            privacy: Privacy::new(AuditLog::new(name, db, clock.clone()), vault.clone()),
+            clock: clock.clone(),
+            peers: Peers::none(),
+            mailer: Arc::new(ServiceMailer::new(name, vault, mailer.clone())),
+            erasure_log: erasure_log.clone(),
+            config: config.clone(),
+            subject_services: Arc::from([]),
+        };
+        let built = (service.construct)(context).with_context(|| format!("building {name}"))?;
+        if custodian_kit::module::holds_personal_data(built.as_ref()) {
+            holders.push(name);
+        }
+    }
+    Ok(holders)
+}
+
+/// Refuses a process whose service carries out data-subject requests but
+/// cannot reach a service holding personal data: neither run here nor
+/// given with `--peer`. A request would otherwise skip that service's
+/// records without a word.
+fn check_subject_reach(
+    table: &[Service],
+    target: Target,
+    config: &Config,
+    holders: &[&'static str],
+) -> anyhow::Result<()> {
+    let local: Vec<&str> = selected_of(table, target).map(|s| s.name).collect();
+    for service in selected_of(table, target) {
+        if !service.peer_calls.contains(&LOCATE_SUBJECT_DATA) {
+            continue;
+        }
+        let unreachable: Vec<&str> = holders
+            .iter()
+            .copied()
+            .filter(|h| *h != service.name)
+            .filter(|h| !local.contains(h) && !config.peers.contains_key(*h))
+            .collect();
+        anyhow::ensure!(
+            unreachable.is_empty(),
+            "{} carries out data-subject requests, and cannot reach {}, which hold{} personal \
+             data: give each with --peer NAME=URL (or CUSTODIAN_PEER_<NAME>), e.g. --peer {}=http://{}:50051; \
+             refusing to start",
+            service.name,
+            unreachable.join(", "),
+            if unreachable.len() == 1 { "s" } else { "" },
+            unreachable[0],
+            unreachable[0],
+        );
+    }
+    Ok(())
 }
 
 /// Issues the service credential of `service`: subject `svc:NAME`, exactly
@@ -309,6 +401,18 @@ pub fn suite(
     keys: &KeyFile,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Suite> {
+    suite_of(SERVICES, target, config, keys, clock)
+}
+
+/// As [`suite`], for the services of `table` (the suite's [`SERVICES`],
+/// or more of them).
+pub fn suite_of(
+    table: &[Service],
+    target: Target,
+    config: &Config,
+    keys: &KeyFile,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Suite> {
     check_key_file(target, keys)?;
     let keyring = Arc::new(keys.keyring()?);
     let index = Arc::new(keys.blind_index_key()?);
@@ -337,10 +441,13 @@ pub fn suite(
     let mailer = custodian_mail::mailer(config.smtp_url.as_deref(), &config.mail_outbox_dir())?;
     // One log for the process's services, each entry naming its service.
     let erasure_log = ErasureLog::connect_lazy(&config.erasure_log_url())?;
+    let holders = subject_services(table, config, keys, &clock, &mailer, &erasure_log)?;
+    check_subject_reach(table, target, config, &holders)?;
+    let holders: Arc<[&'static str]> = holders.into();
     let mut services = Vec::new();
     let mut vaults = Vec::new();
     let mut all_peers = Vec::new();
-    for service in selected(target) {
+    for service in selected_of(table, target) {
         let name = service.name;
         // Refused before any database is opened (a SQLite file made).
         let credential = match (&issuer, &config.service_token_file) {
@@ -385,6 +492,7 @@ pub fn suite(
             mailer: Arc::new(ServiceMailer::new(name, vault.clone(), mailer.clone())),
             erasure_log: erasure_log.clone(),
             config: config.clone(),
+            subject_services: holders.clone(),
         };
         vaults.push(vault);
         all_peers.push(peers);
@@ -396,10 +504,11 @@ pub fn suite(
         .filter(|(s, _)| s.mail_category().is_some())
         .map(|(s, _)| s.name())
         .collect();
+    let callers: Vec<PeerCalls> = table.iter().map(Service::calls).collect();
     let assembled = custodian_kit::module::assemble(
         services,
         TokenAuthenticator::new(verifier),
-        &peer_calls(),
+        &callers,
         sweep,
         clock,
     )?;
@@ -575,7 +684,7 @@ pub fn key_file_services(target: Target, keys: &KeyFile) -> anyhow::Result<Vec<&
                 )
             })?;
             anyhow::ensure!(
-                target == Target::All || target == service.target,
+                target.service().is_none_or(|t| t == service.name),
                 "the key file is for {name}; it does not hold the keys of --target {}",
                 service_names(target).join(", ")
             );

@@ -687,7 +687,10 @@ fn a_target_that_mails_refuses_to_start_without_smtp_or_an_outbox_asked_for() {
         "{stderr}"
     );
     assert!(stderr.contains("tickets sends mail"), "{stderr}");
-    let stderr = refused(&["--target", "dsr", "--erasure-log", &log_url]);
+    let mut dsr = vec!["--target", "dsr", "--erasure-log", &log_url];
+    let peers = dsr_peers();
+    dsr.extend(peers.iter().map(String::as_str));
+    let stderr = refused(&dsr);
     assert!(stderr.contains("dsr sends mail"), "{stderr}");
     // Both at once is no answer either.
     let stderr = refused(&[
@@ -699,6 +702,66 @@ fn a_target_that_mails_refuses_to_start_without_smtp_or_an_outbox_asked_for() {
         "/tmp/outbox",
     ]);
     assert!(stderr.contains("choose one"), "{stderr}");
+}
+
+/// `--peer NAME=URL` for each of `names`.
+fn peers_of(names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .flat_map(|name| ["--peer".to_owned(), format!("{name}=http://{name}:50051")])
+        .collect()
+}
+
+/// `--peer` for each service holding personal data.
+fn dsr_peers() -> Vec<String> {
+    peers_of(&["identity", "tickets", "analytics", "feedback"])
+}
+
+/// dsr reaches every service whose declarations say it holds personal
+/// data; one it cannot reach (run elsewhere, with no `--peer`) stops it at
+/// start, named, instead of being skipped by every request.
+#[test]
+fn dsr_refuses_to_start_without_a_peer_for_each_service_holding_personal_data() {
+    let log = tempfile::tempdir().expect("a folder");
+    let log_url = format!(
+        "sqlite://{}?mode=rwc",
+        log.path().join("erasures.db").display()
+    );
+    let outbox = log.path().join("outbox").display().to_string();
+    let base = [
+        "--target",
+        "dsr",
+        "--erasure-log",
+        &log_url,
+        "--mail-outbox",
+        &outbox,
+    ];
+    let stderr = refused(&base);
+    assert!(
+        stderr.contains("cannot reach identity, tickets, analytics, feedback"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--peer"), "{stderr}");
+    // One missing of four is named alone.
+    let mut args = base.to_vec();
+    let three = peers_of(&["identity", "tickets", "feedback"]);
+    args.extend(three.iter().map(String::as_str));
+    let stderr = refused(&args);
+    assert!(
+        stderr.contains("cannot reach analytics, which holds"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("identity"), "{stderr}");
+    // The old hand-kept list is refused, saying where targets come from.
+    let mut args = base.to_vec();
+    let peers = dsr_peers();
+    args.extend(peers.iter().map(String::as_str));
+    args.extend(["--dsr-services", "identity"]);
+    let stderr = refused(&args);
+    assert!(
+        stderr.contains("declarations say it holds personal"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -525,7 +525,7 @@ impl RequestService for Api {
         // either all or none, and no reader sees a verified history on a
         // request still waiting for verification.
         let code_key = codes::key(core, &stored.id, &req.code);
-        let services = core.context.config.dsr_services.clone();
+        let services = core.targets();
         let traceparent = custodian_runtime::telemetry::current_traceparent();
         let now = core.now();
         let mut verified = beside(|tx| {

@@ -35,7 +35,7 @@ use std::{
 };
 
 use custodian_kit::{Beside, Call, beside};
-use custodian_privacy::{Access, Caller, Method, Purpose};
+use custodian_privacy::{Actor, Method, Purpose};
 use custodian_proto::{
     audit::v1::{AuditAction, AuditOutcome},
     common::v1::{Controller, SubjectIdentifier, controller, subject_identifier},
@@ -612,24 +612,24 @@ async fn traceparent(core: &Core, request_id: &str) -> Result<Option<String>, Ap
 
 /// The orchestrator's own call: dsr's service identity, for the request,
 /// as `method` (what its audit events name).
-pub fn own_call(request_name: &str, method: &'static str, action: AuditAction) -> Call {
+pub fn own_call(
+    core: &Core,
+    request_name: &str,
+    method: &'static str,
+    action: AuditAction,
+) -> Call {
     Call {
-        access: Access {
-            caller: Caller {
-                subject: format!("svc:{}", crate::NAME),
-                purposes: vec![Purpose::DsrFulfilment],
-                tenant: None,
-                requested_purpose: Some(Purpose::DsrFulfilment),
+        access: core.context.privacy.internal_access(
+            Actor::Service {
                 on_behalf_of: Some(request_name.to_owned()),
-                service: true,
             },
-            purpose: Purpose::DsrFulfilment,
-            method: Method {
+            Purpose::DsrFulfilment,
+            Method {
                 path: method,
                 action,
                 purposes: &[Purpose::DsrFulfilment],
             },
-        },
+        ),
         deadline: None,
         request: Some(request_name.to_owned()),
     }
@@ -642,7 +642,7 @@ pub fn request_name(request_id: &str) -> String {
 /// The request, whole (the orchestrator needs the verified email).
 pub async fn load(core: &Core, request_id: &str) -> Result<custodian_kit::Stored<Request>, Status> {
     let name = request_name(request_id);
-    let call = own_call(&name, ORCHESTRATE, AuditAction::Read);
+    let call = own_call(core, &name, ORCHESTRATE, AuditAction::Read);
     core.requests.find(&call, &name, "name").await
 }
 
@@ -725,7 +725,7 @@ async fn audit_step(
     detail: String,
 ) -> Result<(), ApiError> {
     let name = request_name(&request.id);
-    let call = own_call(&name, method, action);
+    let call = own_call(core, &name, method, action);
     let mut event = core.context.privacy.event(
         &call.access,
         &name,
@@ -779,7 +779,7 @@ async fn locate(core: &Core, step: &Step) -> Result<Outcome, Status> {
             .filter(|r| is_user_name(r))
             .collect();
         for user in users {
-            for service in &core.context.config.dsr_services {
+            for service in &core.targets() {
                 if *service != step.service {
                     insert_step(
                         core.context.db.pool(),
@@ -1023,16 +1023,13 @@ fn foreign_fields(status: &Status, corrections: &[FieldCorrection]) -> BTreeSet<
     out
 }
 
-/// The short name of the configured service that answered with a gRPC
-/// service name ("custodian.identity.v1.ContactService" → "identity").
+/// The short name of the service that answered with a gRPC service name
+/// ("custodian.identity.v1.ContactService" → "identity").
 fn service_of(grpc: &str, core: &Core) -> String {
     let package = grpc.split('.').nth(1).unwrap_or_default();
-    core.context
-        .config
-        .dsr_services
-        .iter()
+    core.targets()
+        .into_iter()
         .find(|s| s.as_str() == package)
-        .cloned()
         .unwrap_or_else(|| package.to_owned())
 }
 
@@ -1699,7 +1696,7 @@ pub async fn set_state(
     ) {
         return Ok(false);
     }
-    let call = own_call(&name, ORCHESTRATE, AuditAction::Update);
+    let call = own_call(core, &name, ORCHESTRATE, AuditAction::Update);
     // Read again on each attempt of the compare-and-set.
     let mut overtaken = false;
     let moved = core

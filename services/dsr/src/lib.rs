@@ -94,6 +94,20 @@ impl Core {
     pub fn now(&self) -> i64 {
         self.store.now()
     }
+
+    /// The services a data-subject request reaches: every service of the
+    /// suite whose declarations say it holds personal data, but this one,
+    /// whose requests are the record of the request itself (kept as proof
+    /// for their category's retention, found and erased by their own
+    /// subject contract).
+    pub fn targets(&self) -> Vec<String> {
+        self.context
+            .subject_services
+            .iter()
+            .filter(|s| **s != self.context.name)
+            .map(|s| (*s).to_owned())
+            .collect()
+    }
 }
 
 /// Microseconds of a timestamp.

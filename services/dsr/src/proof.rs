@@ -191,6 +191,7 @@ pub async fn restore(core: &Core, entry: &Entry) -> Result<usize, ApiError> {
                 ..Default::default()
             };
             let call = call_for(
+                &core.context.privacy,
                 entry,
                 "*",
                 "/custodian.dsr.v1.RequestService/(erasure log)",

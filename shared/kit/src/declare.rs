@@ -23,9 +23,57 @@ use prost_reflect::{
 
 use crate::pattern::Pattern;
 
-/// The declarations of every contract this binary was built with.
-pub static DECLARATIONS: LazyLock<Declarations> =
-    LazyLock::new(|| Declarations::new(custodian_proto::DESCRIPTOR_POOL.clone()));
+/// The declarations of every contract this binary was built with, and of
+/// the contracts added with [`add_contracts`] before the first read.
+pub static DECLARATIONS: LazyLock<Declarations> = LazyLock::new(|| {
+    let mut added = ADDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut pool = custodian_proto::DESCRIPTOR_POOL.clone();
+    for set in &added.sets {
+        pool.decode_file_descriptor_set(*set)
+            .expect("contracts added to the declarations decode against the suite's");
+    }
+    added.read = true;
+    Declarations::new(pool)
+});
+
+/// Contracts of services built outside `custodian-proto`, and whether
+/// [`DECLARATIONS`] was read already (after which nothing can be added).
+struct Added {
+    sets: Vec<&'static [u8]>,
+    read: bool,
+}
+
+static ADDED: std::sync::Mutex<Added> = std::sync::Mutex::new(Added {
+    sets: Vec::new(),
+    read: false,
+});
+
+/// Adds the contracts of a service compiled outside `custodian-proto` (an
+/// encoded `FileDescriptorSet` of its own files, whose imports are
+/// contracts of the suite), so the kit reads its declarations like any
+/// other: its resources can be stored, its methods pass the gate and it
+/// appears in the data map. Must come before [`DECLARATIONS`] is first read;
+/// adding the same set again is a no-op.
+pub fn add_contracts(encoded: &'static [u8]) -> anyhow::Result<()> {
+    let mut added = ADDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if added
+        .sets
+        .iter()
+        .any(|s| std::ptr::eq(*s, encoded) || *s == encoded)
+    {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        !added.read,
+        "contracts are added before the declarations are first read (before any service is built)"
+    );
+    added.sets.push(encoded);
+    Ok(())
+}
 
 const FIELD_EXTENSION: &str = "custodian.privacy.v1.field";
 const RESOURCE_EXTENSION: &str = "custodian.privacy.v1.resource";

@@ -208,22 +208,22 @@ impl KitGate {
 
     /// Why a service credential may not make this call, if it may not.
     fn service_refusal(&self, caller: &access::Caller, path: &str) -> Option<String> {
-        let Some(calls) = self.callers.get(&caller.subject) else {
+        let Some(calls) = self.callers.get(caller.subject()) else {
             // The subject is signed, but not worth echoing: it names no one.
             return Some("the service credential names no service of this suite".to_owned());
         };
         if !calls.paths.contains(path) {
             return Some(format!(
                 "{} does not call {path}: a service credential may make only the calls its service declares",
-                caller.subject
+                caller.subject()
             ));
         }
         // Service credentials always name their purpose (see `access`).
-        match caller.requested_purpose {
+        match caller.requested_purpose() {
             Some(purpose) if calls.purposes.contains(&purpose) => None,
             _ => Some(format!(
                 "{} does not call other services for that purpose",
-                caller.subject
+                caller.subject()
             )),
         }
     }
@@ -265,7 +265,7 @@ impl Gate for KitGate {
             Ok(caller) => caller,
             Err(status) => return Verdict::Refuse(status),
         };
-        if caller.service
+        if caller.is_service()
             && let Some(refusal) = self.service_refusal(&caller, path)
         {
             return audited(entry, headers, caller, Status::permission_denied(refusal));
@@ -282,7 +282,7 @@ impl Gate for KitGate {
                     "{} serves the purposes {}; the token allows none of them{}",
                     method.path,
                     purposes.join(", "),
-                    if caller.requested_purpose.is_some() {
+                    if caller.requested_purpose().is_some() {
                         " (or not the one requested)"
                     } else {
                         ""

@@ -50,6 +50,28 @@ pub struct Context {
     pub mailer: Arc<dyn custodian_mail::Mailer>,
     pub erasure_log: ErasureLog,
     pub config: Config,
+    /// The services of the suite that hold personal data, read from their
+    /// declarations as the data map is (see [`holds_personal_data`]),
+    /// whether or not this process runs them: whom a data-subject request
+    /// must reach.
+    pub subject_services: Arc<[&'static str]>,
+}
+
+/// Whether `service` holds personal data: whether its entry in the data map
+/// (its records and what it holds in bulk) names a personal field. A
+/// service that does is reached by every data-subject request.
+pub fn holds_personal_data(service: &dyn KitService) -> bool {
+    let system = System {
+        service: service.name(),
+        bindings: service.store().bindings(),
+        bulk: service.held_in_bulk(),
+        grpc_services: Vec::new(),
+    };
+    datamap::build(&[system])
+        .systems
+        .iter()
+        .flat_map(|s| &s.resources)
+        .any(|r| !r.personal_fields.is_empty())
 }
 
 /// One service of the suite (identity, tickets, ...).

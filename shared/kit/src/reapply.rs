@@ -13,7 +13,7 @@
 //! entries apply again; a database that reflects everything costs two
 //! small queries.
 
-use custodian_privacy::{Access, Caller, Method, Purpose};
+use custodian_privacy::{Actor, Method, Privacy, Purpose};
 use custodian_proto::{
     audit::v1::AuditAction,
     common::v1::{SubjectIdentifier, subject_identifier},
@@ -29,32 +29,34 @@ use crate::{
 };
 
 /// Who the audit trail names for what is applied again.
-pub const REAPPLIER: &str = "custodian:erasure-log";
+pub const REAPPLIER: &str = custodian_privacy::context::ERASURE_LOG_ACTOR;
 
 const ERASE_METHOD: &str = "/custodian.subject.v1.SubjectDataService/EraseSubjectData";
 
 /// The call an entry is applied again with: the erasure log's, for the
 /// data-subject request the entry names, narrowed to the controller the
 /// erase was.
-pub fn call_for(entry: &Entry, scope: &str, path: &'static str, action: AuditAction) -> Call {
+pub fn call_for(
+    privacy: &Privacy,
+    entry: &Entry,
+    scope: &str,
+    path: &'static str,
+    action: AuditAction,
+) -> Call {
     let request = (!entry.request.is_empty()).then(|| entry.request.clone());
     Call {
-        access: Access {
-            caller: Caller {
-                subject: REAPPLIER.to_owned(),
-                purposes: vec![Purpose::DsrFulfilment],
+        access: privacy.internal_access(
+            Actor::ErasureLog {
+                request: request.clone(),
                 tenant: (scope != "*").then(|| scope.to_owned()),
-                requested_purpose: Some(Purpose::DsrFulfilment),
-                on_behalf_of: request.clone(),
-                service: true,
             },
-            purpose: Purpose::DsrFulfilment,
-            method: Method {
+            Purpose::DsrFulfilment,
+            Method {
                 path,
                 action,
                 purposes: &[Purpose::DsrFulfilment],
             },
-        },
+        ),
         deadline: None,
         request,
     }
@@ -170,7 +172,13 @@ async fn apply_erased(
 ) -> Result<usize, ApiError> {
     let erased: Erased = serde_json::from_str(&entry.body).map_err(ApiError::internal)?;
     let store = service.store();
-    let call = call_for(entry, &erased.scope, ERASE_METHOD, AuditAction::Erase);
+    let call = call_for(
+        store.privacy(),
+        entry,
+        &erased.scope,
+        ERASE_METHOD,
+        AuditAction::Erase,
+    );
     let mut names: std::collections::BTreeSet<String> = erased.records.iter().cloned().collect();
     let mut lookups = Vec::new();
     match erased.subject.split_once(':') {

@@ -31,21 +31,59 @@ pub const TENANT_LIMIT_HEADER: &str = "custodian-tenant-limit";
 
 /// The authenticated caller, as its token (and, for a service, the call it
 /// forwards) says.
+///
+/// Only the kernel makes one: [`TokenAuthenticator::caller`] from a
+/// verified token, or [`crate::Privacy::internal_access`] for the few
+/// actors no token stands behind. Its fields are read through getters and
+/// never written from outside, so no crate can claim a purpose or escape a
+/// tenant limit in code (`tests/compile_fail` shows it does not compile).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// The token's `sub`.
-    pub subject: String,
+    pub(crate) subject: String,
     /// Purposes the token allows.
-    pub purposes: Vec<Purpose>,
+    pub(crate) purposes: Vec<Purpose>,
     /// The one tenant the caller is limited to (an id, not "tenants/x"). On
     /// a forwarded call, the original caller's limit.
-    pub tenant: Option<String>,
+    pub(crate) tenant: Option<String>,
     /// The purpose the call says it is made for, if it says.
-    pub requested_purpose: Option<Purpose>,
+    pub(crate) requested_purpose: Option<Purpose>,
     /// Who a service says it acts for.
-    pub on_behalf_of: Option<String>,
+    pub(crate) on_behalf_of: Option<String>,
     /// The token is a service credential.
-    pub service: bool,
+    pub(crate) service: bool,
+}
+
+impl Caller {
+    /// The token's `sub`.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Purposes the token allows.
+    pub fn purposes(&self) -> &[Purpose] {
+        &self.purposes
+    }
+
+    /// The one tenant the caller is limited to, if any.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
+    }
+
+    /// The purpose the call says it is made for, if it says.
+    pub fn requested_purpose(&self) -> Option<Purpose> {
+        self.requested_purpose
+    }
+
+    /// Who a service says it acts for.
+    pub fn on_behalf_of(&self) -> Option<&str> {
+        self.on_behalf_of.as_deref()
+    }
+
+    /// Whether the token is a service credential.
+    pub fn is_service(&self) -> bool {
+        self.service
+    }
 }
 
 /// Verifies bearer tokens and tells who is calling.
@@ -186,11 +224,16 @@ pub struct Method {
 }
 
 /// An authorised call: who, for which purpose, through which method.
+///
+/// Made only by [`authorize`] from a [`Caller`] the kernel verified, or by
+/// [`crate::Privacy::internal_access`]; read through getters. The one
+/// change allowed from outside is [`Access::narrow`], which only ever
+/// takes away.
 #[derive(Debug, Clone)]
 pub struct Access {
-    pub caller: Caller,
-    pub purpose: Purpose,
-    pub method: Method,
+    pub(crate) caller: Caller,
+    pub(crate) purpose: Purpose,
+    pub(crate) method: Method,
 }
 
 /// Why a call was refused before it did anything.
@@ -230,6 +273,35 @@ pub fn authorize(caller: Option<&Caller>, method: Method) -> Result<Access, Refu
 }
 
 impl Access {
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// The purpose the call was authorised for.
+    pub fn purpose(&self) -> Purpose {
+        self.purpose
+    }
+
+    /// The method it was authorised through.
+    pub fn method(&self) -> Method {
+        self.method
+    }
+
+    /// Limits the access to records held for `tenant_id` ("" for the
+    /// company's own); whether it did. Refused (false, nothing changed)
+    /// when the caller is limited to another tenant already: a limit is
+    /// only ever narrowed.
+    #[must_use]
+    pub fn narrow(&mut self, tenant_id: &str) -> bool {
+        match &self.caller.tenant {
+            Some(own) if own != tenant_id => false,
+            _ => {
+                self.caller.tenant = Some(tenant_id.to_owned());
+                true
+            }
+        }
+    }
+
     /// Whether the caller may see a resource held for `tenant_id` ("" for
     /// the company's own records). A caller limited to one tenant sees only
     /// that tenant's records.

@@ -12,6 +12,30 @@ use crate::{
     vault::Vault,
 };
 
+/// Who the audit trail names for an erasure applied again from the
+/// erasure log.
+pub const ERASURE_LOG_ACTOR: &str = "custodian:erasure-log";
+
+/// Who the audit trail names for what an anonymous browser sends to an
+/// HTTP door (the analytics beacon).
+pub const BEACON_ACTOR: &str = "web:beacon";
+
+/// An actor no token stands behind (see [`Privacy::internal_access`]).
+#[derive(Debug, Clone)]
+pub enum Actor {
+    /// The service itself (`svc:NAME`): its own scheduled work, or the
+    /// data-subject request it carries out, named as what it acts for.
+    Service { on_behalf_of: Option<String> },
+    /// The erasure log applied again before a service answers, for the
+    /// request an entry names, limited to the controller the erasure was.
+    ErasureLog {
+        request: Option<String>,
+        tenant: Option<String>,
+    },
+    /// An anonymous browser at an HTTP door.
+    Beacon,
+}
+
 /// A service's privacy context.
 #[derive(Clone, Debug)]
 pub struct Privacy {
@@ -55,6 +79,43 @@ impl Privacy {
     pub async fn start(&self, db: &Database) -> anyhow::Result<()> {
         migrate(db, self.audit.service()).await?;
         self.audit.start().await
+    }
+
+    /// The access of an actor no token stands behind, acting in this
+    /// service for one `purpose` through `method`: the only way besides
+    /// [`crate::access::authorize`] to make an [`Access`]. The caller it
+    /// names is fixed by the actor (and, for the service itself, by this
+    /// service's name), never chosen: its purposes are `purpose` alone.
+    pub fn internal_access(&self, actor: Actor, purpose: crate::Purpose, method: Method) -> Access {
+        let (subject, tenant, requested_purpose, on_behalf_of, service) = match actor {
+            Actor::Service { on_behalf_of } => (
+                format!("svc:{}", self.service()),
+                None,
+                Some(purpose),
+                on_behalf_of,
+                true,
+            ),
+            Actor::ErasureLog { request, tenant } => (
+                ERASURE_LOG_ACTOR.to_owned(),
+                tenant,
+                Some(purpose),
+                request,
+                true,
+            ),
+            Actor::Beacon => (BEACON_ACTOR.to_owned(), None, None, None, false),
+        };
+        Access {
+            caller: Caller {
+                subject,
+                purposes: vec![purpose],
+                tenant,
+                requested_purpose,
+                on_behalf_of,
+                service,
+            },
+            purpose,
+            method,
+        }
     }
 
     /// The event of a refused call: the caller's token allows none of the

@@ -33,7 +33,7 @@ pub mod token;
 pub mod vault;
 
 pub use access::{Access, Caller, Forward, Method, TokenAuthenticator};
-pub use context::Privacy;
+pub use context::{Actor, Privacy};
 pub use guard::{Finding, SensitiveKind, check, check_fields, redact, scan};
 pub use token::Purpose;
 pub use token::TokenKind;

@@ -258,16 +258,17 @@ pub struct ServerArgs {
     )]
     pub dsr_export_ttl: Option<Duration>,
 
-    /// The services a data-subject request reaches through the subject
-    /// contract, comma-separated [default: identity,tickets,analytics,feedback].
+    /// Gone: data-subject requests reach every service whose declarations
+    /// say it holds personal data. Read only to refuse it with that word,
+    /// rather than as an unknown setting.
     #[arg(
         long,
         global = true,
         env = "CUSTODIAN_DSR_SERVICES",
         value_name = "NAMES",
-        value_delimiter = ','
+        hide = true
     )]
-    pub dsr_services: Option<Vec<String>>,
+    pub dsr_services: Option<String>,
 
     /// Where erasures are recorded, apart from the databases they erase,
     /// so a restored database does not bring an erased person back:
@@ -363,7 +364,8 @@ struct FileConfig {
     report_min_visitors: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     dsr_export_ttl: Option<Duration>,
-    dsr_services: Option<Vec<String>>,
+    /// Gone (see [`ServerArgs::dsr_services`]): any value is refused.
+    dsr_services: Option<toml::Value>,
     erasure_log: Option<String>,
     erasure_log_file: Option<PathBuf>,
     mail_outbox: Option<PathBuf>,
@@ -411,8 +413,6 @@ pub struct Config {
     pub report_min_visitors: u32,
     /// How long an export bundle is kept for download.
     pub dsr_export_ttl: Duration,
-    /// The services data-subject requests reach.
-    pub dsr_services: Vec<String>,
     /// The erasure log's URL; `None` means `DATA_DIR/erasures.db` (see
     /// [`Config::erasure_log_url`]). May carry a password: never shown.
     pub erasure_log: Option<String>,
@@ -457,7 +457,6 @@ impl std::fmt::Debug for Config {
             .field("analytics_queue_events", &self.analytics_queue_events)
             .field("report_min_visitors", &self.report_min_visitors)
             .field("dsr_export_ttl", &self.dsr_export_ttl)
-            .field("dsr_services", &self.dsr_services)
             .field(
                 "erasure_log",
                 &self.erasure_log.as_deref().map(crate::database::scheme_of),
@@ -496,9 +495,6 @@ impl Default for Config {
             analytics_queue_events: 50_000,
             report_min_visitors: 5,
             dsr_export_ttl: Duration::from_secs(7 * 86_400),
-            dsr_services: ["identity", "tickets", "analytics", "feedback"]
-                .map(str::to_owned)
-                .to_vec(),
             erasure_log: None,
             mail_outbox: None,
             mail_outbox_retention: Duration::from_secs(30 * 86_400),
@@ -513,6 +509,16 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
+        // A list that had to be kept by hand left a new service out of
+        // data-subject requests without a word; an operator who still sets
+        // it is told where the targets come from now.
+        anyhow::ensure!(
+            args.dsr_services.is_none() && file.dsr_services.is_none(),
+            "--dsr-services (CUSTODIAN_DSR_SERVICES, dsr_services in the config file) is gone: \
+             data-subject requests reach every service whose declarations say it holds personal \
+             data (see `custodian datamap`), and dsr refuses to start without a --peer for each \
+             one it does not run; remove the setting"
+        );
         let d = Config::default();
         Ok(Self {
             listen: args.listen.or(file.listen).unwrap_or(d.listen),
@@ -615,10 +621,6 @@ impl Config {
                 .dsr_export_ttl
                 .or(file.dsr_export_ttl)
                 .unwrap_or(d.dsr_export_ttl),
-            dsr_services: args
-                .dsr_services
-                .or(file.dsr_services)
-                .unwrap_or(d.dsr_services),
             erasure_log: secret(
                 "erasure log URL",
                 args.erasure_log.or(file.erasure_log),
@@ -870,6 +872,25 @@ mod tests {
             Duration::from_secs(7 * 86_400)
         );
         assert!(!format!("{config:?}").contains("secret"));
+    }
+
+    #[test]
+    fn the_dsr_services_list_is_refused_with_where_targets_come_from() {
+        let err = Config::resolve(ServerArgs {
+            dsr_services: Some("identity,tickets".into()),
+            ..Default::default()
+        })
+        .expect_err("the flag is refused");
+        assert!(err.to_string().contains("declarations"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("custodian.toml");
+        std::fs::write(&path, "dsr_services = [\"identity\"]\n").unwrap();
+        let err = Config::resolve(ServerArgs {
+            config: Some(path),
+            ..Default::default()
+        })
+        .expect_err("the file key is refused");
+        assert!(err.to_string().contains("--dsr-services"), "{err}");
     }
 
     #[test]
