@@ -36,7 +36,41 @@ pub const TENANT_LIMIT_HEADER: &str = "custodian-tenant-limit";
 /// verified token, or [`crate::Privacy::internal_access`] for the few
 /// actors no token stands behind. Its fields are read through getters and
 /// never written from outside, so no crate can claim a purpose or escape a
-/// tenant limit in code (`tests/compile_fail` shows it does not compile).
+/// tenant limit in code. What such code would look like does not compile
+/// (these examples are doc tests that must fail to build):
+///
+/// A caller claiming every purpose and no tenant limit, written by hand:
+///
+/// ```compile_fail,E0451
+/// use custodian_privacy::{Caller, Purpose};
+/// let _forged = Caller {
+///     subject: "ops:mallory".to_owned(),
+///     purposes: Purpose::ALL.to_vec(),
+///     tenant: None,
+///     requested_purpose: None,
+///     on_behalf_of: None,
+///     service: true,
+/// };
+/// ```
+///
+/// No public constructor to reach for instead:
+///
+/// ```compile_fail,E0599
+/// use custodian_privacy::{Caller, Purpose};
+/// let _caller = Caller::new("ops:mallory", Purpose::ALL.to_vec(), None);
+/// ```
+///
+/// ```compile_fail,E0599
+/// let _default = custodian_privacy::Caller::default();
+/// ```
+///
+/// Reading one is what code outside the kernel can do:
+///
+/// ```
+/// fn who(caller: &custodian_privacy::Caller) -> (&str, Option<&str>) {
+///     (caller.subject(), caller.tenant())
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     /// The token's `sub`.
@@ -228,7 +262,53 @@ pub struct Method {
 /// Made only by [`authorize`] from a [`Caller`] the kernel verified, or by
 /// [`crate::Privacy::internal_access`]; read through getters. The one
 /// change allowed from outside is [`Access::narrow`], which only ever
-/// takes away.
+/// takes away. These do not compile (doc tests that must fail to build):
+///
+/// An access for any purpose, built around a caller from anywhere:
+///
+/// ```compile_fail,E0451
+/// use custodian_privacy::{Access, Caller, Method, Purpose};
+/// use custodian_proto::audit::v1::AuditAction;
+/// fn forge(caller: Caller) -> Access {
+///     Access {
+///         caller,
+///         purpose: Purpose::DsrFulfilment,
+///         method: Method {
+///             path: "/custodian.subject.v1.SubjectDataService/EraseSubjectData",
+///             action: AuditAction::Erase,
+///             purposes: &[Purpose::DsrFulfilment],
+///         },
+///     }
+/// }
+/// ```
+///
+/// A verified access, widened after the fact: its tenant limit dropped:
+///
+/// ```compile_fail,E0616
+/// fn widen(access: &mut custodian_privacy::Access) {
+///     access.caller.tenant = None;
+/// }
+/// ```
+///
+/// or its purpose changed:
+///
+/// ```compile_fail,E0616
+/// fn widen(access: &mut custodian_privacy::Access) {
+///     access.purpose = custodian_privacy::Purpose::DsrFulfilment;
+/// }
+/// ```
+///
+/// ```compile_fail,E0599
+/// let _access = custodian_privacy::Access::new();
+/// ```
+///
+/// Reading one compiles:
+///
+/// ```
+/// fn why(access: &custodian_privacy::Access) -> custodian_privacy::Purpose {
+///     access.purpose()
+/// }
+/// ```
 #[derive(Debug, Clone)]
 pub struct Access {
     pub(crate) caller: Caller,
