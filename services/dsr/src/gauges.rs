@@ -165,14 +165,9 @@ pub(crate) async fn observe(core: &Core) -> Result<(), ApiError> {
         let age = oldest.map_or(0.0, |t| now.saturating_sub(t).max(0) as f64 / 1e6);
         ages.push((service, age));
     }
-    // The services configured: a bounded set, and each appears at 0.
-    let services: Vec<&str> = core
-        .context
-        .config
-        .dsr_services
-        .iter()
-        .map(String::as_str)
-        .collect();
+    // The services a request reaches: a bounded set, and each appears at 0.
+    let targets = core.targets();
+    let services: Vec<&str> = targets.iter().map(String::as_str).collect();
     metrics::publish(
         &OLDEST_STEP,
         NAME,
