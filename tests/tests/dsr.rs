@@ -99,12 +99,24 @@ async fn create(app: &TestApp, request: Request) -> Result<Request, Status> {
         .map(tonic::Response::into_inner)
 }
 
+/// The request, as a client that honours `UNAVAILABLE` (with its
+/// RetryInfo) reads it: on SQLite, a read may wait out the orchestrator's
+/// writes and be told to come back.
 async fn get(app: &TestApp, name: &str) -> Request {
-    app.dsr_requests()
-        .get_request(GetRequestRequest { name: name.into() })
-        .await
-        .expect("get request")
-        .into_inner()
+    let until = Instant::now() + PATIENCE;
+    loop {
+        match app
+            .dsr_requests()
+            .get_request(GetRequestRequest { name: name.into() })
+            .await
+        {
+            Ok(found) => return found.into_inner(),
+            Err(status) if status.code() == Code::Unavailable && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(status) => panic!("get request: {status:?}"),
+        }
+    }
 }
 
 async fn verify(app: &TestApp, name: &str, code: &str) -> Result<Request, Status> {
