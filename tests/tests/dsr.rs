@@ -2507,6 +2507,15 @@ storage_test!(
         let fresh = fresh.last().expect("a new code").code().expect("a code");
         let verified = verify(&app, &other.name, &fresh).await.expect("verified");
         assert_eq!(state_of(&verified), State::InProgress);
+
+        // The counts outlive their day only until the retention sweep.
+        assert!(app.count("dsr_mailbox_events").await > 0);
+        app.clock.advance(Duration::from_secs(86_400 + 60));
+        app.retention()
+            .sweep_expired(custodian_proto::retention::v1::SweepExpiredRequest::default())
+            .await
+            .expect("sweep");
+        assert_eq!(app.count("dsr_mailbox_events").await, 0);
     }
 );
 

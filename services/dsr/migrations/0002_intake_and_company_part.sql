@@ -1,7 +1,7 @@
 -- Intake limits: how many code mails a mailbox was sent, and how many wrong
 -- codes were tried for it, across all its requests. A mailbox is a keyed
 -- blind index of the requester's address (never the address), kept one
--- day: rows older than that are deleted as new ones are written.
+-- day: the retention sweep deletes rows older than that.
 CREATE TABLE dsr_mailbox_events (
     mailbox_key TEXT   NOT NULL,
     kind        TEXT   NOT NULL, -- 'code' (a code mailed) or 'wrong_code'

@@ -3,7 +3,8 @@
 //! them is answered exactly as one within them, but nothing is mailed, so
 //! the answer tells no one whether the address is known or limited.
 //!
-//! Counted per mailbox (a keyed blind index of the address, kept a day):
+//! Counted per mailbox (a keyed blind index of the address, deleted by the
+//! retention sweep once a day old):
 //! - code mails: at most [`CODES_PER_HOUR`] an hour and [`CODES_PER_DAY`] a
 //!   day, acknowledgements and resends together;
 //! - open requests: a new request's code is mailed only while fewer than
@@ -56,19 +57,26 @@ async fn count(core: &Core, mailbox: &str, kind: &str, since: i64) -> Result<i64
 }
 
 async fn record(core: &Core, mailbox: &str, kind: &str) -> Result<(), ApiError> {
-    let now = core.now();
-    let pool = core.context.db.pool();
-    sqlx::query("DELETE FROM dsr_mailbox_events WHERE time <= $1")
-        .bind(now - DAY)
-        .execute(pool)
-        .await?;
     sqlx::query("INSERT INTO dsr_mailbox_events (mailbox_key, kind, time) VALUES ($1, $2, $3)")
         .bind(mailbox)
         .bind(kind)
-        .bind(now)
-        .execute(pool)
+        .bind(core.now())
+        .execute(core.context.db.pool())
         .await?;
     Ok(())
+}
+
+/// Deletes counts past their day, with the service's retention sweep
+/// (whether or not anyone asks for a code again): the limits read only the
+/// last day, and a mailbox's index is kept no longer.
+pub async fn sweep_expired(core: &Core, now: i64) -> Result<u64, ApiError> {
+    Ok(
+        sqlx::query("DELETE FROM dsr_mailbox_events WHERE time <= $1")
+            .bind(now - DAY)
+            .execute(core.context.db.pool())
+            .await?
+            .rows_affected(),
+    )
 }
 
 /// Whether a code may be mailed to `mailbox` now; if so, the mail is

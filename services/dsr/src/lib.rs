@@ -227,8 +227,9 @@ impl KitService for Dsr {
     }
 }
 
-/// The kit's retention of requests (three years after completion), and
-/// exports past their download time.
+/// The kit's retention of requests (three years after completion),
+/// exports past their download time, and the intake limits' counts past
+/// their day.
 struct DsrSweep {
     records: StoreSweep,
     core: Arc<Core>,
@@ -246,6 +247,7 @@ impl Sweep for DsrSweep {
     ) -> BoxFuture<'a, Result<SweepCounts, ApiError>> {
         Box::pin(async move {
             bundle::sweep_expired(&self.core, now).await?;
+            intake::sweep_expired(&self.core, now).await?;
             self.records.sweep(now, by).await
         })
     }
