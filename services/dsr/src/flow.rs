@@ -1466,7 +1466,12 @@ async fn finish_tenants_and_request(core: &Core, request_id: &str) -> Result<(),
         }
     }
     let waiting = waiting_customers(core, request_id).await?;
-    if waiting > 0 && unfinished(core, request_id, ACT, Some("")).await? == 0 {
+    // Read once per request, not on every pass over a request that waits
+    // for its customers: a done company part is a column, not a load.
+    if waiting > 0
+        && company_part_time(core, request_id).await?.is_none()
+        && unfinished(core, request_id, ACT, Some("")).await? == 0
+    {
         company_part_done(core, request_id).await?;
     }
     if unfinished(core, request_id, ACT, None).await? > 0 {
